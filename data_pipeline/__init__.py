@@ -1,0 +1,1 @@
+"""Data preparation: model files, downloads, synthetic faces, datasets."""

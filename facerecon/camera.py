@@ -1,0 +1,128 @@
+"""The camera: rotation convention, projections and image coordinates.
+
+Conventions (shared by the renderer, the losses and the data):
+- Model space is right-handed: x towards the subject's left (the viewer's
+  right in a frontal view), y up, z out of the face towards the viewer.
+- R = Rx(phi) Ry(gamma) Rz(theta) with the original code's matrices
+  Rx = [1 0 0; 0 c s; 0 -s c], Ry = [c 0 -s; 0 1 0; s 0 c],
+  Rz = [c s 0; -s c 0; 0 0 1]. phi is pitch, gamma yaw, theta roll.
+- Scaled orthographic projection: p = f R v + t3d, then image coordinates
+  (x, H - 1 - y, z): pixel (row i, column j) is centred at x = j, y = i, and
+  z is kept as depth with larger z nearer the camera.
+"""
+
+import jax.numpy as jnp
+
+from facerecon import params as params_lib
+
+
+def rotation_matrix(angles):
+  """[..., 3] (phi, gamma, theta) in radians -> [..., 3, 3] R = Rx Ry Rz."""
+  angles = jnp.asarray(angles)
+  phi, gamma, theta = angles[..., 0], angles[..., 1], angles[..., 2]
+  cx, sx = jnp.cos(phi), jnp.sin(phi)
+  cy, sy = jnp.cos(gamma), jnp.sin(gamma)
+  cz, sz = jnp.cos(theta), jnp.sin(theta)
+  # The product Rx Ry Rz written out, so every entry is a smooth function of
+  # the angles (the original computed R in numpy: angles got no gradient).
+  rows = [
+      [cy * cz, cy * sz, -sy],
+      [-cx * sz + sx * sy * cz, cx * cz + sx * sy * sz, sx * cy],
+      [sx * sz + cx * sy * cz, -sx * cz + cx * sy * sz, cx * cy],
+  ]
+  return jnp.stack([jnp.stack(row, axis=-1) for row in rows], axis=-2)
+
+
+def angles_from_rotation(rotation):
+  """Inverse of `rotation_matrix`: [..., 3, 3] -> [..., 3], gamma in [-pi/2, pi/2].
+
+  At gimbal lock (|gamma| = pi/2) only phi - theta or phi + theta is defined;
+  theta is then set to 0.
+  """
+  r = jnp.asarray(rotation)
+  sin_gamma = jnp.clip(-r[..., 0, 2], -1.0, 1.0)
+  gamma = jnp.arcsin(sin_gamma)
+  locked = jnp.abs(sin_gamma) > 1.0 - 1e-6
+  phi = jnp.where(locked, jnp.arctan2(r[..., 1, 0] * sin_gamma, r[..., 1, 1]),
+                  jnp.arctan2(r[..., 1, 2], r[..., 2, 2]))
+  theta = jnp.where(locked, 0.0, jnp.arctan2(r[..., 0, 1], r[..., 0, 0]))
+  return jnp.stack([phi, gamma, theta], axis=-1)
+
+
+def world_to_image(points, height: int):
+  """Flips y into image rows: (x, y, z) -> (x, H - 1 - y, z)."""
+  return jnp.concatenate(
+      [points[..., :1], (height - 1) - points[..., 1:2], points[..., 2:]],
+      axis=-1)
+
+
+def transform_scaled_orthographic(vertices, pose):
+  """f R v + t3d in model-aligned axes (y up). vertices [..., N, 3], pose [..., 7]."""
+  pose = jnp.asarray(pose)
+  rotation = rotation_matrix(pose[..., params_lib.ANGLES])
+  scale = pose[..., params_lib.SCALE][..., None, None]
+  translation = pose[..., params_lib.TRANSLATION][..., None, :]
+  rotated = jnp.einsum("...ij,...nj->...ni", rotation, vertices)
+  return scale * rotated + translation
+
+
+def project_scaled_orthographic(vertices, pose, height: int):
+  """Model-space vertices [..., N, 3] -> image coordinates [..., N, 3].
+
+  `pose` is the 7-d block [phi, gamma, theta, t3d_x, t3d_y, t3d_z, f]
+  (leading dims broadcast against the vertices'). Output (x, y, z): column,
+  row, depth (larger = nearer).
+  """
+  return world_to_image(transform_scaled_orthographic(vertices, pose), height)
+
+
+def project_perspective(vertices, angles, translation, focal_length,
+                        principal_point, height: int | None = None):
+  """Pinhole projection for users who want perspective instead.
+
+  The camera sits at the origin of camera space looking down -z (so, as in the
+  orthographic case, the viewer is on the +z side of the face).
+  Camera-space points are R v + translation; pixel coordinates are
+  column = cx + focal * x / d and row = cy - focal * y / d, with the distance
+  d = -z_cam > 0. `principal_point` (cx, cy) is in pixels; when None it is
+  the image centre, which needs `height` (square pixels: width = height).
+  Output z is -d, so larger z is nearer, as the rasterizer expects.
+  """
+  rotation = rotation_matrix(angles)
+  cam = jnp.einsum("...ij,...nj->...ni", rotation, vertices)
+  cam = cam + jnp.asarray(translation)[..., None, :]
+  distance = -cam[..., 2]
+  if principal_point is None:
+    if height is None:
+      raise ValueError("project_perspective needs principal_point or height")
+    principal_point = jnp.array([(height - 1) / 2.0, (height - 1) / 2.0])
+  principal_point = jnp.asarray(principal_point)
+  focal = jnp.asarray(focal_length)[..., None]
+  column = principal_point[..., 0:1] + focal * cam[..., 0] / distance
+  row = principal_point[..., 1:2] - focal * cam[..., 1] / distance
+  return jnp.stack([column, row, -distance], axis=-1)
+
+
+def project_landmarks(vertices, landmark_indices, pose, height: int):
+  """Image (x, y) of the landmark vertices: [..., N, 3] -> [..., L, 2]."""
+  points = jnp.take(vertices, landmark_indices, axis=-2)
+  return project_scaled_orthographic(points, pose, height)[..., :2]
+
+
+def framing_pose(vertices, angles, height: int, width: int, fill: float = 0.85):
+  """A pose [7] that shows `vertices` [N, 3] rotated by `angles`, centred.
+
+  The scale f makes the rotated mesh's bounding box span `fill` of the image
+  along its tighter axis; t3d puts the box centre at the image centre.
+  """
+  rotated = jnp.einsum("ij,nj->ni", rotation_matrix(angles), vertices)
+  low, high = rotated.min(axis=0), rotated.max(axis=0)
+  extent = jnp.maximum(high - low, 1e-12)
+  scale = fill * jnp.minimum(width / extent[0], height / extent[1])
+  centre = 0.5 * (low + high)
+  # Image x = f x + tx should be (W - 1) / 2 at the centre; image rows flip y,
+  # so the centre's y must map to (H - 1) / 2 as well.
+  translation = jnp.stack([(width - 1) / 2.0 - scale * centre[0],
+                           (height - 1) / 2.0 - scale * centre[1],
+                           -scale * centre[2]])
+  return params_lib.make_pose(jnp.asarray(angles, jnp.float32), translation, scale)

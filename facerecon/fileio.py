@@ -1,0 +1,109 @@
+"""File helpers shared by every writer and reader: atomic writes and MATLAB files.
+
+Every file the project writes goes through `atomic_write`, so a killed process
+never leaves a partial file under the final name.
+"""
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator, Mapping
+
+import numpy as np
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
+  """Yields a file object whose contents replace `path` only on success."""
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp_path = tempfile.mkstemp(
+      dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+  try:
+    # mkstemp makes the file 0600; give it the permissions open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp_path, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp_path)
+    raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+  with atomic_write(path, "wb") as f:
+    f.write(data)
+
+
+def write_png_atomic(path: str | os.PathLike, image: np.ndarray) -> None:
+  """Writes an HxW or HxWx3 RGB uint8/uint16 image as PNG."""
+  import cv2  # Imported here: only image writers need OpenCV.
+
+  image = np.asarray(image)
+  if image.ndim == 3:
+    image = image[..., ::-1]  # OpenCV stores BGR.
+  ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image))
+  if not ok:
+    raise ValueError(f"could not encode {path} as PNG (shape {image.shape}, "
+                     f"dtype {image.dtype})")
+  write_bytes_atomic(path, encoded.tobytes())
+
+
+def load_mat(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
+  """Reads the numeric variables of a MATLAB file, v4/v5/v7 or v7.3 (HDF5).
+
+  Arrays come back with MATLAB's shapes in both cases (h5py sees MATLAB's
+  column-major arrays transposed, so they are transposed back here).
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"MATLAB file not found: {path}")
+  with open(path, "rb") as f:
+    header = f.read(512 + len(_HDF5_SIGNATURE))
+  # v7.3 files are HDF5 with a 512-byte MATLAB header block before the
+  # superblock; a plain HDF5 file starts with the signature itself.
+  if header[512:].startswith(_HDF5_SIGNATURE) or header.startswith(_HDF5_SIGNATURE):
+    return _load_mat_hdf5(path)
+  import scipy.io
+
+  try:
+    raw = scipy.io.loadmat(path)
+  except Exception as e:  # scipy raises several types for corrupt files.
+    raise ValueError(f"cannot read MATLAB file {path}: {e}") from e
+  return {k: v for k, v in raw.items() if not k.startswith("__")}
+
+
+def _load_mat_hdf5(path: str) -> Mapping[str, np.ndarray]:
+  import h5py
+
+  try:
+    with h5py.File(path, "r") as f:
+      return {name: np.asarray(f[name]).T for name in f.keys()
+              if isinstance(f[name], h5py.Dataset) and not name.startswith("#")}
+  except OSError as e:
+    raise ValueError(f"cannot read MATLAB v7.3 file {path}: {e}") from e
+
+
+def require_field(fields: Mapping[str, np.ndarray], name: str, path: str,
+                  shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+  """Returns fields[name], checking it exists and has `shape` (None = any)."""
+  if name not in fields:
+    raise KeyError(f"{path}: missing field '{name}' "
+                   f"(found: {', '.join(sorted(fields)) or 'none'})")
+  value = np.asarray(fields[name])
+  if shape is not None:
+    ok = value.ndim == len(shape) and all(
+        want is None or want == got for want, got in zip(shape, value.shape))
+    if not ok:
+      expected = "x".join("?" if s is None else str(s) for s in shape)
+      raise ValueError(f"{path}: field '{name}' has shape "
+                       f"{'x'.join(map(str, value.shape))}, expected {expected}")
+  return value
