@@ -245,7 +245,7 @@ def _texture_mean(x, y) -> np.ndarray:
   paint(lips, [180.0, 92.0, 92.0])
   brow_arc = 41.0 - 0.004 * (np.abs(x) - 33.0) ** 2
   brows = (_sig((np.abs(x) - 13.0) / 1.5) * _sig((54.0 - np.abs(x)) / 2.0)
-           * np.exp(-0.5 * ((y - brow_arc) / 2.2) ** 4))
+           * np.exp(-0.5 * ((y - brow_arc) / 2.6) ** 4))
   paint(brows, [88.0, 64.0, 50.0])
   ex = np.abs(x) - EYE_X
   sclera = _soft_ellipse(ex, y, 0.0, EYE_Y, 12.0, 3.8, 0.1)

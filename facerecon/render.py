@@ -14,6 +14,7 @@ chunks): slow, simple, and the oracle the fast backends are tested against.
 """
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -133,7 +134,7 @@ def _raster_from_ids(vertices, triangles, triangle_id):
 
 def _flatten_batch(x, trailing: int):
   batch = x.shape[:x.ndim - trailing]
-  return x.reshape((-1,) + x.shape[x.ndim - trailing:]), batch
+  return x.reshape((math.prod(batch),) + x.shape[x.ndim - trailing:]), batch
 
 
 def rasterize(vertices, triangles, height: int, width: int,

@@ -1,0 +1,60 @@
+"""End to end: the README's main command, on a small picture."""
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from facerecon import morphable
+from facerecon import preview
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_main_preview_writes_model_faces_and_picture(tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/synthetic.py", f"--workdir={workdir}",
+       "--config.preview.tile_size=64", "--config.preview.num_identities=2",
+       "--config.preview.num_expressions=5"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"wrote {workdir}/preview.png" in result.stdout
+
+  picture = cv2.imread(str(workdir / "preview.png"))
+  views = len(preview.VIEWS)
+  faces = views + 2 + 5
+  assert picture.shape == (64 * -(-faces // views), 64 * views, 3)
+  # Each face tile shows a face: skin-coloured pixels (R > G > B) in the middle.
+  tiles = [picture[r:r + 64, c:c + 64] for r in range(0, picture.shape[0], 64)
+           for c in range(0, picture.shape[1], 64)][:faces]
+  for tile in tiles:
+    centre = tile[16:48, 16:48].reshape(-1, 3).astype(int)  # BGR
+    skin = (centre[:, 2] > centre[:, 1]) & (centre[:, 1] > centre[:, 0])
+    assert skin.mean() > 0.5
+
+  model = morphable.load_model(workdir / "model.npz")
+  assert model.num_vertices == morphable.embedded_model().num_vertices
+  with np.load(workdir / "faces.npz") as data:
+    assert data["params"].shape == (faces, model.layout.size)
+    assert list(data["names"][:views]) == [v[0] for v in preview.VIEWS]
+    assert np.all(np.isfinite(data["params"]))
+
+
+def test_main_rejects_bad_flags(tmp_path):
+  bad_field = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/synthetic.py", f"--workdir={tmp_path}",
+       "--config.no_such_field=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert bad_field.returncode != 0 and "no_such_field" in bad_field.stderr
+  no_workdir = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/synthetic.py"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert no_workdir.returncode != 0 and "workdir" in no_workdir.stderr
+  bad_model = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/synthetic.py", f"--workdir={tmp_path}",
+       f"--config.model={tmp_path}/missing.npz"], cwd=ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert bad_model.returncode != 0 and "missing.npz" in bad_model.stderr

@@ -1,0 +1,284 @@
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+from jax import test_util
+import numpy as np
+import pytest
+
+from facerecon import embedded_face
+from facerecon import morphable
+from facerecon import params as params_lib
+
+
+def _mirror_index(vertices):
+  """For each vertex, the index of the vertex at (-x, y, z)."""
+  mirrored = vertices * np.array([-1.0, 1.0, 1.0])
+  d = np.sum((vertices[None, :, :] - mirrored[:, None, :]) ** 2, axis=-1)
+  return np.argmin(d, axis=1), np.sqrt(np.min(d, axis=1))
+
+
+# --- The embedded model -----------------------------------------------------
+
+
+def test_default_embedded_model_structure(default_model):
+  m = default_model
+  assert 3000 <= m.num_vertices <= 5000 and 6000 <= m.num_triangles <= 9000
+  assert m.shape_basis.shape == (199, m.num_vertices, 3)
+  assert m.expression_basis.shape == (29, m.num_vertices, 3)
+  assert m.texture_basis.shape == (199, m.num_vertices, 3)
+  assert m.layout == params_lib.BFM_LAYOUT
+  for name in ("mean_shape", "shape_basis", "expression_basis", "texture_mean", "pncc"):
+    assert getattr(m, name).dtype == np.float32, name
+  assert m.triangles.dtype == np.int32 and m.landmark_indices.dtype == np.int32
+  # Every vertex is used by a triangle (no stray points).
+  assert np.array_equal(np.unique(m.triangles), np.arange(m.num_vertices))
+
+
+def test_embedded_grid_sets_resolution():
+  # The BFM-scale grid's counts, from the grid alone (building the full
+  # model takes ~15 s; benchmarks do that).
+  u, _, triangles = embedded_face._grid(embedded_face.BFM_SCALE_GRID)
+  assert abs(len(u) - 53215) / 53215 < 0.02
+  assert abs(len(triangles) - 105840) / 105840 < 0.02
+  with pytest.raises(ValueError, match="grid_size"):
+    embedded_face._grid(4)
+
+
+def test_embedded_model_is_deterministic(small_model):
+  embedded_face.build.cache_clear()
+  again = morphable.embedded_model(grid_size=25, num_shape=12, num_expression=6,
+                                   num_texture=10)
+  assert again is not small_model
+  for field in dataclasses.fields(morphable.MorphableModel):
+    np.testing.assert_array_equal(getattr(again, field.name),
+                                  getattr(small_model, field.name))
+
+
+def test_mean_face_is_mirror_symmetric(small_model):
+  mean = np.asarray(small_model.mean_shape, np.float64)
+  _, distance = _mirror_index(mean)
+  assert distance.max() < 1e-3 * np.ptp(mean[:, 0])
+
+
+def test_face_anatomy(default_model):
+  m = default_model
+  mean = np.asarray(m.mean_shape) / embedded_face.UNITS_PER_MM
+  lm = mean[np.asarray(m.landmark_indices)]
+  # Overall size of an adult face (mm): ~150 wide, ~185 tall.
+  width, height, _ = np.ptp(mean, axis=0)
+  assert 130 < width < 170 and 160 < height < 210
+  # The nose tip (30) sticks out furthest of all landmarks and of the face.
+  assert lm[30, 2] == lm[:, 2].max()
+  assert mean[:, 2].max() - lm[30, 2] < 1.0
+  # Top to bottom: brows, eyes, nose tip, mouth, chin.
+  brows, eyes = lm[17:27, 1].mean(), lm[36:48, 1].mean()
+  mouth, chin = lm[48:68, 1].mean(), lm[8, 1]
+  assert brows > eyes > lm[30, 1] > mouth > chin
+  # The subject's right (iBUG 0-16 start, right eye 36-41) is at -x.
+  assert lm[0, 0] < 0 < lm[16, 0]
+  assert lm[36:42, 0].mean() < 0 < lm[42:48, 0].mean()
+  assert lm[48, 0] < lm[54, 0]
+  # Left/right landmark pairs mirror each other.
+  pairs = [(0, 16), (4, 12), (17, 26), (36, 45), (39, 42), (31, 35), (48, 54)]
+  for a, b in pairs:
+    np.testing.assert_allclose(lm[a] * [-1, 1, 1], lm[b], atol=4.0)
+  # The chin landmark is the lowest point of the jaw contour.
+  assert lm[8, 1] == lm[0:17, 1].min()
+  # Eye sockets are deeper than the brow ridge and the cheekbones.
+  assert lm[37, 2] < lm[19, 2]
+
+
+def test_bases_orthonormal_and_std_decreasing(default_model):
+  m = default_model
+  for basis, std in ((m.shape_basis, m.shape_std), (m.texture_basis, m.texture_std)):
+    flat = np.asarray(basis, np.float64).reshape(basis.shape[0], -1)
+    np.testing.assert_allclose(flat @ flat.T, np.eye(basis.shape[0]), atol=1e-4)
+    assert np.all(np.diff(std) < 0) and std.min() > 0
+  assert np.all(np.diff(m.expression_std) <= 0)
+  np.testing.assert_allclose(m.expression_std[[0, -1]], [1.5, 0.5])
+
+
+def test_identity_changes_are_plausible(default_model):
+  """One std of the first shape mode moves vertices by millimetres, not metres."""
+  m = default_model
+  shape = np.zeros(199, np.float32)
+  shape[0] = m.shape_std[0]
+  moved = np.asarray(morphable.vertices(m, shape, np.zeros(29, np.float32)))
+  rms_mm = np.sqrt(np.mean((moved - m.mean_shape) ** 2)) / embedded_face.UNITS_PER_MM
+  assert 0.5 < rms_mm < 10.0
+
+
+def test_expressions_are_local(default_model):
+  """Jaw opening moves the chin down and leaves the brows alone."""
+  m = default_model
+  expression = np.zeros(29, np.float32)
+  expression[0] = 2.0
+  moved = np.asarray(morphable.vertices(m, np.zeros(199, np.float32), expression))
+  delta = (moved - m.mean_shape) / embedded_face.UNITS_PER_MM
+  lm = np.asarray(m.landmark_indices)
+  assert delta[lm[8], 1] < -8.0            # chin down by about 14 mm
+  assert np.abs(delta[lm[17:27]]).max() < 0.1  # brows still
+
+
+def test_texture_is_skin_with_darker_features(default_model):
+  m = default_model
+  colours = np.asarray(m.texture_mean)
+  assert colours.min() >= 0 and colours.max() <= 255
+  lm = np.asarray(m.landmark_indices)
+  cheek = colours[lm[2]]
+  assert cheek[0] > cheek[1] > cheek[2]            # skin: R > G > B
+  assert colours[lm[57]][1] < cheek[1] - 30        # lips are redder/darker
+  assert colours[lm[19]].mean() < cheek.mean() - 30  # brows are dark
+
+
+def test_pncc_normalised(default_model):
+  pncc = np.asarray(default_model.pncc)
+  np.testing.assert_allclose(pncc.min(0), 0.0, atol=1e-6)
+  np.testing.assert_allclose(pncc.max(0), 1.0, atol=1e-6)
+
+
+# --- Functions ----------------------------------------------------------------
+
+
+def test_vertices_are_linear_in_coefficients(small_model):
+  m = small_model
+  shape = np.zeros(12, np.float32)
+  shape[3] = 2.0
+  expression = np.zeros(6, np.float32)
+  expression[1] = -1.5
+  got = np.asarray(morphable.vertices(m, shape, expression))
+  want = m.mean_shape + 2.0 * m.shape_basis[3] - 1.5 * m.expression_basis[1]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-2)
+
+
+def test_vertices_jit_vmap_and_batches(small_model):
+  m = small_model
+  rng = np.random.default_rng(0)
+  params = np.concatenate([rng.normal(size=(5, 7)), rng.normal(size=(5, 12)) * m.shape_std,
+                           rng.normal(size=(5, 6))], axis=1).astype(np.float32)
+  batched = jax.jit(morphable.vertices_from_params)(m, params)
+  mapped = jax.vmap(morphable.vertices_from_params, in_axes=(None, 0))(m, params)
+  single = np.stack([morphable.vertices_from_params(m, p) for p in params])
+  assert batched.shape == (5, m.num_vertices, 3)
+  np.testing.assert_allclose(np.asarray(batched), single, rtol=1e-5, atol=1e-1)
+  np.testing.assert_allclose(np.asarray(mapped), single, rtol=1e-5, atol=1e-1)
+
+
+def test_vertex_colours(small_model):
+  m = small_model
+  texture = np.zeros(10, np.float32)
+  texture[0] = 1.0
+  np.testing.assert_allclose(np.asarray(morphable.vertex_colors(m, texture)),
+                             m.texture_mean + m.texture_basis[0], rtol=1e-6, atol=1e-4)
+
+
+def test_vertex_normals_of_a_flat_square_and_a_sphere():
+  square = jnp.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [5, 5, 5]], jnp.float32)
+  triangles = jnp.array([[0, 1, 2], [0, 2, 3]], jnp.int32)
+  normals = np.asarray(morphable.vertex_normals(square, triangles))
+  np.testing.assert_allclose(normals[:4], [[0, 0, 1]] * 4, atol=1e-6)
+  np.testing.assert_array_equal(normals[4], [0, 0, 0])  # unused vertex
+
+  # An octahedron: vertex normals point straight out.
+  octa = jnp.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+                   jnp.float32)
+  faces = jnp.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4],
+                     [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]], jnp.int32)
+  np.testing.assert_allclose(np.asarray(morphable.vertex_normals(octa, faces)), octa, atol=1e-6)
+
+
+def test_face_normals_point_out_of_the_face(default_model):
+  m = default_model
+  normals = np.asarray(morphable.vertex_normals(m.mean_shape, m.triangles))
+  np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-5)
+  nose_tip = m.landmark_indices[30]
+  assert normals[nose_tip, 2] > 0.8
+  front = m.mean_shape[:, 2] > 0.5 * m.mean_shape[:, 2].max()
+  assert np.mean(normals[front, 2] > 0) > 0.95
+
+
+def test_vertex_normals_gradient_matches_finite_differences():
+  rng = np.random.default_rng(1)
+  with jax.enable_x64(True):
+    vertices = jnp.asarray(rng.normal(size=(6, 3)))
+    triangles = jnp.array([[0, 1, 2], [0, 2, 3], [3, 4, 5], [1, 4, 2]], jnp.int32)
+    weights = jnp.asarray(rng.normal(size=(6, 3)))
+    loss = lambda v: jnp.sum(weights * morphable.vertex_normals(v, triangles))
+    test_util.check_grads(loss, (vertices,), order=1, modes=("rev",))
+
+
+def test_shape_gradient_is_the_basis(small_model):
+  m = small_model
+  loss = lambda s: jnp.sum(morphable.vertices(m, s, jnp.zeros(6))[:, 2])
+  grad = np.asarray(jax.grad(loss)(jnp.zeros(12)))
+  np.testing.assert_allclose(grad, m.shape_basis[:, :, 2].sum(axis=1), rtol=1e-4, atol=1e-4)
+
+
+# --- Model files ----------------------------------------------------------------
+
+
+def test_save_load_round_trip(small_model, tmp_path):
+  path = tmp_path / "model.npz"
+  morphable.save_model(small_model, path)
+  assert os.listdir(tmp_path) == ["model.npz"]  # no temporary file left behind
+  loaded = morphable.load_model(path)
+  for field in dataclasses.fields(morphable.MorphableModel):
+    np.testing.assert_array_equal(getattr(loaded, field.name),
+                                  getattr(small_model, field.name))
+  assert morphable.load(str(path)).num_vertices == small_model.num_vertices
+
+
+def _arrays(model):
+  return {f.name: np.asarray(getattr(model, f.name))
+          for f in dataclasses.fields(morphable.MorphableModel)}
+
+
+def test_load_errors_name_file_and_field(small_model, tmp_path):
+  with pytest.raises(FileNotFoundError, match="nowhere.npz"):
+    morphable.load_model(tmp_path / "nowhere.npz")
+
+  corrupt = tmp_path / "corrupt.npz"
+  corrupt.write_bytes(b"PK\x03\x04 this is not a zip file")
+  with pytest.raises(ValueError, match="corrupt.npz"):
+    morphable.load_model(corrupt)
+
+  arrays = _arrays(small_model)
+  missing = tmp_path / "missing.npz"
+  np.savez(missing, format_version=morphable.FORMAT_VERSION,
+           **{k: v for k, v in arrays.items() if k != "pncc"})
+  with pytest.raises(KeyError, match=r"missing\.npz.*pncc"):
+    morphable.load_model(missing)
+
+  bad_shape = tmp_path / "bad_shape.npz"
+  np.savez(bad_shape, format_version=morphable.FORMAT_VERSION,
+           **{**arrays, "texture_mean": arrays["texture_mean"][:-1]})
+  with pytest.raises(ValueError, match=r"bad_shape\.npz.*'texture_mean'"):
+    morphable.load_model(bad_shape)
+
+  bad_index = tmp_path / "bad_index.npz"
+  triangles = arrays["triangles"].copy()
+  triangles[0, 0] = small_model.num_vertices
+  np.savez(bad_index, format_version=morphable.FORMAT_VERSION,
+           **{**arrays, "triangles": triangles})
+  with pytest.raises(ValueError, match=r"bad_index\.npz.*'triangles'.*outside"):
+    morphable.load_model(bad_index)
+
+  nan = tmp_path / "nan.npz"
+  mean = arrays["mean_shape"].copy()
+  mean[3, 1] = np.nan
+  np.savez(nan, format_version=morphable.FORMAT_VERSION, **{**arrays, "mean_shape": mean})
+  with pytest.raises(ValueError, match=r"nan\.npz.*'mean_shape'.*NaN"):
+    morphable.load_model(nan)
+
+  old = tmp_path / "old.npz"
+  np.savez(old, format_version=99, **arrays)
+  with pytest.raises(ValueError, match="format version"):
+    morphable.load_model(old)
+
+
+def test_load_source_strings(small_model):
+  assert morphable.load("embedded:25").num_vertices == morphable.embedded_model(25).num_vertices
+  with pytest.raises(ValueError, match="embedded:<grid size>"):
+    morphable.load("embedded:big")
