@@ -1,20 +1,30 @@
 """The renderer: rasterize (visibility) and interpolate (differentiable), split
-the way nvdiffrast splits them, plus shading helpers.
+the way nvdiffrast splits them, plus the face renders the networks and
+losses use (depth, mask, normals, PNCC, albedo, shading).
 
 Image coordinates are those of `facerecon.camera`: pixel (row i, column j) is
 sampled at x = j, y = i, and larger z is nearer. A pixel is covered by a
 triangle when its centre lies inside or on the triangle's edges (either
-winding); among covering triangles the largest interpolated z wins, and exact
+winding) and within its bounding box widened by 1e-3 pixels; among covering
+triangles the largest interpolated z wins, and exact
 depth ties go to the lowest triangle index, so the result is deterministic.
 Uncovered pixels have triangle_id -1, barycentric 0 and depth
 `BACKGROUND_DEPTH`.
 
-Backends: 'reference' is pure JAX (every pixel against every triangle, in
-chunks): slow, simple, and the oracle the fast backends are tested against.
+Backends (`rasterize(..., backend=)`; None picks `default_backend()`):
+- 'cpu': the XLA FFI custom call in kernels/rasterize_cpu.cc, built by
+  `pip install -e .`; batches are spread over XLA's CPU threads.
+- 'reference': pure JAX (every pixel against every triangle, in chunks):
+  slow, simple, runs anywhere; the oracle the kernels are tested against.
+All backends share one set of formulas (`triangle_setup`), evaluated in the
+same order, so they agree exactly.
 """
 
+import ctypes
 import functools
+import glob
 import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -22,8 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 
 BACKGROUND_DEPTH = 0.0
-BACKENDS = ("reference",)
+BACKENDS = ("cpu", "reference")
 _REFERENCE_CHUNK = 64
+_CPU_TARGET = "facerecon_rasterize_cpu"
+# Overrides the CPU kernel library, e.g. a sanitizer build (kernels/run_sanitizers.sh).
+CPU_KERNEL_ENV = "FACERECON_CPU_KERNEL"
 
 
 class Raster(NamedTuple):
@@ -49,6 +62,10 @@ def check_triangles(triangles, num_vertices: int) -> None:
 # covered by both triangles (the depth test picks one), so rounding cannot
 # open cracks between neighbours.
 _INSIDE_TOLERANCE = 1e-6
+# Covered pixel centres also lie in the triangle's bounding box widened by this
+# many pixels, which bounds how far the tolerance reaches for thin slivers.
+# Both constants are mirrored in kernels/rasterize.h.
+_BOX_MARGIN = 1e-3
 
 
 def triangle_setup(corners):
@@ -84,19 +101,27 @@ def _rasterize_reference_image(vertices, triangles, height, width):
   """One image: vertices [N, 3] -> triangle_id [H, W]."""
   num_triangles = triangles.shape[0]
   pad = (-num_triangles) % _REFERENCE_CHUNK
-  setup = triangle_setup(vertices[triangles])
+  corners = vertices[triangles]
+  # Setup, then the widened bounding box (x_lo, x_hi, y_lo, y_hi).
+  setup = jnp.concatenate([
+      triangle_setup(corners),
+      jnp.min(corners[..., 0], axis=-1, keepdims=True) - _BOX_MARGIN,
+      jnp.max(corners[..., 0], axis=-1, keepdims=True) + _BOX_MARGIN,
+      jnp.min(corners[..., 1], axis=-1, keepdims=True) - _BOX_MARGIN,
+      jnp.max(corners[..., 1], axis=-1, keepdims=True) + _BOX_MARGIN], axis=-1)
   # Padding rows are NaN: they never cover a pixel.
   setup = jnp.pad(setup, ((0, pad), (0, 0)), constant_values=jnp.nan)
   chunks = setup.reshape(-1, _REFERENCE_CHUNK, setup.shape[-1])
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                            jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  cols, rows = _pixel_grid(height, width, jnp.float32)
   px, py = cols.reshape(-1, 1), rows.reshape(-1, 1)
 
   def scan_chunk(carry, chunk_and_start):
     best_z, best_id = carry
     chunk, start = chunk_and_start
     b, z = _barycentrics(chunk, px, py)  # [P, C, 3], [P, C]
-    inside = jnp.all(b >= -_INSIDE_TOLERANCE, axis=-1) & jnp.isfinite(z)
+    in_box = ((px >= chunk[:, 9]) & (px <= chunk[:, 10])
+              & (py >= chunk[:, 11]) & (py <= chunk[:, 12]))
+    inside = jnp.all(b >= -_INSIDE_TOLERANCE, axis=-1) & jnp.isfinite(z) & in_box
     z = jnp.where(inside, z, -jnp.inf)
     chunk_best = jnp.argmax(z, axis=1)  # first maximum: lowest index wins ties
     chunk_z = jnp.take_along_axis(z, chunk_best[:, None], axis=1)[:, 0]
@@ -112,29 +137,68 @@ def _rasterize_reference_image(vertices, triangles, height, width):
   return best_id.reshape(height, width)
 
 
-def _raster_from_ids(vertices, triangles, triangle_id):
-  """Barycentrics and depth of each pixel for fixed triangle ids (one image).
-
-  Differentiable in `vertices`: this is where gradients reach x, y and z.
-  """
-  height, width = triangle_id.shape
-  mask = triangle_id >= 0
-  corners = vertices[triangles[jnp.maximum(triangle_id, 0)]]  # [H, W, 3, 3]
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=vertices.dtype),
-                            jnp.arange(width, dtype=vertices.dtype), indexing="ij")
-  # Background pixels get a harmless unit triangle so no NaN reaches gradients.
-  unit = jnp.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
-                   vertices.dtype)
-  corners = jnp.where(mask[..., None, None], corners, unit)
-  bary, depth = _barycentrics(triangle_setup(corners), cols, rows)
-  bary = jnp.where(mask[..., None], bary, 0.0)
-  depth = jnp.where(mask, depth, BACKGROUND_DEPTH)
-  return bary, depth, mask
-
-
 def _flatten_batch(x, trailing: int):
   batch = x.shape[:x.ndim - trailing]
   return x.reshape((math.prod(batch),) + x.shape[x.ndim - trailing:]), batch
+
+
+# --- Backends -----------------------------------------------------------------
+
+
+def _cpu_kernel_path() -> str | None:
+  if os.environ.get(CPU_KERNEL_ENV):
+    return os.environ[CPU_KERNEL_ENV]
+  here = os.path.dirname(os.path.abspath(__file__))
+  found = sorted(glob.glob(os.path.join(here, "_rasterize_cpu*.so")))
+  return found[0] if found else None
+
+
+@functools.cache
+def _register_cpu_kernel() -> str | None:
+  """Loads and registers the CPU kernel; returns None or why it is missing."""
+  path = _cpu_kernel_path()
+  if path is None:
+    return ("the CPU rasterizer kernel is not built (facerecon/_rasterize_cpu*.so "
+            "is missing); run `pip install -e .` in the repository")
+  try:
+    library = ctypes.cdll.LoadLibrary(path)
+  except OSError as e:
+    return f"cannot load the CPU rasterizer kernel {path}: {e}"
+  jax.ffi.register_ffi_target(
+      _CPU_TARGET, jax.ffi.pycapsule(library.FaceReconRasterizeCpu), platform="cpu")
+  return None
+
+
+def available_backends() -> tuple[str, ...]:
+  """The backends that can run here."""
+  available = ["reference"]
+  if jax.default_backend() == "cpu" and _register_cpu_kernel() is None:
+    available.insert(0, "cpu")
+  return tuple(available)
+
+
+def default_backend() -> str:
+  """The fastest available backend for the default JAX platform."""
+  return available_backends()[0]
+
+
+def _rasterize_cpu(vertices, triangles, height, width):
+  """[B, N, 3] -> ids, barycentric, depth through the FFI custom call."""
+  problem = _register_cpu_kernel()
+  if problem:
+    raise RuntimeError(problem)
+  batch = vertices.shape[0]
+  # Inside shard_map the outputs vary over the same mesh axes as the
+  # vertices; typing them so keeps XLA from treating them as replicated.
+  manual = getattr(jax.typeof(vertices), "manual_axis_type", None)
+  shape = lambda s, dtype: jax.ShapeDtypeStruct(s, dtype, manual_axis_type=manual)
+  call = jax.ffi.ffi_call(
+      _CPU_TARGET,
+      (shape((batch, height, width), jnp.int32),
+       shape((batch, height, width, 3), jnp.float32),
+       shape((batch, height, width), jnp.float32)),
+      vmap_method="expand_dims")
+  return call(vertices, triangles)
 
 
 def rasterize(vertices, triangles, height: int, width: int,
@@ -142,12 +206,14 @@ def rasterize(vertices, triangles, height: int, width: int,
   """Visibility of a triangle mesh: vertices [..., N, 3] in image coordinates.
 
   Not differentiable (use `interpolate` for gradients). Any leading batch
-  shape; `triangles` [T, 3] int32 is shared by the batch.
+  shape; `triangles` [T, 3] int32 is shared by the batch. Concrete triangle
+  indices are checked here; traced ones are checked by the CPU kernel, which
+  fails the call with the offending triangle's index.
   """
-  backend = backend or "reference"
+  backend = backend or default_backend()
   if backend not in BACKENDS:
     raise ValueError(f"unknown rasterizer backend '{backend}'; available: "
-                     f"{', '.join(BACKENDS)}")
+                     f"{', '.join(available_backends())}")
   vertices = jax.lax.stop_gradient(jnp.asarray(vertices, jnp.float32))
   if vertices.ndim < 2 or vertices.shape[-1] != 3:
     raise ValueError(f"vertices must be [..., N, 3], got shape {vertices.shape}")
@@ -160,48 +226,115 @@ def rasterize(vertices, triangles, height: int, width: int,
 
 @functools.partial(jax.jit, static_argnames=("height", "width", "backend"))
 def _rasterize(vertices, triangles, height, width, backend):
-  del backend  # Only the reference backend exists so far.
   flat, batch = _flatten_batch(vertices, 2)
   if triangles.shape[0] == 0:
     empty = batch + (height, width)
     return Raster(jnp.full(empty, -1, jnp.int32), jnp.zeros(empty + (3,)),
                   jnp.full(empty, BACKGROUND_DEPTH), jnp.zeros(empty, bool))
-  ids = jax.vmap(lambda v: _rasterize_reference_image(
-      v, triangles, height, width))(flat)
-  bary, depth, mask = jax.vmap(
-      lambda v, i: _raster_from_ids(v, triangles, i))(flat, ids)
+  if backend == "cpu":
+    ids, bary, depth = _rasterize_cpu(flat, triangles, height, width)
+    mask = ids >= 0
+  else:
+    ids = jax.vmap(lambda v: _rasterize_reference_image(
+        v, triangles, height, width))(flat)
+    mask = ids >= 0
+    bary, depth = _pixel_barycentrics(_pixel_corners(flat, triangles, ids)[1])
+    bary = jnp.where(mask[..., None], bary, 0.0)
+    depth = jnp.where(mask, depth, BACKGROUND_DEPTH)
   unflat = lambda x, trailing: x.reshape(batch + x.shape[x.ndim - trailing:])
   return Raster(unflat(ids, 2), unflat(bary, 3), unflat(depth, 2), unflat(mask, 2))
 
 
-def _gather_corner_attributes(attributes, triangles, triangle_id):
-  """attributes [B, N, C], ids [B, H, W] -> corner values [B, H, W, C, 3]."""
-  corner_index = triangles[jnp.maximum(triangle_id, 0)]  # [B, H, W, 3]
-  gathered = jax.vmap(lambda a, idx: a[idx])(attributes, corner_index)
-  return jnp.moveaxis(gathered, -2, -1)
+# --- Interpolation ----------------------------------------------------------------
+
+
+def _pixel_grid(height, width, dtype):
+  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=dtype),
+                            jnp.arange(width, dtype=dtype), indexing="ij")
+  return cols, rows
+
+
+def _pixel_corners(vertices, triangles, triangle_id):
+  """Corner indices [B, H, W, 3] and positions [B, H, W, 3, 3] of each pixel's
+  triangle; background pixels get a harmless unit triangle (no NaN)."""
+  mask = triangle_id >= 0
+  corner_index = triangles[jnp.maximum(triangle_id, 0)]
+  corners = jax.vmap(lambda v, i: v[i])(vertices, corner_index)
+  unit = jnp.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                   vertices.dtype)
+  return corner_index, jnp.where(mask[..., None, None], corners, unit)
+
+
+def _pixel_barycentrics(corners):
+  """Barycentrics [B, H, W, 3] and depth [B, H, W] of each pixel centre in
+  its triangle `corners` [B, H, W, 3, 3]."""
+  cols, rows = _pixel_grid(corners.shape[-4], corners.shape[-3], corners.dtype)
+  return _barycentrics(triangle_setup(corners), cols, rows)
+
+
+@jax.custom_vjp
+def _interpolate(attributes, vertices, triangle_id, triangles):
+  """attributes [B, N, C], vertices [B, N, 3], ids [B, H, W] -> [B, H, W, C]."""
+  corner_index, corners = _pixel_corners(vertices, triangles, triangle_id)
+  bary = _pixel_barycentrics(corners)[0]
+  values = jax.vmap(lambda a, i: a[i])(attributes, corner_index)  # [B, H, W, 3, C]
+  out = jnp.einsum("bhwk,bhwkc->bhwc", bary, values)
+  return jnp.where((triangle_id >= 0)[..., None], out, 0.0)
+
+
+def _interpolate_fwd(attributes, vertices, triangle_id, triangles):
+  return (_interpolate(attributes, vertices, triangle_id, triangles),
+          (attributes, vertices, triangle_id, triangles))
+
+
+def _interpolate_bwd(residuals, grad_out):
+  attributes, vertices, triangle_id, triangles = residuals
+  grad_out = jnp.where((triangle_id >= 0)[..., None], grad_out, 0.0)
+  corner_index, corners = _pixel_corners(vertices, triangles, triangle_id)
+  bary, bary_vjp = jax.vjp(lambda c: _pixel_barycentrics(c)[0], corners)
+  values = jax.vmap(lambda a, i: a[i])(attributes, corner_index)
+  # out = sum_k b_k a_k: d/d a_k = g b_k, and d/d b_k = <g, a_k>, which
+  # reaches the corner positions through the barycentric formulas.
+  grad_bary = jnp.einsum("bhwc,bhwkc->bhwk", grad_out, values)
+  (grad_corners,) = bary_vjp(grad_bary)
+  grad_values = grad_out[..., None, :] * bary[..., None]
+  # One scatter for both gradients: [B, H, W, 3 corners, 3 + C].
+  per_corner = jnp.concatenate([grad_corners, grad_values], axis=-1)
+  batch, num_vertices = vertices.shape[:2]
+  flat_index = (corner_index
+                + num_vertices * jnp.arange(batch, dtype=jnp.int32)[:, None, None, None])
+  summed = jax.ops.segment_sum(per_corner.reshape(-1, per_corner.shape[-1]),
+                               flat_index.reshape(-1), num_segments=batch * num_vertices)
+  summed = summed.reshape(batch, num_vertices, -1)
+  return (summed[..., 3:].astype(attributes.dtype),
+          summed[..., :3].astype(vertices.dtype), None, None)
+
+
+_interpolate.defvjp(_interpolate_fwd, _interpolate_bwd)
 
 
 def interpolate(attributes, raster: Raster, vertices, triangles):
   """Per-vertex attributes [..., N, C] -> per-pixel [..., H, W, C].
 
-  Barycentrics are recomputed from `vertices` (image coordinates) for the
-  visible triangle of each pixel, so gradients flow to vertex x, y, z (through
-  the barycentrics, visibility held fixed) and to the attributes. Background
-  pixels get 0. `attributes` without the batch dims are shared by the batch.
+  `vertices` are the image-space vertices that were rasterized. Barycentrics
+  are recomputed from them for each pixel's visible triangle, so gradients
+  flow to vertex x, y, z (through the barycentrics, visibility held fixed)
+  and to the attributes. Background pixels get 0. Attributes without the
+  batch dims are shared by the batch.
   """
   vertices = jnp.asarray(vertices)
   triangles = jnp.asarray(triangles, jnp.int32)
   attributes = jnp.broadcast_to(
-      attributes, vertices.shape[:-1] + (jnp.shape(attributes)[-1],))
+      jnp.asarray(attributes, vertices.dtype),
+      vertices.shape[:-1] + (jnp.shape(attributes)[-1],))
   flat_vertices, batch = _flatten_batch(vertices, 2)
   flat_attributes, _ = _flatten_batch(attributes, 2)
   flat_ids, _ = _flatten_batch(raster.triangle_id, 2)
-  bary, _, mask = jax.vmap(lambda v, i: _raster_from_ids(v, triangles, i))(
-      flat_vertices, flat_ids)
-  corners = _gather_corner_attributes(flat_attributes, triangles, flat_ids)
-  values = jnp.einsum("bhwck,bhwk->bhwc", corners, bary)
-  values = jnp.where(mask[..., None], values, 0.0)
+  values = _interpolate(flat_attributes, flat_vertices, flat_ids, triangles)
   return values.reshape(batch + values.shape[1:])
+
+
+# --- Shading ------------------------------------------------------------------------
 
 
 def lambertian(albedo, normals, light_direction, ambient=0.35, diffuse=0.65):
@@ -214,3 +347,74 @@ def lambertian(albedo, normals, light_direction, ambient=0.35, diffuse=0.65):
   light = light / jnp.linalg.norm(light, axis=-1, keepdims=True)
   cosine = jnp.maximum(jnp.sum(normals * light, axis=-1, keepdims=True), 0.0)
   return albedo * (ambient + diffuse * cosine)
+
+
+def sh_basis(normals):
+  """First-order spherical-harmonics basis [1, nx, ny, nz]: [..., 3] -> [..., 4]."""
+  return jnp.concatenate([jnp.ones_like(normals[..., :1]), normals], axis=-1)
+
+
+def sh_shading(albedo, normals, coefficients):
+  """albedo * (l . [1, nx, ny, nz]) with 4 lighting coefficients per image
+  ([..., 4], shared by the channels) or per channel ([..., C, 4]).
+
+  albedo [..., H, W, C], normals [..., H, W, 3]; coefficients' leading dims
+  are the images' batch dims.
+  """
+  basis = sh_basis(normals)  # [..., H, W, 4]
+  coefficients = jnp.asarray(coefficients)
+  if coefficients.ndim == albedo.ndim - 2:  # [..., 4]: one grey light
+    irradiance = jnp.einsum("...hwk,...k->...hw", basis, coefficients)[..., None]
+  else:  # [..., C, 4]: a light per channel
+    irradiance = jnp.einsum("...hwk,...ck->...hwc", basis, coefficients)
+  return albedo * irradiance
+
+
+# --- Face renders ---------------------------------------------------------------------
+
+
+class FaceRender(NamedTuple):
+  """Everything one rasterization of posed faces gives; images [..., H, W, C]."""
+  raster: Raster
+  image_vertices: jax.Array  # [..., N, 3] the projected vertices
+  depth: jax.Array           # [..., H, W] interpolated z (differentiable), 0 off the face
+  mask: jax.Array            # [..., H, W] bool
+  normals: jax.Array         # [..., H, W, 3] unit normals, camera frame (y up), 0 off
+  pncc: jax.Array            # [..., H, W, 3] PNCC code
+  albedo: jax.Array          # [..., H, W, 3] vertex colours / 255
+
+
+def render_face(model, params, texture, height: int, width: int,
+                backend: str | None = None) -> FaceRender:
+  """Renders faces from parameter vectors [..., P] and texture coefficients
+  [..., Kt] (or None for the mean texture) with the scaled-orthographic camera.
+
+  One rasterization; depth, normals, PNCC and albedo come from one
+  interpolation, so gradients reach pose, shape, expression and texture.
+  """
+  from facerecon import camera  # Deferred: camera and morphable are higher level.
+  from facerecon import morphable
+  from facerecon import params as params_lib
+
+  face = params_lib.split(params, model.layout)
+  vertices = morphable.vertices(model, face.shape, face.expression)
+  image_vertices = camera.project_scaled_orthographic(vertices, face.pose, height)
+  raster = rasterize(image_vertices, model.triangles, height, width, backend)
+  # f > 0 only scales, so normals rotate with R; they stay in the y-up camera
+  # frame (image rows flip y, normals do not).
+  rotation = camera.rotation_matrix(face.angles)
+  normals = jnp.einsum("...ij,...nj->...ni", rotation,
+                       morphable.vertex_normals(vertices, model.triangles))
+  colours = (model.texture_mean if texture is None
+             else morphable.vertex_colors(model, texture)) / 255.0
+  pncc = jnp.broadcast_to(model.pncc, vertices.shape)
+  attributes = jnp.concatenate(
+      [image_vertices[..., 2:], normals, pncc,
+       jnp.broadcast_to(colours, vertices.shape)], axis=-1)
+  values = interpolate(attributes, raster, image_vertices, model.triangles)
+  normal_image = values[..., 1:4]
+  norm = jnp.linalg.norm(normal_image, axis=-1, keepdims=True)
+  normal_image = jnp.where(raster.mask[..., None],
+                           normal_image / jnp.maximum(norm, 1e-6), 0.0)
+  return FaceRender(raster, image_vertices, values[..., 0], raster.mask,
+                    normal_image, values[..., 4:7], values[..., 7:10])

@@ -6,9 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from facerecon import camera
 from facerecon import morphable
-from facerecon import params as params_lib
 from facerecon import render
 
 DEFAULT_LIGHT = (0.3, 0.4, 1.0)  # camera frame, y up: upper right, in front
@@ -20,23 +18,10 @@ def shade_faces(model: morphable.MorphableModel, params, texture,
                 height: int, width: int, light=DEFAULT_LIGHT):
   """Lambertian renders of faces: params [B, P], texture [B, Kt] ->
   (RGB [B, H, W, 3] in [0, 1] over a grey background, landmarks [B, 68, 2])."""
-  face = params_lib.split(params, model.layout)
-  vertices = morphable.vertices(model, face.shape, face.expression)
-  image_points = camera.project_scaled_orthographic(vertices, face.pose, height)
-  raster = render.rasterize(image_points, model.triangles, height, width)
-  # Normals rotate with the face (f > 0 only scales); shading is in the
-  # camera frame, y up, where the light is given.
-  rotation = camera.rotation_matrix(face.angles)
-  normals = jnp.einsum("bij,bnj->bni", rotation,
-                       morphable.vertex_normals(vertices, model.triangles))
-  albedo = render.interpolate(morphable.vertex_colors(model, texture) / 255.0,
-                              raster, image_points, model.triangles)
-  normal_image = render.interpolate(normals, raster, image_points, model.triangles)
-  normal_image = normal_image / jnp.maximum(
-      jnp.linalg.norm(normal_image, axis=-1, keepdims=True), 1e-6)
-  shaded = jnp.clip(render.lambertian(albedo, normal_image, light), 0.0, 1.0)
-  shaded = jnp.where(raster.mask[..., None], shaded, BACKGROUND)
-  landmarks = jnp.take(image_points, model.landmark_indices, axis=-2)[..., :2]
+  face = render.render_face(model, params, texture, height, width)
+  shaded = jnp.clip(render.lambertian(face.albedo, face.normals, light), 0.0, 1.0)
+  shaded = jnp.where(face.mask[..., None], shaded, BACKGROUND)
+  landmarks = jnp.take(face.image_vertices, model.landmark_indices, axis=-2)[..., :2]
   return shaded, landmarks
 
 
