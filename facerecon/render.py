@@ -133,6 +133,10 @@ def _rasterize_reference_image(vertices, triangles, height, width):
   starts = jnp.arange(chunks.shape[0], dtype=jnp.int32) * _REFERENCE_CHUNK
   init = (jnp.full(px.shape[0], -jnp.inf, jnp.float32),
           jnp.full(px.shape[0], -1, jnp.int32))
+  # Under shard_map the carry must vary over the same mesh axes as the data.
+  varying = tuple(jax.typeof(vertices).manual_axis_type.varying)
+  if varying:
+    init = jax.tree.map(lambda x: jax.lax.pcast(x, varying, to="varying"), init)
   (_, best_id), _ = jax.lax.scan(scan_chunk, init, (chunks, starts))
   return best_id.reshape(height, width)
 
@@ -188,10 +192,17 @@ def _rasterize_cpu(vertices, triangles, height, width):
   if problem:
     raise RuntimeError(problem)
   batch = vertices.shape[0]
-  # Inside shard_map the outputs vary over the same mesh axes as the
-  # vertices; typing them so keeps XLA from treating them as replicated.
-  manual = getattr(jax.typeof(vertices), "manual_axis_type", None)
-  shape = lambda s, dtype: jax.ShapeDtypeStruct(s, dtype, manual_axis_type=manual)
+  # Inside shard_map the outputs vary over the same manual mesh axes as the
+  # vertices. Typing them so keeps JAX from treating them as device-invariant
+  # (which would, for example, sum gradients across devices).
+  aval = jax.typeof(vertices)
+  manual = aval.manual_axis_type
+
+  def shape(dims, dtype):
+    if manual.empty:
+      return jax.ShapeDtypeStruct(dims, dtype)
+    replicated = aval.sharding.update(spec=jax.sharding.PartitionSpec(*[None] * len(dims)))
+    return jax.ShapeDtypeStruct(dims, dtype, sharding=replicated, manual_axis_type=manual)
   call = jax.ffi.ffi_call(
       _CPU_TARGET,
       (shape((batch, height, width), jnp.int32),

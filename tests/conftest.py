@@ -25,3 +25,13 @@ def default_model():
   from facerecon import morphable
 
   return morphable.embedded_model()
+
+
+@pytest.fixture(params=["reference", "cpu"])
+def backend(request):
+  """Each rasterizer backend that runs on this machine."""
+  from facerecon import render
+
+  if request.param not in render.available_backends():
+    pytest.skip(f"rasterizer backend '{request.param}' is not available here")
+  return request.param

@@ -22,9 +22,9 @@ def _brute_force_coverage(corners, height, width):
   return np.all(w >= 0, axis=0) | np.all(w <= 0, axis=0)
 
 
-def test_single_triangle_coverage_depth_and_barycentrics():
+def test_single_triangle_coverage_depth_and_barycentrics(backend):
   vertices = jnp.array([[1.3, 1.2, 1.0], [9.6, 2.1, 2.0], [3.4, 8.7, 4.0]])
-  r = render.rasterize(vertices, TRIANGLE, 11, 12)
+  r = render.rasterize(vertices, TRIANGLE, 11, 12, backend=backend)
   np.testing.assert_array_equal(np.asarray(r.mask),
                                 _brute_force_coverage(vertices, 11, 12))
   assert r.triangle_id.dtype == jnp.int32 and r.triangle_id.shape == (11, 12)
@@ -43,34 +43,34 @@ def test_single_triangle_coverage_depth_and_barycentrics():
                                 render.BACKGROUND_DEPTH)
 
 
-def test_nearer_triangle_wins_and_ties_go_to_lower_index():
+def test_nearer_triangle_wins_and_ties_go_to_lower_index(backend):
   far = [[0, 0, 1.0], [10, 0, 1.0], [0, 10, 1.0]]
   near = [[0, 0, 2.0], [10, 0, 2.0], [0, 10, 2.0]]
   vertices = jnp.array(far + near, jnp.float32)
   triangles = jnp.array([[0, 1, 2], [3, 4, 5]], jnp.int32)
-  r = render.rasterize(vertices, triangles, 8, 8)
+  r = render.rasterize(vertices, triangles, 8, 8, backend=backend)
   covered = np.asarray(r.mask)
   assert np.all(np.asarray(r.triangle_id)[covered] == 1)
   # Exactly equal depth: the lower index wins.
   tie = jnp.array(far + far, jnp.float32)
-  r = render.rasterize(tie, triangles, 8, 8)
+  r = render.rasterize(tie, triangles, 8, 8, backend=backend)
   assert np.all(np.asarray(r.triangle_id)[np.asarray(r.mask)] == 0)
 
 
-def test_shared_edges_leave_no_cracks():
+def test_shared_edges_leave_no_cracks(backend):
   """Two triangles of a square: every pixel of the square is covered."""
   square = jnp.array([[0.5, 0.5, 0], [6.5, 0.5, 0], [6.5, 6.5, 0], [0.5, 6.5, 0]],
                      jnp.float32)
   triangles = jnp.array([[0, 1, 2], [0, 2, 3]], jnp.int32)
-  r = render.rasterize(square, triangles, 8, 8)
+  r = render.rasterize(square, triangles, 8, 8, backend=backend)
   expected = np.zeros((8, 8), bool)
   expected[1:7, 1:7] = True
   np.testing.assert_array_equal(np.asarray(r.mask), expected)
 
 
-def test_partly_outside_triangles_are_clipped_not_dropped():
+def test_partly_outside_triangles_are_clipped_not_dropped(backend):
   vertices = jnp.array([[-20.0, -5.0, 1.0], [30.0, 2.0, 1.0], [4.0, 40.0, 1.0]])
-  r = render.rasterize(vertices, TRIANGLE, 10, 10)
+  r = render.rasterize(vertices, TRIANGLE, 10, 10, backend=backend)
   np.testing.assert_array_equal(np.asarray(r.mask), _brute_force_coverage(vertices, 10, 10))
   assert np.asarray(r.mask).sum() > 50
 
@@ -83,50 +83,53 @@ def test_partly_outside_triangles_are_clipped_not_dropped():
     [[1, 1, np.nan], [5, 1, 0], [1, 5, 0]],         # NaN depth
     [[100, 100, 0], [120, 100, 0], [100, 120, 0]],  # off-screen
 ], ids=["collinear", "point", "nan", "inf", "nan-z", "offscreen"])
-def test_degenerate_inputs_cover_nothing(vertices):
-  r = render.rasterize(jnp.array(vertices, jnp.float32), TRIANGLE, 9, 7)
+def test_degenerate_inputs_cover_nothing(vertices, backend):
+  r = render.rasterize(jnp.array(vertices, jnp.float32), TRIANGLE, 9, 7,
+                       backend=backend)
   assert not np.asarray(r.mask).any()
   assert np.all(np.asarray(r.triangle_id) == -1)
   assert np.all(np.isfinite(np.asarray(r.depth)))
 
 
-def test_empty_mesh_tiny_and_non_square_images():
-  r = render.rasterize(jnp.zeros((2, 0, 3)), jnp.zeros((0, 3), jnp.int32), 3, 5)
+def test_empty_mesh_tiny_and_non_square_images(backend):
+  r = render.rasterize(jnp.zeros((2, 0, 3)), jnp.zeros((0, 3), jnp.int32), 3, 5,
+                       backend=backend)
   assert r.triangle_id.shape == (2, 3, 5) and not np.asarray(r.mask).any()
-  one = render.rasterize(jnp.array([[-1.0, -1.0, 0], [2, -1, 0], [-1, 2, 0]]), TRIANGLE, 1, 1)
+  one = render.rasterize(jnp.array([[-1.0, -1.0, 0], [2, -1, 0], [-1, 2, 0]]), TRIANGLE, 1, 1,
+                         backend=backend)
   assert np.asarray(one.mask).tolist() == [[True]]
 
 
-def test_invalid_arguments_raise_clear_errors():
+def test_invalid_arguments_raise_clear_errors(backend):
   vertices = jnp.zeros((3, 3))
   with pytest.raises(ValueError, match=r"triangle indices must be in \[0, 3\)"):
-    render.rasterize(vertices, jnp.array([[0, 1, 3]]), 4, 4)
+    render.rasterize(vertices, jnp.array([[0, 1, 3]]), 4, 4, backend=backend)
   with pytest.raises(ValueError, match=r"\[0, 3\)"):
-    render.rasterize(vertices, jnp.array([[0, -1, 2]]), 4, 4)
+    render.rasterize(vertices, jnp.array([[0, -1, 2]]), 4, 4, backend=backend)
   with pytest.raises(ValueError, match=r"vertices must be \[\.\.\., N, 3\]"):
-    render.rasterize(jnp.zeros((3, 2)), TRIANGLE, 4, 4)
+    render.rasterize(jnp.zeros((3, 2)), TRIANGLE, 4, 4, backend=backend)
   with pytest.raises(ValueError, match="image size"):
-    render.rasterize(vertices, TRIANGLE, 0, 4)
+    render.rasterize(vertices, TRIANGLE, 0, 4, backend=backend)
   with pytest.raises(ValueError, match="unknown rasterizer backend 'magic'"):
     render.rasterize(vertices, TRIANGLE, 4, 4, backend="magic")
 
 
-def test_batch_dims(small_model):
+def test_batch_dims(small_model, backend):
   pose = camera.framing_pose(small_model.mean_shape, jnp.array([0.0, 0.4, 0.0]), 24, 20)
   image = camera.project_scaled_orthographic(small_model.mean_shape, pose, 24)
   stacked = jnp.stack([image, image + jnp.array([1.0, 0.0, 0.0])]).reshape(2, 1, -1, 3)
-  r = render.rasterize(stacked, small_model.triangles, 24, 20)
+  r = render.rasterize(stacked, small_model.triangles, 24, 20, backend=backend)
   assert r.triangle_id.shape == (2, 1, 24, 20) and r.barycentric.shape == (2, 1, 24, 20, 3)
-  single = render.rasterize(image, small_model.triangles, 24, 20)
+  single = render.rasterize(image, small_model.triangles, 24, 20, backend=backend)
   np.testing.assert_array_equal(np.asarray(r.triangle_id[0, 0]), np.asarray(single.triangle_id))
   # The shifted copy is the same picture one column to the right.
   np.testing.assert_array_equal(np.asarray(r.mask[1, 0, :, 1:]), np.asarray(single.mask[:, :-1]))
 
 
-def test_interpolate_reproduces_attributes_and_depth(small_model):
+def test_interpolate_reproduces_attributes_and_depth(small_model, backend):
   pose = camera.framing_pose(small_model.mean_shape, jnp.array([0.1, -0.3, 0.0]), 32, 32)
   image = camera.project_scaled_orthographic(small_model.mean_shape, pose, 32)
-  r = render.rasterize(image, small_model.triangles, 32, 32)
+  r = render.rasterize(image, small_model.triangles, 32, 32, backend=backend)
   depth = render.interpolate(image[:, 2:], r, image, small_model.triangles)[..., 0]
   np.testing.assert_allclose(np.asarray(depth), np.asarray(r.depth), rtol=1e-5, atol=1e-4)
   xy = render.interpolate(image[:, :2], r, image, small_model.triangles)
@@ -134,18 +137,19 @@ def test_interpolate_reproduces_attributes_and_depth(small_model):
   np.testing.assert_allclose(np.asarray(xy)[rows, cols], np.stack([cols, rows], 1), atol=1e-3)
   # Unbatched attributes broadcast over a batch of vertices.
   batch = jnp.stack([image, image])
-  rb = render.rasterize(batch, small_model.triangles, 32, 32)
+  rb = render.rasterize(batch, small_model.triangles, 32, 32, backend=backend)
   colours = render.interpolate(small_model.texture_mean, rb, batch, small_model.triangles)
   assert colours.shape == (2, 32, 32, 3)
 
 
-def test_depth_loss_gradient_matches_finite_differences():
+def test_depth_loss_gradient_matches_finite_differences(backend):
   """Gradients reach x, y and z of the vertices, visibility held fixed."""
   rng = np.random.default_rng(0)
   vertices = np.array([[1.2, 0.7, 1.0], [14.3, 2.2, 3.0], [2.1, 12.6, 2.0],
                        [13.1, 13.4, 5.0]])
   triangles = jnp.array([[0, 1, 2], [1, 3, 2]], jnp.int32)
-  raster = render.rasterize(jnp.asarray(vertices, jnp.float32), triangles, 16, 16)
+  raster = render.rasterize(jnp.asarray(vertices, jnp.float32), triangles, 16, 16,
+                            backend=backend)
   target = rng.normal(size=(16, 16))
   with jax.enable_x64(True):
     def loss(v):

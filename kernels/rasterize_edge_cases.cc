@@ -1,0 +1,113 @@
+// Edge cases for the rasterizer core, run under AddressSanitizer,
+// UndefinedBehaviorSanitizer and valgrind by kernels/run_sanitizers.sh.
+// Every case must finish without a memory error and leave defined output:
+// ids in [-1, T), finite barycentrics summing to 1 where covered, finite depth.
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "rasterize.h"
+
+namespace {
+
+int failures = 0;
+
+void Check(bool ok, const char* what, const char* name) {
+  if (!ok) {
+    std::printf("FAIL %s: %s\n", name, what);
+    ++failures;
+  }
+}
+
+// Rasterizes into exactly-sized heap buffers (so ASan sees any overrun) and
+// checks the output invariants. Returns the kernel's bad-triangle result.
+int64_t Run(const char* name, const std::vector<float>& vertices,
+            const std::vector<int32_t>& triangles, int height, int width) {
+  const int64_t num_vertices = vertices.size() / 3, num_triangles = triangles.size() / 3;
+  const int64_t pixels = static_cast<int64_t>(height) * width;
+  std::vector<uint64_t> keys(pixels);
+  std::vector<facerecon::PixelBounds> bounds(num_vertices);
+  std::vector<facerecon::Candidate> candidates(num_triangles);
+  std::vector<int32_t> ids(pixels);
+  std::vector<float> bary(pixels * 3), depth(pixels);
+  const int64_t bad = facerecon::RasterizeImage(
+      vertices.data(), num_vertices, triangles.data(), num_triangles, height, width,
+      {keys.data(), bounds.data(), candidates.data()}, ids.data(), bary.data(),
+      depth.data());
+  for (int64_t p = 0; p < pixels; ++p) {
+    Check(ids[p] >= -1 && ids[p] < num_triangles, "triangle id out of range", name);
+    Check(std::isfinite(depth[p]), "non-finite depth", name);
+    if (ids[p] < 0) {
+      Check(bary[3 * p] == 0 && bary[3 * p + 1] == 0 && bary[3 * p + 2] == 0,
+            "background barycentrics not zero", name);
+    } else {
+      const float sum = bary[3 * p] + bary[3 * p + 1] + bary[3 * p + 2];
+      Check(std::fabs(sum - 1.0f) < 1e-3f, "barycentrics do not sum to 1", name);
+    }
+  }
+  return bad;
+}
+
+std::vector<float> RandomVertices(std::mt19937& rng, int count, float low, float high) {
+  std::uniform_real_distribution<float> uniform(low, high);
+  std::vector<float> v(3 * count);
+  for (float& x : v) x = uniform(rng);
+  return v;
+}
+
+std::vector<int32_t> RandomTriangles(std::mt19937& rng, int count, int num_vertices) {
+  std::uniform_int_distribution<int32_t> index(0, num_vertices - 1);
+  std::vector<int32_t> t(3 * count);
+  for (int32_t& i : t) i = index(rng);
+  return t;
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(1234);
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+
+  // Random meshes over many image shapes, including 1x1 and single rows/columns.
+  const int shapes[][2] = {{1, 1}, {1, 17}, {17, 1}, {8, 8}, {33, 20}, {64, 64}};
+  for (const auto& shape : shapes) {
+    for (int trial = 0; trial < 5; ++trial) {
+      auto v = RandomVertices(rng, 50, -20.0f, 80.0f);
+      auto t = RandomTriangles(rng, 200, 50);
+      Check(Run("random", v, t, shape[0], shape[1]) == -1, "valid mesh reported bad", "random");
+    }
+  }
+  // Non-finite and huge coordinates.
+  const float specials[] = {nan, inf, -inf, 1e30f, -1e30f, 3e38f, 1e-40f, 0.0f};
+  for (float special : specials) {
+    auto v = RandomVertices(rng, 30, -5.0f, 40.0f);
+    for (int i = 0; i < 30; i += 3) v[3 * i + (i % 3)] = special;
+    auto t = RandomTriangles(rng, 100, 30);
+    Run("special values", v, t, 32, 24);
+  }
+  // A triangle far larger than the image, and one fully off-screen.
+  Run("huge triangle", {-1e6f, -1e6f, 1.0f, 3e6f, -1e6f, 2.0f, -1e6f, 3e6f, 3.0f},
+      {0, 1, 2}, 20, 30);
+  Run("off-screen", {500, 500, 0, 510, 500, 0, 500, 510, 0}, {0, 1, 2}, 20, 30);
+  // Degenerate triangles: zero area, a point, repeated indices.
+  Run("degenerate", {1, 1, 0, 5, 5, 0, 9, 9, 0}, {0, 1, 2, 0, 0, 0, 1, 1, 2}, 10, 10);
+  // Empty meshes.
+  Run("no triangles", {1, 2, 3}, {}, 5, 7);
+  Run("no vertices", {}, {}, 5, 7);
+  // Out-of-range indices: reported, outputs left as background.
+  const std::vector<float> v3 = {0, 0, 0, 9, 0, 0, 0, 9, 0};
+  Check(Run("index too large", v3, {0, 1, 2, 0, 1, 3}, 10, 10) == 1,
+        "index 3 of 3 vertices not reported", "index too large");
+  Check(Run("negative index", v3, {0, -1, 2}, 10, 10) == 0,
+        "negative index not reported", "negative index");
+  Check(Run("no vertices, a triangle", {}, {0, 0, 0}, 4, 4) == 0,
+        "index into an empty vertex array not reported", "no vertices, a triangle");
+
+  std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
+  return failures ? 1 : 0;
+}
