@@ -34,7 +34,11 @@ import numpy as np
 BACKGROUND_DEPTH = 0.0
 BACKENDS = ("cpu", "reference")
 _REFERENCE_CHUNK = 64
-_CPU_TARGET = "facerecon_rasterize_cpu"
+_CPU_TARGETS = {  # XLA custom-call target -> symbol in the kernel library
+    "facerecon_rasterize_cpu": "FaceReconRasterizeCpu",
+    "facerecon_interpolate_cpu": "FaceReconInterpolateCpu",
+    "facerecon_interpolate_grad_cpu": "FaceReconInterpolateGradCpu",
+}
 # Overrides the CPU kernel library, e.g. a sanitizer build (kernels/run_sanitizers.sh).
 CPU_KERNEL_ENV = "FACERECON_CPU_KERNEL"
 
@@ -68,33 +72,48 @@ _INSIDE_TOLERANCE = 1e-6
 _BOX_MARGIN = 1e-3
 
 
-def triangle_setup(corners):
-  """Per-triangle constants for barycentrics: corners [..., 3, 3] -> [..., 9].
+class TriangleSetup(NamedTuple):
+  """Per-triangle constants for barycentrics (struct of arrays, shape [...]).
 
-  With d = p - v0, b1 = k1x dx + k1y dy, b2 = k2x dx + k2y dy, b0 = 1 - b1 - b2
-  and z = z0 + b1 (z1 - z0) + b2 (z2 - z0). Working relative to v0 keeps
-  float32 precision for small triangles far from the origin. Zero-area and
-  non-finite triangles get NaN constants, so they cover nothing.
-  Returns (x0, y0, z0, k1x, k1y, k2x, k2y, dz1, dz2).
+  With d = p - v0: b1 = k1x dx + k1y dy, b2 = k2x dx + k2y dy,
+  b0 = 1 - b1 - b2 and z = z0 + b1 dz1 + b2 dz2. kernels/rasterize.h
+  evaluates the same expressions in the same order.
   """
-  e1 = corners[..., 1, :] - corners[..., 0, :]
-  e2 = corners[..., 2, :] - corners[..., 0, :]
-  area = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]
+  x0: jax.Array
+  y0: jax.Array
+  z0: jax.Array
+  k1x: jax.Array
+  k1y: jax.Array
+  k2x: jax.Array
+  k2y: jax.Array
+  dz1: jax.Array
+  dz2: jax.Array
+
+
+def triangle_setup(corners) -> TriangleSetup:
+  """corners [..., 3, 3] -> the constants of each triangle.
+
+  Working relative to v0 keeps float32 precision for small triangles far
+  from the origin. Zero-area and non-finite triangles get NaN constants, so
+  they cover nothing.
+  """
+  x, y, z = corners[..., 0], corners[..., 1], corners[..., 2]
+  e1x, e1y, e1z = x[..., 1] - x[..., 0], y[..., 1] - y[..., 0], z[..., 1] - z[..., 0]
+  e2x, e2y, e2z = x[..., 2] - x[..., 0], y[..., 2] - y[..., 0], z[..., 2] - z[..., 0]
+  area = e1x * e2y - e1y * e2x
   usable = (area != 0) & jnp.isfinite(area)
   inv = jnp.where(usable, 1.0 / jnp.where(usable, area, 1.0), jnp.nan)
-  return jnp.stack([
-      corners[..., 0, 0], corners[..., 0, 1], corners[..., 0, 2],
-      e2[..., 1] * inv, -e2[..., 0] * inv, -e1[..., 1] * inv, e1[..., 0] * inv,
-      e1[..., 2], e2[..., 2]], axis=-1)
+  return TriangleSetup(x[..., 0], y[..., 0], z[..., 0], e2y * inv, -e2x * inv,
+                       -e1y * inv, e1x * inv, e1z, e2z)
 
 
-def _barycentrics(setup, px, py):
-  """Barycentrics [..., 3] and depth [...] of points (px, py) given a setup."""
-  dx, dy = px - setup[..., 0], py - setup[..., 1]
-  b1 = setup[..., 3] * dx + setup[..., 4] * dy
-  b2 = setup[..., 5] * dx + setup[..., 6] * dy
-  z = setup[..., 2] + b1 * setup[..., 7] + b2 * setup[..., 8]
-  return jnp.stack([1.0 - b1 - b2, b1, b2], axis=-1), z
+def _barycentrics(setup: TriangleSetup, px, py):
+  """Barycentrics (b0, b1, b2) and depth of points (px, py)."""
+  dx, dy = px - setup.x0, py - setup.y0
+  b1 = setup.k1x * dx + setup.k1y * dy
+  b2 = setup.k2x * dx + setup.k2y * dy
+  z = setup.z0 + b1 * setup.dz1 + b2 * setup.dz2
+  return (1.0 - b1 - b2, b1, b2), z
 
 
 def _rasterize_reference_image(vertices, triangles, height, width):
@@ -102,26 +121,26 @@ def _rasterize_reference_image(vertices, triangles, height, width):
   num_triangles = triangles.shape[0]
   pad = (-num_triangles) % _REFERENCE_CHUNK
   corners = vertices[triangles]
-  # Setup, then the widened bounding box (x_lo, x_hi, y_lo, y_hi).
-  setup = jnp.concatenate([
-      triangle_setup(corners),
-      jnp.min(corners[..., 0], axis=-1, keepdims=True) - _BOX_MARGIN,
-      jnp.max(corners[..., 0], axis=-1, keepdims=True) + _BOX_MARGIN,
-      jnp.min(corners[..., 1], axis=-1, keepdims=True) - _BOX_MARGIN,
-      jnp.max(corners[..., 1], axis=-1, keepdims=True) + _BOX_MARGIN], axis=-1)
-  # Padding rows are NaN: they never cover a pixel.
-  setup = jnp.pad(setup, ((0, pad), (0, 0)), constant_values=jnp.nan)
-  chunks = setup.reshape(-1, _REFERENCE_CHUNK, setup.shape[-1])
+  # The widened bounding box (x_lo, x_hi, y_lo, y_hi) and the setup.
+  box = (jnp.min(corners[..., 0], axis=-1) - _BOX_MARGIN,
+         jnp.max(corners[..., 0], axis=-1) + _BOX_MARGIN,
+         jnp.min(corners[..., 1], axis=-1) - _BOX_MARGIN,
+         jnp.max(corners[..., 1], axis=-1) + _BOX_MARGIN)
+  # Padding entries are NaN: they never cover a pixel.
+  chunked = lambda a: jnp.pad(a, (0, pad), constant_values=jnp.nan).reshape(
+      -1, _REFERENCE_CHUNK)
+  setup = jax.tree.map(chunked, triangle_setup(corners))
+  box = jax.tree.map(chunked, box)
   cols, rows = _pixel_grid(height, width, jnp.float32)
   px, py = cols.reshape(-1, 1), rows.reshape(-1, 1)
 
-  def scan_chunk(carry, chunk_and_start):
+  def scan_chunk(carry, chunk):
     best_z, best_id = carry
-    chunk, start = chunk_and_start
-    b, z = _barycentrics(chunk, px, py)  # [P, C, 3], [P, C]
-    in_box = ((px >= chunk[:, 9]) & (px <= chunk[:, 10])
-              & (py >= chunk[:, 11]) & (py <= chunk[:, 12]))
-    inside = jnp.all(b >= -_INSIDE_TOLERANCE, axis=-1) & jnp.isfinite(z) & in_box
+    setup, (x_lo, x_hi, y_lo, y_hi), start = chunk
+    (b0, b1, b2), z = _barycentrics(setup, px, py)  # each [P, C]
+    inside = ((b0 >= -_INSIDE_TOLERANCE) & (b1 >= -_INSIDE_TOLERANCE)
+              & (b2 >= -_INSIDE_TOLERANCE) & jnp.isfinite(z)
+              & (px >= x_lo) & (px <= x_hi) & (py >= y_lo) & (py <= y_hi))
     z = jnp.where(inside, z, -jnp.inf)
     chunk_best = jnp.argmax(z, axis=1)  # first maximum: lowest index wins ties
     chunk_z = jnp.take_along_axis(z, chunk_best[:, None], axis=1)[:, 0]
@@ -130,14 +149,14 @@ def _rasterize_reference_image(vertices, triangles, height, width):
     best_id = jnp.where(better, start + chunk_best.astype(jnp.int32), best_id)
     return (best_z, best_id), None
 
-  starts = jnp.arange(chunks.shape[0], dtype=jnp.int32) * _REFERENCE_CHUNK
+  starts = jnp.arange(setup.x0.shape[0], dtype=jnp.int32) * _REFERENCE_CHUNK
   init = (jnp.full(px.shape[0], -jnp.inf, jnp.float32),
           jnp.full(px.shape[0], -1, jnp.int32))
   # Under shard_map the carry must vary over the same mesh axes as the data.
   varying = tuple(jax.typeof(vertices).manual_axis_type.varying)
   if varying:
     init = jax.tree.map(lambda x: jax.lax.pcast(x, varying, to="varying"), init)
-  (_, best_id), _ = jax.lax.scan(scan_chunk, init, (chunks, starts))
+  (_, best_id), _ = jax.lax.scan(scan_chunk, init, (setup, box, starts))
   return best_id.reshape(height, width)
 
 
@@ -168,8 +187,9 @@ def _register_cpu_kernel() -> str | None:
     library = ctypes.cdll.LoadLibrary(path)
   except OSError as e:
     return f"cannot load the CPU rasterizer kernel {path}: {e}"
-  jax.ffi.register_ffi_target(
-      _CPU_TARGET, jax.ffi.pycapsule(library.FaceReconRasterizeCpu), platform="cpu")
+  for target, symbol in _CPU_TARGETS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform="cpu")
   return None
 
 
@@ -186,16 +206,15 @@ def default_backend() -> str:
   return available_backends()[0]
 
 
-def _rasterize_cpu(vertices, triangles, height, width):
-  """[B, N, 3] -> ids, barycentric, depth through the FFI custom call."""
+def _cpu_call(target, like, results, *args):
+  """Calls a CPU kernel; `results` are (shape, dtype) pairs, typed like `like`."""
   problem = _register_cpu_kernel()
   if problem:
     raise RuntimeError(problem)
-  batch = vertices.shape[0]
   # Inside shard_map the outputs vary over the same manual mesh axes as the
-  # vertices. Typing them so keeps JAX from treating them as device-invariant
+  # inputs. Typing them so keeps JAX from treating them as device-invariant
   # (which would, for example, sum gradients across devices).
-  aval = jax.typeof(vertices)
+  aval = jax.typeof(like)
   manual = aval.manual_axis_type
 
   def shape(dims, dtype):
@@ -203,13 +222,20 @@ def _rasterize_cpu(vertices, triangles, height, width):
       return jax.ShapeDtypeStruct(dims, dtype)
     replicated = aval.sharding.update(spec=jax.sharding.PartitionSpec(*[None] * len(dims)))
     return jax.ShapeDtypeStruct(dims, dtype, sharding=replicated, manual_axis_type=manual)
-  call = jax.ffi.ffi_call(
-      _CPU_TARGET,
-      (shape((batch, height, width), jnp.int32),
-       shape((batch, height, width, 3), jnp.float32),
-       shape((batch, height, width), jnp.float32)),
-      vmap_method="expand_dims")
-  return call(vertices, triangles)
+
+  call = jax.ffi.ffi_call(target, tuple(shape(d, t) for d, t in results),
+                          vmap_method="expand_dims")
+  return call(*args)
+
+
+def _rasterize_cpu(vertices, triangles, height, width):
+  """[B, N, 3] -> ids, barycentric, depth through the FFI custom call."""
+  batch = vertices.shape[0]
+  return _cpu_call("facerecon_rasterize_cpu", vertices,
+                   (((batch, height, width), jnp.int32),
+                    ((batch, height, width, 3), jnp.float32),
+                    ((batch, height, width), jnp.float32)),
+                   vertices, triangles)
 
 
 def rasterize(vertices, triangles, height: int, width: int,
@@ -280,34 +306,54 @@ def _pixel_barycentrics(corners):
   """Barycentrics [B, H, W, 3] and depth [B, H, W] of each pixel centre in
   its triangle `corners` [B, H, W, 3, 3]."""
   cols, rows = _pixel_grid(corners.shape[-4], corners.shape[-3], corners.dtype)
-  return _barycentrics(triangle_setup(corners), cols, rows)
+  bary, depth = _barycentrics(triangle_setup(corners), cols, rows)
+  return jnp.stack(bary, axis=-1), depth
 
 
-@jax.custom_vjp
-def _interpolate(attributes, vertices, triangle_id, triangles):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _interpolate(attributes, vertices, triangle_id, triangles, backend):
   """attributes [B, N, C], vertices [B, N, 3], ids [B, H, W] -> [B, H, W, C]."""
+  if backend == "cpu":
+    shape = triangle_id.shape + attributes.shape[-1:]
+    return _cpu_call("facerecon_interpolate_cpu", vertices, ((shape, jnp.float32),),
+                     attributes, vertices, triangle_id, triangles)[0]
   corner_index, corners = _pixel_corners(vertices, triangles, triangle_id)
   bary = _pixel_barycentrics(corners)[0]
   values = jax.vmap(lambda a, i: a[i])(attributes, corner_index)  # [B, H, W, 3, C]
-  out = jnp.einsum("bhwk,bhwkc->bhwc", bary, values)
+  # Broadcast-and-sum, not einsum: XLA's CPU dot over [B, H, W] batches of
+  # 3-vectors is many tiny matrix products.
+  out = jnp.sum(bary[..., None] * values, axis=-2)
   return jnp.where((triangle_id >= 0)[..., None], out, 0.0)
 
 
-def _interpolate_fwd(attributes, vertices, triangle_id, triangles):
-  return (_interpolate(attributes, vertices, triangle_id, triangles),
+def _interpolate_fwd(attributes, vertices, triangle_id, triangles, backend):
+  return (_interpolate(attributes, vertices, triangle_id, triangles, backend),
           (attributes, vertices, triangle_id, triangles))
 
 
-def _interpolate_bwd(residuals, grad_out):
+def _interpolate_bwd(backend, residuals, grad_out):
   attributes, vertices, triangle_id, triangles = residuals
+  if backend == "cpu":
+    grad_attributes, grad_vertices = _cpu_call(
+        "facerecon_interpolate_grad_cpu", vertices,
+        ((attributes.shape, jnp.float32), (vertices.shape, jnp.float32)),
+        attributes, vertices, triangle_id, triangles, grad_out.astype(jnp.float32))
+    return grad_attributes, grad_vertices, None, None
   grad_out = jnp.where((triangle_id >= 0)[..., None], grad_out, 0.0)
   corner_index, corners = _pixel_corners(vertices, triangles, triangle_id)
-  bary, bary_vjp = jax.vjp(lambda c: _pixel_barycentrics(c)[0], corners)
-  values = jax.vmap(lambda a, i: a[i])(attributes, corner_index)
-  # out = sum_k b_k a_k: d/d a_k = g b_k, and d/d b_k = <g, a_k>, which
-  # reaches the corner positions through the barycentric formulas.
-  grad_bary = jnp.einsum("bhwc,bhwkc->bhwk", grad_out, values)
-  (grad_corners,) = bary_vjp(grad_bary)
+  setup = triangle_setup(corners)
+  cols, rows = _pixel_grid(triangle_id.shape[-2], triangle_id.shape[-1], vertices.dtype)
+  bary = jnp.stack(_barycentrics(setup, cols, rows)[0], axis=-1)  # [B, H, W, 3]
+  values = jax.vmap(lambda a, i: a[i])(attributes, corner_index)  # [B, H, W, 3, C]
+  # out = sum_k b_k a_k: d/d a_k = g b_k and d/d b_k = <g, a_k>. Since
+  # p = sum_j b_j v_j, moving corner k by d changes b like moving p by
+  # -b_k d, so d/d v_k = -b_k sum_j (d/d b_j) grad_p b_j (x and y only).
+  grad_bary = jnp.sum(grad_out[..., None, :] * values, axis=-1)
+  u = grad_bary[..., 1] - grad_bary[..., 0]
+  w = grad_bary[..., 2] - grad_bary[..., 0]
+  grad_point = jnp.stack([u * setup.k1x + w * setup.k2x, u * setup.k1y + w * setup.k2y,
+                          jnp.zeros_like(u)], axis=-1)  # [B, H, W, 3]
+  grad_corners = -bary[..., None] * grad_point[..., None, :]
   grad_values = grad_out[..., None, :] * bary[..., None]
   # One scatter for both gradients: [B, H, W, 3 corners, 3 + C].
   per_corner = jnp.concatenate([grad_corners, grad_values], axis=-1)
@@ -324,15 +370,21 @@ def _interpolate_bwd(residuals, grad_out):
 _interpolate.defvjp(_interpolate_fwd, _interpolate_bwd)
 
 
-def interpolate(attributes, raster: Raster, vertices, triangles):
+def interpolate(attributes, raster: Raster, vertices, triangles,
+                backend: str | None = None):
   """Per-vertex attributes [..., N, C] -> per-pixel [..., H, W, C].
 
   `vertices` are the image-space vertices that were rasterized. Barycentrics
   are recomputed from them for each pixel's visible triangle, so gradients
   flow to vertex x, y, z (through the barycentrics, visibility held fixed)
   and to the attributes. Background pixels get 0. Attributes without the
-  batch dims are shared by the batch.
+  batch dims are shared by the batch. `backend` as for `rasterize`: 'cpu'
+  runs forward and backward as FFI kernels (float32), 'reference' in pure
+  JAX; both compute the same function and gradient.
   """
+  backend = backend or default_backend()
+  if backend not in BACKENDS:
+    raise ValueError(f"unknown interpolate backend '{backend}'")
   vertices = jnp.asarray(vertices)
   triangles = jnp.asarray(triangles, jnp.int32)
   attributes = jnp.broadcast_to(
@@ -341,7 +393,10 @@ def interpolate(attributes, raster: Raster, vertices, triangles):
   flat_vertices, batch = _flatten_batch(vertices, 2)
   flat_attributes, _ = _flatten_batch(attributes, 2)
   flat_ids, _ = _flatten_batch(raster.triangle_id, 2)
-  values = _interpolate(flat_attributes, flat_vertices, flat_ids, triangles)
+  if backend == "cpu":  # The kernels take float32.
+    flat_attributes = flat_attributes.astype(jnp.float32)
+    flat_vertices = flat_vertices.astype(jnp.float32)
+  values = _interpolate(flat_attributes, flat_vertices, flat_ids, triangles, backend)
   return values.reshape(batch + values.shape[1:])
 
 
@@ -422,7 +477,7 @@ def render_face(model, params, texture, height: int, width: int,
   attributes = jnp.concatenate(
       [image_vertices[..., 2:], normals, pncc,
        jnp.broadcast_to(colours, vertices.shape)], axis=-1)
-  values = interpolate(attributes, raster, image_vertices, model.triangles)
+  values = interpolate(attributes, raster, image_vertices, model.triangles, backend)
   normal_image = values[..., 1:4]
   norm = jnp.linalg.norm(normal_image, axis=-1, keepdims=True)
   normal_image = jnp.where(raster.mask[..., None],

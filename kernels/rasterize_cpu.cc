@@ -1,19 +1,24 @@
-// XLA FFI custom call: the CPU depth rasterizer (see rasterize.h).
+// XLA FFI custom calls for the CPU backend (the math is in rasterize.h).
 //
-//   vertices  f32 [..., N, 3]   image coordinates, larger z nearer
-//   triangles s32 [..., T, 3]   leading dims multiply to 1 (shared) or to the
-//                               vertices' batch (one topology per image)
-// -> ids       s32 [..., H, W]
-//    bary      f32 [..., H, W, 3]
-//    depth     f32 [..., H, W]
+// FaceReconRasterizeCpu
+//   vertices   f32 [..., N, 3]   image coordinates, larger z nearer
+//   triangles  s32 [..., T, 3]   leading dims multiply to 1 (shared) or to the
+//                                vertices' batch (one topology per image)
+//   -> ids s32 [..., H, W], barycentric f32 [..., H, W, 3], depth f32 [..., H, W]
+// FaceReconInterpolateCpu
+//   attributes f32 [..., N, C], vertices, ids, triangles -> out f32 [..., H, W, C]
+// FaceReconInterpolateGradCpu
+//   attributes, vertices, ids, triangles, grad_out f32 [..., H, W, C]
+//   -> grad_attributes f32 [..., N, C], grad_vertices f32 [..., N, 3]
 //
 // Images of a batch are spread over XLA's intra-op thread pool; the calling
-// thread works too, so the call finishes even if no pool thread is free.
+// thread works too, so a call finishes even if no pool thread is free.
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -37,72 +42,21 @@ int64_t Product(ffi::Span<const int64_t> dims, size_t begin, size_t end) {
 struct BatchJob {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> finished{0};
-  std::atomic<int64_t> bad_triangle{-1};
   std::mutex mutex;
   std::condition_variable all_finished;
 };
 
-ffi::Error RasterizeCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vertices,
-                        ffi::Buffer<ffi::S32> triangles,
-                        ffi::ResultBuffer<ffi::S32> ids,
-                        ffi::ResultBuffer<ffi::F32> barycentric,
-                        ffi::ResultBuffer<ffi::F32> depth) {
-  const auto vdims = vertices.dimensions();
-  const auto tdims = triangles.dimensions();
-  const auto idims = ids->dimensions();
-  if (vdims.size() < 2 || vdims.back() != 3) {
-    return ffi::Error::InvalidArgument("rasterize: vertices must be [..., N, 3]");
-  }
-  if (tdims.size() < 2 || tdims.back() != 3) {
-    return ffi::Error::InvalidArgument("rasterize: triangles must be [..., T, 3]");
-  }
-  if (idims.size() < 2) {
-    return ffi::Error::InvalidArgument("rasterize: outputs must be [..., H, W]");
-  }
-  const int64_t batch = Product(vdims, 0, vdims.size() - 2);
-  const int64_t num_vertices = vdims[vdims.size() - 2];
-  const int64_t triangle_batch = Product(tdims, 0, tdims.size() - 2);
-  const int64_t num_triangles = tdims[tdims.size() - 2];
-  const int64_t height = idims[idims.size() - 2];
-  const int64_t width = idims[idims.size() - 1];
-  if (Product(idims, 0, idims.size() - 2) != batch) {
-    return ffi::Error::InvalidArgument("rasterize: output batch differs from vertices'");
-  }
-  if (triangle_batch != 1 && triangle_batch != batch) {
-    return ffi::Error::InvalidArgument(
-        "rasterize: triangles' leading dims must be 1 or the vertices' batch");
-  }
-  if (num_triangles > 0x7fffffff || height * width > 0x7fffffff) {
-    return ffi::Error::InvalidArgument("rasterize: more than 2^31 triangles or pixels");
-  }
-  const int64_t pixels = height * width;
-  const float* vertex_data = vertices.typed_data();
-  const int32_t* triangle_data = triangles.typed_data();
-  int32_t* id_data = ids->typed_data();
-  float* bary_data = barycentric->typed_data();
-  float* depth_data = depth->typed_data();
-
+// Runs image(b) for b in [0, batch) on the pool and the calling thread.
+// `make_worker` is called once per participating thread and returns that
+// thread's per-image function (so scratch memory is per thread).
+void ParallelForBatch(ffi::ThreadPool& pool, int64_t batch,
+                      std::function<std::function<void(int64_t)>()> make_worker) {
   auto job = std::make_shared<BatchJob>();
-  auto work = [=]() {
-    std::vector<uint64_t> keys;
-    std::vector<facerecon::PixelBounds> bounds;
-    std::vector<facerecon::Candidate> candidates;
+  auto work = [job, batch, make_worker]() {
+    std::function<void(int64_t)> image;
     for (int64_t b; (b = job->next.fetch_add(1)) < batch;) {
-      if (keys.empty()) {  // Allocated once per worker, only if it gets work.
-        keys.resize(std::max<int64_t>(pixels, 1));
-        bounds.resize(std::max<int64_t>(num_vertices, 1));
-        candidates.resize(std::max<int64_t>(num_triangles, 1));
-      }
-      const int64_t bad = facerecon::RasterizeImage(
-          vertex_data + b * num_vertices * 3, num_vertices,
-          triangle_data + (triangle_batch == 1 ? 0 : b) * num_triangles * 3,
-          num_triangles, static_cast<int>(height), static_cast<int>(width),
-          {keys.data(), bounds.data(), candidates.data()}, id_data + b * pixels,
-          bary_data + b * pixels * 3, depth_data + b * pixels);
-      if (bad >= 0) {
-        int64_t none = -1;
-        job->bad_triangle.compare_exchange_strong(none, bad);
-      }
+      if (!image) image = make_worker();  // only threads that get work allocate
+      image(b);
       if (job->finished.fetch_add(1) + 1 == batch) {
         std::lock_guard<std::mutex> lock(job->mutex);
         job->all_finished.notify_all();
@@ -113,15 +67,161 @@ ffi::Error RasterizeCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vertices,
       std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1), batch) - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work(); });
   work();
-  {
-    std::unique_lock<std::mutex> lock(job->mutex);
-    job->all_finished.wait(lock, [&] { return job->finished.load() >= batch; });
+  std::unique_lock<std::mutex> lock(job->mutex);
+  job->all_finished.wait(lock, [&] { return job->finished.load() >= batch; });
+}
+
+// Shapes shared by the three calls, checked once.
+struct Geometry {
+  int64_t batch, num_vertices, triangle_batch, num_triangles, height, width;
+};
+
+ffi::Error CheckGeometry(const char* op, ffi::Span<const int64_t> vdims,
+                         ffi::Span<const int64_t> tdims,
+                         ffi::Span<const int64_t> idims, Geometry* g) {
+  const std::string name(op);
+  if (vdims.size() < 2 || vdims.back() != 3) {
+    return ffi::Error::InvalidArgument(name + ": vertices must be [..., N, 3]");
   }
-  if (job->bad_triangle.load() >= 0) {
+  if (tdims.size() < 2 || tdims.back() != 3) {
+    return ffi::Error::InvalidArgument(name + ": triangles must be [..., T, 3]");
+  }
+  if (idims.size() < 2) {
+    return ffi::Error::InvalidArgument(name + ": images must be [..., H, W]");
+  }
+  g->batch = Product(vdims, 0, vdims.size() - 2);
+  g->num_vertices = vdims[vdims.size() - 2];
+  g->triangle_batch = Product(tdims, 0, tdims.size() - 2);
+  g->num_triangles = tdims[tdims.size() - 2];
+  g->height = idims[idims.size() - 2];
+  g->width = idims[idims.size() - 1];
+  if (Product(idims, 0, idims.size() - 2) != g->batch) {
+    return ffi::Error::InvalidArgument(name + ": image batch differs from the vertices'");
+  }
+  if (g->triangle_batch != 1 && g->triangle_batch != g->batch) {
     return ffi::Error::InvalidArgument(
-        "rasterize: triangle " + std::to_string(job->bad_triangle.load()) +
-        " has a vertex index outside [0, " + std::to_string(num_vertices) + ")");
+        name + ": triangles' leading dims must be 1 or the vertices' batch");
   }
+  if (g->num_triangles > 0x7fffffff || g->height * g->width > 0x7fffffff) {
+    return ffi::Error::InvalidArgument(name + ": more than 2^31 triangles or pixels");
+  }
+  return ffi::Error::Success();
+}
+
+const int32_t* ImageTriangles(const Geometry& g, const int32_t* triangles, int64_t b) {
+  return triangles + (g.triangle_batch == 1 ? 0 : b) * g.num_triangles * 3;
+}
+
+ffi::Error RasterizeCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vertices,
+                        ffi::Buffer<ffi::S32> triangles,
+                        ffi::ResultBuffer<ffi::S32> ids,
+                        ffi::ResultBuffer<ffi::F32> barycentric,
+                        ffi::ResultBuffer<ffi::F32> depth) {
+  Geometry g;
+  if (auto error = CheckGeometry("rasterize", vertices.dimensions(),
+                                 triangles.dimensions(), ids->dimensions(), &g);
+      error.failure()) {
+    return error;
+  }
+  const int64_t pixels = g.height * g.width;
+  const float* vertex_data = vertices.typed_data();
+  const int32_t* triangle_data = triangles.typed_data();
+  int32_t* id_data = ids->typed_data();
+  float* bary_data = barycentric->typed_data();
+  float* depth_data = depth->typed_data();
+  std::atomic<int64_t> bad_triangle{-1};
+  ParallelForBatch(pool, g.batch, [&]() -> std::function<void(int64_t)> {
+    auto keys = std::make_shared<std::vector<uint64_t>>(std::max<int64_t>(pixels, 1));
+    auto bounds = std::make_shared<std::vector<facerecon::PixelBounds>>(
+        std::max<int64_t>(g.num_vertices, 1));
+    auto candidates = std::make_shared<std::vector<facerecon::Candidate>>(
+        std::max<int64_t>(g.num_triangles, 1));
+    return [=, &g, &bad_triangle](int64_t b) {
+      const int64_t bad = facerecon::RasterizeImage(
+          vertex_data + b * g.num_vertices * 3, g.num_vertices,
+          ImageTriangles(g, triangle_data, b), g.num_triangles,
+          static_cast<int>(g.height), static_cast<int>(g.width),
+          {keys->data(), bounds->data(), candidates->data()}, id_data + b * pixels,
+          bary_data + b * pixels * 3, depth_data + b * pixels);
+      if (bad >= 0) {
+        int64_t none = -1;
+        bad_triangle.compare_exchange_strong(none, bad);
+      }
+    };
+  });
+  if (bad_triangle.load() >= 0) {
+    return ffi::Error::InvalidArgument(
+        "rasterize: triangle " + std::to_string(bad_triangle.load()) +
+        " has a vertex index outside [0, " + std::to_string(g.num_vertices) + ")");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error InterpolateCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> attributes,
+                          ffi::Buffer<ffi::F32> vertices, ffi::Buffer<ffi::S32> ids,
+                          ffi::Buffer<ffi::S32> triangles,
+                          ffi::ResultBuffer<ffi::F32> out) {
+  Geometry g;
+  if (auto error = CheckGeometry("interpolate", vertices.dimensions(),
+                                 triangles.dimensions(), ids.dimensions(), &g);
+      error.failure()) {
+    return error;
+  }
+  const int64_t channels = attributes.dimensions().back();
+  if (static_cast<int64_t>(attributes.element_count()) != g.batch * g.num_vertices * channels) {
+    return ffi::Error::InvalidArgument("interpolate: attributes must be [..., N, C]");
+  }
+  const int64_t pixels = g.height * g.width;
+  const float* a = attributes.typed_data();
+  const float* v = vertices.typed_data();
+  const int32_t* i = ids.typed_data();
+  const int32_t* t = triangles.typed_data();
+  float* o = out->typed_data();
+  ParallelForBatch(pool, g.batch, [&]() -> std::function<void(int64_t)> {
+    return [=, &g](int64_t b) {
+      facerecon::InterpolateImage(v + b * g.num_vertices * 3, a + b * g.num_vertices * channels,
+                                  g.num_vertices, channels, ImageTriangles(g, t, b),
+                                  g.num_triangles, i + b * pixels, pixels,
+                                  static_cast<int>(g.width), o + b * pixels * channels);
+    };
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error InterpolateGradCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> attributes,
+                              ffi::Buffer<ffi::F32> vertices, ffi::Buffer<ffi::S32> ids,
+                              ffi::Buffer<ffi::S32> triangles,
+                              ffi::Buffer<ffi::F32> grad_out,
+                              ffi::ResultBuffer<ffi::F32> grad_attributes,
+                              ffi::ResultBuffer<ffi::F32> grad_vertices) {
+  Geometry g;
+  if (auto error = CheckGeometry("interpolate", vertices.dimensions(),
+                                 triangles.dimensions(), ids.dimensions(), &g);
+      error.failure()) {
+    return error;
+  }
+  const int64_t channels = attributes.dimensions().back();
+  const int64_t pixels = g.height * g.width;
+  if (static_cast<int64_t>(attributes.element_count()) != g.batch * g.num_vertices * channels ||
+      static_cast<int64_t>(grad_out.element_count()) != g.batch * pixels * channels) {
+    return ffi::Error::InvalidArgument("interpolate: attribute and gradient shapes differ");
+  }
+  const float* a = attributes.typed_data();
+  const float* v = vertices.typed_data();
+  const int32_t* i = ids.typed_data();
+  const int32_t* t = triangles.typed_data();
+  const float* go = grad_out.typed_data();
+  float* ga = grad_attributes->typed_data();
+  float* gv = grad_vertices->typed_data();
+  ParallelForBatch(pool, g.batch, [&]() -> std::function<void(int64_t)> {
+    return [=, &g](int64_t b) {
+      facerecon::InterpolateImageGrad(
+          v + b * g.num_vertices * 3, a + b * g.num_vertices * channels, g.num_vertices,
+          channels, ImageTriangles(g, t, b), g.num_triangles, i + b * pixels, pixels,
+          static_cast<int>(g.width), go + b * pixels * channels,
+          ga + b * g.num_vertices * channels, gv + b * g.num_vertices * 3);
+    };
+  });
   return ffi::Error::Success();
 }
 
@@ -133,5 +233,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FaceReconRasterizeCpu, RasterizeCpu,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FaceReconInterpolateCpu, InterpolateCpu,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FaceReconInterpolateGradCpu, InterpolateGradCpu,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

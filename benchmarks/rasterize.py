@@ -1,0 +1,89 @@
+r"""Rasterizer speed: ms per image, each available backend vs the reference.
+
+    python benchmarks/rasterize.py [--sizes=200,224] [--batches=1,32]
+
+On the BFM-scale embedded face (grid 253: 53,605 vertices, 106,324
+triangles), three-quarter view filling the image. For each backend, image
+size and batch: `rasterize` alone, and forward+backward of a depth-image loss
+(rasterize, interpolate z, squared error to a target over the mask, gradient
+w.r.t. the vertices), jitted, median of --repeats calls. The pure-JAX
+reference is the in-run baseline (batch 1 only: it takes seconds per image).
+Batch 1 runs on one thread; larger batches spread images over XLA's CPU
+threads. The last column compares with 3DDFA_V2's Sim3DR (about 2.1 ms at
+200x200 and 2.4 ms at 224x224 per image, one thread, same mesh size; figures
+from ../shared/REFERENCE.md).
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from facerecon import camera
+from facerecon import embedded_face
+from facerecon import morphable
+from facerecon import render
+
+_SIZES = flags.DEFINE_list("sizes", ["200", "224"], "Square image sizes.")
+_BATCHES = flags.DEFINE_list("batches", ["1", "32"], "Batch sizes.")
+_BACKENDS = flags.DEFINE_list("backends", None, "Backends (default: all available).")
+_GRID = flags.DEFINE_integer("grid", embedded_face.BFM_SCALE_GRID, "Embedded model grid.")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement.")
+_REFERENCE_REPEATS = flags.DEFINE_integer("reference_repeats", 2, "Timed reference calls.")
+
+SIM3DR_MS = {200: 2.1, 224: 2.4}
+
+
+def _median_ms(fn, args, repeats) -> float:
+  jax.block_until_ready(fn(*args))  # compile and warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def main(argv):
+  del argv
+  model = morphable.embedded_model(grid_size=_GRID.value)
+  backends = _BACKENDS.value or list(render.available_backends())
+  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores; "
+        f"mesh: {model.num_vertices} vertices, {model.num_triangles} triangles")
+  print(f"{'backend':>10} {'size':>5} {'batch':>6} {'rasterize':>10} {'fwd+bwd':>9} "
+        f"{'bwd/fwd':>8} {'vs Sim3DR':>10}   (ms per image)")
+  triangles = jnp.asarray(model.triangles)
+  for size in map(int, _SIZES.value):
+    pose = camera.framing_pose(model.mean_shape, jnp.array([0.15, 0.5, 0.05]), size, size)
+    image = camera.project_scaled_orthographic(model.mean_shape, pose, size)
+    for backend in backends:
+      for batch in map(int, _BATCHES.value):
+        if backend == "reference" and batch > 1:
+          continue
+        repeats = _REFERENCE_REPEATS.value if backend == "reference" else _REPEATS.value
+        vertices = jnp.broadcast_to(image, (batch,) + image.shape)
+        target = jnp.zeros((batch, size, size))
+
+        def forward(v, backend=backend):
+          return render.rasterize(v, triangles, size, size, backend=backend).triangle_id
+
+        def loss(v, backend=backend):
+          raster = render.rasterize(v, triangles, size, size, backend=backend)
+          depth = render.interpolate(v[..., 2:], raster, v, triangles)[..., 0]
+          return jnp.sum(jnp.where(raster.mask, (depth - target) ** 2, 0.0))
+
+        forward_ms = _median_ms(jax.jit(forward), (vertices,), repeats) / batch
+        both_ms = _median_ms(jax.jit(jax.grad(loss)), (vertices,), repeats) / batch
+        print(f"{backend:>10} {size:>5} {batch:>6} {forward_ms:>10.3f} {both_ms:>9.3f} "
+              f"{both_ms / forward_ms:>8.2f} {SIM3DR_MS[size] / forward_ms:>9.2f}x")
+
+
+if __name__ == "__main__":
+  app.run(main)
