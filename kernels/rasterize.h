@@ -20,6 +20,11 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__SSE2__) && defined(__x86_64__)
+#include <emmintrin.h>
+#define FACERECON_SSE2 1
+#endif
+
 namespace facerecon {
 
 constexpr float kTolerance = 1e-6f;
@@ -67,26 +72,119 @@ inline uint32_t OrderedBits(float z) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-// Pixel-centre bounds of one vertex: every candidate centre of a triangle
-// lies in [min ceil(x - m), max floor(x + m)] over its corners (ceil and floor
-// are monotone, so this equals ceil(min x - m) and floor(max x + m)). Values
-// are clamped to [-1, size] in float first, so huge or NaN coordinates cannot
-// overflow the int conversion.
-inline void VertexBounds(float x, int size, int32_t* lo, int32_t* hi) {
-  const float limit = static_cast<float>(size);
-  float low = x - kBoxMargin, high = x + kBoxMargin;
-  low = low > -1.0f ? (low < limit ? low : limit) : -1.0f;  // NaN -> -1
-  high = high > -1.0f ? (high < limit ? high : limit) : -1.0f;
-  // Exact ceil/floor by truncation: std::ceil/floor are slow without SSE4.1.
-  const int32_t low_trunc = static_cast<int32_t>(low);
-  const int32_t high_trunc = static_cast<int32_t>(high);
-  *lo = low_trunc + (low > static_cast<float>(low_trunc));
-  *hi = high_trunc - (high < static_cast<float>(high_trunc));
+// Largest image side: per-vertex bounds are stored as int16.
+constexpr int kMaxImageSide = 32766;
+
+// Pixel-centre bounds of a vertex, packed so that the bounds of a triangle
+// are an element-wise min over its three corners: [ceil(x - m), ceil(y - m),
+// -floor(x + m), -floor(y + m)] (ceil and floor are monotone, so the min of
+// the corners' ceil is the ceil of their min). Values are clamped to
+// [-1, size] in float first, so huge or NaN coordinates cannot overflow.
+struct PixelBounds {
+  int16_t col_lo, row_lo, neg_col_hi, neg_row_hi;
+};
+
+// Exact ceil and floor by truncation (std::ceil/floor are slow without
+// SSE4.1); `v` must already be clamped to [-1, size].
+inline int32_t CeilClamped(float v) {
+  const int32_t t = static_cast<int32_t>(v);
+  return t + (v > static_cast<float>(t));
+}
+inline int32_t FloorClamped(float v) {
+  const int32_t t = static_cast<int32_t>(v);
+  return t - (v < static_cast<float>(t));
+}
+inline float ClampToImage(float v, float size) {
+  return v > -1.0f ? (v < size ? v : size) : -1.0f;  // NaN -> -1
 }
 
-struct PixelBounds {
-  int32_t col_lo, col_hi, row_lo, row_hi;
+inline void VertexBoundsScalar(const float* v, int width, int height, PixelBounds* b) {
+  const float w = static_cast<float>(width), h = static_cast<float>(height);
+  b->col_lo = static_cast<int16_t>(CeilClamped(ClampToImage(v[0] - kBoxMargin, w)));
+  b->row_lo = static_cast<int16_t>(CeilClamped(ClampToImage(v[1] - kBoxMargin, h)));
+  b->neg_col_hi = static_cast<int16_t>(-FloorClamped(ClampToImage(v[0] + kBoxMargin, w)));
+  b->neg_row_hi = static_cast<int16_t>(-FloorClamped(ClampToImage(v[1] + kBoxMargin, h)));
+}
+
+#ifdef FACERECON_SSE2
+inline __m128 ClampToImage4(__m128 v, __m128 size) {
+  // max(v, -1) returns -1 for NaN (SSE returns the second operand).
+  return _mm_min_ps(_mm_max_ps(v, _mm_set1_ps(-1.0f)), size);
+}
+inline __m128i Ceil4(__m128 v) {
+  const __m128i t = _mm_cvttps_epi32(v);
+  return _mm_sub_epi32(t, _mm_castps_si128(_mm_cmpgt_ps(v, _mm_cvtepi32_ps(t))));
+}
+inline __m128i NegFloor4(__m128 v) {  // -floor(v)
+  const __m128i t = _mm_cvttps_epi32(v);
+  const __m128i floor = _mm_add_epi32(t, _mm_castps_si128(_mm_cmplt_ps(v, _mm_cvtepi32_ps(t))));
+  return _mm_sub_epi32(_mm_setzero_si128(), floor);
+}
+#endif
+
+// Bounds of all vertices ([N, 3] floats, x y z interleaved).
+inline void VertexBounds(const float* vertices, int64_t num_vertices, int width, int height,
+                         PixelBounds* bounds) {
+  int64_t v = 0;
+#ifdef FACERECON_SSE2
+  const __m128 w = _mm_set1_ps(static_cast<float>(width));
+  const __m128 h = _mm_set1_ps(static_cast<float>(height));
+  const __m128 margin = _mm_set1_ps(kBoxMargin);
+  for (; v + 4 <= num_vertices; v += 4) {
+    const float* p = vertices + 3 * v;
+    // [x0 y0 z0 x1] [y1 z1 x2 y2] [z2 x3 y3 z3] -> x = [x0..x3], y = [y0..y3].
+    const __m128 a = _mm_loadu_ps(p), b = _mm_loadu_ps(p + 4), c = _mm_loadu_ps(p + 8);
+    const __m128 x01 = _mm_shuffle_ps(a, b, _MM_SHUFFLE(0, 0, 3, 0));   // x0 x1 y1 y1
+    const __m128 x23 = _mm_shuffle_ps(b, c, _MM_SHUFFLE(0, 1, 0, 2));   // x2 x2 x3 z2
+    const __m128 x = _mm_shuffle_ps(x01, x23, _MM_SHUFFLE(2, 0, 1, 0));  // x0 x1 x2 x3
+    const __m128 y01 = _mm_shuffle_ps(a, b, _MM_SHUFFLE(0, 0, 1, 1));   // y0 y0 y1 y1
+    const __m128 y23 = _mm_shuffle_ps(b, c, _MM_SHUFFLE(2, 2, 3, 3));   // y2 y2 y3 y3
+    const __m128 y = _mm_shuffle_ps(y01, y23, _MM_SHUFFLE(2, 0, 2, 0));  // y0 y1 y2 y3
+    const __m128i col_lo = Ceil4(ClampToImage4(_mm_sub_ps(x, margin), w));
+    const __m128i row_lo = Ceil4(ClampToImage4(_mm_sub_ps(y, margin), h));
+    const __m128i neg_col_hi = NegFloor4(ClampToImage4(_mm_add_ps(x, margin), w));
+    const __m128i neg_row_hi = NegFloor4(ClampToImage4(_mm_add_ps(y, margin), h));
+    // Transpose four vertices' four int16 fields into 4 x 8 bytes.
+    const __m128i lo = _mm_packs_epi32(col_lo, row_lo);        // cl0..3 rl0..3
+    const __m128i hi = _mm_packs_epi32(neg_col_hi, neg_row_hi);
+    const __m128i lo_pairs = _mm_unpacklo_epi16(lo, _mm_srli_si128(lo, 8));  // cl0 rl0 cl1 rl1 ..
+    const __m128i hi_pairs = _mm_unpacklo_epi16(hi, _mm_srli_si128(hi, 8));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(bounds + v),
+                     _mm_unpacklo_epi32(lo_pairs, hi_pairs));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(bounds + v + 2),
+                     _mm_unpackhi_epi32(lo_pairs, hi_pairs));
+  }
+#endif
+  for (; v < num_vertices; ++v) {
+    VertexBoundsScalar(vertices + 3 * v, width, height, bounds + v);
+  }
+}
+
+// Candidate pixel range of a triangle, clipped to the image (empty when
+// lo > hi).
+struct TriangleBox {
+  int col_lo, col_hi, row_lo, row_hi;
 };
+
+inline TriangleBox BoxOf(const PixelBounds& a, const PixelBounds& b, const PixelBounds& c,
+                         int width, int height) {
+#ifdef FACERECON_SSE2
+  const __m128i m = _mm_max_epi16(
+      _mm_min_epi16(_mm_min_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a)),
+                                  _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&b))),
+                    _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&c))),
+      _mm_set_epi16(0, 0, 0, 0, static_cast<int16_t>(1 - height),
+                    static_cast<int16_t>(1 - width), 0, 0));
+  const uint64_t packed = static_cast<uint64_t>(_mm_cvtsi128_si64(m));
+  return {static_cast<int16_t>(packed), -static_cast<int16_t>(packed >> 32),
+          static_cast<int16_t>(packed >> 16), -static_cast<int16_t>(packed >> 48)};
+#else
+  return {std::max<int>(std::min({a.col_lo, b.col_lo, c.col_lo}), 0),
+          std::min<int>(-std::max({a.neg_col_hi, b.neg_col_hi, c.neg_col_hi}), width - 1),
+          std::max<int>(std::min({a.row_lo, b.row_lo, c.row_lo}), 0),
+          std::min<int>(-std::max({a.neg_row_hi, b.neg_row_hi, c.neg_row_hi}), height - 1)};
+#endif
+}
 
 inline uint64_t PixelKey(float z, int64_t t) {
   return (static_cast<uint64_t>(OrderedBits(z)) << 32) | ~static_cast<uint32_t>(t);
@@ -94,16 +192,35 @@ inline uint64_t PixelKey(float z, int64_t t) {
 
 // One triangle whose bounding box holds exactly one pixel centre.
 struct Candidate {
-  int32_t triangle, col, row;  // col and row kept apart: no division later
-  uint64_t key;                // filled by pass 2
+  int32_t triangle;
+  int16_t col, row;  // kept apart: no division later
 };
 
 // Scratch memory for RasterizeImage.
 struct Scratch {
-  uint64_t* keys;          // height * width
-  PixelBounds* bounds;     // num_vertices
-  Candidate* candidates;   // num_triangles
+  uint64_t* keys;            // height * width
+  PixelBounds* bounds;       // num_vertices
+  Candidate* candidates;     // num_triangles
+  uint64_t* candidate_keys;  // num_triangles
 };
+
+// Index of the first triangle with a vertex index outside [0, num_vertices),
+// or -1. The common all-valid case is one vectorisable min/max pass.
+inline int64_t FirstBadTriangle(const int32_t* triangles, int64_t num_triangles,
+                                int64_t num_vertices) {
+  int32_t low = 0, high = 0;
+  for (int64_t i = 0; i < 3 * num_triangles; ++i) {
+    low = std::min(low, triangles[i]);
+    high = std::max(high, triangles[i]);
+  }
+  if (low >= 0 && high < num_vertices) return -1;
+  for (int64_t t = 0; t < num_triangles; ++t) {
+    for (int k = 0; k < 3; ++k) {
+      if (triangles[3 * t + k] < 0 || triangles[3 * t + k] >= num_vertices) return t;
+    }
+  }
+  return -1;
+}
 
 // Z-tests every pixel in [col_lo, col_hi] x [row_lo, row_hi] against a triangle.
 inline void RasterizeBox(const TriangleSetup& s, int64_t t, int col_lo, int col_hi,
@@ -141,48 +258,38 @@ inline int64_t RasterizeImage(const float* vertices, int64_t num_vertices,
   PixelBounds* bounds = scratch.bounds;
   Candidate* candidates = scratch.candidates;
   std::fill(keys, keys + pixels, uint64_t{0});
-  for (int64_t v = 0; v < num_vertices; ++v) {
-    PixelBounds& b = bounds[v];
-    VertexBounds(vertices[3 * v], width, &b.col_lo, &b.col_hi);
-    VertexBounds(vertices[3 * v + 1], height, &b.row_lo, &b.row_hi);
-  }
-  const auto corner = [&](int32_t index) {
-    return vertices + 3 * static_cast<int64_t>(index);
-  };
-  int64_t bad_triangle = -1;
-  int64_t num_candidates = 0;
-  for (int64_t t = 0; t < num_triangles; ++t) {
-    const int32_t* tri = triangles + 3 * t;
-    if (static_cast<uint64_t>(tri[0]) >= static_cast<uint64_t>(num_vertices) ||
-        static_cast<uint64_t>(tri[1]) >= static_cast<uint64_t>(num_vertices) ||
-        static_cast<uint64_t>(tri[2]) >= static_cast<uint64_t>(num_vertices)) {
-      bad_triangle = t;
-      break;
-    }
-    const PixelBounds &b0 = bounds[tri[0]], &b1 = bounds[tri[1]], &b2 = bounds[tri[2]];
-    const int col_lo = std::max(std::min(b0.col_lo, std::min(b1.col_lo, b2.col_lo)), 0);
-    const int col_hi = std::min(std::max(b0.col_hi, std::max(b1.col_hi, b2.col_hi)), width - 1);
-    const int row_lo = std::max(std::min(b0.row_lo, std::min(b1.row_lo, b2.row_lo)), 0);
-    const int row_hi = std::min(std::max(b0.row_hi, std::max(b1.row_hi, b2.row_hi)), height - 1);
-    if (col_hi <= col_lo && row_hi <= row_lo) {
-      candidates[num_candidates] = {static_cast<int32_t>(t), col_lo, row_lo, 0};
-      num_candidates += (col_lo == col_hi) & (row_lo == row_hi);
-      continue;
-    }
-    TriangleSetup s;
-    if (col_lo <= col_hi && row_lo <= row_hi &&
-        SetUpTriangle(corner(tri[0]), corner(tri[1]), corner(tri[2]), &s)) {
-      RasterizeBox(s, t, col_lo, col_hi, row_lo, row_hi, width, keys);
-    }
-  }
+  const int64_t bad_triangle = FirstBadTriangle(triangles, num_triangles, num_vertices);
   if (bad_triangle < 0) {
-    // Pass 2 computes keys only; pass 3 merges them. Kept apart because the
-    // two triangles of a mesh cell usually share their candidate pixel, and
-    // a read-modify-write at the end of the setup chain would serialise them.
+    VertexBounds(vertices, num_vertices, width, height, bounds);
+    const auto corner = [&](int32_t index) {
+      return vertices + 3 * static_cast<int64_t>(index);
+    };
+    // Pass 1: candidates from integer bounds only.
+    int64_t num_candidates = 0;
+    for (int64_t t = 0; t < num_triangles; ++t) {
+      const int32_t* tri = triangles + 3 * t;
+      const TriangleBox box =
+          BoxOf(bounds[tri[0]], bounds[tri[1]], bounds[tri[2]], width, height);
+      if (box.col_hi <= box.col_lo && box.row_hi <= box.row_lo) {
+        candidates[num_candidates] = {static_cast<int32_t>(t), static_cast<int16_t>(box.col_lo),
+                                      static_cast<int16_t>(box.row_lo)};
+        num_candidates += (box.col_lo == box.col_hi) & (box.row_lo == box.row_hi);
+        continue;
+      }
+      TriangleSetup s;
+      if (box.col_lo <= box.col_hi && box.row_lo <= box.row_hi &&
+          SetUpTriangle(corner(tri[0]), corner(tri[1]), corner(tri[2]), &s)) {
+        RasterizeBox(s, t, box.col_lo, box.col_hi, box.row_lo, box.row_hi, width, keys);
+      }
+    }
+    // Pass 2 computes the candidates' keys; pass 3 merges them. Kept apart
+    // because the two triangles of a mesh cell usually share their candidate
+    // pixel, and a read-modify-write at the end of the setup chain would
+    // serialise them.
+    uint64_t* candidate_keys = scratch.candidate_keys;
     for (int64_t c = 0; c < num_candidates; ++c) {
-      Candidate& candidate = candidates[c];
-      const int32_t t = candidate.triangle;
-      const int32_t* tri = triangles + 3 * static_cast<int64_t>(t);
+      const Candidate candidate = candidates[c];
+      const int32_t* tri = triangles + 3 * static_cast<int64_t>(candidate.triangle);
       TriangleSetup s;
       const bool usable = SetUpTriangle(corner(tri[0]), corner(tri[1]), corner(tri[2]), &s);
       float b[3], z;
@@ -190,15 +297,13 @@ inline int64_t RasterizeImage(const float* vertices, int64_t num_vertices,
                    b, &z);
       const bool covered = usable & (b[0] >= -kTolerance) & (b[1] >= -kTolerance) &
                            (b[2] >= -kTolerance) & std::isfinite(z);
-      candidate.key = covered ? PixelKey(z, t) : 0;
+      candidate_keys[c] = covered ? PixelKey(z, candidate.triangle) : 0;
     }
     for (int64_t c = 0; c < num_candidates; ++c) {
-      const Candidate& candidate = candidates[c];
-      uint64_t& slot = keys[static_cast<int64_t>(candidate.row) * width + candidate.col];
-      slot = candidate.key > slot ? candidate.key : slot;
+      uint64_t& slot = keys[static_cast<int64_t>(candidates[c].row) * width + candidates[c].col];
+      slot = candidate_keys[c] > slot ? candidate_keys[c] : slot;
     }
   }
-  if (bad_triangle >= 0) std::fill(keys, keys + pixels, uint64_t{0});
   // Resolve: recompute barycentrics and depth of each pixel's winner.
   for (int row = 0; row < height; ++row) {
     for (int col = 0; col < width; ++col) {
@@ -230,7 +335,7 @@ inline void InterpolateImage(const float* vertices, const float* attributes,
                              int64_t num_vertices, int64_t channels,
                              const int32_t* triangles, int64_t num_triangles,
                              const int32_t* ids, int64_t pixels, int width, float* out) {
-  for (int64_t p = 0; p < pixels; ++p) {
+  for (int64_t p = 0, row = 0, col = 0; p < pixels; ++p, col = (col + 1 == width) ? (++row, 0) : col + 1) {
     float* o = out + p * channels;
     const int32_t t = ids[p];
     const int32_t* tri = triangles + 3 * static_cast<int64_t>(t);
@@ -246,7 +351,7 @@ inline void InterpolateImage(const float* vertices, const float* attributes,
       continue;
     }
     float b[3], z;
-    Barycentrics(s, static_cast<float>(p % width), static_cast<float>(p / width), b, &z);
+    Barycentrics(s, static_cast<float>(col), static_cast<float>(row), b, &z);
     const float* a0 = attributes + tri[0] * channels;
     const float* a1 = attributes + tri[1] * channels;
     const float* a2 = attributes + tri[2] * channels;
@@ -267,7 +372,7 @@ inline void InterpolateImageGrad(const float* vertices, const float* attributes,
                                  float* grad_vertices) {
   std::fill(grad_attributes, grad_attributes + num_vertices * channels, 0.0f);
   std::fill(grad_vertices, grad_vertices + num_vertices * 3, 0.0f);
-  for (int64_t p = 0; p < pixels; ++p) {
+  for (int64_t p = 0, row = 0, col = 0; p < pixels; ++p, col = (col + 1 == width) ? (++row, 0) : col + 1) {
     const int32_t t = ids[p];
     const int32_t* tri = triangles + 3 * static_cast<int64_t>(t);
     TriangleSetup s;
@@ -281,7 +386,7 @@ inline void InterpolateImageGrad(const float* vertices, const float* attributes,
       continue;
     }
     float b[3], z;
-    Barycentrics(s, static_cast<float>(p % width), static_cast<float>(p / width), b, &z);
+    Barycentrics(s, static_cast<float>(col), static_cast<float>(row), b, &z);
     const float* g = grad_out + p * channels;
     float grad_b[3] = {0.0f, 0.0f, 0.0f};
     for (int k = 0; k < 3; ++k) {

@@ -102,10 +102,39 @@ ffi::Error CheckGeometry(const char* op, ffi::Span<const int64_t> vdims,
     return ffi::Error::InvalidArgument(
         name + ": triangles' leading dims must be 1 or the vertices' batch");
   }
-  if (g->num_triangles > 0x7fffffff || g->height * g->width > 0x7fffffff) {
-    return ffi::Error::InvalidArgument(name + ": more than 2^31 triangles or pixels");
+  if (g->num_triangles > 0x7fffffff || g->height > facerecon::kMaxImageSide ||
+      g->width > facerecon::kMaxImageSide) {
+    return ffi::Error::InvalidArgument(
+        name + ": more than 2^31 triangles, or an image side over " +
+        std::to_string(facerecon::kMaxImageSide));
   }
   return ffi::Error::Success();
+}
+
+// A growing buffer that is never zeroed (the kernel initialises what it uses).
+template <typename T>
+struct Buffer {
+  std::unique_ptr<T[]> data;
+  int64_t size = 0;
+  T* Get(int64_t n) {
+    if (n > size) {
+      data.reset(new T[n]);
+      size = n;
+    }
+    return data.get();
+  }
+};
+
+// Scratch memory per thread, kept across calls: XLA's pool threads live as
+// long as the process, and fresh allocations each call cost page faults.
+facerecon::Scratch ThreadScratch(int64_t pixels, int64_t num_vertices, int64_t num_triangles) {
+  thread_local Buffer<uint64_t> keys, candidate_keys;
+  thread_local Buffer<facerecon::PixelBounds> bounds;
+  thread_local Buffer<facerecon::Candidate> candidates;
+  const auto at_least_one = [](int64_t n) { return std::max<int64_t>(n, 1); };
+  return {keys.Get(at_least_one(pixels)), bounds.Get(at_least_one(num_vertices)),
+          candidates.Get(at_least_one(num_triangles)),
+          candidate_keys.Get(at_least_one(num_triangles))};
 }
 
 const int32_t* ImageTriangles(const Geometry& g, const int32_t* triangles, int64_t b) {
@@ -131,18 +160,13 @@ ffi::Error RasterizeCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vertices,
   float* depth_data = depth->typed_data();
   std::atomic<int64_t> bad_triangle{-1};
   ParallelForBatch(pool, g.batch, [&]() -> std::function<void(int64_t)> {
-    auto keys = std::make_shared<std::vector<uint64_t>>(std::max<int64_t>(pixels, 1));
-    auto bounds = std::make_shared<std::vector<facerecon::PixelBounds>>(
-        std::max<int64_t>(g.num_vertices, 1));
-    auto candidates = std::make_shared<std::vector<facerecon::Candidate>>(
-        std::max<int64_t>(g.num_triangles, 1));
+    const facerecon::Scratch scratch = ThreadScratch(pixels, g.num_vertices, g.num_triangles);
     return [=, &g, &bad_triangle](int64_t b) {
       const int64_t bad = facerecon::RasterizeImage(
           vertex_data + b * g.num_vertices * 3, g.num_vertices,
           ImageTriangles(g, triangle_data, b), g.num_triangles,
-          static_cast<int>(g.height), static_cast<int>(g.width),
-          {keys->data(), bounds->data(), candidates->data()}, id_data + b * pixels,
-          bary_data + b * pixels * 3, depth_data + b * pixels);
+          static_cast<int>(g.height), static_cast<int>(g.width), scratch,
+          id_data + b * pixels, bary_data + b * pixels * 3, depth_data + b * pixels);
       if (bad >= 0) {
         int64_t none = -1;
         bad_triangle.compare_exchange_strong(none, bad);

@@ -32,11 +32,13 @@ int64_t Run(const char* name, const std::vector<float>& vertices,
   std::vector<uint64_t> keys(pixels);
   std::vector<facerecon::PixelBounds> bounds(num_vertices);
   std::vector<facerecon::Candidate> candidates(num_triangles);
+  std::vector<uint64_t> candidate_keys(num_triangles);
   std::vector<int32_t> ids(pixels);
   std::vector<float> bary(pixels * 3), depth(pixels);
   const int64_t bad = facerecon::RasterizeImage(
       vertices.data(), num_vertices, triangles.data(), num_triangles, height, width,
-      {keys.data(), bounds.data(), candidates.data()}, ids.data(), bary.data(),
+      {keys.data(), bounds.data(), candidates.data(), candidate_keys.data()}, ids.data(),
+      bary.data(),
       depth.data());
   for (int64_t p = 0; p < pixels; ++p) {
     Check(ids[p] >= -1 && ids[p] < num_triangles, "triangle id out of range", name);
