@@ -6,7 +6,8 @@ On the BFM-scale embedded face (grid 253: 53,605 vertices, 106,324
 triangles), three-quarter view filling the image. For each backend, image
 size and batch: `rasterize` alone, and forward+backward of a depth-image loss
 (rasterize, interpolate z, squared error to a target over the mask, gradient
-w.r.t. the vertices), jitted, median of --repeats calls. The pure-JAX
+w.r.t. the vertices), jitted, median of --repeats calls. Each backend also
+runs `interpolate` ('cpu': FFI kernels; others: pure JAX). The pure-JAX
 reference is the in-run baseline (batch 1 only: it takes seconds per image).
 Batch 1 runs on one thread; larger batches spread images over XLA's CPU
 threads. The last column compares with 3DDFA_V2's Sim3DR (about 2.1 ms at
@@ -65,9 +66,10 @@ def main(argv):
     image = camera.project_scaled_orthographic(model.mean_shape, pose, size)
     for backend in backends:
       for batch in map(int, _BATCHES.value):
+        slow = backend in ("reference", "scatter")  # pure JAX on this platform
         if backend == "reference" and batch > 1:
           continue
-        repeats = _REFERENCE_REPEATS.value if backend == "reference" else _REPEATS.value
+        repeats = _REFERENCE_REPEATS.value if slow else _REPEATS.value
         vertices = jnp.broadcast_to(image, (batch,) + image.shape)
         target = jnp.zeros((batch, size, size))
 
@@ -76,7 +78,7 @@ def main(argv):
 
         def loss(v, backend=backend):
           raster = render.rasterize(v, triangles, size, size, backend=backend)
-          depth = render.interpolate(v[..., 2:], raster, v, triangles)[..., 0]
+          depth = render.interpolate(v[..., 2:], raster, v, triangles, backend=backend)[..., 0]
           return jnp.sum(jnp.where(raster.mask, (depth - target) ** 2, 0.0))
 
         forward_ms = _median_ms(jax.jit(forward), (vertices,), repeats) / batch

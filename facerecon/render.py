@@ -14,8 +14,11 @@ Uncovered pixels have triangle_id -1, barycentric 0 and depth
 Backends (`rasterize(..., backend=)`; None picks `default_backend()`):
 - 'cpu': the XLA FFI custom call in kernels/rasterize_cpu.cc, built by
   `pip install -e .`; batches are spread over XLA's CPU threads.
+- 'scatter': pure JAX, triangle-parallel (small triangles z-test their few
+  candidate pixels with scatter-max/min; large ones take the dense path).
+  Runs anywhere; the default off the CPU until the Pallas kernels land.
 - 'reference': pure JAX (every pixel against every triangle, in chunks):
-  slow, simple, runs anywhere; the oracle the kernels are tested against.
+  slow, simple, runs anywhere; the oracle the others are tested against.
 All backends share one set of formulas (`triangle_setup`), evaluated in the
 same order, so they agree exactly.
 """
@@ -32,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 BACKGROUND_DEPTH = 0.0
-BACKENDS = ("cpu", "reference")
+BACKENDS = ("cpu", "scatter", "reference")
 _REFERENCE_CHUNK = 64
 _CPU_TARGETS = {  # XLA custom-call target -> symbol in the kernel library
     "facerecon_rasterize_cpu": "FaceReconRasterizeCpu",
@@ -116,48 +119,160 @@ def _barycentrics(setup: TriangleSetup, px, py):
   return (1.0 - b1 - b2, b1, b2), z
 
 
-def _rasterize_reference_image(vertices, triangles, height, width):
-  """One image: vertices [N, 3] -> triangle_id [H, W]."""
-  num_triangles = triangles.shape[0]
-  pad = (-num_triangles) % _REFERENCE_CHUNK
-  corners = vertices[triangles]
-  # The widened bounding box (x_lo, x_hi, y_lo, y_hi) and the setup.
-  box = (jnp.min(corners[..., 0], axis=-1) - _BOX_MARGIN,
-         jnp.max(corners[..., 0], axis=-1) + _BOX_MARGIN,
-         jnp.min(corners[..., 1], axis=-1) - _BOX_MARGIN,
-         jnp.max(corners[..., 1], axis=-1) + _BOX_MARGIN)
+_NO_TRIANGLE = np.iinfo(np.int32).max  # "no triangle yet" in min-id selections
+_SCATTER_WINDOW = 4  # 'scatter' backend: boxes up to this many pixels a side are small
+
+
+def _triangle_boxes(corners):
+  """Bounding boxes widened by _BOX_MARGIN: (x_lo, x_hi, y_lo, y_hi), each [...]."""
+  return (jnp.min(corners[..., 0], axis=-1) - _BOX_MARGIN,
+          jnp.max(corners[..., 0], axis=-1) + _BOX_MARGIN,
+          jnp.min(corners[..., 1], axis=-1) - _BOX_MARGIN,
+          jnp.max(corners[..., 1], axis=-1) + _BOX_MARGIN)
+
+
+def _covers(bary, z, valid):
+  b0, b1, b2 = bary
+  return (valid & (b0 >= -_INSIDE_TOLERANCE) & (b1 >= -_INSIDE_TOLERANCE)
+          & (b2 >= -_INSIDE_TOLERANCE) & jnp.isfinite(z))
+
+
+def _vary_like(tree, like):
+  """Under shard_map, make fresh constants vary over the mesh axes of `like`
+  (scan carries and scatter targets must match the data's type)."""
+  varying = tuple(jax.typeof(like).manual_axis_type.varying)
+  if not varying:
+    return tree
+  return jax.tree.map(lambda x: jax.lax.pcast(x, varying, to="varying"), tree)
+
+
+def _dense_nearest(setup, box, ids, px, py, like, num_active=None):
+  """Nearest covering triangle of every pixel, testing all pairs in chunks.
+
+  setup, box, ids: per-triangle arrays [T] (ids are the triangles' indices in
+  the mesh); px, py: pixel centres [P, 1]. Returns (z [P], id [P]) with
+  -inf / _NO_TRIANGLE where nothing covers; equal z goes to the lowest id.
+  Only chunks starting before `num_active` are evaluated (triangles past it
+  are skipped, a chunk at a time).
+  """
+  pad = (-ids.shape[0]) % _REFERENCE_CHUNK
   # Padding entries are NaN: they never cover a pixel.
-  chunked = lambda a: jnp.pad(a, (0, pad), constant_values=jnp.nan).reshape(
+  chunked = lambda a, fill=jnp.nan: jnp.pad(a, (0, pad), constant_values=fill).reshape(
       -1, _REFERENCE_CHUNK)
-  setup = jax.tree.map(chunked, triangle_setup(corners))
+  setup = jax.tree.map(chunked, setup)
   box = jax.tree.map(chunked, box)
-  cols, rows = _pixel_grid(height, width, jnp.float32)
-  px, py = cols.reshape(-1, 1), rows.reshape(-1, 1)
+  ids = chunked(ids, _NO_TRIANGLE)
+  starts = jnp.arange(ids.shape[0], dtype=jnp.int32) * _REFERENCE_CHUNK
+
+  def evaluate(carry, setup, box, chunk_ids):
+    best_z, best_id = carry
+    x_lo, x_hi, y_lo, y_hi = box
+    bary, z = _barycentrics(setup, px, py)  # each [P, C]
+    inside = _covers(bary, z, (px >= x_lo) & (px <= x_hi) & (py >= y_lo) & (py <= y_hi))
+    z = jnp.where(inside, z, -jnp.inf)
+    chunk_z = jnp.max(z, axis=1)
+    chunk_id = jnp.min(jnp.where(inside & (z == chunk_z[:, None]), chunk_ids, _NO_TRIANGLE),
+                       axis=1)
+    better = (chunk_z > best_z) | ((chunk_z == best_z) & (chunk_id < best_id))
+    return jnp.where(better, chunk_z, best_z), jnp.where(better, chunk_id, best_id)
 
   def scan_chunk(carry, chunk):
-    best_z, best_id = carry
-    setup, (x_lo, x_hi, y_lo, y_hi), start = chunk
-    (b0, b1, b2), z = _barycentrics(setup, px, py)  # each [P, C]
-    inside = ((b0 >= -_INSIDE_TOLERANCE) & (b1 >= -_INSIDE_TOLERANCE)
-              & (b2 >= -_INSIDE_TOLERANCE) & jnp.isfinite(z)
-              & (px >= x_lo) & (px <= x_hi) & (py >= y_lo) & (py <= y_hi))
-    z = jnp.where(inside, z, -jnp.inf)
-    chunk_best = jnp.argmax(z, axis=1)  # first maximum: lowest index wins ties
-    chunk_z = jnp.take_along_axis(z, chunk_best[:, None], axis=1)[:, 0]
-    better = chunk_z > best_z
-    best_z = jnp.where(better, chunk_z, best_z)
-    best_id = jnp.where(better, start + chunk_best.astype(jnp.int32), best_id)
-    return (best_z, best_id), None
+    setup, box, chunk_ids, start = chunk
+    if num_active is None:
+      return evaluate(carry, setup, box, chunk_ids), None
+    return jax.lax.cond(start < num_active, lambda c: evaluate(c, setup, box, chunk_ids),
+                        lambda c: c, carry), None
 
-  starts = jnp.arange(setup.x0.shape[0], dtype=jnp.int32) * _REFERENCE_CHUNK
-  init = (jnp.full(px.shape[0], -jnp.inf, jnp.float32),
-          jnp.full(px.shape[0], -1, jnp.int32))
-  # Under shard_map the carry must vary over the same mesh axes as the data.
-  varying = tuple(jax.typeof(vertices).manual_axis_type.varying)
-  if varying:
-    init = jax.tree.map(lambda x: jax.lax.pcast(x, varying, to="varying"), init)
-  (_, best_id), _ = jax.lax.scan(scan_chunk, init, (setup, box, starts))
-  return best_id.reshape(height, width)
+  init = _vary_like((jnp.full(px.shape[0], -jnp.inf, jnp.float32),
+                     jnp.full(px.shape[0], _NO_TRIANGLE, jnp.int32)), like)
+  (best_z, best_id), _ = jax.lax.scan(scan_chunk, init, (setup, box, ids, starts))
+  return best_z, best_id
+
+
+def _pixel_centres(height, width):
+  cols, rows = _pixel_grid(height, width, jnp.float32)
+  return cols.reshape(-1, 1), rows.reshape(-1, 1)
+
+
+def _rasterize_reference_image(vertices, triangles, height, width):
+  """One image: vertices [N, 3] -> triangle_id [H, W]. Every pixel is tested
+  against every triangle."""
+  corners = vertices[triangles]
+  px, py = _pixel_centres(height, width)
+  ids = jnp.arange(triangles.shape[0], dtype=jnp.int32)
+  _, best_id = _dense_nearest(triangle_setup(corners), _triangle_boxes(corners), ids,
+                              px, py, vertices)
+  return jnp.where(best_id == _NO_TRIANGLE, -1, best_id).reshape(height, width)
+
+
+def _scatter_small_triangles(vertices, triangles, height, width):
+  """One image, triangle-parallel: each triangle whose candidate box is at
+  most _SCATTER_WINDOW pixels a side z-tests those pixels; a scatter-max keeps
+  the nearest depth and a scatter-min the lowest id at that depth.
+
+  Returns (z [P], id [P]) of the small triangles, and the large ones for the
+  dense path: their setup and box arrays and mesh indices, large first (in
+  index order, then the small ones), and how many are large.
+  """
+  num_triangles = triangles.shape[0]
+  window = _SCATTER_WINDOW
+  corners = vertices[triangles]
+  setup = triangle_setup(corners)
+  box = _triangle_boxes(corners)
+  x_lo, x_hi, y_lo, y_hi = box
+  finite = jnp.isfinite(x_lo) & jnp.isfinite(x_hi) & jnp.isfinite(y_lo) & jnp.isfinite(y_hi)
+
+  def pixel_range(low, high, size):
+    # Candidate centres ceil(low)..floor(high), clipped; clipping first keeps
+    # the int conversion safe for huge values.
+    first = jnp.clip(jnp.ceil(jnp.where(finite, low, 0.0)), 0, size)
+    last = jnp.clip(jnp.floor(jnp.where(finite, high, -1.0)), -1, size - 1)
+    return first.astype(jnp.int32), (last - first + 1).astype(jnp.int32)
+
+  col_lo, num_cols = pixel_range(x_lo, x_hi, width)
+  row_lo, num_rows = pixel_range(y_lo, y_hi, height)
+  small = ~finite | ((num_cols <= window) & (num_rows <= window))
+
+  offsets = jnp.arange(window, dtype=jnp.int32)
+  cols = col_lo[:, None, None] + offsets[None, None, :]  # [T, K, K]
+  rows = row_lo[:, None, None] + offsets[None, :, None]
+  valid = ((small & finite)[:, None, None]
+           & (offsets[None, None, :] < num_cols[:, None, None])
+           & (offsets[None, :, None] < num_rows[:, None, None]))
+  bary, z = _barycentrics(jax.tree.map(lambda a: a[:, None, None], setup),
+                          cols.astype(jnp.float32), rows.astype(jnp.float32))
+  inside = _covers(bary, z, valid)
+  z = jnp.where(inside, z, -jnp.inf).reshape(-1)
+  inside = inside.reshape(-1)
+  pixel = jnp.where(inside, (rows * width + cols).reshape(-1), 0)
+  triangle = jnp.repeat(jnp.arange(num_triangles, dtype=jnp.int32), window * window)
+  num_pixels = height * width
+  small_z = _vary_like(jnp.full(num_pixels, -jnp.inf, jnp.float32), vertices).at[pixel].max(z)
+  small_id = _vary_like(jnp.full(num_pixels, _NO_TRIANGLE, jnp.int32), vertices).at[pixel].min(
+      jnp.where(inside & (z == small_z[pixel]), triangle, _NO_TRIANGLE))
+  order = jnp.argsort(small, stable=True).astype(jnp.int32)
+  take = lambda a: a[order]
+  return (small_z, small_id, jax.tree.map(take, setup), jax.tree.map(take, box), order,
+          jnp.sum(~small).astype(jnp.int32))
+
+
+def _rasterize_scatter(vertices, triangles, height, width):
+  """vertices [B, N, 3] -> triangle_id [B, H, W]; same result as the reference."""
+  small_z, small_id, setup, box, order, num_large = jax.vmap(
+      lambda v: _scatter_small_triangles(v, triangles, height, width))(vertices)
+  # The dense path skips chunks past the largest count in the batch: an
+  # unbatched predicate, so the skipping survives vmap (a batched one turns
+  # lax.cond into a select that runs both branches).
+  num_active = jnp.max(num_large)
+  px, py = _pixel_centres(height, width)
+  large_z, large_id = jax.vmap(
+      lambda s, b, o, v: _dense_nearest(s, b, o, px, py, v, num_active=num_active))(
+          setup, box, order, vertices)
+  best_z = jnp.maximum(small_z, large_z)
+  best_id = jnp.minimum(jnp.where(small_z == best_z, small_id, _NO_TRIANGLE),
+                        jnp.where(large_z == best_z, large_id, _NO_TRIANGLE))
+  best_id = jnp.where(best_z > -jnp.inf, best_id, -1)
+  return best_id.reshape(-1, height, width)
 
 
 def _flatten_batch(x, trailing: int):
@@ -194,8 +309,8 @@ def _register_cpu_kernel() -> str | None:
 
 
 def available_backends() -> tuple[str, ...]:
-  """The backends that can run here."""
-  available = ["reference"]
+  """The backends that can run here, fastest first."""
+  available = ["scatter", "reference"]
   if jax.default_backend() == "cpu" and _register_cpu_kernel() is None:
     available.insert(0, "cpu")
   return tuple(available)
@@ -272,8 +387,11 @@ def _rasterize(vertices, triangles, height, width, backend):
     ids, bary, depth = _rasterize_cpu(flat, triangles, height, width)
     mask = ids >= 0
   else:
-    ids = jax.vmap(lambda v: _rasterize_reference_image(
-        v, triangles, height, width))(flat)
+    if backend == "scatter":
+      ids = _rasterize_scatter(flat, triangles, height, width)
+    else:
+      ids = jax.vmap(lambda v: _rasterize_reference_image(
+          v, triangles, height, width))(flat)
     mask = ids >= 0
     bary, depth = _pixel_barycentrics(_pixel_corners(flat, triangles, ids)[1])
     bary = jnp.where(mask[..., None], bary, 0.0)

@@ -27,7 +27,7 @@ def default_model():
   return morphable.embedded_model()
 
 
-@pytest.fixture(params=["reference", "cpu"])
+@pytest.fixture(params=["reference", "scatter", "cpu"])
 def backend(request):
   """Each rasterizer backend that runs on this machine."""
   from facerecon import render
