@@ -328,82 +328,96 @@ inline int64_t RasterizeImage(const float* vertices, int64_t num_vertices,
   return bad_triangle;
 }
 
+// The corner indices of pixel (col, row)'s visible triangle `t` and the
+// pixel's barycentrics in it. False for the background, an id or vertex index
+// out of range, or an unusable triangle: the pixel then contributes nothing.
+inline bool PixelTriangle(int32_t t, int col, int row, const float* vertices,
+                          int64_t num_vertices, const int32_t* triangles,
+                          int64_t num_triangles, const int32_t** corners,
+                          TriangleSetup* s, float* b) {
+  if (t < 0 || t >= num_triangles) return false;
+  const int32_t* tri = triangles + 3 * static_cast<int64_t>(t);
+  for (int k = 0; k < 3; ++k) {
+    if (static_cast<uint64_t>(tri[k]) >= static_cast<uint64_t>(num_vertices)) return false;
+  }
+  if (!SetUpTriangle(vertices + 3 * static_cast<int64_t>(tri[0]),
+                     vertices + 3 * static_cast<int64_t>(tri[1]),
+                     vertices + 3 * static_cast<int64_t>(tri[2]), s)) {
+    return false;
+  }
+  float z;
+  Barycentrics(*s, static_cast<float>(col), static_cast<float>(row), b, &z);
+  *corners = tri;
+  return true;
+}
+
 // Interpolates per-vertex attributes [N, C] at each pixel's visible triangle
-// (ids [H, W]): out [H, W, C] = sum_k b_k a_k, 0 on the background or for an
-// id / vertex index out of range.
+// (ids [H, W]): out [H, W, C] = sum_k b_k a_k, 0 where PixelTriangle fails.
 inline void InterpolateImage(const float* vertices, const float* attributes,
                              int64_t num_vertices, int64_t channels,
                              const int32_t* triangles, int64_t num_triangles,
-                             const int32_t* ids, int64_t pixels, int width, float* out) {
-  for (int64_t p = 0, row = 0, col = 0; p < pixels; ++p, col = (col + 1 == width) ? (++row, 0) : col + 1) {
-    float* o = out + p * channels;
-    const int32_t t = ids[p];
-    const int32_t* tri = triangles + 3 * static_cast<int64_t>(t);
-    TriangleSetup s;
-    if (t < 0 || t >= num_triangles ||
-        static_cast<uint64_t>(tri[0]) >= static_cast<uint64_t>(num_vertices) ||
-        static_cast<uint64_t>(tri[1]) >= static_cast<uint64_t>(num_vertices) ||
-        static_cast<uint64_t>(tri[2]) >= static_cast<uint64_t>(num_vertices) ||
-        !SetUpTriangle(vertices + 3 * static_cast<int64_t>(tri[0]),
-                       vertices + 3 * static_cast<int64_t>(tri[1]),
-                       vertices + 3 * static_cast<int64_t>(tri[2]), &s)) {
-      std::fill(o, o + channels, 0.0f);
-      continue;
+                             const int32_t* ids, int height, int width, float* out) {
+  for (int row = 0; row < height; ++row) {
+    for (int col = 0; col < width; ++col) {
+      const int64_t p = static_cast<int64_t>(row) * width + col;
+      float* o = out + p * channels;
+      const int32_t* tri;
+      TriangleSetup s;
+      float b[3];
+      if (!PixelTriangle(ids[p], col, row, vertices, num_vertices, triangles, num_triangles,
+                         &tri, &s, b)) {
+        std::fill(o, o + channels, 0.0f);
+        continue;
+      }
+      const float* a0 = attributes + tri[0] * channels;
+      const float* a1 = attributes + tri[1] * channels;
+      const float* a2 = attributes + tri[2] * channels;
+      for (int64_t c = 0; c < channels; ++c) o[c] = b[0] * a0[c] + b[1] * a1[c] + b[2] * a2[c];
     }
-    float b[3], z;
-    Barycentrics(s, static_cast<float>(col), static_cast<float>(row), b, &z);
-    const float* a0 = attributes + tri[0] * channels;
-    const float* a1 = attributes + tri[1] * channels;
-    const float* a2 = attributes + tri[2] * channels;
-    for (int64_t c = 0; c < channels; ++c) o[c] = b[0] * a0[c] + b[1] * a1[c] + b[2] * a2[c];
   }
 }
 
 // Backward of InterpolateImage for upstream gradients grad_out [H, W, C].
-// Accumulates into grad_attributes [N, C] (+= g b_k) and grad_vertices [N, 3]
+// Writes grad_attributes [N, C] (sum of g b_k) and grad_vertices [N, 3]
 // (x, y only: barycentrics do not depend on z). Since p = sum_j b_j v_j,
 // moving corner k by d changes b like moving p by -b_k d, so
 // dL/dv_k = -b_k sum_j (dL/db_j) grad_p b_j, with dL/db_j = <g, a_j>.
 inline void InterpolateImageGrad(const float* vertices, const float* attributes,
                                  int64_t num_vertices, int64_t channels,
                                  const int32_t* triangles, int64_t num_triangles,
-                                 const int32_t* ids, int64_t pixels, int width,
+                                 const int32_t* ids, int height, int width,
                                  const float* grad_out, float* grad_attributes,
                                  float* grad_vertices) {
   std::fill(grad_attributes, grad_attributes + num_vertices * channels, 0.0f);
   std::fill(grad_vertices, grad_vertices + num_vertices * 3, 0.0f);
-  for (int64_t p = 0, row = 0, col = 0; p < pixels; ++p, col = (col + 1 == width) ? (++row, 0) : col + 1) {
-    const int32_t t = ids[p];
-    const int32_t* tri = triangles + 3 * static_cast<int64_t>(t);
-    TriangleSetup s;
-    if (t < 0 || t >= num_triangles ||
-        static_cast<uint64_t>(tri[0]) >= static_cast<uint64_t>(num_vertices) ||
-        static_cast<uint64_t>(tri[1]) >= static_cast<uint64_t>(num_vertices) ||
-        static_cast<uint64_t>(tri[2]) >= static_cast<uint64_t>(num_vertices) ||
-        !SetUpTriangle(vertices + 3 * static_cast<int64_t>(tri[0]),
-                       vertices + 3 * static_cast<int64_t>(tri[1]),
-                       vertices + 3 * static_cast<int64_t>(tri[2]), &s)) {
-      continue;
-    }
-    float b[3], z;
-    Barycentrics(s, static_cast<float>(col), static_cast<float>(row), b, &z);
-    const float* g = grad_out + p * channels;
-    float grad_b[3] = {0.0f, 0.0f, 0.0f};
-    for (int k = 0; k < 3; ++k) {
-      const float* a = attributes + tri[k] * channels;
-      float* ga = grad_attributes + tri[k] * channels;
-      for (int64_t c = 0; c < channels; ++c) {
-        grad_b[k] += g[c] * a[c];
-        ga[c] += g[c] * b[k];
+  for (int row = 0; row < height; ++row) {
+    for (int col = 0; col < width; ++col) {
+      const int64_t p = static_cast<int64_t>(row) * width + col;
+      const int32_t* tri;
+      TriangleSetup s;
+      float b[3];
+      if (!PixelTriangle(ids[p], col, row, vertices, num_vertices, triangles, num_triangles,
+                         &tri, &s, b)) {
+        continue;
       }
-    }
-    // sum_j grad_b_j grad_p b_j, with grad_p b_0 = -(grad_p b_1 + grad_p b_2).
-    const float u = grad_b[1] - grad_b[0], w = grad_b[2] - grad_b[0];
-    const float gx = u * s.k1x + w * s.k2x, gy = u * s.k1y + w * s.k2y;
-    for (int k = 0; k < 3; ++k) {
-      float* gv = grad_vertices + 3 * static_cast<int64_t>(tri[k]);
-      gv[0] -= b[k] * gx;
-      gv[1] -= b[k] * gy;
+      const float* g = grad_out + p * channels;
+      float grad_b[3] = {0.0f, 0.0f, 0.0f};
+      for (int k = 0; k < 3; ++k) {
+        const float* a = attributes + tri[k] * channels;
+        float* ga = grad_attributes + tri[k] * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          grad_b[k] += g[c] * a[c];
+          ga[c] += g[c] * b[k];
+        }
+      }
+      // sum_j grad_b_j grad_p b_j, with grad_p b_0 = -(grad_p b_1 + grad_p b_2).
+      const float u = grad_b[1] - grad_b[0], w = grad_b[2] - grad_b[0];
+      const float gx = u * s.k1x + w * s.k2x, gy = u * s.k1y + w * s.k2y;
+      for (int k = 0; k < 3; ++k) {
+        float* gv = grad_vertices + 3 * static_cast<int64_t>(tri[k]);
+        gv[0] -= b[k] * gx;
+        gv[1] -= b[k] * gy;
+      }
     }
   }
 }

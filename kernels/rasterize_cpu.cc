@@ -181,19 +181,34 @@ ffi::Error RasterizeCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vertices,
   return ffi::Error::Success();
 }
 
+// Shapes of an interpolate call: the geometry plus C, the attribute channels.
+ffi::Error CheckInterpolate(const ffi::Buffer<ffi::F32>& attributes,
+                            const ffi::Buffer<ffi::F32>& vertices,
+                            const ffi::Buffer<ffi::S32>& ids,
+                            const ffi::Buffer<ffi::S32>& triangles, Geometry* g,
+                            int64_t* channels) {
+  if (auto error = CheckGeometry("interpolate", vertices.dimensions(),
+                                 triangles.dimensions(), ids.dimensions(), g);
+      error.failure()) {
+    return error;
+  }
+  *channels = attributes.dimensions().back();
+  if (static_cast<int64_t>(attributes.element_count()) !=
+      g->batch * g->num_vertices * *channels) {
+    return ffi::Error::InvalidArgument("interpolate: attributes must be [..., N, C]");
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error InterpolateCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> attributes,
                           ffi::Buffer<ffi::F32> vertices, ffi::Buffer<ffi::S32> ids,
                           ffi::Buffer<ffi::S32> triangles,
                           ffi::ResultBuffer<ffi::F32> out) {
   Geometry g;
-  if (auto error = CheckGeometry("interpolate", vertices.dimensions(),
-                                 triangles.dimensions(), ids.dimensions(), &g);
+  int64_t channels;
+  if (auto error = CheckInterpolate(attributes, vertices, ids, triangles, &g, &channels);
       error.failure()) {
     return error;
-  }
-  const int64_t channels = attributes.dimensions().back();
-  if (static_cast<int64_t>(attributes.element_count()) != g.batch * g.num_vertices * channels) {
-    return ffi::Error::InvalidArgument("interpolate: attributes must be [..., N, C]");
   }
   const int64_t pixels = g.height * g.width;
   const float* a = attributes.typed_data();
@@ -205,7 +220,7 @@ ffi::Error InterpolateCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> attributes
     return [=, &g](int64_t b) {
       facerecon::InterpolateImage(v + b * g.num_vertices * 3, a + b * g.num_vertices * channels,
                                   g.num_vertices, channels, ImageTriangles(g, t, b),
-                                  g.num_triangles, i + b * pixels, pixels,
+                                  g.num_triangles, i + b * pixels, static_cast<int>(g.height),
                                   static_cast<int>(g.width), o + b * pixels * channels);
     };
   });
@@ -219,16 +234,14 @@ ffi::Error InterpolateGradCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> attrib
                               ffi::ResultBuffer<ffi::F32> grad_attributes,
                               ffi::ResultBuffer<ffi::F32> grad_vertices) {
   Geometry g;
-  if (auto error = CheckGeometry("interpolate", vertices.dimensions(),
-                                 triangles.dimensions(), ids.dimensions(), &g);
+  int64_t channels;
+  if (auto error = CheckInterpolate(attributes, vertices, ids, triangles, &g, &channels);
       error.failure()) {
     return error;
   }
-  const int64_t channels = attributes.dimensions().back();
   const int64_t pixels = g.height * g.width;
-  if (static_cast<int64_t>(attributes.element_count()) != g.batch * g.num_vertices * channels ||
-      static_cast<int64_t>(grad_out.element_count()) != g.batch * pixels * channels) {
-    return ffi::Error::InvalidArgument("interpolate: attribute and gradient shapes differ");
+  if (static_cast<int64_t>(grad_out.element_count()) != g.batch * pixels * channels) {
+    return ffi::Error::InvalidArgument("interpolate: gradient must be [..., H, W, C]");
   }
   const float* a = attributes.typed_data();
   const float* v = vertices.typed_data();
@@ -241,8 +254,8 @@ ffi::Error InterpolateGradCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> attrib
     return [=, &g](int64_t b) {
       facerecon::InterpolateImageGrad(
           v + b * g.num_vertices * 3, a + b * g.num_vertices * channels, g.num_vertices,
-          channels, ImageTriangles(g, t, b), g.num_triangles, i + b * pixels, pixels,
-          static_cast<int>(g.width), go + b * pixels * channels,
+          channels, ImageTriangles(g, t, b), g.num_triangles, i + b * pixels,
+          static_cast<int>(g.height), static_cast<int>(g.width), go + b * pixels * channels,
           ga + b * g.num_vertices * channels, gv + b * g.num_vertices * 3);
     };
   });
