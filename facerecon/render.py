@@ -14,6 +14,8 @@ Uncovered pixels have triangle_id -1, barycentric 0 and depth
 Backends (`rasterize(..., backend=)`; None picks `default_backend()`):
 - 'cpu': the XLA FFI custom call in kernels/rasterize_cpu.cc, built by
   `pip install -e .`; batches are spread over XLA's CPU threads.
+- 'pallas': the tile-binned Pallas (Mosaic) kernel in render_pallas.py, on
+  TPU (checked on the CPU in interpret mode).
 - 'scatter': pure JAX, triangle-parallel (small triangles z-test their few
   candidate pixels with scatter-max/min; large ones take the dense path).
   Runs anywhere; the default off the CPU until the Pallas kernels land.
@@ -35,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 BACKGROUND_DEPTH = 0.0
-BACKENDS = ("cpu", "scatter", "reference")
+BACKENDS = ("cpu", "pallas", "scatter", "reference")
 _REFERENCE_CHUNK = 64
 _CPU_TARGETS = {  # XLA custom-call target -> symbol in the kernel library
     "facerecon_rasterize_cpu": "FaceReconRasterizeCpu",
@@ -205,32 +207,62 @@ def _rasterize_reference_image(vertices, triangles, height, width):
   return jnp.where(best_id == _NO_TRIANGLE, -1, best_id).reshape(height, width)
 
 
-def _scatter_small_triangles(vertices, triangles, height, width):
-  """One image, triangle-parallel: each triangle whose candidate box is at
-  most _SCATTER_WINDOW pixels a side z-tests those pixels; a scatter-max keeps
-  the nearest depth and a scatter-min the lowest id at that depth.
-
-  Returns (z [P], id [P]) of the small triangles, and the large ones for the
-  dense path: their setup and box arrays and mesh indices, large first (in
-  index order, then the small ones), and how many are large.
-  """
-  num_triangles = triangles.shape[0]
-  window = _SCATTER_WINDOW
-  corners = vertices[triangles]
-  setup = triangle_setup(corners)
-  box = _triangle_boxes(corners)
+def _candidate_ranges(box, height, width):
+  """Integer candidate pixels of each box: (col_lo, num_cols, row_lo, num_rows,
+  finite). Centres ceil(lo)..floor(hi), clipped to the image; clipping before
+  the int conversion keeps huge values safe; non-finite boxes are empty."""
   x_lo, x_hi, y_lo, y_hi = box
   finite = jnp.isfinite(x_lo) & jnp.isfinite(x_hi) & jnp.isfinite(y_lo) & jnp.isfinite(y_hi)
 
   def pixel_range(low, high, size):
-    # Candidate centres ceil(low)..floor(high), clipped; clipping first keeps
-    # the int conversion safe for huge values.
     first = jnp.clip(jnp.ceil(jnp.where(finite, low, 0.0)), 0, size)
     last = jnp.clip(jnp.floor(jnp.where(finite, high, -1.0)), -1, size - 1)
     return first.astype(jnp.int32), (last - first + 1).astype(jnp.int32)
 
   col_lo, num_cols = pixel_range(x_lo, x_hi, width)
   row_lo, num_rows = pixel_range(y_lo, y_hi, height)
+  return col_lo, num_cols, row_lo, num_rows, finite
+
+
+def _large_first(setup, box, large):
+  """Setup, box and mesh indices reordered with the `large` triangles first
+  (each group in index order), and how many are large."""
+  order = jnp.argsort(~large, stable=True).astype(jnp.int32)
+  take = lambda a: a[order]
+  return (jax.tree.map(take, setup), jax.tree.map(take, box), order,
+          jnp.sum(large).astype(jnp.int32))
+
+
+def _large_triangles_nearest(setup, box, large, height, width, like):
+  """The dense path for one image's `large` triangles; chunks holding none
+  are skipped. Returns (z [P], id [P])."""
+  setup, box, order, num_large = _large_first(setup, box, large)
+  px, py = _pixel_centres(height, width)
+  return _dense_nearest(setup, box, order, px, py, like, num_active=num_large)
+
+
+def _merge_nearest(z_a, id_a, z_b, id_b):
+  """Nearest of two candidate sets per pixel (ties: lowest id); -1 if none."""
+  best_z = jnp.maximum(z_a, z_b)
+  best_id = jnp.minimum(jnp.where(z_a == best_z, id_a, _NO_TRIANGLE),
+                        jnp.where(z_b == best_z, id_b, _NO_TRIANGLE))
+  return jnp.where(best_z > -jnp.inf, best_id, -1)
+
+
+def _scatter_small_triangles(vertices, triangles, height, width):
+  """One image, triangle-parallel: each triangle whose candidate box is at
+  most _SCATTER_WINDOW pixels a side z-tests those pixels; a scatter-max keeps
+  the nearest depth and a scatter-min the lowest id at that depth.
+
+  Returns (z [P], id [P]) of the small triangles, and the others for the
+  dense path: setup, box, mesh indices (large first) and how many are large.
+  """
+  num_triangles = triangles.shape[0]
+  window = _SCATTER_WINDOW
+  corners = vertices[triangles]
+  setup = triangle_setup(corners)
+  box = _triangle_boxes(corners)
+  col_lo, num_cols, row_lo, num_rows, finite = _candidate_ranges(box, height, width)
   small = ~finite | ((num_cols <= window) & (num_rows <= window))
 
   offsets = jnp.arange(window, dtype=jnp.int32)
@@ -250,10 +282,7 @@ def _scatter_small_triangles(vertices, triangles, height, width):
   small_z = _vary_like(jnp.full(num_pixels, -jnp.inf, jnp.float32), vertices).at[pixel].max(z)
   small_id = _vary_like(jnp.full(num_pixels, _NO_TRIANGLE, jnp.int32), vertices).at[pixel].min(
       jnp.where(inside & (z == small_z[pixel]), triangle, _NO_TRIANGLE))
-  order = jnp.argsort(small, stable=True).astype(jnp.int32)
-  take = lambda a: a[order]
-  return (small_z, small_id, jax.tree.map(take, setup), jax.tree.map(take, box), order,
-          jnp.sum(~small).astype(jnp.int32))
+  return (small_z, small_id) + _large_first(setup, box, ~small)
 
 
 def _rasterize_scatter(vertices, triangles, height, width):
@@ -268,11 +297,7 @@ def _rasterize_scatter(vertices, triangles, height, width):
   large_z, large_id = jax.vmap(
       lambda s, b, o, v: _dense_nearest(s, b, o, px, py, v, num_active=num_active))(
           setup, box, order, vertices)
-  best_z = jnp.maximum(small_z, large_z)
-  best_id = jnp.minimum(jnp.where(small_z == best_z, small_id, _NO_TRIANGLE),
-                        jnp.where(large_z == best_z, large_id, _NO_TRIANGLE))
-  best_id = jnp.where(best_z > -jnp.inf, best_id, -1)
-  return best_id.reshape(-1, height, width)
+  return _merge_nearest(small_z, small_id, large_z, large_id).reshape(-1, height, width)
 
 
 def _flatten_batch(x, trailing: int):
@@ -311,8 +336,11 @@ def _register_cpu_kernel() -> str | None:
 def available_backends() -> tuple[str, ...]:
   """The backends that can run here, fastest first."""
   available = ["scatter", "reference"]
-  if jax.default_backend() == "cpu" and _register_cpu_kernel() is None:
+  platform = jax.default_backend()
+  if platform == "cpu" and _register_cpu_kernel() is None:
     available.insert(0, "cpu")
+  if platform == "tpu":
+    available.insert(0, "pallas")
   return tuple(available)
 
 
@@ -389,6 +417,9 @@ def _rasterize(vertices, triangles, height, width, backend):
   else:
     if backend == "scatter":
       ids = _rasterize_scatter(flat, triangles, height, width)
+    elif backend == "pallas":
+      from facerecon import render_pallas  # Deferred: it imports this module.
+      ids = render_pallas.rasterize_ids(flat, triangles, height, width)
     else:
       ids = jax.vmap(lambda v: _rasterize_reference_image(
           v, triangles, height, width))(flat)
