@@ -1,0 +1,188 @@
+"""Synthetic training faces with exact labels (the paper trains CoarseNet on
+these): a prior over face parameters and a batched renderer.
+
+Everything is a pure function of (seed, sample index): sample i always gets
+the key `fold_in(PRNGKey(seed), i)`, so a data set comes out identical
+whatever the batch size or the number of workers.
+
+The prior draws shape and expression in units of each mode's std (the
+original drew shape uniformly in [0, 1e4], a tiny positive corner of the
+space), pose angles uniformly in the original's ranges, and a scale and
+translation that keep the face in frame. Texture comes from the texture
+model. Lighting is first-order spherical harmonics (ambient plus one
+directional light), followed by AFLW2000-3D's colour transform (per-channel
+gain and offset, contrast towards grey).
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from facerecon import camera
+from facerecon import morphable
+from facerecon import params as params_lib
+from facerecon import render
+
+LUMINANCE = (0.3, 0.59, 0.11)  # AFLW2000-3D's colour model
+
+
+@dataclasses.dataclass(frozen=True)
+class FacePrior:
+  """Ranges of the synthetic faces; angles in degrees."""
+  shape_sigma: float = 1.0       # shape ~ N(0, (shape_sigma * std)^2) per mode
+  expression_sigma: float = 1.0
+  texture_sigma: float = 1.0
+  pitch: tuple[float, float] = (-75.0, 45.0)   # the original's ranges
+  yaw: tuple[float, float] = (-90.0, 90.0)
+  roll: tuple[float, float] = (-30.0, 30.0)
+  fill: tuple[float, float] = (0.55, 0.85)     # face size / image size
+  shift: float = 0.08            # centre offset, as a fraction of the image
+  ambient: tuple[float, float] = (0.45, 0.9)
+  directional: tuple[float, float] = (0.0, 0.6)
+  gain: tuple[float, float] = (0.85, 1.15)
+  offset: tuple[float, float] = (-0.05, 0.05)
+  contrast: tuple[float, float] = (0.6, 1.0)   # 1 = full colour, 0 = grey
+  noise: float = 0.01            # std of (uniform) pixel noise, image in [0, 1]
+
+
+class FaceSample(NamedTuple):
+  """Everything drawn for a batch of faces."""
+  params: jax.Array    # [B, 7 + Ks + Ke], the label (facerecon.params layout)
+  texture: jax.Array   # [B, Kt]
+  lighting: jax.Array  # [B, 4] first-order SH coefficients [1, nx, ny, nz]
+  colour: jax.Array    # [B, 7] gain rgb, offset rgb, contrast
+
+
+def _uniform(key, shape, bounds):
+  return jax.random.uniform(key, shape, minval=bounds[0], maxval=bounds[1])
+
+
+def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: int,
+                width: int) -> FaceSample:
+  """One face's parameters (unbatched: vmap over keys for a batch)."""
+  keys = jax.random.split(key, 12)
+  layout = model.layout
+  shape = prior.shape_sigma * model.shape_std * jax.random.normal(keys[0], (layout.num_shape,))
+  expression = (prior.expression_sigma * model.expression_std
+                * jax.random.normal(keys[1], (layout.num_expression,)))
+  texture = (prior.texture_sigma * model.texture_std
+             * jax.random.normal(keys[2], model.texture_std.shape))
+  angles = jnp.deg2rad(jnp.stack([_uniform(keys[3], (), prior.pitch),
+                                  _uniform(keys[4], (), prior.yaw),
+                                  _uniform(keys[5], (), prior.roll)]))
+  vertices = morphable.vertices(model, shape, expression)
+  pose = camera.framing_pose(vertices, angles, height, width,
+                             fill=_uniform(keys[6], (), prior.fill))
+  shift = prior.shift * jnp.array([width, height]) * jax.random.uniform(
+      keys[7], (2,), minval=-1.0, maxval=1.0)
+  pose = pose.at[params_lib.TRANSLATION.start:params_lib.TRANSLATION.start + 2].add(shift)
+  # A light from the front hemisphere (the camera side, +z).
+  direction = jax.random.normal(keys[8], (3,))
+  direction = direction.at[2].set(jnp.abs(direction[2]) + 0.3)
+  direction = direction / jnp.linalg.norm(direction)
+  lighting = jnp.concatenate([_uniform(keys[9], (1,), prior.ambient),
+                              _uniform(keys[10], (), prior.directional) * direction])
+  colour_keys = jax.random.split(keys[11], 3)
+  colour = jnp.concatenate([_uniform(colour_keys[0], (3,), prior.gain),
+                            _uniform(colour_keys[1], (3,), prior.offset),
+                            _uniform(colour_keys[2], (1,), prior.contrast)])
+  params = params_lib.join(params_lib.FaceParams(pose, shape, expression))
+  return FaceSample(params.astype(jnp.float32), texture.astype(jnp.float32),
+                    lighting.astype(jnp.float32), colour.astype(jnp.float32))
+
+
+def colour_transform(image, colour):
+  """AFLW2000-3D's colour model: diag(gain) (c I + (1 - c) M) x + offset,
+  with M's rows the luminance weights. image [..., H, W, 3], colour [..., 7]."""
+  gain, offset, contrast = colour[..., None, None, 0:3], colour[..., None, None, 3:6], \
+      colour[..., None, None, 6:7]
+  grey = jnp.sum(image * jnp.asarray(LUMINANCE), axis=-1, keepdims=True)
+  return gain * (contrast * image + (1.0 - contrast) * grey) + offset
+
+
+def procedural_background(key, height: int, width: int):
+  """A smooth random background [H, W, 3] in [0, 1]: a colour gradient plus
+  a few low-frequency waves (no photos needed)."""
+  keys = jax.random.split(key, 4)
+  rows, cols = jnp.meshgrid(jnp.linspace(-1.0, 1.0, height), jnp.linspace(-1.0, 1.0, width),
+                            indexing="ij")
+  base = jax.random.uniform(keys[0], (2, 3), minval=0.15, maxval=0.75)
+  base = 0.5 * base + 0.5 * jnp.mean(base, axis=1, keepdims=True)  # muted colours
+  angle = jax.random.uniform(keys[1], (), maxval=2 * jnp.pi)
+  ramp = 0.5 + 0.5 * (jnp.cos(angle) * cols + jnp.sin(angle) * rows) / jnp.sqrt(2.0)
+  image = base[0] + (base[1] - base[0]) * ramp[..., None]
+  frequency = jax.random.uniform(keys[2], (4, 2), minval=-4.0, maxval=4.0)
+  amplitude = jax.random.uniform(keys[3], (4, 3), minval=-0.06, maxval=0.06)
+  # sin(a x + b y) = sin(a x) cos(b y) + cos(a x) sin(b y): 4 (H + W) sines
+  # instead of 4 H W.
+  ax = jnp.pi * frequency[:, 0, None] * cols[0][None]   # [4, W]
+  by = jnp.pi * frequency[:, 1, None] * rows[:, 0][None]  # [4, H]
+  waves = (jnp.cos(by)[:, :, None] * jnp.sin(ax)[:, None, :]
+           + jnp.sin(by)[:, :, None] * jnp.cos(ax)[:, None, :])  # [4, H, W]
+  image = image + jnp.sum(waves[..., None] * amplitude[:, None, None, :], axis=0)
+  return jnp.clip(image, 0.0, 1.0)
+
+
+class SyntheticBatch(NamedTuple):
+  image: jax.Array      # [B, H, W, 3] uint8
+  params: jax.Array     # [B, P] float32: the label
+  texture: jax.Array    # [B, Kt]
+  lighting: jax.Array   # [B, 4]
+  colour: jax.Array     # [B, 7]
+  depth: jax.Array      # [B, H, W] float32, image-space z (larger nearer), 0 off the face
+  mask: jax.Array       # [B, H, W] bool
+  pncc: jax.Array       # [B, H, W, 3] float32 in [0, 1], 0 off the face
+  landmarks: jax.Array  # [B, 68, 2] float32 image (x, y)
+
+
+def render_sample(model: morphable.MorphableModel, sample: FaceSample, background,
+                  height: int, width: int, backend: str | None = None,
+                  noise=None) -> SyntheticBatch:
+  """Renders a batch of drawn faces over backgrounds [B, H, W, 3] in [0, 1];
+  `noise` [B, H, W, 3] (or None) is added before quantising to uint8."""
+  face = render.render_face(model, sample.params, sample.texture, height, width, backend)
+  # Broadcast-and-sum: XLA's CPU dot over per-pixel 4-vectors is slow.
+  irradiance = jnp.maximum(jnp.sum(
+      render.sh_basis(face.normals) * sample.lighting[:, None, None, :], axis=-1), 0.0)
+  shaded = colour_transform(face.albedo * irradiance[..., None], sample.colour)
+  image = jnp.where(face.mask[..., None], shaded, background)
+  if noise is not None:
+    image = image + noise
+  image = jnp.round(jnp.clip(image, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+  landmarks = jnp.take(face.image_vertices, model.landmark_indices, axis=-2)[..., :2]
+  return SyntheticBatch(image, sample.params, sample.texture, sample.lighting, sample.colour,
+                        face.depth, face.mask, face.pncc, landmarks)
+
+
+def sample_keys(seed: int, start: int, count: int):
+  """Keys of samples start .. start + count - 1 (the same whatever the batching)."""
+  base = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(
+      jnp.arange(start, start + count, dtype=jnp.uint32))
+
+
+def generate(model: morphable.MorphableModel, keys, prior: FacePrior, height: int,
+             width: int, backgrounds=None, backend: str | None = None) -> SyntheticBatch:
+  """Draws and renders one face per key. `backgrounds` [B, H, W, 3] in [0, 1],
+  or None for procedural ones. Jit with static prior, sizes and backend."""
+  split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+  sample = jax.vmap(lambda k: sample_face(k, model, prior, height, width))(split[:, 0])
+  if backgrounds is None:
+    backgrounds = jax.vmap(lambda k: procedural_background(k, height, width))(split[:, 1])
+  # Uniform noise with the prior's std (cheaper to draw than Gaussian).
+  # Threefry, not 'rbg': rbg under vmap depends on the batch, which would
+  # break "same sample whatever the batching".
+  half_width = prior.noise * np.sqrt(3.0)
+
+  def pixel_noise(key):
+    return jax.random.uniform(key, (height, width, 3), minval=-half_width,
+                              maxval=half_width)
+
+  noise = jax.vmap(pixel_noise)(split[:, 2])
+  return render_sample(model, sample, backgrounds, height, width, backend, noise)
+
+
+generate_jit = jax.jit(generate, static_argnames=("prior", "height", "width", "backend"))

@@ -1,0 +1,72 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from facerecon import camera
+from facerecon import morphable
+from facerecon import params as params_lib
+from facerecon import synthetic
+
+PRIOR = synthetic.FacePrior()
+
+
+def _generate(model, start, count, size=48):
+  return synthetic.generate_jit(model, synthetic.sample_keys(7, start, count), PRIOR,
+                                size, size)
+
+
+def test_samples_do_not_depend_on_batching(small_model):
+  together = _generate(small_model, 0, 6)
+  apart = _generate(small_model, 3, 2)
+  for field in synthetic.SyntheticBatch._fields:
+    np.testing.assert_array_equal(np.asarray(getattr(apart, field)),
+                                  np.asarray(getattr(together, field))[3:5], err_msg=field)
+  other_seed = synthetic.generate_jit(small_model, synthetic.sample_keys(8, 0, 6), PRIOR, 48, 48)
+  assert not np.array_equal(np.asarray(other_seed.params), np.asarray(together.params))
+
+
+def test_labels_describe_the_images(small_model):
+  batch = _generate(small_model, 0, 6)
+  layout = small_model.layout
+  assert batch.image.dtype == jnp.uint8 and batch.image.shape == (6, 48, 48, 3)
+  assert batch.params.shape == (6, layout.size) and batch.params.dtype == jnp.float32
+  face = params_lib.split(batch.params, layout)
+  vertices = morphable.vertices(small_model, face.shape, face.expression)
+  landmarks = camera.project_landmarks(vertices, small_model.landmark_indices, face.pose, 48)
+  np.testing.assert_allclose(np.asarray(landmarks), np.asarray(batch.landmarks), atol=1e-3)
+  mask = np.asarray(batch.mask)
+  assert np.all(mask.sum(axis=(1, 2)) > 0.1 * 48 * 48)  # every face is in frame
+  depth, pncc = np.asarray(batch.depth), np.asarray(batch.pncc)
+  assert np.all(depth[~mask] == 0) and np.all(pncc[~mask] == 0)
+  assert pncc.min() >= 0 and pncc.max() <= 1 + 1e-6
+  # The face's pixels differ from the background around them.
+  assert np.asarray(batch.image).std() > 10
+
+
+def test_prior_ranges_and_scale(small_model):
+  keys = synthetic.sample_keys(0, 0, 400)
+  sample = jax.vmap(lambda k: synthetic.sample_face(k, small_model, PRIOR, 64, 64))(keys)
+  face = params_lib.split(sample.params, small_model.layout)
+  degrees = np.rad2deg(np.asarray(face.angles))
+  for axis, (low, high) in enumerate((PRIOR.pitch, PRIOR.yaw, PRIOR.roll)):
+    assert low <= degrees[:, axis].min() and degrees[:, axis].max() <= high
+    assert degrees[:, axis].max() - degrees[:, axis].min() > 0.8 * (high - low)
+  # Shape and expression are N(0, std^2) per mode (not the original's [0, 1e4]).
+  shape_z = np.asarray(face.shape) / small_model.shape_std
+  np.testing.assert_allclose(shape_z.std(axis=0).mean(), 1.0, atol=0.1)
+  assert abs(shape_z.mean()) < 0.1
+  expression_z = np.asarray(face.expression) / small_model.expression_std
+  np.testing.assert_allclose(expression_z.std(axis=0).mean(), 1.0, atol=0.1)
+  ambient = np.asarray(sample.lighting[:, 0])
+  assert PRIOR.ambient[0] <= ambient.min() and ambient.max() <= PRIOR.ambient[1]
+  assert np.all(np.asarray(sample.lighting[:, 3]) >= 0)  # light from the camera side
+
+
+def test_colour_transform():
+  image = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 4, 5, 3)), jnp.float32)
+  identity = jnp.array([1, 1, 1, 0, 0, 0, 1.0])
+  np.testing.assert_allclose(np.asarray(synthetic.colour_transform(image, identity)),
+                             np.asarray(image), atol=1e-6)
+  grey = synthetic.colour_transform(image, jnp.array([1, 1, 1, 0.1, 0.1, 0.1, 0.0]))
+  expected = np.asarray(image) @ np.array(synthetic.LUMINANCE) + 0.1
+  np.testing.assert_allclose(np.asarray(grey), np.repeat(expected[..., None], 3, -1), atol=1e-6)
