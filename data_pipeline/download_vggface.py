@@ -35,17 +35,6 @@ import numpy as np
 
 from facerecon import fileio
 
-_FILES_DIR = flags.DEFINE_string("files_dir", None, "Folder of VGG Face <Name>.txt files.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where <Name>/<id>.jpg go.")
-_SIZE = flags.DEFINE_integer("size", 200, "Side of the saved square crops (pixels).")
-_MARGIN = flags.DEFINE_float("margin", 0.0, "Box margin on each side, as a fraction of its size.")
-_WORKERS = flags.DEFINE_integer("workers", 32, "Concurrent downloads.")
-_TIMEOUT = flags.DEFINE_float("timeout", 10.0, "Seconds per request.")
-_RETRIES = flags.DEFINE_integer("retries", 3, "Retries of a transient failure.")
-_BACKOFF = flags.DEFINE_float("backoff", 1.0, "First retry delay (s); doubles each time.")
-_MAX_BYTES = flags.DEFINE_integer("max_bytes", 20_000_000, "Largest body accepted.")
-_MAX_REDIRECTS = flags.DEFINE_integer("max_redirects", 5, "Redirects followed.")
-_QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the crops.")
 
 USER_AGENT = "facerecon-downloader/1.0 (research; VGG Face)"
 
@@ -231,16 +220,36 @@ def download_all(tasks: list[Task], output_dir: str, options: Options, workers: 
           "failed": len(failures), "reasons": reasons, "manifest": manifest}
 
 
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so that the
+  pipeline modules can be imported together)."""
+  flags.DEFINE_string("files_dir", None, "Folder of VGG Face <Name>.txt files.")
+  flags.DEFINE_string("output_dir", None, "Where <Name>/<id>.jpg go.")
+  flags.DEFINE_integer("size", 200, "Side of the saved square crops (pixels).")
+  flags.DEFINE_float("margin", 0.0, "Box margin on each side, as a fraction of its size.")
+  flags.DEFINE_integer("workers", 32, "Concurrent downloads.")
+  flags.DEFINE_float("timeout", 10.0, "Seconds per request.")
+  flags.DEFINE_integer("retries", 3, "Retries of a transient failure.")
+  flags.DEFINE_float("backoff", 1.0, "First retry delay (s); doubles each time.")
+  flags.DEFINE_integer("max_bytes", 20_000_000, "Largest body accepted.")
+  flags.DEFINE_integer("max_redirects", 5, "Redirects followed.")
+  flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the crops.")
+
+
 def main(argv):
   del argv
-  if _WORKERS.value < 1 or _SIZE.value < 1 or _RETRIES.value < 0 or _MARGIN.value < 0:
+  if FLAGS.workers < 1 or FLAGS.size < 1 or FLAGS.retries < 0 or FLAGS.margin < 0:
     raise app.UsageError("--workers and --size must be positive, --retries and --margin "
                          "not negative")
-  options = Options(size=_SIZE.value, margin=_MARGIN.value, timeout=_TIMEOUT.value,
-                    retries=_RETRIES.value, backoff=_BACKOFF.value, max_bytes=_MAX_BYTES.value,
-                    max_redirects=_MAX_REDIRECTS.value, jpeg_quality=_QUALITY.value)
-  tasks, bad = read_url_files(_FILES_DIR.value)
-  summary = download_all(tasks, _OUTPUT_DIR.value, options, _WORKERS.value, bad)
+  options = Options(size=FLAGS.size, margin=FLAGS.margin, timeout=FLAGS.timeout,
+                    retries=FLAGS.retries, backoff=FLAGS.backoff,
+                    max_bytes=FLAGS.max_bytes, max_redirects=FLAGS.max_redirects,
+                    jpeg_quality=FLAGS.jpeg_quality)
+  tasks, bad = read_url_files(FLAGS.files_dir)
+  summary = download_all(tasks, FLAGS.output_dir, options, FLAGS.workers, bad)
   reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary["reasons"].items())) or "none"
   print(f"{summary['downloaded']} downloaded, {summary['skipped']} already there, "
         f"{summary['failed']} failed of {summary['total']} ({reasons}); "
@@ -248,5 +257,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["files_dir", "output_dir"])
   app.run(main)

@@ -133,20 +133,27 @@ def build_model(bfm_dir: str) -> morphable.MorphableModel:
   return morphable.validate(model, bfm_dir)
 
 
-_BFM_DIR = flags.DEFINE_string("bfm_dir", None, "Folder with the four .mat files.")
-_OUTPUT = flags.DEFINE_string("output", None, "Model file to write (.npz).")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so that the
+  pipeline modules can be imported together)."""
+  flags.DEFINE_string("bfm_dir", None, "Folder with the four .mat files.")
+  flags.DEFINE_string("output", None, "Model file to write (.npz).")
 
 
 def main(argv):
   del argv
-  model = build_model(_BFM_DIR.value)
-  morphable.save_model(model, _OUTPUT.value)
-  print(f"wrote {_OUTPUT.value}: {model.num_vertices} vertices, "
+  model = build_model(FLAGS.bfm_dir)
+  morphable.save_model(model, FLAGS.output)
+  print(f"wrote {FLAGS.output}: {model.num_vertices} vertices, "
         f"{model.num_triangles} triangles, {model.shape_basis.shape[0]} shape, "
         f"{model.expression_basis.shape[0]} expression, "
         f"{model.texture_basis.shape[0]} texture modes")
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["bfm_dir", "output"])
   app.run(main)

@@ -32,16 +32,6 @@ import numpy as np
 
 from facerecon import fileio
 
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the shards go.")
-_NUM_FACES = flags.DEFINE_integer("num_faces", 100_000, "Faces in the data set.")
-_SEED = flags.DEFINE_integer("seed", 0, "Data set seed.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 200, "Square image size (pixels).")
-_SHARD_SIZE = flags.DEFINE_integer("shard_size", 1000, "Faces per shard file.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Faces rendered per step.")
-_MODEL = flags.DEFINE_string("model", "embedded", "Morphable model (see morphable.load).")
-_BACKGROUNDS_DIR = flags.DEFINE_string("backgrounds_dir", None,
-                                       "Folder of photos for backgrounds (optional).")
-_WORKERS = flags.DEFINE_integer("workers", 1, "Worker processes (each takes whole shards).")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -199,23 +189,40 @@ def synthesize(settings: Settings, output_dir: str, backgrounds_dir: str | None 
           "seconds": seconds, "faces_per_second": faces / seconds if seconds else 0.0}
 
 
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so that the
+  pipeline modules can be imported together)."""
+  flags.DEFINE_string("output_dir", None, "Where the shards go.")
+  flags.DEFINE_integer("num_faces", 100_000, "Faces in the data set.")
+  flags.DEFINE_integer("seed", 0, "Data set seed.")
+  flags.DEFINE_integer("image_size", 200, "Square image size (pixels).")
+  flags.DEFINE_integer("shard_size", 1000, "Faces per shard file.")
+  flags.DEFINE_integer("batch_size", 64, "Faces rendered per step.")
+  flags.DEFINE_string("model", "embedded", "Morphable model (see morphable.load).")
+  flags.DEFINE_string("backgrounds_dir", None,
+                                         "Folder of photos for backgrounds (optional).")
+  flags.DEFINE_integer("workers", 1, "Worker processes (each takes whole shards).")
+
+
 def main(argv):
   del argv
-  for name, value in (("num_faces", _NUM_FACES.value), ("image_size", _IMAGE_SIZE.value),
-                      ("shard_size", _SHARD_SIZE.value), ("batch_size", _BATCH_SIZE.value),
-                      ("workers", _WORKERS.value)):
-    if value < 1:
-      raise app.UsageError(f"--{name} must be positive, got {value}")
-  settings = Settings(num_faces=_NUM_FACES.value, seed=_SEED.value,
-                      image_size=_IMAGE_SIZE.value, shard_size=_SHARD_SIZE.value,
-                      model=_MODEL.value, backgrounds=list_backgrounds(_BACKGROUNDS_DIR.value))
-  summary = synthesize(settings, _OUTPUT_DIR.value, _BACKGROUNDS_DIR.value, _BATCH_SIZE.value,
-                       _WORKERS.value)
+  for name in ("num_faces", "image_size", "shard_size", "batch_size", "workers"):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f"--{name} must be positive, got {FLAGS[name].value}")
+  settings = Settings(num_faces=FLAGS.num_faces, seed=FLAGS.seed,
+                      image_size=FLAGS.image_size, shard_size=FLAGS.shard_size,
+                      model=FLAGS.model, backgrounds=list_backgrounds(FLAGS.backgrounds_dir))
+  summary = synthesize(settings, FLAGS.output_dir, FLAGS.backgrounds_dir, FLAGS.batch_size,
+                       FLAGS.workers)
   print(f"{summary['faces']} faces in {summary['shards_written']} new shard(s) "
         f"({summary['shards_skipped']} already there) in {summary['seconds']:.1f} s: "
-        f"{summary['faces_per_second']:.1f} faces/s -> {_OUTPUT_DIR.value}")
+        f"{summary['faces_per_second']:.1f} faces/s -> {FLAGS.output_dir}")
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["output_dir"])
   app.run(main)
