@@ -12,6 +12,7 @@ Conventions (shared by the renderer, the losses and the data):
 """
 
 import jax.numpy as jnp
+import numpy as np
 
 from facerecon import params as params_lib
 
@@ -126,3 +127,22 @@ def framing_pose(vertices, angles, height: int, width: int, fill: float = 0.85):
                            (height - 1) / 2.0 - scale * centre[1],
                            -scale * centre[2]])
   return params_lib.make_pose(jnp.asarray(angles, jnp.float32), translation, scale)
+
+
+def pose_after_image_similarity(pose, scale, offset, height: int):
+  """The pose that renders the same face after the image is mapped by
+  p' = scale * p + offset (pixel coordinates, p = (column, row)).
+
+  With the scaled-orthographic camera this is exact: f and t3d scale, and
+  t3d shifts by the offset (y through the row flip y_img = H - 1 - y); depth
+  scales with f. Landmarks map by the same p' = scale * p + offset.
+  """
+  # numpy in, numpy out: input pipelines call this in worker processes.
+  xp = np if isinstance(pose, np.ndarray) else jnp
+  offset = xp.asarray(offset, pose.dtype)
+  t = pose[..., params_lib.TRANSLATION]
+  t_x = scale * t[..., 0] + offset[..., 0]
+  t_y = (height - 1) * (1.0 - scale) + scale * t[..., 1] - offset[..., 1]
+  t_z = scale * t[..., 2]
+  return params_lib.make_pose(pose[..., params_lib.ANGLES], xp.stack([t_x, t_y, t_z], -1),
+                              scale * pose[..., params_lib.SCALE])

@@ -148,3 +148,21 @@ def test_aflw_viewer_convention_lines_up(tmp_path):
         jnp.asarray(points), jnp.asarray(ours, jnp.float64), height))
   np.testing.assert_allclose(got[:, 0], matlab_x - 1, atol=1e-3)
   np.testing.assert_allclose(got[:, 1], matlab_y - 1, atol=1e-3)
+
+
+def test_pose_after_image_similarity_moves_the_projection():
+  rng = np.random.default_rng(5)
+  vertices = jnp.asarray(rng.normal(size=(20, 3)) * 30, jnp.float32)
+  pose = jnp.array([0.2, -0.4, 0.1, 60.0, 70.0, 3.0, 0.9])
+  scale, offset = 1.3, jnp.array([-12.0, 7.5])
+  before = camera.project_scaled_orthographic(vertices, pose, 128)
+  after = camera.project_scaled_orthographic(
+      vertices, camera.pose_after_image_similarity(pose, scale, offset, 128), 128)
+  np.testing.assert_allclose(np.asarray(after[:, :2]),
+                             scale * np.asarray(before[:, :2]) + np.asarray(offset), atol=1e-3)
+  np.testing.assert_allclose(np.asarray(after[:, 2]), scale * np.asarray(before[:, 2]),
+                             rtol=1e-5, atol=1e-3)
+  as_numpy = camera.pose_after_image_similarity(np.asarray(pose), scale, np.asarray(offset), 128)
+  assert isinstance(as_numpy, np.ndarray)
+  np.testing.assert_allclose(as_numpy, np.asarray(
+      camera.pose_after_image_similarity(pose, scale, offset, 128)), rtol=1e-6)

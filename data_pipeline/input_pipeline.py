@@ -1,0 +1,168 @@
+"""Grain input pipeline: facerecon_faces (tfds array_record) -> training batches.
+
+Per host: its shard of the examples, seeded shuffle, repeat, decode,
+augmentation that keeps the labels consistent (scale/shift jitter moves f,
+t3d, the landmarks and the depth/mask/PNCC maps with the image; colour
+jitter), normalisation with the data set's statistics, batching, and
+optional worker processes. The iterator's state (`get_state` /
+`set_state`) is what a checkpoint stores, so a resumed run continues
+exactly where it stopped. No TensorFlow involved.
+"""
+
+import dataclasses
+import functools
+
+from absl import flags
+import grain
+import numpy as np
+
+from facerecon import camera
+from facerecon import normalization
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Ranges of the random changes (0 switches one off)."""
+  scale: float = 0.1        # image scale s in [1 - scale, 1 + scale]
+  shift: float = 0.05       # centre shift, fraction of the image side
+  brightness: float = 0.2   # multiply by [1 - b, 1 + b]
+  contrast: float = 0.2     # mix with the image mean
+  saturation: float = 0.2   # mix with the grey image
+
+  @property
+  def enabled(self) -> bool:
+    return any(dataclasses.astuple(self))
+
+
+NO_AUGMENTATION = Augmentation(0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+# What training reads by default: the render loss renders depth from the
+# labels, so the stored depth/mask/PNCC maps are only for evaluation.
+TRAINING_FEATURES = ("image", "params", "landmarks")
+
+
+def open_source(name: str, split: str, data_dir: str | None = None,
+                features=TRAINING_FEATURES):
+  """A tfds data source of `split` that decodes only `features` (others are
+  dropped before decoding; zlib maps cost more to decode than the image)."""
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder(name, data_dir=data_dir)
+  skip = {k: tfds.decode.SkipDecoding() for k in builder.info.features if k not in features}
+  source = tfds.data_source(name, split=split, data_dir=data_dir, decoders=skip)
+  return _SelectedFeatures(source, tuple(k for k in builder.info.features if k in features))
+
+
+class _SelectedFeatures:
+  """A random-access source keeping only some keys of each example."""
+
+  def __init__(self, source, keys):
+    self._source, self._keys = source, keys
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    example = self._source[index]
+    return {k: example[k] for k in self._keys}
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  """Encoded bytes -> RGB uint8 [H, W, 3] (OpenCV, no TensorFlow)."""
+  import cv2
+
+  image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  if image is None:
+    raise ValueError("undecodable image in the data set")
+  return image[..., ::-1]
+
+
+def _warp(array, matrix, size, nearest=False):
+  import cv2
+
+  return cv2.warpAffine(array, matrix, (size[1], size[0]),
+                        flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_CONSTANT if nearest else cv2.BORDER_REFLECT_101)
+
+
+def prepare_example(example: dict, rng: np.random.Generator | None,
+                    augmentation: Augmentation,
+                    statistics: normalization.DataStatistics | None) -> dict:
+  """One decoded, augmented, normalised example (numpy; runs in workers)."""
+  image = decode_image(example["image"])  # uint8 until the geometry is done
+  height, width = image.shape[:2]
+  out = {}
+  labelled = "params" in example
+  if labelled:
+    out["params"] = np.asarray(example["params"], np.float32)
+    out["landmarks"] = np.asarray(example["landmarks"], np.float32)
+  maps = {k: np.asarray(example[k]) for k in ("depth", "mask", "pncc") if k in example}
+  if rng is not None and (augmentation.scale or augmentation.shift):
+    scale = rng.uniform(1.0 - augmentation.scale, 1.0 + augmentation.scale)
+    centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    shift = rng.uniform(-augmentation.shift, augmentation.shift, 2) * np.array([width, height])
+    offset = centre * (1.0 - scale) + shift  # p' = scale * p + offset
+    matrix = np.array([[scale, 0.0, offset[0]], [0.0, scale, offset[1]]])
+    image = _warp(image, matrix, (height, width))
+    if labelled:
+      pose = camera.pose_after_image_similarity(out["params"][:7], scale, offset, height)
+      out["params"] = np.concatenate([pose, out["params"][7:]]).astype(np.float32)
+      out["landmarks"] = (scale * out["landmarks"] + offset).astype(np.float32)
+    if "depth" in maps:  # depth scales with f; off-face pixels stay 0
+      maps["depth"] = _warp(maps["depth"], matrix, (height, width), nearest=True) * scale
+    for key in ("mask", "pncc"):
+      if key in maps:
+        warped = _warp(maps[key].astype(np.uint8), matrix, (height, width), nearest=True)
+        maps[key] = warped.astype(maps[key].dtype)
+  image = image.astype(np.float32) / 255.0
+  if rng is not None and (augmentation.brightness or augmentation.contrast
+                          or augmentation.saturation):
+    grey = image @ np.array([0.299, 0.587, 0.114], np.float32)
+    image = (image * (1.0 - rng.uniform(-1, 1) * augmentation.saturation)
+             + grey[..., None] * (rng.uniform(-1, 1) * augmentation.saturation))
+    mean = image.mean()
+    image = mean + (image - mean) * (1.0 + rng.uniform(-1, 1) * augmentation.contrast)
+    image = np.clip(image * (1.0 + rng.uniform(-1, 1) * augmentation.brightness), 0.0, 1.0)
+  if statistics is not None:
+    image = image - statistics.mean_image
+    if labelled:
+      out["params_normalized"] = np.asarray(
+          normalization.normalize_params(out["params"], statistics), np.float32)
+  out["image"] = image.astype(np.float32)
+  out.update({k: v.astype(np.float32) if k == "depth" else v for k, v in maps.items()})
+  return out
+
+
+def make_dataset(source, *, batch_size: int, seed: int = 0, train: bool = True,
+                 statistics: normalization.DataStatistics | None = None,
+                 augmentation: Augmentation = Augmentation(), num_epochs: int | None = None,
+                 process_index: int = 0, process_count: int = 1,
+                 num_workers: int = 0) -> grain.IterDataset:
+  """The batches of one host. `source`: a random-access data source such as
+  `tfds.data_source('facerecon_faces/synthetic')['train']`.
+
+  Training shuffles (seeded, differently each epoch), repeats (forever by
+  default), augments and drops the last partial batch; evaluation does
+  none of these. `batch_size` is per host.
+  """
+  dataset = grain.MapDataset.source(source)
+  dataset = dataset[process_index::process_count]
+  if train:
+    dataset = dataset.shuffle(seed=seed).repeat(num_epochs)
+  augment = train and augmentation.enabled
+  prepare = functools.partial(prepare_example, augmentation=augmentation,
+                              statistics=statistics)
+  if augment:
+    dataset = dataset.random_map(lambda example, rng: prepare(example, rng), seed=seed)
+  else:
+    dataset = dataset.map(lambda example: prepare(example, None))
+  dataset = dataset.batch(batch_size, drop_remainder=train)
+  iterable = dataset.to_iter_dataset()
+  if num_workers:
+    if not flags.FLAGS.is_parsed():
+      # Grain's workers read its absl flags; outside an absl program (a
+      # notebook, a test) take their defaults.
+      flags.FLAGS.mark_as_parsed()
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iterable

@@ -1,0 +1,132 @@
+"""The Grain input pipeline on a tiny synthetic facerecon_faces data set."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data_pipeline import build_dataset
+from data_pipeline import input_pipeline as ip
+from data_pipeline import splits
+from data_pipeline import synthesize
+from facerecon import camera
+from facerecon import morphable
+from facerecon import normalization
+from facerecon import params as params_lib
+from facerecon import render
+
+MODEL = "embedded:25"
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("pipeline")
+  source = str(tmp / "synthetic")
+  settings = synthesize.Settings(num_faces=20, seed=0, image_size=SIZE, shard_size=10,
+                                 model=MODEL, backgrounds=())
+  synthesize.synthesize(settings, source)
+  splits.write_splits_and_statistics(source, (0.6, 0.2, 0.2), seed=0)
+  data_dir = str(tmp / "tfds")
+  build_dataset.build("synthetic", source, data_dir)
+  return data_dir, normalization.load_statistics(os.path.join(source, "statistics.npz"))
+
+
+def _source(dataset, split="train", features=ip.TRAINING_FEATURES):
+  return ip.open_source("facerecon_faces/synthetic", split, dataset[0], features)
+
+
+def test_batches_and_normalisation(dataset):
+  source = _source(dataset)
+  assert len(source) == 12 and sorted(source[0]) == ["image", "landmarks", "params"]
+  statistics = dataset[1]
+  batch = next(iter(ip.make_dataset(source, batch_size=5, statistics=statistics)))
+  assert batch["image"].shape == (5, SIZE, SIZE, 3) and batch["image"].dtype == np.float32
+  assert batch["params"].shape == (5, morphable.load(MODEL).layout.size)
+  np.testing.assert_allclose(
+      batch["params_normalized"],
+      np.asarray(normalization.normalize_params(batch["params"], statistics)), rtol=1e-5)
+  # Evaluation: every example once, in order, unaugmented: image - mean image.
+  evaluation = list(ip.make_dataset(source, batch_size=5, train=False, statistics=statistics))
+  assert [len(b["image"]) for b in evaluation] == [5, 5, 2]
+  first = ip.decode_image(source[0]["image"]).astype(np.float32) / 255.0
+  np.testing.assert_allclose(evaluation[0]["image"][0], first - statistics.mean_image,
+                             atol=1e-6)
+  np.testing.assert_array_equal(evaluation[0]["params"][0], source[0]["params"])
+
+
+def test_augmentation_keeps_labels_consistent(dataset):
+  """After scale/shift jitter the label still describes the image: the face
+  rendered from the new label covers the warped stored mask, and the new
+  landmarks are the new label's projected landmarks."""
+  source = _source(dataset, features=("image", "params", "landmarks", "mask"))
+  model = morphable.load(MODEL)
+  augmentation = ip.Augmentation(scale=0.25, shift=0.15)
+  rng = np.random.default_rng(0)
+  gains = []
+  for k in range(4):
+    example = ip.prepare_example(source[k], rng, augmentation, None)
+    face = params_lib.split(jnp.asarray(example["params"]), model.layout)
+    vertices = morphable.vertices(model, face.shape, face.expression)
+    landmarks = camera.project_landmarks(vertices, model.landmark_indices, face.pose, SIZE)
+    np.testing.assert_allclose(np.asarray(landmarks), example["landmarks"], atol=2e-3)
+    warped = example["mask"]
+
+    def iou_with(params):
+      rendered = np.asarray(render.render_face(model, jnp.asarray(params)[None], None,
+                                               SIZE, SIZE).mask[0])
+      return (rendered & warped).sum() / max((rendered | warped).sum(), 1)
+
+    # Nearest-neighbour warping flips boundary pixels of a 32-pixel mask.
+    new_iou, old_iou = iou_with(example["params"]), iou_with(source[k]["params"])
+    assert new_iou >= 0.85, new_iou
+    gains.append(new_iou - old_iou)
+    original = source[k]["params"]
+    assert not np.allclose(example["params"][3:7], original[3:7])  # the pose moved
+    np.testing.assert_array_equal(example["params"][:3], original[:3])  # angles kept
+    np.testing.assert_array_equal(example["params"][7:], original[7:])  # shape kept
+  assert np.mean(gains) > 0.15, gains  # the old label no longer fits the image
+
+
+def test_iterator_state_resumes_exactly(dataset):
+  source = _source(dataset)
+  pipeline = ip.make_dataset(source, batch_size=4, seed=3, statistics=dataset[1])
+  iterator = iter(pipeline)
+  for _ in range(4):  # past the first epoch (3 batches of 4)
+    next(iterator)
+  state = iterator.get_state()
+  expected = [next(iterator) for _ in range(3)]
+  resumed = iter(pipeline)
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_epochs_reshuffle_and_hosts_partition(dataset):
+  source = _source(dataset)
+  iterator = iter(ip.make_dataset(source, batch_size=12, seed=1,
+                                  augmentation=ip.NO_AUGMENTATION))
+  first, second = next(iterator)["params"], next(iterator)["params"]
+  assert not np.array_equal(first, second)  # another order
+  np.testing.assert_array_equal(np.sort(first[:, 3]), np.sort(second[:, 3]))  # same faces
+  hosts = [np.concatenate([b["params"][:, 3] for b in ip.make_dataset(
+      source, batch_size=4, train=False, process_index=i, process_count=2)]) for i in range(2)]
+  assert len(hosts[0]) == len(hosts[1]) == 6
+  assert not set(hosts[0]) & set(hosts[1])
+  everything = [source[i]["params"][3] for i in range(len(source))]
+  np.testing.assert_array_equal(np.sort(np.concatenate(hosts)), np.sort(everything))
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches(dataset):
+  source = _source(dataset)
+  make = lambda workers: iter(ip.make_dataset(source, batch_size=4, seed=2,
+                                              statistics=dataset[1], num_workers=workers))
+  local, workers = make(0), make(1)
+  for _ in range(3):
+    a, b = next(local), next(workers)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
