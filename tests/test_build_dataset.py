@@ -45,7 +45,8 @@ def test_synthetic_config(tmp_path):
   by_index = {int(e["index"]): e for split in examples.values() for e in split}
   example = by_index[3]
   image = cv2.imdecode(np.frombuffer(example["image"], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-  np.testing.assert_array_equal(image, shard["image"][3])  # PNG: lossless
+  # JPEG quality 95: close to the rendered image.
+  assert np.abs(image.astype(int) - shard["image"][3]).mean() < 3
   np.testing.assert_array_equal(example["params"], shard["params"][3])
   np.testing.assert_array_equal(example["depth"], shard["depth"][3])
   np.testing.assert_array_equal(example["mask"], shard["mask"][3])

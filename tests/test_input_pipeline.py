@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -42,18 +43,37 @@ def test_batches_and_normalisation(dataset):
   assert len(source) == 12 and sorted(source[0]) == ["image", "landmarks", "params"]
   statistics = dataset[1]
   batch = next(iter(ip.make_dataset(source, batch_size=5, statistics=statistics)))
-  assert batch["image"].shape == (5, SIZE, SIZE, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (5, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
   assert batch["params"].shape == (5, morphable.load(MODEL).layout.size)
   np.testing.assert_allclose(
       batch["params_normalized"],
       np.asarray(normalization.normalize_params(batch["params"], statistics)), rtol=1e-5)
-  # Evaluation: every example once, in order, unaugmented: image - mean image.
+  # Evaluation: every example once, in order, unaugmented.
   evaluation = list(ip.make_dataset(source, batch_size=5, train=False, statistics=statistics))
   assert [len(b["image"]) for b in evaluation] == [5, 5, 2]
-  first = ip.decode_image(source[0]["image"]).astype(np.float32) / 255.0
-  np.testing.assert_allclose(evaluation[0]["image"][0], first - statistics.mean_image,
-                             atol=1e-6)
+  np.testing.assert_array_equal(evaluation[0]["image"][0], ip.decode_image(source[0]["image"]))
   np.testing.assert_array_equal(evaluation[0]["params"][0], source[0]["params"])
+  # On the device: image / 255 - mean image.
+  images = ip.device_photometric(evaluation[0]["image"], jax.random.PRNGKey(0),
+                                 ip.Augmentation(), statistics, train=False)
+  np.testing.assert_allclose(np.asarray(images[0]),
+                             evaluation[0]["image"][0] / 255.0 - statistics.mean_image,
+                             atol=1e-6)
+
+
+def test_device_photometric_jitters_each_image(dataset):
+  statistics = dataset[1]
+  images = np.stack([np.full((SIZE, SIZE, 3), 120, np.uint8)] * 4)
+  images[:, :, :SIZE // 2] = (200, 80, 40)
+  jitter = jax.jit(lambda x, k: ip.device_photometric(x, k, ip.Augmentation(), statistics))
+  out = np.asarray(jitter(images, jax.random.PRNGKey(1)))
+  again = np.asarray(jitter(images, jax.random.PRNGKey(1)))
+  np.testing.assert_array_equal(out, again)  # deterministic given the key
+  assert out.dtype == np.float32 and np.all(np.isfinite(out))
+  assert len({float(np.round(o.mean(), 5)) for o in out}) == 4  # each image its own jitter
+  plain = np.asarray(ip.device_photometric(images, jax.random.PRNGKey(1), ip.NO_AUGMENTATION,
+                                           statistics))
+  np.testing.assert_allclose(plain, images / 255.0 - statistics.mean_image, atol=1e-6)
 
 
 def test_augmentation_keeps_labels_consistent(dataset):
