@@ -564,6 +564,14 @@ def lambertian(albedo, normals, light_direction, ambient=0.35, diffuse=0.65):
   return albedo * (ambient + diffuse * cosine)
 
 
+def sh_irradiance(normals, coefficients):
+  """l . [1, nx, ny, nz] per pixel: normals [..., H, W, 3], one grey light
+  per image [..., 4] -> [..., H, W] (written out: fast on every backend)."""
+  c = coefficients[..., None, None, :]
+  return (c[..., 0] + c[..., 1] * normals[..., 0] + c[..., 2] * normals[..., 1]
+          + c[..., 3] * normals[..., 2])
+
+
 def sh_basis(normals):
   """First-order spherical-harmonics basis [1, nx, ny, nz]: [..., 3] -> [..., 4]."""
   return jnp.concatenate([jnp.ones_like(normals[..., :1]), normals], axis=-1)
@@ -576,13 +584,13 @@ def sh_shading(albedo, normals, coefficients):
   albedo [..., H, W, C], normals [..., H, W, 3]; coefficients' leading dims
   are the images' batch dims.
   """
-  basis = sh_basis(normals)  # [..., H, W, 4]
   coefficients = jnp.asarray(coefficients)
   if coefficients.ndim == albedo.ndim - 2:  # [..., 4]: one grey light
-    irradiance = jnp.einsum("...hwk,...k->...hw", basis, coefficients)[..., None]
-  else:  # [..., C, 4]: a light per channel
-    irradiance = jnp.einsum("...hwk,...ck->...hwc", basis, coefficients)
-  return albedo * irradiance
+    return albedo * sh_irradiance(normals, coefficients)[..., None]
+  # [..., C, 4]: a light per channel.
+  channels = [sh_irradiance(normals, coefficients[..., c, :])
+              for c in range(coefficients.shape[-2])]
+  return albedo * jnp.stack(channels, axis=-1)
 
 
 # --- Face renders ---------------------------------------------------------------------
@@ -628,7 +636,9 @@ def render_face(model, params, texture, height: int, width: int,
        jnp.broadcast_to(colours, vertices.shape)], axis=-1)
   values = interpolate(attributes, raster, image_vertices, model.triangles, backend)
   normal_image = values[..., 1:4]
-  norm = jnp.linalg.norm(normal_image, axis=-1, keepdims=True)
+  # Written out: reductions over a trailing axis of 3 are slow on XLA's CPU.
+  norm = jnp.sqrt(normal_image[..., 0:1] ** 2 + normal_image[..., 1:2] ** 2
+                  + normal_image[..., 2:3] ** 2)
   normal_image = jnp.where(raster.mask[..., None],
                            normal_image / jnp.maximum(norm, 1e-6), 0.0)
   return FaceRender(raster, image_vertices, values[..., 0], raster.mask,

@@ -100,7 +100,9 @@ def colour_transform(image, colour):
   with M's rows the luminance weights. image [..., H, W, 3], colour [..., 7]."""
   gain, offset, contrast = colour[..., None, None, 0:3], colour[..., None, None, 3:6], \
       colour[..., None, None, 6:7]
-  grey = jnp.sum(image * jnp.asarray(LUMINANCE), axis=-1, keepdims=True)
+  # Written out: a reduction over a trailing axis of 3 is slow on XLA's CPU.
+  grey = (LUMINANCE[0] * image[..., 0:1] + LUMINANCE[1] * image[..., 1:2]
+          + LUMINANCE[2] * image[..., 2:3])
   return gain * (contrast * image + (1.0 - contrast) * grey) + offset
 
 
@@ -145,9 +147,7 @@ def render_sample(model: morphable.MorphableModel, sample: FaceSample, backgroun
   """Renders a batch of drawn faces over backgrounds [B, H, W, 3] in [0, 1];
   `noise` [B, H, W, 3] (or None) is added before quantising to uint8."""
   face = render.render_face(model, sample.params, sample.texture, height, width, backend)
-  # Broadcast-and-sum: XLA's CPU dot over per-pixel 4-vectors is slow.
-  irradiance = jnp.maximum(jnp.sum(
-      render.sh_basis(face.normals) * sample.lighting[:, None, None, :], axis=-1), 0.0)
+  irradiance = jnp.maximum(render.sh_irradiance(face.normals, sample.lighting), 0.0)
   shaded = colour_transform(face.albedo * irradiance[..., None], sample.colour)
   image = jnp.where(face.mask[..., None], shaded, background)
   if noise is not None:

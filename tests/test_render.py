@@ -167,3 +167,23 @@ def test_depth_loss_gradient_matches_finite_differences(backend):
   got = np.asarray(jax.grad(loss)(jnp.asarray(vertices, jnp.float32), backend))
   np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
   assert np.all(np.abs(got[:, :2]) > 0)  # x and y get gradient, not only z
+
+
+def test_spherical_harmonics_shading():
+  rng = np.random.default_rng(1)
+  normals = rng.normal(size=(2, 3, 4, 3))
+  normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+  albedo = rng.uniform(size=(2, 3, 4, 3))
+  grey = rng.normal(size=(2, 4))
+  basis = np.concatenate([np.ones((2, 3, 4, 1)), normals], axis=-1)
+  expected = albedo * np.einsum("bhwk,bk->bhw", basis, grey)[..., None]
+  np.testing.assert_allclose(np.asarray(render.sh_shading(albedo, normals, grey)), expected,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(render.sh_basis(jnp.asarray(normals))), basis, atol=1e-6)
+  per_channel = rng.normal(size=(2, 3, 4))
+  expected = albedo * np.einsum("bhwk,bck->bhwc", basis, per_channel)
+  np.testing.assert_allclose(np.asarray(render.sh_shading(albedo, normals, per_channel)),
+                             expected, rtol=1e-5, atol=1e-6)
+  # Lambertian: a light straight at a normal gives ambient + diffuse.
+  shaded = render.lambertian(jnp.ones((1, 1, 3)), jnp.array([[[0.0, 0.0, 1.0]]]), [0, 0, 2.0])
+  np.testing.assert_allclose(np.asarray(shaded), 1.0, atol=1e-6)
