@@ -37,8 +37,9 @@ class Augmentation:
   saturation: float = 0.2   # mix with the grey image
 
   @property
-  def enabled(self) -> bool:
-    return any(dataclasses.astuple(self))
+  def geometric(self) -> bool:
+    """Whether the host has work to do (colour jitter runs on the device)."""
+    return bool(self.scale or self.shift)
 
 
 NO_AUGMENTATION = Augmentation(0.0, 0.0, 0.0, 0.0, 0.0)
@@ -106,7 +107,7 @@ def prepare_example(example: dict, rng: np.random.Generator | None,
     out["params"] = np.asarray(example["params"], np.float32)
     out["landmarks"] = np.asarray(example["landmarks"], np.float32)
   maps = {k: np.asarray(example[k]) for k in ("depth", "mask", "pncc") if k in example}
-  if rng is not None and (augmentation.scale or augmentation.shift):
+  if rng is not None and augmentation.geometric:
     scale = rng.uniform(1.0 - augmentation.scale, 1.0 + augmentation.scale)
     centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
     shift = rng.uniform(-augmentation.shift, augmentation.shift, 2) * np.array([width, height])
@@ -147,7 +148,7 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, train: bool = True,
   dataset = dataset[process_index::process_count]
   if train:
     dataset = dataset.shuffle(seed=seed).repeat(num_epochs)
-  augment = train and augmentation.enabled
+  augment = train and augmentation.geometric
   prepare = functools.partial(prepare_example, augmentation=augmentation,
                               statistics=statistics)
   if augment:
