@@ -19,10 +19,19 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <memory>
 
 #if defined(__SSE2__) && defined(__x86_64__)
 #include <emmintrin.h>
 #define FACERECON_SSE2 1
+#endif
+// AVX2 passes, compiled for AVX2 whatever the build flags and chosen at run
+// time (HaveAvx2), so the library still loads on older x86-64 CPUs.
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FACERECON_AVX2 1
+#define FACERECON_AVX2_FN __attribute__((target("avx2")))
 #endif
 
 namespace facerecon {
@@ -190,33 +199,65 @@ inline uint64_t PixelKey(float z, int64_t t) {
   return (static_cast<uint64_t>(OrderedBits(z)) << 32) | ~static_cast<uint32_t>(t);
 }
 
-// One triangle whose bounding box holds exactly one pixel centre.
-struct Candidate {
-  int32_t triangle;
-  int16_t col, row;  // kept apart: no division later
+// Scratch memory for RasterizeImage: per-pixel keys, per-vertex bounds and
+// the candidate lists in struct-of-arrays form (padded by kLanes, so vector
+// code may store a full vector at the end of a list).
+constexpr int64_t kLanes = 8;
+
+struct Scratch {
+  uint64_t* keys;                // height * width
+  PixelBounds* bounds;           // num_vertices
+  int32_t* candidate_triangle;   // num_triangles + kLanes
+  int32_t* candidate_pixel;      // num_triangles + kLanes: col | row << 16
+  int32_t* candidate_corner[3];  // num_triangles + kLanes each
+  uint64_t* candidate_keys;      // num_triangles + kLanes
+  int32_t* large_triangles;      // num_triangles + kLanes
 };
 
-// Scratch memory for RasterizeImage.
-struct Scratch {
-  uint64_t* keys;            // height * width
-  PixelBounds* bounds;       // num_vertices
-  Candidate* candidates;     // num_triangles
-  uint64_t* candidate_keys;  // num_triangles
+// Owns a Scratch for images up to the largest size asked so far; it grows and
+// is never cleared (RasterizeImage initialises what it reads).
+class ScratchArena {
+ public:
+  Scratch Get(int64_t pixels, int64_t num_vertices, int64_t num_triangles) {
+    const int64_t list = num_triangles + kLanes;
+    Grow(&keys_, &keys_size_, std::max<int64_t>(pixels, 1));
+    Grow(&bounds_, &bounds_size_, std::max<int64_t>(num_vertices, 1));
+    Grow(&lists_, &lists_size_, 6 * list);
+    Grow(&candidate_keys_, &candidate_keys_size_, list);
+    int32_t* l = lists_.get();
+    return {keys_.get(), bounds_.get(), l, l + list, {l + 2 * list, l + 3 * list, l + 4 * list},
+            candidate_keys_.get(), l + 5 * list};
+  }
+
+ private:
+  template <typename T>
+  static void Grow(std::unique_ptr<T[]>* buffer, int64_t* size, int64_t n) {
+    if (n > *size) {
+      buffer->reset(new T[n]);
+      *size = n;
+    }
+  }
+  std::unique_ptr<uint64_t[]> keys_, candidate_keys_;
+  std::unique_ptr<PixelBounds[]> bounds_;
+  std::unique_ptr<int32_t[]> lists_;
+  int64_t keys_size_ = 0, bounds_size_ = 0, lists_size_ = 0, candidate_keys_size_ = 0;
 };
 
 // Index of the first triangle with a vertex index outside [0, num_vertices),
-// or -1. The common all-valid case is one vectorisable min/max pass.
+// or -1. The common all-valid case is one unsigned max (negative indices are
+// huge unsigned), which vectorises.
 inline int64_t FirstBadTriangle(const int32_t* triangles, int64_t num_triangles,
                                 int64_t num_vertices) {
-  int32_t low = 0, high = 0;
+  uint32_t high = 0;
   for (int64_t i = 0; i < 3 * num_triangles; ++i) {
-    low = std::min(low, triangles[i]);
-    high = std::max(high, triangles[i]);
+    high = std::max(high, static_cast<uint32_t>(triangles[i]));
   }
-  if (low >= 0 && high < num_vertices) return -1;
+  if (num_triangles == 0 || static_cast<int64_t>(high) < num_vertices) return -1;
   for (int64_t t = 0; t < num_triangles; ++t) {
     for (int k = 0; k < 3; ++k) {
-      if (triangles[3 * t + k] < 0 || triangles[3 * t + k] >= num_vertices) return t;
+      if (static_cast<uint32_t>(triangles[3 * t + k]) >= static_cast<uint64_t>(num_vertices)) {
+        return t;
+      }
     }
   }
   return -1;
@@ -239,91 +280,472 @@ inline void RasterizeBox(const TriangleSetup& s, int64_t t, int col_lo, int col_
   }
 }
 
+inline const float* Corner(const float* vertices, int32_t index) {
+  return vertices + 3 * static_cast<int64_t>(index);
+}
+
+// The passes of RasterizeImage. Each has a scalar version and, on x86-64, an
+// AVX2 version doing eight triangles, candidates or pixels at a time with the
+// same floating-point operations in the same order (so both give identical
+// output; the sanitizer driver checks this).
+//
+// Pass 1 (FindCandidates): each triangle's candidate box from the integer
+// vertex bounds alone. A box holding exactly one pixel centre (the common
+// case for a face mesh at training resolution) makes the triangle a
+// candidate; a larger one puts it on the large list. Returns the candidates.
+inline int64_t FindCandidatesScalar(const int32_t* triangles, int64_t begin, int64_t end,
+                                    int width, int height, const Scratch& s,
+                                    int64_t num_candidates, int64_t* num_large) {
+  for (int64_t t = begin; t < end; ++t) {
+    const int32_t* tri = triangles + 3 * t;
+    const TriangleBox box =
+        BoxOf(s.bounds[tri[0]], s.bounds[tri[1]], s.bounds[tri[2]], width, height);
+    if (box.col_lo == box.col_hi && box.row_lo == box.row_hi) {
+      s.candidate_triangle[num_candidates] = static_cast<int32_t>(t);
+      s.candidate_pixel[num_candidates] = box.col_lo | (box.row_lo << 16);
+      for (int k = 0; k < 3; ++k) s.candidate_corner[k][num_candidates] = tri[k];
+      ++num_candidates;
+    } else if (box.col_lo <= box.col_hi && box.row_lo <= box.row_hi) {
+      s.large_triangles[(*num_large)++] = static_cast<int32_t>(t);
+    }
+  }
+  return num_candidates;
+}
+
+// Pass 2: the key of each candidate at its pixel (0 if it does not cover it).
+// Kept apart from the merge because the two triangles of a mesh cell usually
+// share their candidate pixel, and a read-modify-write at the end of the
+// setup chain would serialise them.
+inline void CandidateKeysScalar(const float* vertices, const Scratch& s, int64_t begin,
+                                int64_t end) {
+  for (int64_t c = begin; c < end; ++c) {
+    TriangleSetup setup;
+    const bool usable = SetUpTriangle(Corner(vertices, s.candidate_corner[0][c]),
+                                      Corner(vertices, s.candidate_corner[1][c]),
+                                      Corner(vertices, s.candidate_corner[2][c]), &setup);
+    float b[3], z;
+    Barycentrics(setup, static_cast<float>(s.candidate_pixel[c] & 0xffff),
+                 static_cast<float>(s.candidate_pixel[c] >> 16), b, &z);
+    const bool covered = usable & (b[0] >= -kTolerance) & (b[1] >= -kTolerance) &
+                         (b[2] >= -kTolerance) & std::isfinite(z);
+    s.candidate_keys[c] = covered ? PixelKey(z, s.candidate_triangle[c]) : 0;
+  }
+}
+
+// Resolve: barycentrics and depth of each pixel's winner, recomputed.
+inline void ResolvePixelsScalar(const float* vertices, const int32_t* triangles,
+                                const uint64_t* keys, int row, int col_begin, int width,
+                                int32_t* ids, float* barycentric, float* depth) {
+  for (int col = col_begin; col < width; ++col) {
+    const int64_t p = static_cast<int64_t>(row) * width + col;
+    float* b = barycentric + 3 * p;
+    if (keys[p] == 0) {
+      ids[p] = -1;
+      b[0] = b[1] = b[2] = 0.0f;
+      depth[p] = kBackgroundDepth;
+      continue;
+    }
+    const int32_t t = static_cast<int32_t>(~static_cast<uint32_t>(keys[p]));
+    const int32_t* tri = triangles + 3 * static_cast<int64_t>(t);
+    TriangleSetup setup;
+    SetUpTriangle(Corner(vertices, tri[0]), Corner(vertices, tri[1]), Corner(vertices, tri[2]),
+                  &setup);
+    ids[p] = t;
+    Barycentrics(setup, static_cast<float>(col), static_cast<float>(row), b, depth + p);
+  }
+}
+
+#ifdef FACERECON_AVX2
+// Lane permutations that move the set lanes of an 8-bit mask to the front,
+// one byte per lane.
+struct CompactTable {
+  uint64_t lanes[256];
+};
+constexpr CompactTable MakeCompactTable() {
+  CompactTable table{};
+  for (int mask = 0; mask < 256; ++mask) {
+    int k = 0;
+    for (int lane = 0; lane < 8; ++lane) {
+      if (mask & (1 << lane)) table.lanes[mask] |= static_cast<uint64_t>(lane) << (8 * k++);
+    }
+  }
+  return table;
+}
+inline constexpr CompactTable kCompact = MakeCompactTable();
+
+// Corner k of eight triangles stored as 24 consecutive int32.
+FACERECON_AVX2_FN inline void LoadTriangles8(const int32_t* p, __m256i* i0, __m256i* i1,
+                                             __m256i* i2) {
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8));
+  const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16));
+  *i0 = _mm256_permutevar8x32_epi32(_mm256_blend_epi32(_mm256_blend_epi32(a, b, 0x92), c, 0x24),
+                                    _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5));
+  *i1 = _mm256_permutevar8x32_epi32(_mm256_blend_epi32(_mm256_blend_epi32(a, b, 0x24), c, 0x49),
+                                    _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6));
+  *i2 = _mm256_permutevar8x32_epi32(_mm256_blend_epi32(_mm256_blend_epi32(a, b, 0x49), c, 0x92),
+                                    _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7));
+}
+
+// Gathers are slow here (AMD Zen 3): the three corners' bounds are loaded as
+// scalars, four triangles per register, one int64 (four int16) each.
+FACERECON_AVX2_FN inline int64_t FindCandidatesAvx2(const int32_t* triangles,
+                                                    int64_t num_triangles, int width,
+                                                    int height, const Scratch& s,
+                                                    int64_t* num_large) {
+  static_assert(sizeof(PixelBounds) == sizeof(int64_t), "PixelBounds is one int64");
+  const auto bound = [&](int32_t vertex) {
+    int64_t packed;
+    std::memcpy(&packed, s.bounds + vertex, sizeof(packed));
+    return packed;
+  };
+  // Clamping the box to the image is a max: col_lo, row_lo >= 0 and
+  // -col_hi >= 1 - width, -row_hi >= 1 - height.
+  const uint64_t neg_hi_min = (static_cast<uint64_t>(static_cast<uint16_t>(1 - height)) << 16) |
+                              static_cast<uint16_t>(1 - width);
+  const __m256i clamp = _mm256_set1_epi64x(static_cast<int64_t>(neg_hi_min << 32));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int64_t n = 0, t = 0;
+  for (; t + kLanes <= num_triangles; t += kLanes) {
+    const int32_t* p = triangles + 3 * t;
+    __m256 box[2];  // triangles 0-3 and 4-7: [col_lo row_lo -col_hi -row_hi] each
+    for (int half = 0; half < 2; ++half) {
+      const int32_t* q = p + 12 * half;
+      __m256i m = _mm256_set_epi64x(bound(q[9]), bound(q[6]), bound(q[3]), bound(q[0]));
+      m = _mm256_min_epi16(m, _mm256_set_epi64x(bound(q[10]), bound(q[7]), bound(q[4]),
+                                                bound(q[1])));
+      m = _mm256_min_epi16(m, _mm256_set_epi64x(bound(q[11]), bound(q[8]), bound(q[5]),
+                                                bound(q[2])));
+      box[half] = _mm256_castsi256_ps(_mm256_max_epi16(m, clamp));
+    }
+    // (col_lo, row_lo) and (-col_hi, -row_hi) pairs of the eight triangles, in order.
+    const __m256i lo = _mm256_permute4x64_epi64(
+        _mm256_castps_si256(_mm256_shuffle_ps(box[0], box[1], _MM_SHUFFLE(2, 0, 2, 0))),
+        _MM_SHUFFLE(3, 1, 2, 0));
+    const __m256i neg_hi = _mm256_permute4x64_epi64(
+        _mm256_castps_si256(_mm256_shuffle_ps(box[0], box[1], _MM_SHUFFLE(3, 1, 3, 1))),
+        _MM_SHUFFLE(3, 1, 2, 0));
+    // lo - hi per axis: 0 for one pixel centre, > 0 for none.
+    const __m256i span = _mm256_add_epi16(lo, neg_hi);
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i one = _mm256_cmpeq_epi32(span, zero);
+    const __m256i some = _mm256_cmpeq_epi32(_mm256_cmpgt_epi16(span, zero), zero);
+    const int one_mask = _mm256_movemask_ps(_mm256_castsi256_ps(one));
+    int large_mask = _mm256_movemask_ps(_mm256_castsi256_ps(some)) & ~one_mask;
+    const __m256i permutation =
+        _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(kCompact.lanes[one_mask])));
+    const auto store = [&](int32_t* list, __m256i v) FACERECON_AVX2_FN {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(list + n),
+                          _mm256_permutevar8x32_epi32(v, permutation));
+    };
+    __m256i i0, i1, i2;
+    LoadTriangles8(p, &i0, &i1, &i2);
+    store(s.candidate_triangle, _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(t)), lane));
+    store(s.candidate_pixel, lo);
+    store(s.candidate_corner[0], i0);
+    store(s.candidate_corner[1], i1);
+    store(s.candidate_corner[2], i2);
+    n += __builtin_popcount(one_mask);
+    for (; large_mask; large_mask &= large_mask - 1) {
+      s.large_triangles[(*num_large)++] = static_cast<int32_t>(t + __builtin_ctz(large_mask));
+    }
+  }
+  return FindCandidatesScalar(triangles, t, num_triangles, width, height, s, n, num_large);
+}
+
+// VertexBounds for eight vertices at a time.
+FACERECON_AVX2_FN inline void VertexBoundsAvx2(const float* vertices, int64_t num_vertices,
+                                               int width, int height, PixelBounds* bounds) {
+  const __m256 w = _mm256_set1_ps(static_cast<float>(width));
+  const __m256 h = _mm256_set1_ps(static_cast<float>(height));
+  const __m256 margin = _mm256_set1_ps(kBoxMargin);
+  const __m256 minus_one = _mm256_set1_ps(-1.0f);
+  // max(v, -1) returns -1 for NaN (the second operand), like ClampToImage.
+  const auto clamp = [&](__m256 v, __m256 size) FACERECON_AVX2_FN {
+    return _mm256_min_ps(_mm256_max_ps(v, minus_one), size);
+  };
+  int64_t v = 0;
+  for (; v + kLanes <= num_vertices; v += kLanes) {
+    const float* p = vertices + 3 * v;
+    const __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8), c = _mm256_loadu_ps(p + 16);
+    // Lanes as in LoadTriangles8: x from a[0,3,6] b[1,4,7] c[2,5], y one further.
+    const __m256 x = _mm256_permutevar8x32_ps(
+        _mm256_blend_ps(_mm256_blend_ps(a, b, 0x92), c, 0x24),
+        _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5));
+    const __m256 y = _mm256_permutevar8x32_ps(
+        _mm256_blend_ps(_mm256_blend_ps(a, b, 0x24), c, 0x49),
+        _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6));
+    const __m256i col_lo = _mm256_cvttps_epi32(_mm256_ceil_ps(clamp(_mm256_sub_ps(x, margin), w)));
+    const __m256i row_lo = _mm256_cvttps_epi32(_mm256_ceil_ps(clamp(_mm256_sub_ps(y, margin), h)));
+    const __m256i neg_col_hi = _mm256_sub_epi32(
+        _mm256_setzero_si256(),
+        _mm256_cvttps_epi32(_mm256_floor_ps(clamp(_mm256_add_ps(x, margin), w))));
+    const __m256i neg_row_hi = _mm256_sub_epi32(
+        _mm256_setzero_si256(),
+        _mm256_cvttps_epi32(_mm256_floor_ps(clamp(_mm256_add_ps(y, margin), h))));
+    // Per 128-bit lane: four vertices' fields -> four PixelBounds.
+    const __m256i lo = _mm256_packs_epi32(col_lo, row_lo);  // cl0-3 rl0-3 | cl4-7 rl4-7
+    const __m256i hi = _mm256_packs_epi32(neg_col_hi, neg_row_hi);
+    const __m256i lo_pairs = _mm256_unpacklo_epi16(lo, _mm256_srli_si256(lo, 8));
+    const __m256i hi_pairs = _mm256_unpacklo_epi16(hi, _mm256_srli_si256(hi, 8));
+    const __m256i first = _mm256_unpacklo_epi32(lo_pairs, hi_pairs);   // vertices 0 1 | 4 5
+    const __m256i second = _mm256_unpackhi_epi32(lo_pairs, hi_pairs);  // vertices 2 3 | 6 7
+    __m256i* out = reinterpret_cast<__m256i*>(bounds + v);
+    _mm256_storeu_si256(out, _mm256_permute2x128_si256(first, second, 0x20));
+    _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(first, second, 0x31));
+  }
+  VertexBounds(vertices + 3 * v, num_vertices - v, width, height, bounds + v);
+}
+
+// The unsigned max of FirstBadTriangle, vectorised by the compiler for AVX2.
+FACERECON_AVX2_FN inline bool IndicesBelowAvx2(const int32_t* triangles, int64_t num_triangles,
+                                               int64_t num_vertices) {
+  uint32_t high = 0;
+  for (int64_t i = 0; i < 3 * num_triangles; ++i) {
+    high = std::max(high, static_cast<uint32_t>(triangles[i]));
+  }
+  return static_cast<int64_t>(high) < num_vertices;
+}
+
+// x, y, z of eight vertices (indices in memory): 16-byte row loads and a
+// transpose, cheaper than gathers here. The last vertex has no fourth float
+// after it, so it is loaded in parts.
+FACERECON_AVX2_FN inline __m128 LoadVertex(const float* vertices, int64_t num_vertices,
+                                           int32_t index) {
+  const float* v = vertices + 3 * static_cast<int64_t>(index);
+  if (index + 1 < num_vertices) return _mm_loadu_ps(v);
+  return _mm_setr_ps(v[0], v[1], v[2], 0.0f);
+}
+
+FACERECON_AVX2_FN inline void LoadVertices8(const float* vertices, int64_t num_vertices,
+                                            const int32_t* index, __m256* x, __m256* y,
+                                            __m256* z) {
+  __m256 rows[4];
+  for (int j = 0; j < 4; ++j) {
+    rows[j] = _mm256_insertf128_ps(
+        _mm256_castps128_ps256(LoadVertex(vertices, num_vertices, index[j])),
+        LoadVertex(vertices, num_vertices, index[j + 4]), 1);
+  }
+  const __m256 xy01 = _mm256_unpacklo_ps(rows[0], rows[1]), xy23 = _mm256_unpacklo_ps(rows[2], rows[3]);
+  const __m256 zw01 = _mm256_unpackhi_ps(rows[0], rows[1]), zw23 = _mm256_unpackhi_ps(rows[2], rows[3]);
+  *x = _mm256_shuffle_ps(xy01, xy23, _MM_SHUFFLE(1, 0, 1, 0));
+  *y = _mm256_shuffle_ps(xy01, xy23, _MM_SHUFFLE(3, 2, 3, 2));
+  *z = _mm256_shuffle_ps(zw01, zw23, _MM_SHUFFLE(1, 0, 1, 0));
+}
+
+// Setup and barycentrics of eight triangles at eight pixels, as
+// SetUpTriangle + Barycentrics compute them.
+struct Barycentrics8 {
+  __m256 b0, b1, b2, z, usable;
+};
+
+FACERECON_AVX2_FN inline Barycentrics8 Barycentrics8At(const float* vertices,
+                                                       int64_t num_vertices,
+                                                       const int32_t* const corner[3],
+                                                       __m256 px, __m256 py) {
+  __m256 x0, y0, z0, x1, y1, z1, x2, y2, z2;
+  LoadVertices8(vertices, num_vertices, corner[0], &x0, &y0, &z0);
+  LoadVertices8(vertices, num_vertices, corner[1], &x1, &y1, &z1);
+  LoadVertices8(vertices, num_vertices, corner[2], &x2, &y2, &z2);
+  const __m256 e1x = _mm256_sub_ps(x1, x0), e1y = _mm256_sub_ps(y1, y0);
+  const __m256 e1z = _mm256_sub_ps(z1, z0);
+  const __m256 e2x = _mm256_sub_ps(x2, x0), e2y = _mm256_sub_ps(y2, y0);
+  const __m256 e2z = _mm256_sub_ps(z2, z0);
+  const __m256 area = _mm256_sub_ps(_mm256_mul_ps(e1x, e2y), _mm256_mul_ps(e1y, e2x));
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 usable =
+      _mm256_and_ps(_mm256_cmp_ps(area, _mm256_setzero_ps(), _CMP_NEQ_UQ),
+                    _mm256_cmp_ps(_mm256_andnot_ps(sign, area),
+                                  _mm256_set1_ps(std::numeric_limits<float>::infinity()),
+                                  _CMP_LT_OQ));
+  const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), area);
+  const __m256 k1x = _mm256_mul_ps(e2y, inv), k1y = _mm256_mul_ps(_mm256_xor_ps(e2x, sign), inv);
+  const __m256 k2x = _mm256_mul_ps(_mm256_xor_ps(e1y, sign), inv), k2y = _mm256_mul_ps(e1x, inv);
+  const __m256 dx = _mm256_sub_ps(px, x0), dy = _mm256_sub_ps(py, y0);
+  const __m256 b1 = _mm256_add_ps(_mm256_mul_ps(k1x, dx), _mm256_mul_ps(k1y, dy));
+  const __m256 b2 = _mm256_add_ps(_mm256_mul_ps(k2x, dx), _mm256_mul_ps(k2y, dy));
+  const __m256 b0 = _mm256_sub_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), b1), b2);
+  const __m256 z =
+      _mm256_add_ps(_mm256_add_ps(z0, _mm256_mul_ps(b1, e1z)), _mm256_mul_ps(b2, e2z));
+  return {b0, b1, b2, z, usable};
+}
+
+FACERECON_AVX2_FN inline void CandidateKeysAvx2(const float* vertices, int64_t num_vertices,
+                                                const Scratch& s, int64_t num_candidates) {
+  const __m256 tolerance = _mm256_set1_ps(-kTolerance);
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  int64_t c = 0;
+  for (; c + kLanes <= num_candidates; c += kLanes) {
+    const auto load = [&](const int32_t* list) FACERECON_AVX2_FN {
+      return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(list + c));
+    };
+    const __m256i pixel = load(s.candidate_pixel);
+    const __m256 px = _mm256_cvtepi32_ps(_mm256_and_si256(pixel, _mm256_set1_epi32(0xffff)));
+    const __m256 py = _mm256_cvtepi32_ps(_mm256_srli_epi32(pixel, 16));
+    const int32_t* const corner[3] = {s.candidate_corner[0] + c, s.candidate_corner[1] + c,
+                                      s.candidate_corner[2] + c};
+    const Barycentrics8 r = Barycentrics8At(vertices, num_vertices, corner, px, py);
+    __m256 covered = _mm256_and_ps(r.usable, _mm256_cmp_ps(r.b0, tolerance, _CMP_GE_OQ));
+    covered = _mm256_and_ps(covered, _mm256_cmp_ps(r.b1, tolerance, _CMP_GE_OQ));
+    covered = _mm256_and_ps(covered, _mm256_cmp_ps(r.b2, tolerance, _CMP_GE_OQ));
+    covered = _mm256_and_ps(
+        covered, _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), r.z), inf, _CMP_LT_OQ));
+    const __m256i mask = _mm256_castps_si256(covered);
+    // OrderedBits: flip all bits of negatives, set the sign bit of the rest.
+    const __m256i bits = _mm256_castps_si256(r.z);
+    const __m256i ordered = _mm256_xor_si256(
+        bits, _mm256_or_si256(_mm256_srai_epi32(bits, 31), _mm256_set1_epi32(INT32_MIN)));
+    const __m256i high = _mm256_and_si256(ordered, mask);
+    const __m256i low = _mm256_andnot_si256(load(s.candidate_triangle), mask);  // ~t
+    const __m256i keys01 = _mm256_unpacklo_epi32(low, high);  // candidates 0 1 | 4 5
+    const __m256i keys23 = _mm256_unpackhi_epi32(low, high);  // candidates 2 3 | 6 7
+    __m256i* out = reinterpret_cast<__m256i*>(s.candidate_keys + c);
+    _mm256_storeu_si256(out, _mm256_permute2x128_si256(keys01, keys23, 0x20));
+    _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(keys01, keys23, 0x31));
+  }
+  CandidateKeysScalar(vertices, s, c, num_candidates);
+}
+
+FACERECON_AVX2_FN inline void ResolveRowAvx2(const float* vertices, int64_t num_vertices,
+                                             const int32_t* triangles,
+                                             const uint64_t* keys, int row, int width,
+                                             int32_t* ids, float* barycentric, float* depth) {
+  int col = 0;
+  for (; col + kLanes <= width; col += kLanes) {
+    const int64_t p = static_cast<int64_t>(row) * width + col;
+    const __m256 k0 = _mm256_loadu_ps(reinterpret_cast<const float*>(keys + p));
+    const __m256 k1 = _mm256_loadu_ps(reinterpret_cast<const float*>(keys + p + 4));
+    // Low and high halves of the eight keys, in pixel order.
+    const __m256i low = _mm256_permute4x64_epi64(
+        _mm256_castps_si256(_mm256_shuffle_ps(k0, k1, _MM_SHUFFLE(2, 0, 2, 0))),
+        _MM_SHUFFLE(3, 1, 2, 0));
+    const __m256i high = _mm256_permute4x64_epi64(
+        _mm256_castps_si256(_mm256_shuffle_ps(k0, k1, _MM_SHUFFLE(3, 1, 3, 1))),
+        _MM_SHUFFLE(3, 1, 2, 0));
+    const __m256i background = _mm256_cmpeq_epi32(high, _mm256_setzero_si256());
+    float* b = barycentric + 3 * p;
+    if (_mm256_movemask_ps(_mm256_castsi256_ps(background)) == 0xff) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ids + p), _mm256_set1_epi32(-1));
+      _mm256_storeu_ps(depth + p, _mm256_set1_ps(kBackgroundDepth));
+      for (int k = 0; k < 3; ++k) _mm256_storeu_ps(b + 8 * k, _mm256_setzero_ps());
+      continue;
+    }
+    // Background lanes look up triangle 0 (it exists: some key is set).
+    const __m256i t = _mm256_andnot_si256(background, _mm256_xor_si256(low, _mm256_set1_epi32(-1)));
+    alignas(32) int32_t winner[kLanes], corners[3][kLanes];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(winner), t);
+    for (int lane = 0; lane < kLanes; ++lane) {
+      for (int k = 0; k < 3; ++k) corners[k][lane] = triangles[3 * int64_t{winner[lane]} + k];
+    }
+    const int32_t* const corner[3] = {corners[0], corners[1], corners[2]};
+    const __m256 px = _mm256_cvtepi32_ps(
+        _mm256_add_epi32(_mm256_set1_epi32(col), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+    const __m256 py = _mm256_set1_ps(static_cast<float>(row));
+    const Barycentrics8 r = Barycentrics8At(vertices, num_vertices, corner, px, py);
+    const __m256 bg = _mm256_castsi256_ps(background);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ids + p), _mm256_or_si256(t, background));
+    _mm256_storeu_ps(depth + p, _mm256_blendv_ps(r.z, _mm256_set1_ps(kBackgroundDepth), bg));
+    const __m256 b0 = _mm256_andnot_ps(bg, r.b0), b1 = _mm256_andnot_ps(bg, r.b1);
+    const __m256 b2 = _mm256_andnot_ps(bg, r.b2);
+    // Interleave to [b0 b1 b2] per pixel: output vector k holds pixels
+    // (8k + lane) / 3, component (8k + lane) % 3.
+    const __m256i sources[3] = {_mm256_setr_epi32(0, 0, 0, 1, 1, 1, 2, 2),
+                                _mm256_setr_epi32(2, 3, 3, 3, 4, 4, 4, 5),
+                                _mm256_setr_epi32(5, 5, 6, 6, 6, 7, 7, 7)};
+    const auto interleave = [&](int k, int from_b1, int from_b2) FACERECON_AVX2_FN {
+      const __m256i s = sources[k];
+      return _mm256_blend_ps(
+          _mm256_blend_ps(_mm256_permutevar8x32_ps(b0, s), _mm256_permutevar8x32_ps(b1, s),
+                          from_b1),
+          _mm256_permutevar8x32_ps(b2, s), from_b2);
+    };
+    _mm256_storeu_ps(b, interleave(0, 0x92, 0x24));
+    _mm256_storeu_ps(b + 8, interleave(1, 0x24, 0x49));
+    _mm256_storeu_ps(b + 16, interleave(2, 0x49, 0x92));
+  }
+  ResolvePixelsScalar(vertices, triangles, keys, row, col, width, ids, barycentric, depth);
+}
+
+inline bool HaveAvx2() {
+  static const bool have = __builtin_cpu_supports("avx2");
+  return have;
+}
+#else
+inline bool HaveAvx2() { return false; }
+#endif  // FACERECON_AVX2
+
 // Rasterizes one image. `vertices` [num_vertices, 3], `triangles`
 // [num_triangles, 3]. Writes ids [H, W], barycentrics [H, W, 3] and depth
 // [H, W]. Returns the index of the first triangle with an out-of-range vertex
 // index, or -1 if all are valid (on error the outputs are background).
+// `vector` false forces the scalar passes (for tests).
 //
 // For a face mesh at training resolution most triangles cover no pixel or
-// one, and which is unpredictable; so pass 1 finds candidates with integer
-// bounds only and compacts the one-pixel ones without branching, and pass 2
-// tests those branch-free. The z-test is an unsigned max, so the order in
-// which triangles are processed does not change the result.
+// one, and which is unpredictable; so pass 1 sorts triangles with integer
+// bounds only, pass 2 tests the one-pixel candidates without branching, and
+// the rare larger triangles are z-tested over their boxes. The z-test is an
+// unsigned max, so the order in which triangles are processed does not change
+// the result.
 inline int64_t RasterizeImage(const float* vertices, int64_t num_vertices,
                               const int32_t* triangles, int64_t num_triangles,
                               int height, int width, const Scratch& scratch,
-                              int32_t* ids, float* barycentric, float* depth) {
+                              int32_t* ids, float* barycentric, float* depth,
+                              bool vector = true) {
   const int64_t pixels = static_cast<int64_t>(height) * width;
   uint64_t* keys = scratch.keys;
-  PixelBounds* bounds = scratch.bounds;
-  Candidate* candidates = scratch.candidates;
   std::fill(keys, keys + pixels, uint64_t{0});
-  const int64_t bad_triangle = FirstBadTriangle(triangles, num_triangles, num_vertices);
-  if (bad_triangle < 0) {
-    VertexBounds(vertices, num_vertices, width, height, bounds);
-    const auto corner = [&](int32_t index) {
-      return vertices + 3 * static_cast<int64_t>(index);
-    };
-    // Pass 1: candidates from integer bounds only.
-    int64_t num_candidates = 0;
-    for (int64_t t = 0; t < num_triangles; ++t) {
-      const int32_t* tri = triangles + 3 * t;
-      const TriangleBox box =
-          BoxOf(bounds[tri[0]], bounds[tri[1]], bounds[tri[2]], width, height);
-      if (box.col_hi <= box.col_lo && box.row_hi <= box.row_lo) {
-        candidates[num_candidates] = {static_cast<int32_t>(t), static_cast<int16_t>(box.col_lo),
-                                      static_cast<int16_t>(box.row_lo)};
-        num_candidates += (box.col_lo == box.col_hi) & (box.row_lo == box.row_hi);
-        continue;
-      }
+  const bool avx2 = vector && HaveAvx2();
+  int64_t bad_triangle = -1;
+#ifdef FACERECON_AVX2
+  if (!avx2 || !IndicesBelowAvx2(triangles, num_triangles, num_vertices))
+#endif
+    bad_triangle = FirstBadTriangle(triangles, num_triangles, num_vertices);
+  if (bad_triangle < 0 && num_triangles > 0) {
+#ifdef FACERECON_AVX2
+    if (avx2) {
+      VertexBoundsAvx2(vertices, num_vertices, width, height, scratch.bounds);
+    } else
+#endif
+      VertexBounds(vertices, num_vertices, width, height, scratch.bounds);
+    int64_t num_candidates, num_large = 0;
+#ifdef FACERECON_AVX2
+    if (avx2) {
+      num_candidates =
+          FindCandidatesAvx2(triangles, num_triangles, width, height, scratch, &num_large);
+      CandidateKeysAvx2(vertices, num_vertices, scratch, num_candidates);
+    } else
+#endif
+    {
+      num_candidates = FindCandidatesScalar(triangles, 0, num_triangles, width, height,
+                                            scratch, 0, &num_large);
+      CandidateKeysScalar(vertices, scratch, 0, num_candidates);
+    }
+    for (int64_t c = 0; c < num_candidates; ++c) {
+      const int32_t pixel = scratch.candidate_pixel[c];
+      uint64_t& slot = keys[static_cast<int64_t>(pixel >> 16) * width + (pixel & 0xffff)];
+      slot = std::max(slot, scratch.candidate_keys[c]);
+    }
+    for (int64_t l = 0; l < num_large; ++l) {
+      const int32_t t = scratch.large_triangles[l];
+      const int32_t* tri = triangles + 3 * static_cast<int64_t>(t);
       TriangleSetup s;
-      if (box.col_lo <= box.col_hi && box.row_lo <= box.row_hi &&
-          SetUpTriangle(corner(tri[0]), corner(tri[1]), corner(tri[2]), &s)) {
+      if (SetUpTriangle(Corner(vertices, tri[0]), Corner(vertices, tri[1]),
+                        Corner(vertices, tri[2]), &s)) {
+        const TriangleBox box = BoxOf(scratch.bounds[tri[0]], scratch.bounds[tri[1]],
+                                      scratch.bounds[tri[2]], width, height);
         RasterizeBox(s, t, box.col_lo, box.col_hi, box.row_lo, box.row_hi, width, keys);
       }
     }
-    // Pass 2 computes the candidates' keys; pass 3 merges them. Kept apart
-    // because the two triangles of a mesh cell usually share their candidate
-    // pixel, and a read-modify-write at the end of the setup chain would
-    // serialise them.
-    uint64_t* candidate_keys = scratch.candidate_keys;
-    for (int64_t c = 0; c < num_candidates; ++c) {
-      const Candidate candidate = candidates[c];
-      const int32_t* tri = triangles + 3 * static_cast<int64_t>(candidate.triangle);
-      TriangleSetup s;
-      const bool usable = SetUpTriangle(corner(tri[0]), corner(tri[1]), corner(tri[2]), &s);
-      float b[3], z;
-      Barycentrics(s, static_cast<float>(candidate.col), static_cast<float>(candidate.row),
-                   b, &z);
-      const bool covered = usable & (b[0] >= -kTolerance) & (b[1] >= -kTolerance) &
-                           (b[2] >= -kTolerance) & std::isfinite(z);
-      candidate_keys[c] = covered ? PixelKey(z, candidate.triangle) : 0;
-    }
-    for (int64_t c = 0; c < num_candidates; ++c) {
-      uint64_t& slot = keys[static_cast<int64_t>(candidates[c].row) * width + candidates[c].col];
-      slot = candidate_keys[c] > slot ? candidate_keys[c] : slot;
-    }
   }
-  // Resolve: recompute barycentrics and depth of each pixel's winner.
   for (int row = 0; row < height; ++row) {
-    for (int col = 0; col < width; ++col) {
-      const int64_t p = static_cast<int64_t>(row) * width + col;
-      float* b = barycentric + 3 * p;
-      if (keys[p] == 0) {
-        ids[p] = -1;
-        b[0] = b[1] = b[2] = 0.0f;
-        depth[p] = kBackgroundDepth;
-        continue;
-      }
-      const int64_t t = static_cast<int64_t>(~static_cast<uint32_t>(keys[p]));
-      const int32_t* tri = triangles + 3 * t;
-      TriangleSetup s;
-      SetUpTriangle(vertices + 3 * static_cast<int64_t>(tri[0]),
-                    vertices + 3 * static_cast<int64_t>(tri[1]),
-                    vertices + 3 * static_cast<int64_t>(tri[2]), &s);
-      ids[p] = static_cast<int32_t>(t);
-      Barycentrics(s, static_cast<float>(col), static_cast<float>(row), b, depth + p);
+#ifdef FACERECON_AVX2
+    if (avx2) {
+      ResolveRowAvx2(vertices, num_vertices, triangles, keys, row, width, ids, barycentric,
+                     depth);
+      continue;
     }
+#endif
+    ResolvePixelsScalar(vertices, triangles, keys, row, 0, width, ids, barycentric, depth);
   }
   return bad_triangle;
 }

@@ -111,30 +111,11 @@ ffi::Error CheckGeometry(const char* op, ffi::Span<const int64_t> vdims,
   return ffi::Error::Success();
 }
 
-// A growing buffer that is never zeroed (the kernel initialises what it uses).
-template <typename T>
-struct Buffer {
-  std::unique_ptr<T[]> data;
-  int64_t size = 0;
-  T* Get(int64_t n) {
-    if (n > size) {
-      data.reset(new T[n]);
-      size = n;
-    }
-    return data.get();
-  }
-};
-
 // Scratch memory per thread, kept across calls: XLA's pool threads live as
 // long as the process, and fresh allocations each call cost page faults.
 facerecon::Scratch ThreadScratch(int64_t pixels, int64_t num_vertices, int64_t num_triangles) {
-  thread_local Buffer<uint64_t> keys, candidate_keys;
-  thread_local Buffer<facerecon::PixelBounds> bounds;
-  thread_local Buffer<facerecon::Candidate> candidates;
-  const auto at_least_one = [](int64_t n) { return std::max<int64_t>(n, 1); };
-  return {keys.Get(at_least_one(pixels)), bounds.Get(at_least_one(num_vertices)),
-          candidates.Get(at_least_one(num_triangles)),
-          candidate_keys.Get(at_least_one(num_triangles))};
+  thread_local facerecon::ScratchArena arena;
+  return arena.Get(pixels, num_vertices, num_triangles);
 }
 
 const int32_t* ImageTriangles(const Geometry& g, const int32_t* triangles, int64_t b) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -24,22 +25,33 @@ void Check(bool ok, const char* what, const char* name) {
 }
 
 // Rasterizes into exactly-sized heap buffers (so ASan sees any overrun) and
-// checks the output invariants. Returns the kernel's bad-triangle result.
+// checks the output invariants, and that the vector passes (if this CPU has
+// AVX2) give exactly the scalar passes' output. Returns the kernel's
+// bad-triangle result.
 int64_t Run(const char* name, const std::vector<float>& vertices,
             const std::vector<int32_t>& triangles, int height, int width) {
   const int64_t num_vertices = vertices.size() / 3, num_triangles = triangles.size() / 3;
   const int64_t pixels = static_cast<int64_t>(height) * width;
-  std::vector<uint64_t> keys(pixels);
+  const int64_t list = num_triangles + facerecon::kLanes;
+  std::vector<uint64_t> keys(pixels), candidate_keys(list);
   std::vector<facerecon::PixelBounds> bounds(num_vertices);
-  std::vector<facerecon::Candidate> candidates(num_triangles);
-  std::vector<uint64_t> candidate_keys(num_triangles);
-  std::vector<int32_t> ids(pixels);
-  std::vector<float> bary(pixels * 3), depth(pixels);
+  std::vector<int32_t> lists(6 * list);
+  int32_t* l = lists.data();
+  const facerecon::Scratch scratch = {keys.data(), bounds.data(), l, l + list,
+                                      {l + 2 * list, l + 3 * list, l + 4 * list},
+                                      candidate_keys.data(), l + 5 * list};
+  std::vector<int32_t> ids(pixels), scalar_ids(pixels);
+  std::vector<float> bary(pixels * 3), depth(pixels), scalar_bary(pixels * 3), scalar_depth(pixels);
   const int64_t bad = facerecon::RasterizeImage(
-      vertices.data(), num_vertices, triangles.data(), num_triangles, height, width,
-      {keys.data(), bounds.data(), candidates.data(), candidate_keys.data()}, ids.data(),
-      bary.data(),
-      depth.data());
+      vertices.data(), num_vertices, triangles.data(), num_triangles, height, width, scratch,
+      ids.data(), bary.data(), depth.data());
+  const int64_t scalar_bad = facerecon::RasterizeImage(
+      vertices.data(), num_vertices, triangles.data(), num_triangles, height, width, scratch,
+      scalar_ids.data(), scalar_bary.data(), scalar_depth.data(), /*vector=*/false);
+  Check(bad == scalar_bad && ids == scalar_ids &&
+            std::memcmp(bary.data(), scalar_bary.data(), bary.size() * sizeof(float)) == 0 &&
+            std::memcmp(depth.data(), scalar_depth.data(), depth.size() * sizeof(float)) == 0,
+        "vector and scalar passes differ", name);
   for (int64_t p = 0; p < pixels; ++p) {
     Check(ids[p] >= -1 && ids[p] < num_triangles, "triangle id out of range", name);
     Check(std::isfinite(depth[p]), "non-finite depth", name);
@@ -83,6 +95,28 @@ int main() {
       auto t = RandomTriangles(rng, 200, 50);
       Check(Run("random", v, t, shape[0], shape[1]) == -1, "valid mesh reported bad", "random");
     }
+  }
+  // Fine jittered grids (about one pixel per triangle, like a face mesh at
+  // training resolution): mostly one-pixel candidates, the vector passes'
+  // main path, including the last vertex (loaded in parts).
+  for (int trial = 0; trial < 4; ++trial) {
+    const int side = 30 + 7 * trial;
+    std::uniform_real_distribution<float> jitter(-0.4f, 0.4f), depth(-5.0f, 5.0f);
+    std::vector<float> v;
+    for (int i = 0; i < side; ++i) {
+      for (int j = 0; j < side; ++j) {
+        v.insert(v.end(), {j * 1.3f + jitter(rng) - 2.0f, i * 1.1f + jitter(rng) - 1.0f,
+                           depth(rng)});
+      }
+    }
+    std::vector<int32_t> t;
+    for (int i = 0; i + 1 < side; ++i) {
+      for (int j = 0; j + 1 < side; ++j) {
+        const int32_t a = i * side + j;
+        t.insert(t.end(), {a, a + 1, a + side, a + 1, a + side + 1, a + side});
+      }
+    }
+    Check(Run("fine grid", v, t, 41, 37 + trial) == -1, "valid mesh reported bad", "fine grid");
   }
   // Non-finite and huge coordinates.
   const float specials[] = {nan, inf, -inf, 1e30f, -1e30f, 3e38f, 1e-40f, 0.0f};
