@@ -16,9 +16,12 @@ Backends (`rasterize(..., backend=)`; None picks `default_backend()`):
   `pip install -e .`; batches are spread over XLA's CPU threads.
 - 'pallas': the tile-binned Pallas (Mosaic) kernel in render_pallas.py, on
   TPU (checked on the CPU in interpret mode).
+- 'triton': the tile-binned Pallas kernel for the Triton lowering in
+  render_triton.py, on GPU (checked on the CPU in interpret mode; not yet
+  measured on a GPU, so 'scatter' stays the GPU default until it is).
 - 'scatter': pure JAX, triangle-parallel (small triangles z-test their few
   candidate pixels with scatter-max/min; large ones take the dense path).
-  Runs anywhere; the default off the CPU until the Pallas kernels land.
+  Runs anywhere; the GPU default until 'triton' is measured there.
 - 'reference': pure JAX (every pixel against every triangle, in chunks):
   slow, simple, runs anywhere; the oracle the others are tested against.
 All backends share one set of formulas (`triangle_setup`), evaluated in the
@@ -37,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 BACKGROUND_DEPTH = 0.0
-BACKENDS = ("cpu", "pallas", "scatter", "reference")
+BACKENDS = ("cpu", "pallas", "triton", "scatter", "reference")
 _REFERENCE_CHUNK = 64
 _CPU_TARGETS = {  # XLA custom-call target -> symbol in the kernel library
     "facerecon_rasterize_cpu": "FaceReconRasterizeCpu",
@@ -148,6 +151,24 @@ def _vary_like(tree, like):
   return jax.tree.map(lambda x: jax.lax.pcast(x, varying, to="varying"), tree)
 
 
+def _nearest_in_block(setup, box, ids, px, py, best):
+  """One block of the z-test: pixel centres px, py [P, 1] against triangles
+  whose setup, box and mesh indices broadcast as [1, C] (padding: NaN setup
+  and box, id _NO_TRIANGLE). best: the nearest (z, id) so far, each [P, 1].
+  Returns the updated (z, id): the nearer wins, equal z the lower id. Shared
+  by the dense path and the Pallas kernels, so all evaluate the same ops."""
+  best_z, best_id = best
+  x_lo, x_hi, y_lo, y_hi = box
+  bary, z = _barycentrics(setup, px, py)  # each [P, C]
+  inside = _covers(bary, z, (px >= x_lo) & (px <= x_hi) & (py >= y_lo) & (py <= y_hi))
+  z = jnp.where(inside, z, -jnp.inf)
+  block_z = jnp.max(z, axis=1, keepdims=True)
+  block_id = jnp.min(jnp.where(inside & (z == block_z), ids, _NO_TRIANGLE), axis=1,
+                     keepdims=True)
+  better = (block_z > best_z) | ((block_z == best_z) & (block_id < best_id))
+  return jnp.where(better, block_z, best_z), jnp.where(better, block_id, best_id)
+
+
 def _dense_nearest(setup, box, ids, px, py, like, num_active=None):
   """Nearest covering triangle of every pixel, testing all pairs in chunks.
 
@@ -167,16 +188,7 @@ def _dense_nearest(setup, box, ids, px, py, like, num_active=None):
   starts = jnp.arange(ids.shape[0], dtype=jnp.int32) * _REFERENCE_CHUNK
 
   def evaluate(carry, setup, box, chunk_ids):
-    best_z, best_id = carry
-    x_lo, x_hi, y_lo, y_hi = box
-    bary, z = _barycentrics(setup, px, py)  # each [P, C]
-    inside = _covers(bary, z, (px >= x_lo) & (px <= x_hi) & (py >= y_lo) & (py <= y_hi))
-    z = jnp.where(inside, z, -jnp.inf)
-    chunk_z = jnp.max(z, axis=1)
-    chunk_id = jnp.min(jnp.where(inside & (z == chunk_z[:, None]), chunk_ids, _NO_TRIANGLE),
-                       axis=1)
-    better = (chunk_z > best_z) | ((chunk_z == best_z) & (chunk_id < best_id))
-    return jnp.where(better, chunk_z, best_z), jnp.where(better, chunk_id, best_id)
+    return _nearest_in_block(setup, box, chunk_ids, px, py, carry)
 
   def scan_chunk(carry, chunk):
     setup, box, chunk_ids, start = chunk
@@ -185,10 +197,10 @@ def _dense_nearest(setup, box, ids, px, py, like, num_active=None):
     return jax.lax.cond(start < num_active, lambda c: evaluate(c, setup, box, chunk_ids),
                         lambda c: c, carry), None
 
-  init = _vary_like((jnp.full(px.shape[0], -jnp.inf, jnp.float32),
-                     jnp.full(px.shape[0], _NO_TRIANGLE, jnp.int32)), like)
+  init = _vary_like((jnp.full((px.shape[0], 1), -jnp.inf, jnp.float32),
+                     jnp.full((px.shape[0], 1), _NO_TRIANGLE, jnp.int32)), like)
   (best_z, best_id), _ = jax.lax.scan(scan_chunk, init, (setup, box, ids, starts))
-  return best_z, best_id
+  return best_z[:, 0], best_id[:, 0]
 
 
 def _pixel_centres(height, width):
@@ -241,6 +253,22 @@ def _large_triangles_nearest(setup, box, large, height, width, like):
   return _dense_nearest(setup, box, order, px, py, like, num_active=num_large)
 
 
+def _large_triangles_nearest_batch(setup, box, order, num_large, height, width, vertices):
+  """The dense path for a batch of images: per-image setup, box and mesh
+  indices, large triangles first ([B, T] each, from `_large_first`), and
+  how many are large [B]. Returns (z [B, P], id [B, P]).
+
+  Chunks past the largest count in the batch are skipped: an unbatched
+  predicate, so the skipping survives vmap (a batched one turns lax.cond
+  into a select that runs both branches).
+  """
+  num_active = jnp.max(num_large)
+  px, py = _pixel_centres(height, width)
+  return jax.vmap(
+      lambda s, b, o, v: _dense_nearest(s, b, o, px, py, v, num_active=num_active))(
+          setup, box, order, vertices)
+
+
 def _merge_nearest(z_a, id_a, z_b, id_b):
   """Nearest of two candidate sets per pixel (ties: lowest id); -1 if none."""
   best_z = jnp.maximum(z_a, z_b)
@@ -289,15 +317,81 @@ def _rasterize_scatter(vertices, triangles, height, width):
   """vertices [B, N, 3] -> triangle_id [B, H, W]; same result as the reference."""
   small_z, small_id, setup, box, order, num_large = jax.vmap(
       lambda v: _scatter_small_triangles(v, triangles, height, width))(vertices)
-  # The dense path skips chunks past the largest count in the batch: an
-  # unbatched predicate, so the skipping survives vmap (a batched one turns
-  # lax.cond into a select that runs both branches).
-  num_active = jnp.max(num_large)
-  px, py = _pixel_centres(height, width)
-  large_z, large_id = jax.vmap(
-      lambda s, b, o, v: _dense_nearest(s, b, o, px, py, v, num_active=num_active))(
-          setup, box, order, vertices)
+  large_z, large_id = _large_triangles_nearest_batch(setup, box, order, num_large,
+                                                     height, width, vertices)
   return _merge_nearest(small_z, small_id, large_z, large_id).reshape(-1, height, width)
+
+
+# --- Tile binning (shared by the Pallas kernels) ------------------------------
+
+# Rows of the binned triangle data: the setup constants, then the box.
+BIN_FIELDS = TriangleSetup._fields + ("x_lo", "x_hi", "y_lo", "y_hi")
+
+
+def _bin_triangles(vertices, triangles, height, width, tile: int, chunk: int):
+  """Per-tile padded triangle lists for one image, for the Pallas kernels.
+
+  The image is cut into tile x tile pixel tiles (row-major). A triangle whose
+  candidate box fits in `tile` pixels a side touches at most 2 x 2 tiles and
+  is binned into each; each tile's list is padded to a multiple of `chunk`
+  (padding is NaN with id _NO_TRIANGLE, so it never covers anything).
+  Larger triangles are left for the dense path.
+
+  Returns (data [len(BIN_FIELDS), capacity] float32, ids [1, capacity] int32,
+  chunk_start [num_tiles + 1] int32: tile k owns chunks chunk_start[k] to
+  chunk_start[k + 1]), plus the per-triangle setup, box and `large` mask for
+  the dense path. Every chunk lies inside capacity.
+  """
+  num_triangles = triangles.shape[0]
+  corners = vertices[triangles]
+  setup = triangle_setup(corners)
+  box = _triangle_boxes(corners)
+  col_lo, num_cols, row_lo, num_rows, finite = _candidate_ranges(box, height, width)
+  nonempty = finite & (num_cols > 0) & (num_rows > 0)
+  binned = nonempty & (num_cols <= tile) & (num_rows <= tile)
+  large = nonempty & ~binned
+
+  tiles_x, tiles_y = -(-width // tile), -(-height // tile)
+  num_tiles = tiles_x * tiles_y
+  tx0, ty0 = col_lo // tile, row_lo // tile
+  tx1, ty1 = (col_lo + num_cols - 1) // tile, (row_lo + num_rows - 1) // tile
+  keys = []
+  for dy in (0, 1):
+    for dx in (0, 1):
+      valid = binned & (ty0 + dy <= ty1) & (tx0 + dx <= tx1)
+      keys.append(jnp.where(valid, (ty0 + dy) * tiles_x + tx0 + dx, num_tiles))
+  key = jnp.concatenate(keys)  # [4T], num_tiles = no tile
+  entry_triangle = jnp.tile(jnp.arange(num_triangles, dtype=jnp.int32), 4)
+  order = jnp.argsort(key, stable=True)
+  key, entry_triangle = key[order], entry_triangle[order]
+
+  counts = jnp.zeros(num_tiles + 1, jnp.int32).at[key].add(1)[:num_tiles]
+  first_entry = jnp.cumsum(counts) - counts
+  chunks = (counts + chunk - 1) // chunk
+  chunk_start = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(chunks)]).astype(jnp.int32)
+  capacity = (-(-4 * num_triangles // chunk) + num_tiles) * chunk
+  in_tile = key < num_tiles
+  safe_key = jnp.minimum(key, num_tiles - 1)
+  rank = jnp.arange(key.shape[0], dtype=jnp.int32) - first_entry[safe_key]
+  slot = jnp.where(in_tile, chunk_start[safe_key] * chunk + rank, capacity)
+  slot_triangle = jnp.full(capacity, -1, jnp.int32).at[slot].set(entry_triangle, mode="drop")
+
+  fields = list(setup) + list(box)
+  present = slot_triangle >= 0
+  gather = lambda a: jnp.where(present, a[jnp.maximum(slot_triangle, 0)], jnp.nan)
+  data = jnp.stack([gather(f) for f in fields]).astype(jnp.float32)
+  ids = jnp.where(present, slot_triangle, _NO_TRIANGLE)[None, :]
+  return data, ids, chunk_start, setup, box, large
+
+
+def _untile(a, height, width, tile: int):
+  """Per-tile pixels [..., num_tiles, tile * tile] (tiles and their pixels
+  row-major, as `_bin_triangles` numbers them) -> [..., height * width]."""
+  tiles_x, tiles_y = -(-width // tile), -(-height // tile)
+  lead = a.shape[:-2]
+  a = jnp.swapaxes(a.reshape(lead + (tiles_y, tiles_x, tile, tile)), -3, -2)
+  a = a.reshape(lead + (tiles_y * tile, tiles_x * tile))[..., :height, :width]
+  return a.reshape(lead + (height * width,))
 
 
 def _flatten_batch(x, trailing: int):
@@ -341,6 +435,11 @@ def available_backends() -> tuple[str, ...]:
     available.insert(0, "cpu")
   if platform == "tpu":
     available.insert(0, "pallas")
+  if platform == "gpu":
+    # After 'scatter' for now: the Triton kernel is verified in interpret
+    # mode only. It becomes the GPU default (first) once it is measured
+    # faster than 'scatter' on a GPU.
+    available.insert(1, "triton")
   return tuple(available)
 
 
@@ -420,13 +519,13 @@ def _rasterize(vertices, triangles, height, width, backend):
     elif backend == "pallas":
       from facerecon import render_pallas  # Deferred: it imports this module.
       ids = render_pallas.rasterize_ids(flat, triangles, height, width)
+    elif backend == "triton":
+      from facerecon import render_triton  # Deferred: it imports this module.
+      ids = render_triton.rasterize_ids(flat, triangles, height, width)
     else:
       ids = jax.vmap(lambda v: _rasterize_reference_image(
           v, triangles, height, width))(flat)
-    mask = ids >= 0
-    bary, depth = _pixel_barycentrics(_pixel_corners(flat, triangles, ids)[1])
-    bary = jnp.where(mask[..., None], bary, 0.0)
-    depth = jnp.where(mask, depth, BACKGROUND_DEPTH)
+    bary, depth, mask = _raster_fields(flat, triangles, ids)
   unflat = lambda x, trailing: x.reshape(batch + x.shape[x.ndim - trailing:])
   return Raster(unflat(ids, 2), unflat(bary, 3), unflat(depth, 2), unflat(mask, 2))
 
@@ -438,6 +537,15 @@ def _pixel_grid(height, width, dtype):
   rows, cols = jnp.meshgrid(jnp.arange(height, dtype=dtype),
                             jnp.arange(width, dtype=dtype), indexing="ij")
   return cols, rows
+
+
+def _raster_fields(vertices, triangles, triangle_id):
+  """Barycentrics [B, H, W, 3], depth and mask [B, H, W] from each pixel's
+  triangle id: how every backend but 'cpu' fills in the Raster."""
+  mask = triangle_id >= 0
+  bary, depth = _pixel_barycentrics(_pixel_corners(vertices, triangles, triangle_id)[1])
+  return (jnp.where(mask[..., None], bary, 0.0), jnp.where(mask, depth, BACKGROUND_DEPTH),
+          mask)
 
 
 def _pixel_corners(vertices, triangles, triangle_id):

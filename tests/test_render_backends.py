@@ -1,6 +1,7 @@
 """Every fast backend against the pure-JAX reference, and the transformations
 (jit, vmap, grad, shard_map) the training code relies on."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -183,6 +184,8 @@ def test_data_parallel_gradient_scale_on_four_devices(backend_name):
   parameter equal the single-device ones (not 4x: see DEVELOPERS.md)."""
   if backend_name not in render.available_backends():
     pytest.skip(f"backend '{backend_name}' is not available here")
+  if backend_name == "triton":
+    pytest.skip("the script runs on 4 forced CPU devices, where the Triton kernel cannot")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   result = subprocess.run(
@@ -216,3 +219,124 @@ def test_pallas_kernel_in_tpu_interpret_mode(seed, small_model):
                                     interpret=interpret)
   reference = render.rasterize(faces, small_model.triangles, 18, 26, backend="reference")
   np.testing.assert_array_equal(np.asarray(ids), np.asarray(reference.triangle_id))
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width"))
+def _triton_interpret_raster(vertices, triangles, height, width):
+  """The Triton kernel's Raster for vertices [B, N, 3], run with interpret=True
+  on the CPU; the other fields come from the backends' common code."""
+  from facerecon import render_triton
+
+  ids = render_triton.rasterize_ids(vertices, triangles, height, width, interpret=True)
+  return render.Raster(ids, *render._raster_fields(vertices, triangles, ids))
+
+
+def _assert_triton_interpret_agrees(vertices, triangles, height, width):
+  fast = _triton_interpret_raster(vertices, triangles, height=height, width=width)
+  reference = render.rasterize(vertices, triangles, height, width, backend="reference")
+  np.testing.assert_array_equal(np.asarray(fast.triangle_id),
+                                np.asarray(reference.triangle_id))
+  _assert_same_raster(fast, reference)
+  return reference
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_triton_kernel_in_interpret_mode_on_random_meshes(seed):
+  """The Triton (GPU) kernel, interpreted on the CPU, agrees with the
+  reference on a batch of random meshes (one launch, grid over the batch):
+  tiles with several chunks, and large triangles that take the dense path."""
+  from facerecon import render_triton
+
+  rng = np.random.default_rng(seed)
+  vertices, triangles = _random_mesh(rng, 60, 800, 20, 28)
+  batch = jnp.stack([vertices, vertices + jnp.asarray(rng.normal(size=vertices.shape), jnp.float32),
+                     vertices * jnp.array([0.7, 1.2, -1.0])])
+  _, _, chunk_start, _, _, large = render._bin_triangles(
+      vertices, triangles, 20, 28, render_triton.TILE, render_triton.CHUNK)
+  assert 0 < int(large.sum()) < triangles.shape[0]
+  assert int(jnp.max(jnp.diff(chunk_start))) >= 2  # the chunk loop runs more than once
+  reference = _assert_triton_interpret_agrees(batch, triangles, 20, 28)
+  assert np.asarray(reference.mask).mean() > 0.3
+
+
+def test_triton_kernel_in_interpret_mode_on_faces(small_model):
+  faces = []
+  for yaw in (-0.6, 0.1, 0.5):
+    pose = camera.framing_pose(small_model.mean_shape, jnp.array([0.1, yaw, 0.0]), 20, 28)
+    faces.append(camera.project_scaled_orthographic(small_model.mean_shape, pose, 20))
+  reference = _assert_triton_interpret_agrees(jnp.stack(faces), jnp.asarray(small_model.triangles),
+                                              20, 28)
+  assert np.asarray(reference.mask).mean() > 0.2
+
+
+def test_triton_kernel_in_interpret_mode_on_edge_cases():
+  """Triangles partly off-screen, degenerate and non-finite ones, a triangle
+  larger than the image (dense path), exact depth ties between the kernel and
+  the dense path and across chunks, 1x1 and empty renders."""
+  from facerecon import render_triton
+
+  nan, inf = float("nan"), float("inf")
+  corners = [
+      [[-5, -4, 1], [8, -3, 1], [-2, 9, 1]],          # 0: partly off-screen, z = 1
+      [[-40, -40, 1], [90, -40, 1], [-40, 90, 1]],    # 1: covers the image (dense), z = 1
+      [[12, 4, 3], [20, 4, 3], [12, 12, 3]],          # 2: spans tiles 0 and 1, z = 3
+      [[25, 17, 2], [33, 18, 2], [26, 25, 2]],        # 3: off the bottom-right corner
+      [[1, 1, 4], [5, 5, 4], [9, 9, 4]],              # 4: zero area
+      [[3, 3, 4], [3, 3, 4], [3, 3, 4]],              # 5: a point
+      [[nan, 2, 4], [4, 4, 4], [2, 6, 4]],            # 6: NaN vertex
+      [[inf, 2, 4], [4, 4, 4], [2, 6, 4]],            # 7: infinite vertex
+  ] + [[[16, 4, 3], [22, 4, 3], [16, 10, 3]]] * 40    # 8-47: copies tying with 2, in tile 1
+  vertices = jnp.asarray(np.asarray(corners, np.float32).reshape(-1, 3))
+  triangles = jnp.arange(vertices.shape[0], dtype=jnp.int32).reshape(-1, 3)
+  _, _, chunk_start, _, _, large = render._bin_triangles(
+      vertices, triangles, 20, 28, render_triton.TILE, render_triton.CHUNK)
+  assert bool(large[1]) and not bool(large[2]) and int(chunk_start[2] - chunk_start[1]) == 2
+
+  reference = _assert_triton_interpret_agrees(vertices[None], triangles, 20, 28)
+  ids = np.asarray(reference.triangle_id[0])
+  assert ids[0, 0] == 0 and ids[19, 0] == 1  # 0 ties the dense path's 1: lower index
+  assert ids[19, 27] == 3
+  assert ids[4, 17] == 2 and ids[5, 20] == 8  # 2 ties the copies (its entry is in chunk 2)
+  assert np.all(ids >= 0)
+  _assert_triton_interpret_agrees(vertices[None], triangles, 1, 1)
+  # No triangles at all.
+  empty = render_triton.rasterize_ids(vertices[None], jnp.zeros((0, 3), jnp.int32), 20, 28,
+                                      interpret=True)
+  np.testing.assert_array_equal(np.asarray(empty), -1)
+
+
+def test_triton_backend_is_listed_on_gpus_only():
+  assert ("triton" in render.available_backends()) == (jax.default_backend() == "gpu")
+  if jax.default_backend() == "gpu":
+    assert render.default_backend() == "scatter"  # until the kernel is measured on a GPU
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the compiled Triton kernel needs a GPU")
+def test_triton_kernel_on_gpu(small_model):
+  """The real compiled Triton kernel: agrees with the reference on random
+  meshes and a batch of faces, and under jax.grad of a depth loss."""
+  rng = np.random.default_rng(5)
+  vertices, triangles = _random_mesh(rng, 60, 300, 37, 45)
+  fast = render.rasterize(vertices, triangles, 37, 45, backend="triton")
+  reference = render.rasterize(vertices, triangles, 37, 45, backend="reference")
+  _assert_same_raster(fast, reference)
+
+  faces = []
+  for yaw in (-0.8, -0.2, 0.4, 0.9):
+    pose = camera.framing_pose(small_model.mean_shape, jnp.array([0.1, yaw, 0.0]), 64, 48)
+    faces.append(camera.project_scaled_orthographic(small_model.mean_shape, pose, 64))
+  faces = jnp.stack(faces)
+  target = jnp.asarray(rng.normal(size=(4, 64, 48)), jnp.float32)
+  fast = render.rasterize(faces, small_model.triangles, 64, 48, backend="triton")
+  reference = render.rasterize(faces, small_model.triangles, 64, 48, backend="reference")
+  _assert_same_raster(fast, reference)
+
+  def loss(v, backend):
+    raster = render.rasterize(v, small_model.triangles, 64, 48, backend=backend)
+    depth = render.interpolate(v[..., 2:], raster, v, small_model.triangles)[..., 0]
+    return jnp.sum(jnp.where(raster.mask, (depth - target) ** 2, 0.0))
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  grad_fast, grad_ref = grad(faces, "triton"), grad(faces, "reference")
+  assert np.all(np.isfinite(np.asarray(grad_fast))) and np.abs(np.asarray(grad_fast)).max() > 0
+  np.testing.assert_allclose(np.asarray(grad_fast), np.asarray(grad_ref), rtol=1e-4, atol=1e-6)
