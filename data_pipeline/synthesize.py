@@ -73,7 +73,8 @@ def check_metadata(output_dir: str, settings: Settings) -> None:
   from facerecon import synthetic  # Deferred: keeps --help fast.
 
   wanted = {"settings": dataclasses.asdict(settings),
-            "prior": dataclasses.asdict(synthetic.FacePrior())}
+            "prior": dataclasses.asdict(synthetic.FacePrior()),
+            "generator_version": synthetic.GENERATOR_VERSION}
   wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as read back
   if os.path.exists(path):
     with open(path) as f:
@@ -84,6 +85,8 @@ def check_metadata(output_dir: str, settings: Settings) -> None:
     if found != wanted:
       differ = sorted(k for k in wanted["settings"]
                       if found.get("settings", {}).get(k) != wanted["settings"][k])
+      if found.get("generator_version") != wanted["generator_version"]:
+        differ.append("generator_version")
       raise ValueError(f"{output_dir} holds a data set made with other settings "
                        f"({', '.join(differ) or 'prior'} differ); use another --output_dir")
     return
