@@ -1,0 +1,207 @@
+"""The training machinery on a toy regression model: optimizer, skipped
+non-finite steps, data-parallel equivalence on 4 fake devices, orbax
+checkpoints that resume exactly, the SIGTERM flag."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from facerecon import train
+
+
+class _Toy(nn.Module):
+  """Dense + BatchNorm (so there are batch statistics) + Dense. No bias
+  before the BatchNorm (its true gradient is 0, and Adam would blow float
+  rounding up into full-size steps)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Dense(8, use_bias=False)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.Dense(1)(nn.relu(x))[:, 0]
+
+
+def _config(**overrides):
+  config = ml_collections.ConfigDict(dict(
+      learning_rate=0.05, warmup_steps=2, num_train_steps=20, schedule="cosine",
+      grad_clip_norm=1.0, weight_decay=1e-2, adam_b1=0.9, adam_b2=0.999))
+  config.update(overrides)
+  return config
+
+
+def _setup(config=None):
+  model = _Toy()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((4, 3)), train=False)
+  tx, _ = train.make_optimizer(config or _config())
+
+  def loss_fn(params, batch_stats, batch, rng):
+    del rng
+    prediction, updates = model.apply({"params": params, "batch_stats": batch_stats},
+                                      batch["x"], train=True, mutable=["batch_stats"])
+    loss = jnp.mean((prediction - batch["y"]) ** 2)
+    return loss, (updates["batch_stats"], {"mse": loss})
+
+  state = train.TrainState.create(variables["params"], variables["batch_stats"], tx)
+  return state, train.make_train_step(loss_fn, tx)
+
+
+def _batches(count, size=8, seed=0):
+  rng = np.random.default_rng(seed)
+  for _ in range(count):
+    x = rng.normal(size=(size, 3)).astype(np.float32)
+    yield {"x": x, "y": (x @ np.array([1.0, -2.0, 0.5]) + 0.3).astype(np.float32)}
+
+
+def _run(state, step_fn, batches, mesh, losses=None):
+  """Steps through `batches` (the state is donated: use the returned one)."""
+  step = train.jit_train_step(step_fn, mesh)
+  for batch in batches:
+    state, metrics = step(state, train.shard_batch(batch, mesh), jax.random.PRNGKey(0))
+    jax.block_until_ready(metrics)  # one step in flight (see DEVELOPERS pitfalls)
+    if losses is not None:
+      losses.append(float(metrics["loss"]))
+  return state, metrics
+
+
+def test_training_reduces_the_loss_and_updates_statistics():
+  mesh = train.make_mesh()
+  state, step_fn = _setup(_config(schedule="constant", num_train_steps=60))
+  start_mean = np.asarray(state.batch_stats["BatchNorm_0"]["mean"])
+  losses = []
+  state, _ = _run(state, step_fn, _batches(60, size=32), mesh, losses)
+  assert np.mean(losses[-5:]) < 0.2 * np.mean(losses[:5])
+  assert int(state.step) == 60 and int(state.skipped) == 0
+  assert not np.allclose(state.batch_stats["BatchNorm_0"]["mean"], start_mean)
+
+
+def test_weight_decay_on_kernels_only():
+  """With zero gradients only decay moves the parameters: kernels shrink,
+  biases and BatchNorm scales stay."""
+  state, _ = _setup(_config(warmup_steps=0, schedule="constant", learning_rate=0.1,
+                            weight_decay=0.5, grad_clip_norm=0.0))
+  tx, _ = train.make_optimizer(_config(warmup_steps=0, schedule="constant",
+                                       learning_rate=0.1, weight_decay=0.5, grad_clip_norm=0.0))
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  updates, _ = tx.update(zeros, tx.init(state.params), state.params)
+  kernel = state.params["Dense_0"]["kernel"]
+  np.testing.assert_allclose(updates["Dense_0"]["kernel"], -0.1 * 0.5 * kernel, rtol=1e-5)
+  assert np.all(updates["Dense_1"]["bias"] == 0)
+  assert np.all(updates["BatchNorm_0"]["scale"] == 0)
+
+
+def test_unknown_schedule_is_named():
+  with pytest.raises(ValueError, match="config.schedule.*'linear'"):
+    train.make_optimizer(_config(schedule="linear"))
+
+
+def test_non_finite_step_is_skipped():
+  mesh = train.make_mesh()
+  state, step_fn = _setup()
+  state, _ = _run(state, step_fn, _batches(2), mesh)
+  before = jax.device_get(state)
+  bad = next(_batches(1, seed=5))
+  bad["x"][3, 1] = np.nan
+  state, metrics = _run(state, step_fn, [bad, bad], mesh)
+  assert not bool(metrics["finite"])
+  assert int(state.step) == 4 and int(state.skipped) == 2 and int(state.bad_in_a_row) == 2
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(before.params)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.opt_state)),
+                  jax.tree.leaves(before.opt_state)):
+    np.testing.assert_array_equal(a, b)
+  state, metrics = _run(state, step_fn, _batches(1, seed=6), mesh)
+  assert bool(metrics["finite"]) and int(state.bad_in_a_row) == 0 and int(state.skipped) == 2
+
+
+_FOUR_DEVICES = r"""
+import jax, numpy as np, sys
+sys.path.insert(0, {tests!r})
+import test_train as t
+from facerecon import train
+assert jax.device_count() == 4
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+  mesh = train.make_mesh(devices)
+  state, step_fn = t._setup()
+  state, metrics = t._run(state, step_fn, t._batches(5), mesh)
+  results.append((float(metrics["loss"]), jax.device_get(state.params)))
+(loss1, p1), (loss4, p4) = results
+assert abs(loss1 - loss4) <= 1e-5 * abs(loss1), (loss1, loss4)
+for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+try:
+  train.shard_batch(next(t._batches(1, size=6)), train.make_mesh())
+  raise AssertionError("a batch of 6 was split over 4 devices")
+except ValueError as e:
+  assert "multiple of the device count" in str(e)
+print("same on 1 and 4 devices", loss1, loss4)
+"""
+
+
+def test_four_devices_match_one_device():
+  """Same global batch on 1 and 4 (fake CPU) devices: same loss, same
+  parameters (gradients averaged over the global batch, not summed); a
+  batch that does not split evenly is refused."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  code = _FOUR_DEVICES.format(tests=os.path.join(ROOT, "tests"))
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  assert "same on 1 and 4 devices" in result.stdout
+
+
+def test_checkpoints_resume_exactly(tmp_path):
+  """6 steps straight == 3 steps, save, restore in a fresh manager, 3 more;
+  the input iterator state comes back too; only `keep` checkpoints stay."""
+  mesh = train.make_mesh()
+  batches = list(_batches(6))
+  state, step_fn = _setup()
+  straight, _ = _run(state, step_fn, batches, mesh)
+
+  state, step_fn = _setup()
+  checkpoints = train.Checkpoints(str(tmp_path / "checkpoints"), every=1, keep=2)
+  template = jax.tree.map(jnp.copy, state)  # `state` itself is donated below
+  for i, batch in enumerate(batches[:3]):
+    state, _ = _run(state, step_fn, [batch], mesh)
+    assert checkpoints.save(i + 1, state, {"position": i + 1})
+  checkpoints.wait()
+  checkpoints.close()
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
+
+  reopened = train.Checkpoints(str(tmp_path / "checkpoints"), every=1, keep=2)
+  assert reopened.latest_step() == 3
+  restored, data_state = reopened.restore(template)
+  assert data_state == {"position": 3} and int(restored.step) == 3
+  resumed, _ = _run(restored, step_fn, batches[3:], mesh)
+  for a, b in zip(jax.tree.leaves(jax.device_get(resumed)),
+                  jax.tree.leaves(jax.device_get(straight))):
+    np.testing.assert_array_equal(a, b)
+  reopened.close()
+
+
+def test_restore_without_checkpoints_names_the_folder(tmp_path):
+  state, _ = _setup()
+  checkpoints = train.Checkpoints(str(tmp_path / "empty"), every=1, keep=1)
+  with pytest.raises(FileNotFoundError, match="empty"):
+    checkpoints.restore(state)
+  checkpoints.close()
+
+
+def test_sigterm_sets_the_preemption_flag():
+  flag = train.PreemptionFlag()
+  try:
+    assert not flag
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert flag
+  finally:
+    flag.restore_handler()
