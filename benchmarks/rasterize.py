@@ -13,10 +13,17 @@ Batch 1 runs on one thread; larger batches spread images over XLA's CPU
 threads. The last column compares with 3DDFA_V2's Sim3DR (about 2.1 ms at
 200x200 and 2.4 ms at 224x224 per image, one thread, same mesh size; figures
 from ../shared/REFERENCE.md).
+
+With g++ available it also builds kernels/benchmark_core.cc and times the
+CPU kernels called directly (one thread, no XLA: the like-for-like figure
+for Sim3DR, a C++ function called from Python), median and minimum.
 """
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,6 +59,26 @@ def _median_ms(fn, args, repeats) -> float:
   return 1e3 * float(np.median(times))
 
 
+def _kernel_only(image, triangles, size, repeats):
+  """Median and min ms of the C++ kernels on one image, or None without g++."""
+  compiler = shutil.which(os.environ.get("CXX", "g++"))
+  if compiler is None:
+    return None
+  kernels = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+  with tempfile.TemporaryDirectory() as tmp:
+    binary = os.path.join(tmp, "benchmark_core")
+    # The package build's flags (setup.py).
+    subprocess.run([compiler, "-O3", "-std=c++17", "-ffp-contract=off", f"-I{kernels}",
+                    os.path.join(kernels, "benchmark_core.cc"), "-o", binary], check=True)
+    np.asarray(image, np.float32).tofile(os.path.join(tmp, "vertices"))
+    np.asarray(triangles, np.int32).tofile(os.path.join(tmp, "triangles"))
+    lines = subprocess.run([binary, os.path.join(tmp, "vertices"), os.path.join(tmp, "triangles"),
+                            str(size), str(repeats)], check=True, capture_output=True,
+                           text=True).stdout.split("\n")
+  return {name: (float(median), float(low))
+          for name, median, low in (line.split() for line in lines if line)}
+
+
 def main(argv):
   del argv
   model = morphable.embedded_model(grid_size=_GRID.value)
@@ -64,6 +91,15 @@ def main(argv):
   for size in map(int, _SIZES.value):
     pose = camera.framing_pose(model.mean_shape, jnp.array([0.15, 0.5, 0.05]), size, size)
     image = camera.project_scaled_orthographic(model.mean_shape, pose, size)
+    kernel = _kernel_only(image, model.triangles, size, max(_REPEATS.value, 100))
+    if kernel:
+      (r_med, r_min), (i_med, i_min), (g_med, g_min) = (
+          kernel["rasterize"], kernel["interpolate"], kernel["interpolate_grad"])
+      both_med = r_med + i_med + g_med
+      print(f"{'C++ core':>10} {size:>5} {1:>6} {r_med:>10.3f} {both_med:>9.3f} "
+            f"{both_med / r_med:>8.2f} {SIM3DR_MS[size] / r_med:>9.2f}x   "
+            f"(kernels alone, median; min: rasterize {r_min:.3f}, interpolate {i_min:.3f}, "
+            f"backward {g_min:.3f})")
     for backend in backends:
       for batch in map(int, _BATCHES.value):
         slow = backend in ("reference", "scatter")  # pure JAX on this platform

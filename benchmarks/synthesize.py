@@ -23,7 +23,7 @@ from facerecon import synthetic
 
 _SIZE = flags.DEFINE_integer("size", 200, "Square image size.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Faces per batch.")
-_BATCHES = flags.DEFINE_integer("batches", 5, "Timed batches.")
+_BATCHES = flags.DEFINE_integer("batches", 8, "Timed batches.")
 _GRID = flags.DEFINE_integer("grid", None, "Embedded model grid (default: the default model).")
 
 

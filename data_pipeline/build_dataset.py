@@ -3,7 +3,8 @@ r"""Builds the facerecon_faces tfds data set (array_record, no TensorFlow needed
     python -m data_pipeline.build_dataset --config=synthetic --source_dir=DIR \
         [--data_dir=~/tensorflow_datasets]
 
-The same as `tfds build data_pipeline/facerecon_faces --config=... --manual_dir=DIR`,
+The same as `tfds build data_pipeline/facerecon_faces --config=... --manual_dir=DIR
+--file_format=array_record` (that command line needs TensorFlow: `pip install -e ".[tfds-cli]"`),
 plus a report: split sizes, and everything skipped (unreadable images,
 malformed .mat files) by name in <data_dir>/facerecon_faces/<config>/<version>/skipped.txt.
 """

@@ -30,6 +30,39 @@ def test_tensorflow_is_not_installed():
     import tensorflow  # noqa: F401
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("FACERECON_TFDS_PYTHON"),
+                    reason="set FACERECON_TFDS_PYTHON to a Python with the [tfds-cli] extra")
+def test_tfds_build_command_line(tmp_path):
+  """`tfds build` (which needs TensorFlow; run in another environment, e.g.
+  FACERECON_TFDS_PYTHON=/path/venv/bin/python) writes the same examples as
+  the Python entry point, readable here without TensorFlow."""
+  import subprocess
+
+  source = str(tmp_path / "synthetic")
+  settings = synthesize.Settings(num_faces=10, seed=1, image_size=16, shard_size=5,
+                                 model="embedded:25", backgrounds=())
+  synthesize.synthesize(settings, source)
+  splits.write_splits_and_statistics(source, (0.6, 0.2, 0.2), seed=2)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [os.environ["FACERECON_TFDS_PYTHON"], "-m", "tensorflow_datasets.scripts.cli.main",
+       "build", os.path.join(root, "data_pipeline", "facerecon_faces"), "--config=synthetic",
+       f"--manual_dir={source}", f"--data_dir={tmp_path / 'cli'}", "--file_format=array_record"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  build_dataset.build("synthetic", source, str(tmp_path / "python"))
+  by_cli, by_python = _read_all(str(tmp_path / "cli"), "synthetic"), _read_all(
+      str(tmp_path / "python"), "synthetic")
+  assert sorted(by_cli) == sorted(by_python) == ["test", "train", "val"]
+  for split in by_cli:
+    key = lambda example: int(example["index"])
+    for a, b in zip(sorted(by_cli[split], key=key), sorted(by_python[split], key=key)):
+      assert sorted(a) == sorted(b)
+      for field in a:
+        np.testing.assert_array_equal(np.asarray(a[field]), np.asarray(b[field]), err_msg=field)
+
+
 def test_synthetic_config(tmp_path):
   source = str(tmp_path / "synthetic")
   settings = synthesize.Settings(num_faces=10, seed=1, image_size=16, shard_size=5,
