@@ -1,0 +1,216 @@
+"""CoarseNet's training losses: pure, jit-able functions of parameter vectors.
+
+Networks predict parameters in normalised units (`facerecon.normalization`);
+`parameter_loss` compares those directly, the geometric losses take raw
+(denormalised) parameters in the `facerecon.params` layout. `total_loss`
+does the bookkeeping for a train step. Every function accepts any leading
+batch dims ([..., P]) and averages over them.
+
+The terms:
+- **parameter**: mean squared error per block (pose, shape, expression) of the
+  normalised vectors, each block with its own weight (the original weighted
+  pose 1e-3; normalised units make the blocks comparable to start with).
+- **vertex**: mean Euclidean distance between predicted and true model-space
+  vertices (shape and expression, no pose), divided by the model's face
+  size, so it is a fraction of the face's size, the same for the BFM and the
+  embedded model. This is the paper's geometry loss (basis x params) made
+  unit-free; pose is left to the parameter, render and landmark terms so it
+  is not counted twice.
+- **render**: mean absolute difference of depth maps rendered from both
+  parameter vectors, over the union of their masks, in units of the image
+  height. A pixel that one face does not cover takes the depth of a *back
+  plane*: the farthest (smallest) depth visible in either render of that
+  image. So the loss is zero only when the depth maps and masks agree, a
+  prediction that spills over the true silhouette is pushed back onto the
+  plane (gradient through its depth), and the arbitrary background value of
+  the rasterizer (0, which with framed poses lies mid-face) plays no part.
+  Visibility is held fixed, as in the renderer: a pixel the prediction
+  does not cover gives it no gradient (no silhouette gradients).
+- **landmark**: mean Euclidean distance between the 68 projected landmarks
+  and the true ones, divided by sqrt(H * W) (the image size).
+
+Weight decay is not a loss term here: the optimizer applies it
+(`facerecon.train.make_optimizer`, decoupled, kernels only).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from facerecon import camera
+from facerecon import morphable
+from facerecon import normalization
+from facerecon import params as params_lib
+from facerecon import render
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+  """Weights of the loss terms; hashable, so it can be a static jit argument.
+
+  A term with weight 0 is not computed at all (no rendering cost).
+  """
+  pose: float = 1.0
+  shape: float = 1.0
+  expression: float = 1.0
+  vertex: float = 0.0
+  render: float = 0.0
+  landmark: float = 0.0
+
+
+def _norm3(x):
+  """Euclidean norm over a trailing axis of 2 or 3, with a finite (zero)
+  gradient at 0. Written out: trailing-axis reductions are slow on XLA's CPU."""
+  squared = x[..., 0] * x[..., 0]
+  for i in range(1, x.shape[-1]):
+    squared = squared + x[..., i] * x[..., i]
+  positive = squared > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def parameter_loss(pred, target, layout: params_lib.ParamLayout,
+                   weights: LossWeights = LossWeights()):
+  """Weighted per-block mean squared error of normalised parameter vectors.
+
+  pred, target: [..., layout.size] in normalised units. Returns
+  (weighted total, {"pose", "shape", "expression"}: each block's unweighted
+  MSE, averaged over the batch and the block's entries; 0 for an empty block).
+  """
+  if pred.shape[-1] != layout.size or target.shape[-1] != layout.size:
+    raise ValueError(f"parameter vectors have {pred.shape[-1]} and {target.shape[-1]} "
+                     f"entries, layout {layout} needs {layout.size}")
+  error = jnp.square(pred - target)
+  terms = {}
+  total = 0.0
+  for name, block in (("pose", layout.pose), ("shape", layout.shape),
+                      ("expression", layout.expression)):
+    values = error[..., block]
+    terms[name] = jnp.mean(values) if values.shape[-1] else jnp.zeros((), error.dtype)
+    total = total + getattr(weights, name) * terms[name]
+  return total, terms
+
+
+def face_size(model: morphable.MorphableModel):
+  """The model's size: RMS distance of the mean shape's vertices from their
+  centroid, in model units (about 6e4 for the BFM)."""
+  centred = model.mean_shape - jnp.mean(model.mean_shape, axis=0)
+  return jnp.sqrt(jnp.mean(jnp.sum(centred * centred, axis=-1)))
+
+
+def vertex_loss(pred_params, target_params, model: morphable.MorphableModel,
+                relative: bool = True):
+  """Mean Euclidean distance between model-space vertices (shape and
+  expression, pose ignored) of raw parameter vectors [..., P].
+
+  With `relative` (the default) it is divided by `face_size(model)`, a
+  fraction of the face's size; otherwise it is in model units.
+  """
+  offset = (morphable.vertices_from_params(model, pred_params)
+            - morphable.vertices_from_params(model, target_params))
+  distance = jnp.mean(_norm3(offset))
+  return distance / face_size(model) if relative else distance
+
+
+def depth_render(params, model: morphable.MorphableModel, height: int, width: int,
+                 backend: str | None = None):
+  """Depth [..., H, W] (image z, pixels, larger = nearer; 0 off the face) and
+  mask [..., H, W] of raw parameter vectors [..., P].
+
+  What `render.render_face` computes for depth, without normals, PNCC and
+  albedo: one rasterization and one interpolation, so gradients reach pose,
+  shape and expression through the visible triangles' vertices.
+  """
+  face = params_lib.split(params, model.layout)
+  vertices = morphable.vertices(model, face.shape, face.expression)
+  image_vertices = camera.project_scaled_orthographic(vertices, face.pose, height)
+  raster = render.rasterize(image_vertices, model.triangles, height, width, backend)
+  depth = render.interpolate(image_vertices[..., 2:], raster, image_vertices,
+                             model.triangles, backend)[..., 0]
+  return depth, raster.mask
+
+
+def depth_loss(pred_depth, pred_mask, target_depth, target_mask, height: int):
+  """Mean absolute depth difference over the union of the masks, in units of
+  `height`, with uncovered pixels on the back plane (see the module doc).
+
+  Depths and masks [..., H, W]; averaged per image over its union, then
+  over images. An image whose union is empty contributes 0. The target
+  gets no gradient.
+  """
+  target_depth = jax.lax.stop_gradient(target_depth)
+  union = pred_mask | target_mask
+  far = jnp.minimum(
+      jnp.min(jnp.where(pred_mask, pred_depth, jnp.inf), axis=(-2, -1)),
+      jnp.min(jnp.where(target_mask, target_depth, jnp.inf), axis=(-2, -1)))
+  far = jax.lax.stop_gradient(jnp.where(jnp.isfinite(far), far, 0.0))[..., None, None]
+  pred_full = jnp.where(pred_mask, pred_depth, far)
+  target_full = jnp.where(target_mask, target_depth, far)
+  error = jnp.where(union, jnp.abs(pred_full - target_full), 0.0)
+  count = jnp.sum(union, axis=(-2, -1))
+  per_image = jnp.sum(error, axis=(-2, -1)) / jnp.maximum(count, 1)
+  return jnp.mean(per_image) / height
+
+
+def render_loss(pred_params, target_params, model: morphable.MorphableModel,
+                height: int, width: int, backend: str | None = None):
+  """Depth-map loss between renders of raw parameter vectors [..., P]
+  (see `depth_loss`); gradients reach `pred_params` only."""
+  pred_depth, pred_mask = depth_render(pred_params, model, height, width, backend)
+  target_depth, target_mask = depth_render(jax.lax.stop_gradient(target_params), model,
+                                           height, width, backend)
+  return depth_loss(pred_depth, pred_mask, target_depth, target_mask, height)
+
+
+def project_landmarks(params, model: morphable.MorphableModel, height: int):
+  """Image (x, y) [..., 68, 2] of the landmarks of raw parameter vectors [..., P]."""
+  face = params_lib.split(params, model.layout)
+  vertices = morphable.vertices(model, face.shape, face.expression)
+  return camera.project_landmarks(vertices, model.landmark_indices, face.pose, height)
+
+
+def landmark_loss(pred_params, target_landmarks, model: morphable.MorphableModel,
+                  height: int, width: int | None = None):
+  """Mean 2D distance between the projected landmarks of raw parameter
+  vectors [..., P] and `target_landmarks` [..., 68, 2] (image x, y in
+  pixels), divided by sqrt(height * width); width defaults to height."""
+  width = height if width is None else width
+  pred = project_landmarks(pred_params, model, height)
+  return jnp.mean(_norm3(pred - target_landmarks)) / jnp.sqrt(float(height * width))
+
+
+def total_loss(pred, target, model: morphable.MorphableModel,
+               stats: normalization.DataStatistics, weights: LossWeights,
+               height: int, width: int, target_landmarks=None,
+               backend: str | None = None):
+  """The weighted sum of all terms, for a train step.
+
+  pred, target: normalised parameter vectors [..., P] (the network's output
+  and the normalised label). `target_landmarks` [..., 68, 2] (pixels, e.g.
+  the input pipeline's) are used by the landmark term; without them the
+  target parameters' landmarks are. Static arguments (for jit): weights,
+  height, width, backend.
+
+  Returns (total, terms): `terms` maps "total", "pose", "shape",
+  "expression" and each geometric term with a nonzero weight ("vertex",
+  "render", "landmark") to its unweighted scalar value, for logging.
+  """
+  total, terms = parameter_loss(pred, target, model.layout, weights)
+  geometric = {"vertex": weights.vertex, "render": weights.render,
+               "landmark": weights.landmark}
+  if any(geometric.values()):
+    pred_raw = normalization.denormalize_params(pred, stats)
+    target_raw = jax.lax.stop_gradient(normalization.denormalize_params(target, stats))
+    if weights.vertex:
+      terms["vertex"] = vertex_loss(pred_raw, target_raw, model)
+    if weights.render:
+      terms["render"] = render_loss(pred_raw, target_raw, model, height, width, backend)
+    if weights.landmark:
+      if target_landmarks is None:
+        target_landmarks = project_landmarks(target_raw, model, height)
+      terms["landmark"] = landmark_loss(pred_raw, target_landmarks, model, height, width)
+    for name, weight in geometric.items():
+      if weight:
+        total = total + weight * terms[name]
+  terms["total"] = total
+  return total, terms

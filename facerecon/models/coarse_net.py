@@ -1,0 +1,130 @@
+"""CoarseNet: iterative regression of the face parameters (Richardson et al. 2017).
+
+Iteration k (k = 1..N, each with its own weights) sees the image together
+with renders of the current estimate and predicts an additive update:
+
+    estimate_0 = 0                        (normalised units: the data's mean)
+    render_k   = render_face(denormalize(estimate_{k-1}))   (no gradient)
+    estimate_k = estimate_{k-1} + head_k(backbone_k(inputs(image, render_k)))
+
+Design choices:
+- Units: estimates are normalised parameters, (params - mean) / std with
+  the data set's `DataStatistics`, instead of the original's ad-hoc sigmoid
+  ranges; they are denormalised only to render.
+- Start: normalised zeros, i.e. the data set's mean parameters: the mean
+  face (shape and expression at their data means, about zero) at the data's
+  mean pose (scale and translation that frame a face in the training crops,
+  angles at their means). It needs no extra convention, lives in the same
+  units as the labels, and matches whatever cropping the data uses; a
+  frontal pose from `camera.framing_pose` would have to guess the crop.
+  The statistics must therefore come from images of the size fed here.
+- Input channels (10): the normalised image (3; 1 for grey input), the grey
+  image masked by the rendered face mask (1; the original's input), the
+  PNCC code (3, in [0, 1], 0 off the face) and the camera-frame normals
+  (3, in [-1, 1], 0 off the face). The renders are inputs, as in the paper:
+  they are computed under `stop_gradient`, so gradients reach earlier
+  iterations through the additive chain only, never through the renderer.
+- Head: a Dense layer to the P parameters, zero-initialised by default
+  (`head_init_scale=0`), so every iteration starts as the identity and the
+  first estimate is the start estimate; its weights still get gradients,
+  and the backbones get theirs once the head has moved off zero.
+- BatchNorm: see `facerecon.models.backbones` (no axis_name; batch
+  statistics inside jit over a NamedSharding mesh are global). Call with
+  `train=True` and `mutable=["batch_stats"]` to train.
+- Precision: parameters are float32; `dtype` sets the backbones' compute
+  dtype. Rendering, the head and the estimates stay float32.
+"""
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from facerecon import normalization
+from facerecon import render
+from facerecon import synthetic
+from facerecon.models import backbones
+
+Dtype = Any
+NUM_INPUT_CHANNELS = 10  # for 3-channel images
+
+
+def input_channels(images, face: render.FaceRender):
+  """The network input [B, H, W, C + 7]: image, masked grey image, PNCC,
+  normals. `images` are normalised (image minus the mean image)."""
+  if images.shape[-1] == 3:
+    # Written out: reductions over a trailing axis of 3 are slow on XLA's CPU.
+    weights = synthetic.LUMINANCE
+    grey = (weights[0] * images[..., 0:1] + weights[1] * images[..., 1:2]
+            + weights[2] * images[..., 2:3])
+  elif images.shape[-1] == 1:
+    grey = images
+  else:
+    raise ValueError(f"images must have 1 or 3 channels, got shape {images.shape}")
+  mask = face.mask[..., None].astype(images.dtype)
+  return jnp.concatenate([images, grey * mask, face.pncc, face.normals], axis=-1)
+
+
+class CoarseIteration(nn.Module):
+  """One refinement step: backbone (its own weights) plus a Dense head."""
+  num_params: int
+  backbone: str
+  backbone_kwargs: Mapping[str, Any] | None = None
+  head_init_scale: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs, train: bool):
+    net = backbones.make_backbone(self.backbone, dtype=self.dtype,
+                                  **dict(self.backbone_kwargs or {}))
+    features = net(inputs.astype(self.dtype), train=train)
+    kernel_init = (nn.initializers.zeros if self.head_init_scale == 0 else
+                   nn.initializers.variance_scaling(self.head_init_scale ** 2, "fan_in",
+                                                    "truncated_normal"))
+    return nn.Dense(self.num_params, kernel_init=kernel_init,
+                    bias_init=nn.initializers.zeros, dtype=jnp.float32,
+                    param_dtype=jnp.float32, name="head")(features.astype(jnp.float32))
+
+
+class CoarseNet(nn.Module):
+  """N refinement iterations from the data's mean parameters.
+
+  `__call__(images, model, statistics, train)`: images [B, H, W, 3] float32,
+  normalised; `model` a `facerecon.morphable.MorphableModel` and
+  `statistics` a `normalization.DataStatistics` (both pytrees, passed as
+  arguments so jit does not bake them in as constants). Returns the
+  normalised estimates after each iteration, [num_iterations, B, P] float32.
+  Variables: `iteration_{k}/{backbone name}/...` and `iteration_{k}/head`.
+  """
+  num_iterations: int = 4
+  backbone: str = "resnet_v1_101"
+  backbone_kwargs: Mapping[str, Any] | None = None
+  head_init_scale: float = 0.0  # 0: zeros; else LeCun-normal times this scale
+  dtype: Dtype = jnp.float32
+  render_backend: str | None = None  # None: render.default_backend()
+
+  @nn.compact
+  def __call__(self, images, model, statistics: normalization.DataStatistics,
+               train: bool = False):
+    if images.ndim != 4:
+      raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
+    batch, height, width = images.shape[:3]
+    num_params = statistics.param_mean.shape[-1]
+    if num_params != model.layout.size:
+      raise ValueError(f"statistics have {num_params} parameters, the model's layout "
+                       f"needs {model.layout.size}")
+    images = images.astype(jnp.float32)
+    estimate = jnp.zeros((batch, num_params), jnp.float32)
+    estimates = []
+    for k in range(self.num_iterations):
+      # The render is an input, not part of the graph to differentiate.
+      params = jax.lax.stop_gradient(normalization.denormalize_params(estimate, statistics))
+      face = render.render_face(model, params, None, height, width, self.render_backend)
+      inputs = jax.lax.stop_gradient(input_channels(images, face))
+      update = CoarseIteration(num_params, self.backbone, self.backbone_kwargs,
+                               self.head_init_scale, self.dtype,
+                               name=f"iteration_{k + 1}")(inputs, train)
+      estimate = estimate + update
+      estimates.append(estimate)
+    return jnp.stack(estimates)

@@ -1,0 +1,401 @@
+"""TensorBoard event files without TensorFlow: scalars and images.
+
+An event file is a sequence of TFRecords, each holding one serialised
+`tensorflow.Event` protocol buffer. The first event carries
+`file_version = "brain.Event:2"`; the others carry a `Summary` with tagged
+values (a float `simple_value`, or an encoded `Image`). TensorBoard reads any
+file in the log directory whose name contains "tfevents".
+
+TFRecord framing (little-endian):
+    uint64 length | uint32 masked_crc32c(length bytes) | data | uint32 masked_crc32c(data)
+with CRC32C (Castagnoli) and mask(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8.
+
+The protocol buffers are encoded by hand. Field numbers, from TensorFlow's
+tensorflow/core/util/event.proto and tensorflow/core/framework/summary.proto:
+    Event:          wall_time = 1 (double), step = 2 (int64),
+                    file_version = 3 (string), summary = 5 (Summary)
+    Summary:        value = 1 (repeated Summary.Value)
+    Summary.Value:  tag = 1 (string), simple_value = 2 (float),
+                    image = 4 (Summary.Image)
+    Summary.Image:  height = 1, width = 2, colorspace = 3 (int32),
+                    encoded_image_string = 4 (bytes)
+Colorspace: 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA.
+
+Each record is framed in memory and appended with one write to a file
+opened for appending, so a crash can at worst cut the last record short;
+it never leaves a broken record between whole ones. A new writer always
+creates a new file.
+"""
+
+import itertools
+import os
+import socket
+import struct
+import time
+from typing import Mapping, NamedTuple
+
+import cv2
+import numpy as np
+
+FILE_VERSION = "brain.Event:2"
+
+# Wire types of the protobuf encoding.
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+
+# Event fields (event.proto).
+_EVENT_WALL_TIME, _EVENT_STEP, _EVENT_FILE_VERSION, _EVENT_SUMMARY = 1, 2, 3, 5
+# Summary fields (summary.proto).
+_SUMMARY_VALUE = 1
+_VALUE_TAG, _VALUE_SIMPLE_VALUE, _VALUE_IMAGE = 1, 2, 4
+_IMAGE_HEIGHT, _IMAGE_WIDTH, _IMAGE_COLORSPACE, _IMAGE_ENCODED = 1, 2, 3, 4
+
+
+# --- CRC32C ----------------------------------------------------------------------------
+
+def _crc32c_table():
+  table = []
+  for byte in range(256):
+    crc = byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1  # reflected Castagnoli
+    table.append(crc)
+  return tuple(table)
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli) of `data`, as TFRecord uses."""
+  table = _CRC32C_TABLE
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+  crc = crc32c(data)
+  return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes) -> bytes:
+  """One TFRecord: length, its masked CRC, the data, the data's masked CRC."""
+  length = struct.pack("<Q", len(data))
+  return (length + struct.pack("<I", masked_crc32c(length)) + data
+          + struct.pack("<I", masked_crc32c(data)))
+
+
+# --- Protocol buffer encoding -----------------------------------------------------------
+
+def _varint(value: int) -> bytes:
+  if value < 0:  # int64 negatives are ten-byte two's complement varints.
+    value += 1 << 64
+  out = bytearray()
+  while True:
+    low = value & 0x7F
+    value >>= 7
+    if value:
+      out.append(low | 0x80)
+    else:
+      out.append(low)
+      return bytes(out)
+
+
+def _key(field: int, wire_type: int) -> bytes:
+  return _varint((field << 3) | wire_type)
+
+
+def _varint_field(field: int, value: int) -> bytes:
+  return _key(field, _VARINT) + _varint(int(value))
+
+
+def _bytes_field(field: int, value: bytes) -> bytes:
+  return _key(field, _LENGTH_DELIMITED) + _varint(len(value)) + value
+
+
+def _double_field(field: int, value: float) -> bytes:
+  return _key(field, _FIXED64) + struct.pack("<d", value)
+
+
+def _float_field(field: int, value: float) -> bytes:
+  return _key(field, _FIXED32) + struct.pack("<f", value)
+
+
+def encode_event(wall_time: float, step: int, file_version: str | None = None,
+                 summary_values: list[bytes] | None = None) -> bytes:
+  """A serialised Event with either a file_version or a Summary of the
+  given serialised Summary.Value messages."""
+  event = _double_field(_EVENT_WALL_TIME, wall_time) + _varint_field(_EVENT_STEP, step)
+  if file_version is not None:
+    event += _bytes_field(_EVENT_FILE_VERSION, file_version.encode("utf-8"))
+  if summary_values is not None:
+    summary = b"".join(_bytes_field(_SUMMARY_VALUE, v) for v in summary_values)
+    event += _bytes_field(_EVENT_SUMMARY, summary)
+  return event
+
+
+def scalar_value(tag: str, value: float) -> bytes:
+  """A serialised Summary.Value holding a simple_value."""
+  return (_bytes_field(_VALUE_TAG, tag.encode("utf-8"))
+          + _float_field(_VALUE_SIMPLE_VALUE, float(value)))
+
+
+def image_value(tag: str, image) -> bytes:
+  """A serialised Summary.Value holding a PNG of a uint8 image: [H, W] or
+  [H, W, C] with C = 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA)."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f"image '{tag}' must be uint8, got {image.dtype}")
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4) or 0 in image.shape:
+    raise ValueError(f"image '{tag}' must be [H, W] or [H, W, C] with C in 1..4, "
+                     f"got shape {image.shape}")
+  height, width, channels = image.shape
+  if channels == 3:
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+  elif channels == 4:
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
+  elif channels == 2:  # PNG has grey + alpha; OpenCV writes it as BGRA.
+    bgr = cv2.cvtColor(np.ascontiguousarray(image[..., [0, 0, 0, 1]]), cv2.COLOR_RGBA2BGRA)
+  else:
+    bgr = image[..., 0]
+  ok, png = cv2.imencode(".png", np.ascontiguousarray(bgr))
+  if not ok:
+    raise ValueError(f"cannot encode image '{tag}' as PNG")
+  encoded = (_varint_field(_IMAGE_HEIGHT, height) + _varint_field(_IMAGE_WIDTH, width)
+             + _varint_field(_IMAGE_COLORSPACE, channels)
+             + _bytes_field(_IMAGE_ENCODED, png.tobytes()))
+  return _bytes_field(_VALUE_TAG, tag.encode("utf-8")) + _bytes_field(_VALUE_IMAGE, encoded)
+
+
+# --- Writer ------------------------------------------------------------------------------
+
+_file_counter = itertools.count()
+
+
+class SummaryWriter:
+  """Appends scalars and images to a new event file in `logdir`.
+
+  Records are written as soon as they are added (whole, one write each), so
+  TensorBoard sees them while training runs; `flush` also makes them
+  durable (fsync). Use as a context manager or call `close`.
+  """
+
+  def __init__(self, logdir: str | os.PathLike, filename_suffix: str = ""):
+    self.logdir = os.fspath(logdir)
+    os.makedirs(self.logdir, exist_ok=True)
+    # TensorFlow's name is events.out.tfevents.<seconds>.<host>; the pid and a
+    # counter keep two writers started in the same second apart.
+    name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+            f".{os.getpid()}.{next(_file_counter)}{filename_suffix}")
+    self.path = os.path.join(self.logdir, name)
+    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+    self._write(encode_event(time.time(), 0, file_version=FILE_VERSION))
+
+  def _write(self, event: bytes) -> None:
+    if self._fd is None:
+      raise ValueError(f"summary writer for {self.path} is closed")
+    record = memoryview(frame_record(event))
+    while record:  # os.write may write less than asked (rarely, for files).
+      record = record[os.write(self._fd, record):]
+
+  def scalar(self, tag: str, value, step: int) -> None:
+    self._write(encode_event(time.time(), int(step), summary_values=[scalar_value(tag, value)]))
+
+  def scalars(self, values: Mapping[str, float], step: int) -> None:
+    """Several scalars in one event (one record)."""
+    if values:
+      self._write(encode_event(time.time(), int(step),
+                               summary_values=[scalar_value(t, v) for t, v in values.items()]))
+
+  def image(self, tag: str, image, step: int) -> None:
+    """A uint8 image [H, W] or [H, W, C] (C: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA)."""
+    self._write(encode_event(time.time(), int(step), summary_values=[image_value(tag, image)]))
+
+  def flush(self) -> None:
+    if self._fd is not None:
+      os.fsync(self._fd)
+
+  def close(self) -> None:
+    if self._fd is not None:
+      self.flush()
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def __del__(self):
+    try:
+      if self._fd is not None:
+        os.close(self._fd)
+    except Exception:
+      pass
+
+
+# --- Reader (for tests and tools) ------------------------------------------------------------
+
+class Image(NamedTuple):
+  height: int
+  width: int
+  colorspace: int
+  encoded: bytes
+
+  def decode(self) -> np.ndarray:
+    """The image as uint8 [H, W, C] (RGB / RGBA channel order)."""
+    flags = cv2.IMREAD_UNCHANGED
+    decoded = cv2.imdecode(np.frombuffer(self.encoded, np.uint8), flags)
+    if decoded is None:
+      raise ValueError("cannot decode image")
+    if decoded.ndim == 2:
+      decoded = decoded[..., None]
+    if decoded.shape[-1] == 3:
+      decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    elif decoded.shape[-1] == 4:
+      decoded = cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGBA)
+      if self.colorspace == 2:
+        decoded = decoded[..., [0, 3]]
+    return decoded
+
+
+class Value(NamedTuple):
+  tag: str
+  simple_value: float | None = None
+  image: Image | None = None
+
+
+class Event(NamedTuple):
+  wall_time: float
+  step: int
+  file_version: str | None = None
+  values: tuple[Value, ...] | None = None  # the Summary's values, if a summary
+
+
+class CorruptRecordError(ValueError):
+  pass
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+  result = shift = 0
+  while True:
+    if pos >= len(data):
+      raise ValueError("truncated varint")
+    byte = data[pos]
+    pos += 1
+    result |= (byte & 0x7F) << shift
+    if not byte & 0x80:
+      return result, pos
+    shift += 7
+    if shift > 63:
+      raise ValueError("varint too long")
+
+
+def _fields(data: bytes):
+  """Yields (field number, wire type, value) of a serialised message; values
+  are ints for varints, bytes for the other wire types."""
+  pos = 0
+  while pos < len(data):
+    key, pos = _read_varint(data, pos)
+    field, wire_type = key >> 3, key & 7
+    if wire_type == _VARINT:
+      value, pos = _read_varint(data, pos)
+    elif wire_type == _FIXED64:
+      value, pos = data[pos:pos + 8], pos + 8
+    elif wire_type == _FIXED32:
+      value, pos = data[pos:pos + 4], pos + 4
+    elif wire_type == _LENGTH_DELIMITED:
+      length, pos = _read_varint(data, pos)
+      value, pos = data[pos:pos + length], pos + length
+    else:
+      raise ValueError(f"unsupported wire type {wire_type}")
+    if pos > len(data):
+      raise ValueError("truncated field")
+    yield field, wire_type, value
+
+
+def _signed64(value: int) -> int:
+  return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _parse_image(data: bytes) -> Image:
+  fields = {_IMAGE_HEIGHT: 0, _IMAGE_WIDTH: 0, _IMAGE_COLORSPACE: 0, _IMAGE_ENCODED: b""}
+  for field, _, value in _fields(data):
+    if field in fields:
+      fields[field] = value
+  return Image(fields[_IMAGE_HEIGHT], fields[_IMAGE_WIDTH], fields[_IMAGE_COLORSPACE],
+               bytes(fields[_IMAGE_ENCODED]))
+
+
+def _parse_value(data: bytes) -> Value:
+  tag, simple, image = "", None, None
+  for field, wire_type, value in _fields(data):
+    if field == _VALUE_TAG and wire_type == _LENGTH_DELIMITED:
+      tag = value.decode("utf-8")
+    elif field == _VALUE_SIMPLE_VALUE and wire_type == _FIXED32:
+      simple = struct.unpack("<f", value)[0]
+    elif field == _VALUE_IMAGE and wire_type == _LENGTH_DELIMITED:
+      image = _parse_image(value)
+  return Value(tag, simple, image)
+
+
+def parse_event(data: bytes) -> Event:
+  wall_time, step, file_version, values = 0.0, 0, None, None
+  for field, wire_type, value in _fields(data):
+    if field == _EVENT_WALL_TIME and wire_type == _FIXED64:
+      wall_time = struct.unpack("<d", value)[0]
+    elif field == _EVENT_STEP and wire_type == _VARINT:
+      step = _signed64(value)
+    elif field == _EVENT_FILE_VERSION and wire_type == _LENGTH_DELIMITED:
+      file_version = value.decode("utf-8")
+    elif field == _EVENT_SUMMARY and wire_type == _LENGTH_DELIMITED:
+      values = tuple(_parse_value(v) for f, w, v in _fields(value)
+                     if f == _SUMMARY_VALUE and w == _LENGTH_DELIMITED)
+  return Event(wall_time, step, file_version, values)
+
+
+def read_records(path: str | os.PathLike) -> list[bytes]:
+  """The data of every TFRecord in a file, CRCs checked.
+
+  Raises CorruptRecordError naming the file and byte offset on a CRC
+  mismatch or a truncated record.
+  """
+  path = os.fspath(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  records, pos = [], 0
+  while pos < len(data):
+    if pos + 12 > len(data):
+      raise CorruptRecordError(f"{path}: truncated record header at byte {pos}")
+    length_bytes = data[pos:pos + 8]
+    (length,), (length_crc,) = struct.unpack("<Q", length_bytes), struct.unpack(
+        "<I", data[pos + 8:pos + 12])
+    if masked_crc32c(length_bytes) != length_crc:
+      raise CorruptRecordError(f"{path}: record length CRC mismatch at byte {pos}")
+    end = pos + 12 + length + 4
+    if end > len(data):
+      raise CorruptRecordError(f"{path}: truncated record at byte {pos} "
+                               f"({length} data bytes, file ends at {len(data)})")
+    payload = data[pos + 12:pos + 12 + length]
+    (data_crc,) = struct.unpack("<I", data[end - 4:end])
+    if masked_crc32c(payload) != data_crc:
+      raise CorruptRecordError(f"{path}: record data CRC mismatch at byte {pos}")
+    records.append(payload)
+    pos = end
+  return records
+
+
+def read_events(path: str | os.PathLike) -> list[Event]:
+  """Parses an event file (as written by SummaryWriter) into Events."""
+  path = os.fspath(path)
+  events = []
+  for index, record in enumerate(read_records(path)):
+    try:
+      events.append(parse_event(record))
+    except (ValueError, struct.error, UnicodeDecodeError) as e:
+      raise CorruptRecordError(f"{path}: record {index} is not a valid Event: {e}") from e
+  return events
