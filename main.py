@@ -6,6 +6,8 @@ Every config field can be overridden on the command line, e.g.
 `--config.model=embedded:253 --config.preview.tile_size=256`.
 
 Modes:
+  train     train CoarseNet (facerecon.train.train_and_evaluate): checkpoints,
+            TensorBoard events and pictures in --workdir; resumes from there
   preview   build the morphable model, sample faces, write preview.png
 """
 
@@ -17,7 +19,7 @@ from ml_collections import config_flags
 from facerecon import preview
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all outputs.")
-_MODE = flags.DEFINE_enum("mode", "preview", ["preview"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "preview", ["preview", "train"], "What to run.")
 config_flags.DEFINE_config_file(
     "config", None, "A config file defining get_config().", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -31,6 +33,11 @@ def main(argv):
   if _MODE.value == "preview":
     path = preview.write_preview(config, _WORKDIR.value)
     print(f"wrote {path}")
+  elif _MODE.value == "train":
+    from facerecon import train  # Deferred: preview needs none of it.
+
+    metrics = train.train_and_evaluate(config, _WORKDIR.value)
+    print("final evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,49 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_size = 200
   config.seed = 0
 
+  # --- --mode=train: CoarseNet (facerecon.train.train_and_evaluate) ---
+  config.num_iterations = 4            # refinement iterations, each with its own weights
+  config.backbone = "resnet_v1_101"    # resnet_v1_50/101/152, vgg_16, small
+  config.backbone_kwargs = ml_collections.ConfigDict()
+  config.dtype = "float32"             # backbone compute; "bfloat16" on GPU/TPU
+  config.render_backend = ml_collections.config_dict.placeholder(str)  # None: per platform
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "synthetic"     # 'synthetic' (rendered on the fly) or 'tfds'
+  config.data.name = "facerecon_faces/synthetic"  # tfds: the data set
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data dir
+  config.data.statistics = ml_collections.config_dict.placeholder(str)  # tfds: statistics.npz
+  config.data.num_workers = 0          # tfds: Grain worker processes
+  config.data.statistics_samples = 1024  # synthetic: faces for the statistics
+  config.data.statistics_seed = 1
+  config.data.validation_seed = 2
+
+  config.batch_size = 32               # global, split over all devices
+  config.num_train_steps = 70_000      # the original's schedule
+  config.learning_rate = 1e-4
+  config.schedule = "cosine"           # or 'constant'
+  config.warmup_steps = 1000
+  config.grad_clip_norm = 1.0
+  config.weight_decay = 1e-4           # declared by the original, now applied
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.999
+  config.max_bad_steps = 20            # non-finite steps in a row before stopping
+
+  config.loss = ml_collections.ConfigDict()  # facerecon.losses.LossWeights
+  config.loss.pose = 1.0
+  config.loss.shape = 1.0
+  config.loss.expression = 1.0
+  config.loss.vertex = 1.0
+  config.loss.render = 1.0
+  config.loss.landmark = 0.0
+
+  config.log_every = 50
+  config.eval_every = 1000
+  config.eval_batches = 8
+  config.eval_batch_size = 32
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 5
+
   # --mode=preview: a picture of the model and a few sampled faces.
   config.preview = ml_collections.ConfigDict()
   config.preview.num_identities = 4    # random shape + texture, frontal

@@ -31,6 +31,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from facerecon import normalization
+
 DATA_AXIS = "data"
 
 
@@ -118,8 +120,10 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
 
 # --- The train step --------------------------------------------------------------------
 
-# loss_fn(params, batch_stats, batch, rng) -> (loss, (new_batch_stats, metrics))
-LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
+# loss_fn(params, batch_stats, batch, rng, context) -> (loss, (new_batch_stats,
+# metrics)); `context` holds replicated inputs such as the face model (passed,
+# not closed over, so large arrays are not baked into the program).
+LossFn = Callable[[Any, Any, Any, jax.Array, Any], tuple[jax.Array, tuple[Any, dict]]]
 
 
 def _all_finite(tree) -> jax.Array:
@@ -128,12 +132,13 @@ def _all_finite(tree) -> jax.Array:
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
-  """A pure step (state, batch, rng) -> (state, metrics). A non-finite loss
-  or gradient keeps params, statistics and optimizer state as they were."""
+  """A pure step (state, batch, rng, context) -> (state, metrics). A
+  non-finite loss or gradient keeps params, statistics and optimizer state
+  as they were."""
 
-  def train_step(state: TrainState, batch, rng):
+  def train_step(state: TrainState, batch, rng, context=None):
     (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, rng)
+        state.params, state.batch_stats, batch, rng, context)
     finite = jnp.isfinite(loss) & _all_finite(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -159,7 +164,8 @@ def jit_train_step(train_step, mesh: Mesh):
   """The step jitted for the mesh: state replicated, batch split over the
   data axis, the old state's buffers reused for the new one."""
   return jax.jit(train_step,
-                 in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
+                 in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh),
+                               replicated(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)),
                  donate_argnums=0)
 
@@ -203,12 +209,12 @@ class Checkpoints:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    names = self._manager.item_metadata(step).keys()
+    has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
     args = {"state": ocp.args.StandardRestore(abstract)}
-    if "data" in names:
+    if has_data:
       args["data"] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**args))
-    return restored["state"], restored.get("data") if "data" in names else None
+    return restored["state"], restored["data"] if has_data else None
 
   def wait(self):
     """Blocks until asynchronous saves are on disk."""
@@ -231,3 +237,278 @@ class PreemptionFlag:
 
   def restore_handler(self):
     signal.signal(signal.SIGTERM, self._previous)
+
+
+# --- train_and_evaluate: CoarseNet on synthetic or tfds data -------------------------
+
+
+class SyntheticStream:
+  """Endless batches of synthetic faces rendered on the fly with exact labels
+  (`facerecon.synthetic`): batch i holds samples i * global_batch + ... of
+  (seed), so the stream is reproducible and its position is its whole state.
+  Each host renders its own part of the global batch."""
+
+  def __init__(self, model, size: int, batch_size: int, seed: int):
+    from facerecon import synthetic  # Deferred: only this source needs it.
+
+    self._synthetic = synthetic
+    self._model, self._size, self._batch, self._seed = model, size, batch_size, seed
+    self._prior = synthetic.FacePrior()
+    self.position = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    first = (self.position * jax.process_count() + jax.process_index()) * self._batch
+    keys = self._synthetic.sample_keys(self._seed, first, self._batch)
+    faces = self._synthetic.generate_jit(self._model, keys, self._prior, self._size,
+                                         self._size)
+    self.position += 1
+    return {"image": np.asarray(faces.image), "params": np.asarray(faces.params),
+            "landmarks": np.asarray(faces.landmarks)}
+
+  def get_state(self) -> dict:
+    return {"position": self.position}
+
+  def set_state(self, state: dict) -> None:
+    self.position = int(state["position"])
+
+
+def synthetic_statistics(model, size: int, count: int, seed: int):
+  """Parameter mean/std and mean image of `count` synthetic faces."""
+  accumulator = normalization.StatisticsAccumulator()
+  stream = SyntheticStream(model, size, min(count, 64), seed)
+  while accumulator.count < count:
+    batch = next(stream)
+    accumulator.add(batch["params"], batch["image"])
+  return accumulator.result()
+
+
+def _statistics(config, model):
+  """The data set's DataStatistics: computed from synthetic faces, or the
+  tfds data set's statistics.npz (config.data.statistics)."""
+
+  data = config.data
+  if data.source == "synthetic":
+    return synthetic_statistics(model, config.image_size, data.statistics_samples,
+                                seed=data.statistics_seed)
+  if data.source == "tfds":
+    if not data.statistics:
+      raise ValueError("config.data.statistics: the statistics.npz of the data set is "
+                       "required with config.data.source='tfds'")
+    return normalization.load_statistics(data.statistics)
+  raise ValueError(f"config.data.source: unknown source '{data.source}' "
+                   "(use 'synthetic' or 'tfds')")
+
+
+def _open_data(config, model, statistics, split: str, batch_size: int):
+  """An iterator of host batches ('image' uint8, 'params', 'landmarks'):
+  config.data.source 'synthetic' (rendered on the fly; the 'val' split is a
+  fixed set from another seed) or 'tfds' (config.data.name, data_dir)."""
+  data = config.data
+  if data.source == "synthetic":
+    seed = config.seed if split == "train" else data.validation_seed
+    return SyntheticStream(model, config.image_size, batch_size, seed)
+  from data_pipeline import input_pipeline
+
+  source = input_pipeline.open_source(data.name, split, data.data_dir)
+  return iter(input_pipeline.make_dataset(
+      source, batch_size=batch_size, seed=config.seed, train=split == "train",
+      statistics=statistics, process_index=jax.process_index(),
+      process_count=jax.process_count(), num_workers=data.num_workers if split == "train"
+      else 0))
+
+
+def _with_normalized_labels(batch: dict, statistics) -> dict:
+  params = np.asarray(batch["params"], np.float32)
+  return {"image": batch["image"], "landmarks": np.asarray(batch["landmarks"], np.float32),
+          "params_normalized": ((params - np.asarray(statistics.param_mean))
+                                / np.asarray(statistics.param_std)).astype(np.float32)}
+
+
+def make_coarse_net(config):
+  from facerecon import models
+
+  return models.CoarseNet(num_iterations=config.num_iterations, backbone=config.backbone,
+                          backbone_kwargs=dict(config.backbone_kwargs) or None,
+                          dtype=jnp.dtype(config.dtype), render_backend=config.render_backend)
+
+
+def _loss_fn(net, config):
+  from data_pipeline import input_pipeline
+  from facerecon import losses
+
+  weights = losses.LossWeights(**config.loss)
+  size = config.image_size
+
+  def loss_fn(params, batch_stats, batch, rng, context):
+    model, statistics = context
+    images = input_pipeline.device_photometric(batch["image"], rng,
+                                               input_pipeline.Augmentation(), statistics)
+    estimates, updates = net.apply({"params": params, "batch_stats": batch_stats}, images,
+                                   model, statistics, train=True, mutable=["batch_stats"])
+    # Every iteration is supervised (each has its own weights to train).
+    totals, terms = [], {}
+    for estimate in estimates:
+      total, terms = losses.total_loss(estimate, batch["params_normalized"], model,
+                                       statistics, weights, size, size, batch["landmarks"],
+                                       config.render_backend)
+      totals.append(total)
+    return jnp.mean(jnp.stack(totals)), (updates["batch_stats"], terms)
+
+  return loss_fn
+
+
+def _eval_fn(net, config):
+  """Metrics of the last iteration's estimate and of the mean-face baseline
+  (the start estimate) on one batch."""
+  from data_pipeline import input_pipeline
+  from facerecon import losses
+
+  size = config.image_size
+
+  def metrics_of(normalized, batch, model, statistics):
+    raw = normalization.denormalize_params(normalized, statistics)
+    target = normalization.denormalize_params(batch["params_normalized"], statistics)
+    return {"param_error": jnp.mean((normalized - batch["params_normalized"]) ** 2),
+            "vertex_error": losses.vertex_loss(raw, target, model),
+            "depth_error": losses.render_loss(raw, target, model, size, size,
+                                              config.render_backend),
+            "landmark_nme": losses.landmark_loss(raw, batch["landmarks"], model, size, size)}
+
+  def evaluate(variables, batch, model, statistics):
+    images = input_pipeline.device_photometric(batch["image"], None,
+                                               input_pipeline.Augmentation(), statistics,
+                                               train=False)
+    estimates = net.apply(variables, images, model, statistics, train=False)
+    out = metrics_of(estimates[-1], batch, model, statistics)
+    baseline = metrics_of(jnp.zeros_like(estimates[-1]), batch, model, statistics)
+    out.update({f"baseline_{k}": v for k, v in baseline.items()})
+    return out, estimates[-1]
+
+  return jax.jit(evaluate)
+
+
+def _depth_picture(image, params, target, model, size, backend):
+  """[image | true depth | predicted depth] as one uint8 picture."""
+  from facerecon import render
+
+  depths = render.render_face(model, jnp.stack([target, params]), None, size, size,
+                              backend)
+  depth, mask = np.asarray(depths.depth), np.asarray(depths.mask)
+  covered = depth[mask]
+  low, high = (covered.min(), covered.max()) if covered.size else (0.0, 1.0)
+  grey = np.where(mask, 40 + 215 * (depth - low) / max(high - low, 1e-6), 0).astype(np.uint8)
+  return np.concatenate([image, np.repeat(grey[0][..., None], 3, -1),
+                         np.repeat(grey[1][..., None], 3, -1)], axis=1)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains CoarseNet as `config` says, writing checkpoints, TensorBoard
+  events and pictures under `workdir`; resumes from the newest checkpoint
+  there. Returns the last evaluation's metrics."""
+  import time
+
+  from absl import logging
+
+  from facerecon import morphable
+  from facerecon import tensorboard
+
+  os.makedirs(workdir, exist_ok=True)
+  mesh = make_mesh()
+  if config.batch_size % jax.device_count():
+    raise ValueError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
+                     f"{jax.device_count()} devices")
+  host_batch = config.batch_size // jax.process_count()
+  model = morphable.load(config.model)
+  statistics = _statistics(config, model)
+  train_data = _open_data(config, model, statistics, "train", host_batch)
+  context = jax.device_put((model, statistics), replicated(mesh))
+
+  net = make_coarse_net(config)
+  size = config.image_size
+  variables = jax.jit(lambda key: net.init(key, jnp.zeros((1, size, size, 3)), model,
+                                           statistics))(jax.random.PRNGKey(config.seed))
+  tx, schedule = make_optimizer(config)
+  state = TrainState.create(variables["params"], variables.get("batch_stats", {}), tx)
+  state = jax.device_put(state, replicated(mesh))
+
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint_every,
+                            config.keep_checkpoints)
+  if checkpoints.latest_step() is not None:
+    state, data_state = checkpoints.restore(state)
+    if data_state is not None:
+      train_data.set_state(data_state)
+    logging.info("resumed from step %d", int(state.step))
+
+  step_fn = jit_train_step(make_train_step(_loss_fn(net, config), tx), mesh)
+  evaluate = _eval_fn(net, config)
+  writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+  preempted = PreemptionFlag()
+  key = jax.random.PRNGKey(config.seed + 1)
+  metrics = {}
+  try:
+    start_step = int(state.step)
+    timer, timed_steps = time.perf_counter(), 0
+    for step in range(start_step, config.num_train_steps):
+      batch = shard_batch(_with_normalized_labels(next(train_data), statistics), mesh)
+      state, train_metrics = step_fn(state, batch, jax.random.fold_in(key, step), context)
+      timed_steps += 1
+      done = step + 1
+      if int(state.bad_in_a_row) >= config.max_bad_steps:
+        raise FloatingPointError(
+            f"{config.max_bad_steps} steps in a row had a non-finite loss or gradient "
+            f"(step {done}); lower config.learning_rate or check the data")
+      if done % config.log_every == 0 or done == config.num_train_steps:
+        values = jax.device_get(train_metrics)
+        seconds = time.perf_counter() - timer
+        images_per_second = timed_steps * config.batch_size / seconds
+        eta = (config.num_train_steps - done) * seconds / timed_steps
+        scalars = {f"train/{k}": float(v) for k, v in values.items() if k != "finite"}
+        scalars.update({"train/learning_rate": float(schedule(done)),
+                        "train/images_per_second": images_per_second,
+                        "train/skipped_steps": float(state.skipped)})
+        writer.scalars(scalars, done)
+        logging.info("step %d/%d loss %.4f, %.1f images/s, ETA %.0f s", done,
+                     config.num_train_steps, values["loss"], images_per_second, eta)
+        timer, timed_steps = time.perf_counter(), 0
+      if done % config.eval_every == 0 or done == config.num_train_steps:
+        metrics = _run_evaluation(config, model, statistics, evaluate, state, mesh, context,
+                                  writer, done)
+      checkpoints.save(done, state, train_data.get_state(),
+                       force=bool(preempted) or done == config.num_train_steps)
+      if preempted:
+        logging.warning("SIGTERM: saved step %d, stopping", done)
+        break
+  finally:
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+    preempted.restore_handler()
+  return metrics
+
+
+def _run_evaluation(config, model, statistics, evaluate, state, mesh, context, writer, step):
+  from absl import logging
+
+  data = _open_data(config, model, statistics, "val",
+                    config.eval_batch_size // jax.process_count())
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  totals, picture = {}, None
+  for i in range(config.eval_batches):
+    host = _with_normalized_labels(next(data), statistics)
+    values, estimate = evaluate(variables, shard_batch(host, mesh), *context)
+    for k, v in jax.device_get(values).items():
+      totals[k] = totals.get(k, 0.0) + float(v) / config.eval_batches
+    if i == 0:
+      raw = normalization.denormalize_params(estimate[0], statistics)
+      target = normalization.denormalize_params(host["params_normalized"][0], statistics)
+      picture = _depth_picture(host["image"][0], raw, target, model, config.image_size,
+                               config.render_backend)
+  writer.scalars({f"eval/{k}": v for k, v in totals.items()}, step)
+  writer.image("eval/image_true_predicted_depth", picture, step)
+  writer.flush()
+  logging.info("eval at step %d: %s", step,
+               ", ".join(f"{k} {v:.4g}" for k, v in sorted(totals.items())))
+  return totals

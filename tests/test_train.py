@@ -43,8 +43,8 @@ def _setup(config=None):
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((4, 3)), train=False)
   tx, _ = train.make_optimizer(config or _config())
 
-  def loss_fn(params, batch_stats, batch, rng):
-    del rng
+  def loss_fn(params, batch_stats, batch, rng, context):
+    del rng, context
     prediction, updates = model.apply({"params": params, "batch_stats": batch_stats},
                                       batch["x"], train=True, mutable=["batch_stats"])
     loss = jnp.mean((prediction - batch["y"]) ** 2)
@@ -65,7 +65,7 @@ def _run(state, step_fn, batches, mesh, losses=None):
   """Steps through `batches` (the state is donated: use the returned one)."""
   step = train.jit_train_step(step_fn, mesh)
   for batch in batches:
-    state, metrics = step(state, train.shard_batch(batch, mesh), jax.random.PRNGKey(0))
+    state, metrics = step(state, train.shard_batch(batch, mesh), jax.random.PRNGKey(0), None)
     jax.block_until_ready(metrics)  # one step in flight (see DEVELOPERS pitfalls)
     if losses is not None:
       losses.append(float(metrics["loss"]))
