@@ -51,3 +51,53 @@ def test_train_and_evaluate_writes_outputs_and_resumes_exactly(tmp_path):
   straight = train.train_and_evaluate(_tiny_config(num_train_steps=6, eval_every=6),
                                       str(tmp_path / "straight"))
   assert resumed == straight
+
+
+_TINY_FLAGS = [
+    "--mode=train", "--config=configs/synthetic.py", "--config.model=embedded:25",
+    "--config.image_size=32", "--config.backbone=small", "--config.num_iterations=2",
+    "--config.batch_size=8", "--config.num_train_steps=12", "--config.checkpoint_every=2",
+    "--config.eval_every=12", "--config.eval_batches=1", "--config.eval_batch_size=8",
+    "--config.data.statistics_samples=64", "--config.schedule=constant",
+    "--config.warmup_steps=1", "--config.learning_rate=1e-3", "--config.log_every=2"]
+
+
+def _final_line(stdout: str) -> str:
+  (line,) = [l for l in stdout.splitlines() if l.startswith("final evaluation:")]
+  return line
+
+
+@pytest.mark.slow
+def test_main_resumes_after_sigkill(tmp_path):
+  """main.py killed with SIGKILL mid-run, then started again, ends with the
+  same evaluation as an uninterrupted run (checkpoints are atomic; the
+  input stream's position is restored)."""
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  from conftest import ROOT
+
+  killed = tmp_path / "killed"
+  process = subprocess.Popen([sys.executable, "main.py", f"--workdir={killed}", *_TINY_FLAGS],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "4").is_dir():
+    assert process.poll() is None and time.time() < deadline, "no checkpoint 4 appeared"
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  steps_then = sorted(int(p) for p in os.listdir(killed / "checkpoints") if p.isdigit())
+  assert steps_then and max(steps_then) < 12
+
+  def run(workdir):
+    result = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", *_TINY_FLAGS],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+  resumed = run(killed)
+  assert "resumed from step" in resumed.stderr
+  straight = run(tmp_path / "straight")
+  assert _final_line(resumed.stdout) == _final_line(straight.stdout)

@@ -1,0 +1,14 @@
+"""CoarseNet with VGG-16 backbones (the conv layers of TF-slim's vgg_16),
+otherwise as configs/resnet.py.
+
+    python main.py --mode=train --config=configs/vgg.py --workdir=runs/vgg \
+        --config.data.data_dir=... --config.data.statistics=... --config.model=...
+"""
+
+from configs import resnet
+
+
+def get_config():
+  config = resnet.get_config()
+  config.backbone = "vgg_16"
+  return config

@@ -1,0 +1,37 @@
+"""Every config file loads, and the network it describes builds (shapes
+only: nothing is allocated)."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from facerecon import models
+from facerecon import morphable
+from facerecon import normalization
+from facerecon import train
+
+CONFIGS = ("default", "synthetic", "resnet", "vgg")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_its_network(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.batch_size > 0 and config.num_train_steps > 0
+  tx, schedule = train.make_optimizer(config)
+  assert float(schedule(config.warmup_steps)) == pytest.approx(config.learning_rate)
+  model = morphable.load("embedded:25")
+  size = model.layout.size
+  stats = normalization.DataStatistics(
+      param_mean=jnp.zeros(size), param_std=jnp.ones(size),
+      mean_image=jnp.zeros((config.image_size, config.image_size, 3)), count=jnp.array(1))
+  net = train.make_coarse_net(config)
+  shapes = jax.eval_shape(
+      lambda: net.init(jax.random.PRNGKey(0),
+                       jnp.zeros((1, config.image_size, config.image_size, 3)), model, stats))
+  count = models.count_params(shapes["params"])
+  backbone = {"resnet_v1_101": 42_500_160, "vgg_16": 14_714_688}.get(config.backbone)
+  if backbone:  # the slim backbone per iteration (10 input channels), plus the heads
+    assert count > config.num_iterations * backbone * 0.99
+  assert len(shapes["params"]) == config.num_iterations
