@@ -490,25 +490,36 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _run_evaluation(config, model, statistics, evaluate, state, mesh, context, writer, step):
+  """Evaluates on up to config.eval_batches full validation batches (a
+  tfds split may have fewer; its partial last batch is left out)."""
+  import itertools
+
   from absl import logging
 
-  data = _open_data(config, model, statistics, "val",
-                    config.eval_batch_size // jax.process_count())
+  per_host = config.eval_batch_size // jax.process_count()
+  data = _open_data(config, model, statistics, "val", per_host)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  totals, picture = {}, None
-  for i in range(config.eval_batches):
-    host = _with_normalized_labels(next(data), statistics)
+  sums, count, picture = {}, 0, None
+  for batch in itertools.islice(data, config.eval_batches):
+    host = _with_normalized_labels(batch, statistics)
+    if len(host["image"]) != per_host:
+      break
     values, estimate = evaluate(variables, shard_batch(host, mesh), *context)
     for k, v in jax.device_get(values).items():
-      totals[k] = totals.get(k, 0.0) + float(v) / config.eval_batches
-    if i == 0:
+      sums[k] = sums.get(k, 0.0) + float(v)
+    if not count:
       raw = normalization.denormalize_params(estimate[0], statistics)
       target = normalization.denormalize_params(host["params_normalized"][0], statistics)
       picture = _depth_picture(host["image"][0], raw, target, model, config.image_size,
                                config.render_backend)
+    count += 1
+  if not count:
+    raise ValueError(f"the validation split has fewer than config.eval_batch_size "
+                     f"({config.eval_batch_size}) examples")
+  totals = {k: v / count for k, v in sums.items()}
   writer.scalars({f"eval/{k}": v for k, v in totals.items()}, step)
   writer.image("eval/image_true_predicted_depth", picture, step)
   writer.flush()
-  logging.info("eval at step %d: %s", step,
+  logging.info("eval at step %d over %d examples: %s", step, count * config.eval_batch_size,
                ", ".join(f"{k} {v:.4g}" for k, v in sorted(totals.items())))
   return totals

@@ -101,3 +101,31 @@ def test_main_resumes_after_sigkill(tmp_path):
   assert "resumed from step" in resumed.stderr
   straight = run(tmp_path / "straight")
   assert _final_line(resumed.stdout) == _final_line(straight.stdout)
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_a_tfds_data_set(tmp_path):
+  """The tfds source: Grain batches with normalised labels; evaluation uses
+  the full batches of the val split (4 examples: 2 batches of 2, the third
+  requested batch does not exist)."""
+  from data_pipeline import build_dataset
+  from data_pipeline import splits
+  from data_pipeline import synthesize
+
+  source = str(tmp_path / "synthetic")
+  synthesize.synthesize(synthesize.Settings(num_faces=20, seed=0, image_size=32, shard_size=10,
+                                            model="embedded:25", backgrounds=()), source)
+  splits.write_splits_and_statistics(source, (0.6, 0.2, 0.2), seed=0)
+  build_dataset.build("synthetic", source, str(tmp_path / "tfds"))
+  config = _tiny_config(num_train_steps=2, eval_every=2, batch_size=4, eval_batch_size=2,
+                        eval_batches=3)
+  config.data.source = "tfds"
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.statistics = os.path.join(source, "statistics.npz")
+  metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert metrics["vertex_error"] > 0 and metrics["baseline_vertex_error"] > 0
+  config.eval_batch_size = 8  # more than the val split holds
+  config.num_train_steps = 4
+  config.eval_every = 4
+  with pytest.raises(ValueError, match="fewer than config.eval_batch_size"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
