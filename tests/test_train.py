@@ -133,9 +133,12 @@ for devices in (jax.devices()[:1], jax.devices()):
   mesh = train.make_mesh(devices)
   state, step_fn = t._setup()
   state, metrics = t._run(state, step_fn, t._batches(5), mesh)
-  results.append((float(metrics["loss"]), jax.device_get(state.params)))
-(loss1, p1), (loss4, p4) = results
+  results.append((float(metrics["loss"]), float(metrics["grad_norm"]),
+                  jax.device_get(state.params)))
+(loss1, g1, p1), (loss4, g4, p4) = results
 assert abs(loss1 - loss4) <= 1e-5 * abs(loss1), (loss1, loss4)
+# Adam hides a wrong gradient scale in the parameters; the norm shows it.
+assert abs(g1 - g4) <= 1e-4 * abs(g1), (g1, g4)
 for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 try:

@@ -129,3 +129,40 @@ def test_train_and_evaluate_on_a_tfds_data_set(tmp_path):
   config.eval_every = 4
   with pytest.raises(ValueError, match="fewer than config.eval_batch_size"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+_FOUR_DEVICE_TRAINING = r"""
+import sys, jax, numpy as np
+sys.path.insert(0, {tests!r})
+import test_train_e2e as t
+from facerecon import train
+assert jax.device_count() == 4
+metrics = train.train_and_evaluate(t._tiny_config(num_train_steps=3, eval_every=3), {workdir!r})
+print("METRICS", repr(metrics))
+"""
+
+
+@pytest.mark.slow
+def test_four_devices_train_like_one(tmp_path):
+  """train_and_evaluate on 4 fake CPU devices (the global batch of 8 split
+  2 per device) ends with the same evaluation as on 1 device."""
+  import ast
+  import subprocess
+  import sys
+
+  from conftest import ROOT
+
+  one = train.train_and_evaluate(_tiny_config(num_train_steps=3, eval_every=3),
+                                 str(tmp_path / "one"))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  code = _FOUR_DEVICE_TRAINING.format(tests=os.path.join(ROOT, "tests"),
+                                      workdir=str(tmp_path / "four"))
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  (line,) = [l for l in result.stdout.splitlines() if l.startswith("METRICS ")]
+  four = ast.literal_eval(line[len("METRICS "):])
+  assert sorted(four) == sorted(one)
+  for name in one:
+    assert four[name] == pytest.approx(one[name], rel=1e-3, abs=1e-6), name
