@@ -20,11 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from facerecon import morphable
 from facerecon import train
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
@@ -35,28 +33,16 @@ config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Config file."
 def main(argv):
   del argv
   config = flags.FLAGS.config
-  mesh = train.make_mesh()
-  model = morphable.load(config.model)
-  statistics = train._statistics(config, model)
-  data = train._open_data(config, model, statistics, "train",
-                          config.batch_size // jax.process_count())
-  context = jax.device_put((model, statistics), train.replicated(mesh))
-  net = train.make_coarse_net(config)
+  run = train.build_training(config)
+  mesh, state, step, data = run.mesh, run.state, run.step_fn, run.train_data
   size = config.image_size
-  variables = jax.jit(lambda key: net.init(key, jnp.zeros((1, size, size, 3)), model,
-                                           statistics))(jax.random.PRNGKey(0))
-  tx, _ = train.make_optimizer(config)
-  state = jax.device_put(train.TrainState.create(variables["params"],
-                                                 variables.get("batch_stats", {}), tx),
-                         train.replicated(mesh))
-  step = train.jit_train_step(train.make_train_step(train._loss_fn(net, config), tx), mesh)
 
   def next_batch():
-    return train.shard_batch(train._with_normalized_labels(next(data), statistics), mesh)
+    return train.shard_batch(train._with_normalized_labels(next(data), run.statistics), mesh)
 
   batch = next_batch()
   start = time.perf_counter()
-  state, metrics = step(state, batch, jax.random.PRNGKey(0), context)
+  state, metrics = step(state, batch, jax.random.PRNGKey(0), run.context)
   jax.block_until_ready(metrics)
   compile_seconds = time.perf_counter() - start
 
@@ -66,7 +52,7 @@ def main(argv):
     batch = jax.block_until_ready(next_batch())
     data_seconds += time.perf_counter() - start
     start = time.perf_counter()
-    state, metrics = step(state, batch, jax.random.PRNGKey(i), context)
+    state, metrics = step(state, batch, jax.random.PRNGKey(i), run.context)
     jax.block_until_ready(metrics)
     step_seconds += time.perf_counter() - start
   steps, images = _STEPS.value, _STEPS.value * config.batch_size

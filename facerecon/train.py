@@ -19,7 +19,7 @@ import dataclasses
 import os
 import signal
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.struct
 import jax
@@ -404,6 +404,47 @@ def _depth_picture(image, params, target, model, size, backend):
                          np.repeat(grey[1][..., None], 3, -1)], axis=1)
 
 
+class Training(NamedTuple):
+  """Everything a training run is built from (`build_training`)."""
+  mesh: Mesh
+  model: Any            # the MorphableModel
+  statistics: Any       # the data set's DataStatistics
+  context: Any          # (model, statistics), replicated on the mesh
+  net: Any              # CoarseNet
+  train_data: Any       # iterator of host batches, with get_state / set_state
+  state: TrainState     # freshly initialised, replicated
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  step_fn: Callable     # the jitted train step (state, batch, rng, context)
+
+
+def build_training(config) -> Training:
+  """The mesh, face model, data, network, optimizer, initial state and
+  jitted step of `config` (shared by train_and_evaluate and the benchmark)."""
+  from facerecon import morphable
+
+  mesh = make_mesh()
+  if config.batch_size % jax.device_count():
+    raise ValueError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
+                     f"{jax.device_count()} devices")
+  model = morphable.load(config.model)
+  statistics = _statistics(config, model)
+  train_data = _open_data(config, model, statistics, "train",
+                          config.batch_size // jax.process_count())
+  context = jax.device_put((model, statistics), replicated(mesh))
+  net = make_coarse_net(config)
+  size = config.image_size
+  variables = jax.jit(lambda key: net.init(key, jnp.zeros((1, size, size, 3)), model,
+                                           statistics))(jax.random.PRNGKey(config.seed))
+  tx, schedule = make_optimizer(config)
+  state = jax.device_put(
+      TrainState.create(variables["params"], variables.get("batch_stats", {}), tx),
+      replicated(mesh))
+  step_fn = jit_train_step(make_train_step(_loss_fn(net, config), tx), mesh)
+  return Training(mesh, model, statistics, context, net, train_data, state, tx, schedule,
+                  step_fn)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains CoarseNet as `config` says, writing checkpoints, TensorBoard
   events and pictures under `workdir`; resumes from the newest checkpoint
@@ -412,27 +453,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   from absl import logging
 
-  from facerecon import morphable
   from facerecon import tensorboard
 
   os.makedirs(workdir, exist_ok=True)
-  mesh = make_mesh()
-  if config.batch_size % jax.device_count():
-    raise ValueError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
-                     f"{jax.device_count()} devices")
-  host_batch = config.batch_size // jax.process_count()
-  model = morphable.load(config.model)
-  statistics = _statistics(config, model)
-  train_data = _open_data(config, model, statistics, "train", host_batch)
-  context = jax.device_put((model, statistics), replicated(mesh))
-
-  net = make_coarse_net(config)
-  size = config.image_size
-  variables = jax.jit(lambda key: net.init(key, jnp.zeros((1, size, size, 3)), model,
-                                           statistics))(jax.random.PRNGKey(config.seed))
-  tx, schedule = make_optimizer(config)
-  state = TrainState.create(variables["params"], variables.get("batch_stats", {}), tx)
-  state = jax.device_put(state, replicated(mesh))
+  mesh, model, statistics, context, net, train_data, state, tx, schedule, step_fn = (
+      build_training(config))
 
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint_every,
                             config.keep_checkpoints)
@@ -442,7 +467,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
       train_data.set_state(data_state)
     logging.info("resumed from step %d", int(state.step))
 
-  step_fn = jit_train_step(make_train_step(_loss_fn(net, config), tx), mesh)
   evaluate = _eval_fn(net, config)
   writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
   preempted = PreemptionFlag()

@@ -243,16 +243,25 @@ class ScratchArena {
   int64_t keys_size_ = 0, bounds_size_ = 0, lists_size_ = 0, candidate_keys_size_ = 0;
 };
 
-// Index of the first triangle with a vertex index outside [0, num_vertices),
-// or -1. The common all-valid case is one unsigned max (negative indices are
-// huge unsigned), which vectorises.
-inline int64_t FirstBadTriangle(const int32_t* triangles, int64_t num_triangles,
-                                int64_t num_vertices) {
+// The largest vertex index as unsigned (negative indices are huge). Always
+// inlined, so the AVX2 caller below gets it vectorised for AVX2.
+__attribute__((always_inline)) inline uint32_t MaxIndex(const int32_t* triangles,
+                                                        int64_t num_triangles) {
   uint32_t high = 0;
   for (int64_t i = 0; i < 3 * num_triangles; ++i) {
     high = std::max(high, static_cast<uint32_t>(triangles[i]));
   }
-  if (num_triangles == 0 || static_cast<int64_t>(high) < num_vertices) return -1;
+  return high;
+}
+
+// Index of the first triangle with a vertex index outside [0, num_vertices),
+// or -1. The common all-valid case is one unsigned max, which vectorises.
+inline int64_t FirstBadTriangle(const int32_t* triangles, int64_t num_triangles,
+                                int64_t num_vertices) {
+  if (num_triangles == 0 ||
+      static_cast<int64_t>(MaxIndex(triangles, num_triangles)) < num_vertices) {
+    return -1;
+  }
   for (int64_t t = 0; t < num_triangles; ++t) {
     for (int k = 0; k < 3; ++k) {
       if (static_cast<uint32_t>(triangles[3 * t + k]) >= static_cast<uint64_t>(num_vertices)) {
@@ -497,14 +506,10 @@ FACERECON_AVX2_FN inline void VertexBoundsAvx2(const float* vertices, int64_t nu
   VertexBounds(vertices + 3 * v, num_vertices - v, width, height, bounds + v);
 }
 
-// The unsigned max of FirstBadTriangle, vectorised by the compiler for AVX2.
+// FirstBadTriangle's fast check, compiled for AVX2.
 FACERECON_AVX2_FN inline bool IndicesBelowAvx2(const int32_t* triangles, int64_t num_triangles,
                                                int64_t num_vertices) {
-  uint32_t high = 0;
-  for (int64_t i = 0; i < 3 * num_triangles; ++i) {
-    high = std::max(high, static_cast<uint32_t>(triangles[i]));
-  }
-  return static_cast<int64_t>(high) < num_vertices;
+  return static_cast<int64_t>(MaxIndex(triangles, num_triangles)) < num_vertices;
 }
 
 // x, y, z of eight vertices (indices in memory): 16-byte row loads and a
