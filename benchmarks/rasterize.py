@@ -5,9 +5,9 @@ r"""Rasterizer speed: ms per image, each available backend vs the reference.
 On the BFM-scale embedded face (grid 253: 53,605 vertices, 106,324
 triangles), three-quarter view filling the image. For each backend, image
 size and batch: `rasterize` alone, and forward+backward of a depth-image loss
-(rasterize, interpolate z, squared error to a target over the mask, gradient
-w.r.t. the vertices), jitted, median of --repeats calls. Each backend also
-runs `interpolate` ('cpu': FFI kernels; others: pure JAX). The pure-JAX
+(rasterize, `interpolate_depth`, squared error to a target over the mask,
+gradient w.r.t. the vertices: what losses.depth_render runs), jitted, median
+of --repeats calls ('cpu': FFI kernels; others: pure JAX). The pure-JAX
 reference is the in-run baseline (batch 1 only: it takes seconds per image).
 Batch 1 runs on one thread; larger batches spread images over XLA's CPU
 threads. The last column compares with 3DDFA_V2's Sim3DR (about 2.1 ms at
@@ -93,13 +93,14 @@ def main(argv):
     image = camera.project_scaled_orthographic(model.mean_shape, pose, size)
     kernel = _kernel_only(image, model.triangles, size, max(_REPEATS.value, 100))
     if kernel:
-      (r_med, r_min), (i_med, i_min), (g_med, g_min) = (
-          kernel["rasterize"], kernel["interpolate"], kernel["interpolate_grad"])
-      both_med = r_med + i_med + g_med
+      (r_med, r_min), (d_med, d_min), (i_min, g_min) = (
+          kernel["rasterize"], kernel["depth_grad"],
+          (kernel["interpolate"][1], kernel["interpolate_grad"][1]))
+      both_med = r_med + d_med
       print(f"{'C++ core':>10} {size:>5} {1:>6} {r_med:>10.3f} {both_med:>9.3f} "
             f"{both_med / r_med:>8.2f} {SIM3DR_MS[size] / r_med:>9.2f}x   "
-            f"(kernels alone, median; min: rasterize {r_min:.3f}, interpolate {i_min:.3f}, "
-            f"backward {g_min:.3f})")
+            f"(kernels alone, median; min: rasterize {r_min:.3f}, depth backward "
+            f"{d_min:.3f}; generic interpolate {i_min:.3f}, its backward {g_min:.3f})")
     for backend in backends:
       for batch in map(int, _BATCHES.value):
         slow = backend in ("reference", "scatter")  # pure JAX on this platform
@@ -114,7 +115,7 @@ def main(argv):
 
         def loss(v, backend=backend):
           raster = render.rasterize(v, triangles, size, size, backend=backend)
-          depth = render.interpolate(v[..., 2:], raster, v, triangles, backend=backend)[..., 0]
+          depth = render.interpolate_depth(raster, v, triangles, backend=backend)
           return jnp.sum(jnp.where(raster.mask, (depth - target) ** 2, 0.0))
 
         forward_ms = _median_ms(jax.jit(forward), (vertices,), repeats) / batch

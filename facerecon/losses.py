@@ -118,15 +118,15 @@ def depth_render(params, model: morphable.MorphableModel, height: int, width: in
   mask [..., H, W] of raw parameter vectors [..., P].
 
   What `render.render_face` computes for depth, without normals, PNCC and
-  albedo: one rasterization and one interpolation, so gradients reach pose,
+  albedo: one rasterization (its depth is the value; `interpolate_depth`
+  gives the gradient), so gradients reach pose,
   shape and expression through the visible triangles' vertices.
   """
   face = params_lib.split(params, model.layout)
   vertices = morphable.vertices(model, face.shape, face.expression)
   image_vertices = camera.project_scaled_orthographic(vertices, face.pose, height)
   raster = render.rasterize(image_vertices, model.triangles, height, width, backend)
-  depth = render.interpolate(image_vertices[..., 2:], raster, image_vertices,
-                             model.triangles, backend)[..., 0]
+  depth = render.interpolate_depth(raster, image_vertices, model.triangles, backend)
   return depth, raster.mask
 
 

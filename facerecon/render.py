@@ -46,6 +46,7 @@ _CPU_TARGETS = {  # XLA custom-call target -> symbol in the kernel library
     "facerecon_rasterize_cpu": "FaceReconRasterizeCpu",
     "facerecon_interpolate_cpu": "FaceReconInterpolateCpu",
     "facerecon_interpolate_grad_cpu": "FaceReconInterpolateGradCpu",
+    "facerecon_depth_grad_cpu": "FaceReconDepthGradCpu",
 }
 # Overrides the CPU kernel library, e.g. a sanitizer build (kernels/run_sanitizers.sh).
 CPU_KERNEL_ENV = "FACERECON_CPU_KERNEL"
@@ -655,6 +656,58 @@ def interpolate(attributes, raster: Raster, vertices, triangles,
     flat_vertices = flat_vertices.astype(jnp.float32)
   values = _interpolate(flat_attributes, flat_vertices, flat_ids, triangles, backend)
   return values.reshape(batch + values.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _depth(vertices, depth, triangle_id, triangles, backend):
+  """vertices [B, N, 3], the raster's depth and ids [B, H, W] -> [B, H, W]."""
+  del vertices, triangles, backend  # The value is the raster's; they give the gradient.
+  return jnp.where(triangle_id >= 0, depth, 0.0)
+
+
+def _depth_fwd(vertices, depth, triangle_id, triangles, backend):
+  return _depth(vertices, depth, triangle_id, triangles, backend), (vertices, triangle_id,
+                                                                    triangles)
+
+
+def _depth_bwd(backend, residuals, grad_depth):
+  vertices, triangle_id, triangles = residuals
+  if backend == "cpu":
+    (grad_vertices,) = _cpu_call("facerecon_depth_grad_cpu", vertices,
+                                 ((vertices.shape, jnp.float32),),
+                                 vertices, triangle_id, triangles,
+                                 grad_depth.astype(jnp.float32))
+  else:
+    grad_z, grad_vertices = _interpolate_bwd(
+        backend, (vertices[..., 2:], vertices, triangle_id, triangles), grad_depth[..., None])[:2]
+    grad_vertices = grad_vertices.at[..., 2].add(grad_z[..., 0])
+  return grad_vertices.astype(vertices.dtype), jnp.zeros_like(grad_depth), None, None
+
+
+_depth.defvjp(_depth_fwd, _depth_bwd)
+
+
+def interpolate_depth(raster: Raster, vertices, triangles, backend: str | None = None):
+  """The depth map [..., H, W] as a differentiable function of the vertices.
+
+  Equals `interpolate(vertices[..., 2:], raster, vertices, triangles)[..., 0]`
+  (z interpolated over each pixel's visible triangle, 0 off the mask) and has
+  the same gradient, but the value is the raster's depth (no second pass) and
+  the backward is one kernel on 'cpu' that writes the z and the x, y terms
+  together. This is what depth losses should call.
+  """
+  backend = backend or default_backend()
+  if backend not in BACKENDS:
+    raise ValueError(f"unknown interpolate backend '{backend}'")
+  vertices = jnp.asarray(vertices)
+  flat_vertices, batch = _flatten_batch(vertices, 2)
+  if backend == "cpu":  # The kernel takes float32.
+    flat_vertices = flat_vertices.astype(jnp.float32)
+  flat_ids, _ = _flatten_batch(raster.triangle_id, 2)
+  flat_depth, _ = _flatten_batch(raster.depth, 2)
+  depth = _depth(flat_vertices, flat_depth.astype(flat_vertices.dtype), flat_ids,
+                 jnp.asarray(triangles, jnp.int32), backend)
+  return depth.reshape(batch + depth.shape[1:]).astype(vertices.dtype)
 
 
 # --- Shading ------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 // Usage: benchmark_core VERTICES.f32 TRIANGLES.i32 SIZE REPEATS
 // (raw little-endian [N, 3] float32 image-space vertices and [T, 3] int32).
 // Prints median and minimum ms for rasterize, interpolate of one channel
-// (depth) and its backward pass.
+// (depth), its backward pass, and the fused depth backward (what a depth
+// loss runs after rasterize).
 
 #include <algorithm>
 #include <chrono>
@@ -80,6 +81,10 @@ int main(int argc, char** argv) {
     facerecon::InterpolateImageGrad(vertices.data(), z.data(), num_vertices, 1,
                                     triangles.data(), num_triangles, ids.data(), size, size,
                                     grad_out.data(), grad_z.data(), grad_vertices.data());
+  });
+  Time("depth_grad", repeats, [&] {
+    facerecon::DepthImageGrad(vertices.data(), num_vertices, triangles.data(), num_triangles,
+                              ids.data(), size, size, grad_out.data(), grad_vertices.data());
   });
   return 0;
 }

@@ -849,6 +849,41 @@ inline void InterpolateImageGrad(const float* vertices, const float* attributes,
   }
 }
 
+// Backward of the depth map z = sum_k b_k z_k (what InterpolateImage gives
+// for attributes = the vertices' z) for upstream gradients grad_depth [H, W]:
+// adds into grad_vertices [N, 3] both the z term (g b_k) and the x, y term
+// through the barycentrics, in one pass. Equals InterpolateImageGrad with
+// C = 1 plus its attribute gradient added to z, without the extra buffers.
+inline void DepthImageGrad(const float* vertices, int64_t num_vertices,
+                           const int32_t* triangles, int64_t num_triangles,
+                           const int32_t* ids, int height, int width,
+                           const float* grad_depth, float* grad_vertices) {
+  std::fill(grad_vertices, grad_vertices + num_vertices * 3, 0.0f);
+  for (int row = 0; row < height; ++row) {
+    for (int col = 0; col < width; ++col) {
+      const int64_t p = static_cast<int64_t>(row) * width + col;
+      const int32_t* tri;
+      TriangleSetup s;
+      float b[3];
+      if (grad_depth[p] == 0.0f ||
+          !PixelTriangle(ids[p], col, row, vertices, num_vertices, triangles, num_triangles,
+                         &tri, &s, b)) {
+        continue;
+      }
+      const float g = grad_depth[p];
+      // dL/db_k = g z_k, so u and w below are g times the edges' z rise.
+      const float u = g * s.dz1, w = g * s.dz2;
+      const float gx = u * s.k1x + w * s.k2x, gy = u * s.k1y + w * s.k2y;
+      for (int k = 0; k < 3; ++k) {
+        float* gv = grad_vertices + 3 * static_cast<int64_t>(tri[k]);
+        gv[0] -= b[k] * gx;
+        gv[1] -= b[k] * gy;
+        gv[2] += b[k] * g;
+      }
+    }
+  }
+}
+
 }  // namespace facerecon
 
 #endif  // FACERECON_KERNELS_RASTERIZE_H_

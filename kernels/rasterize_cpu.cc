@@ -10,6 +10,9 @@
 // FaceReconInterpolateGradCpu
 //   attributes, vertices, ids, triangles, grad_out f32 [..., H, W, C]
 //   -> grad_attributes f32 [..., N, C], grad_vertices f32 [..., N, 3]
+// FaceReconDepthGradCpu
+//   vertices, ids, triangles, grad_depth f32 [..., H, W]
+//   -> grad_vertices f32 [..., N, 3]   (backward of the interpolated z)
 //
 // Images of a batch are spread over XLA's intra-op thread pool; the calling
 // thread works too, so a call finishes even if no pool thread is free.
@@ -243,6 +246,36 @@ ffi::Error InterpolateGradCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> attrib
   return ffi::Error::Success();
 }
 
+ffi::Error DepthGradCpu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> vertices,
+                        ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::S32> triangles,
+                        ffi::Buffer<ffi::F32> grad_depth,
+                        ffi::ResultBuffer<ffi::F32> grad_vertices) {
+  Geometry g;
+  if (auto error = CheckGeometry("depth gradient", vertices.dimensions(),
+                                 triangles.dimensions(), ids.dimensions(), &g);
+      error.failure()) {
+    return error;
+  }
+  const int64_t pixels = g.height * g.width;
+  if (static_cast<int64_t>(grad_depth.element_count()) != g.batch * pixels) {
+    return ffi::Error::InvalidArgument("depth gradient: gradient must be [..., H, W]");
+  }
+  const float* v = vertices.typed_data();
+  const int32_t* i = ids.typed_data();
+  const int32_t* t = triangles.typed_data();
+  const float* gd = grad_depth.typed_data();
+  float* gv = grad_vertices->typed_data();
+  ParallelForBatch(pool, g.batch, [&]() -> std::function<void(int64_t)> {
+    return [=, &g](int64_t b) {
+      facerecon::DepthImageGrad(v + b * g.num_vertices * 3, g.num_vertices,
+                                ImageTriangles(g, t, b), g.num_triangles, i + b * pixels,
+                                static_cast<int>(g.height), static_cast<int>(g.width),
+                                gd + b * pixels, gv + b * g.num_vertices * 3);
+    };
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FaceReconRasterizeCpu, RasterizeCpu,
@@ -272,4 +305,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FaceReconInterpolateGradCpu, InterpolateGradCpu,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FaceReconDepthGradCpu, DepthGradCpu,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

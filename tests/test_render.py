@@ -132,6 +132,9 @@ def test_interpolate_reproduces_attributes_and_depth(small_model, backend):
   r = render.rasterize(image, small_model.triangles, 32, 32, backend=backend)
   depth = render.interpolate(image[:, 2:], r, image, small_model.triangles)[..., 0]
   np.testing.assert_allclose(np.asarray(depth), np.asarray(r.depth), rtol=1e-5, atol=1e-4)
+  fused = render.interpolate_depth(r, image, small_model.triangles, backend=backend)
+  np.testing.assert_allclose(np.asarray(fused), np.asarray(depth), rtol=1e-5, atol=1e-4)
+  assert np.all(np.asarray(fused)[~np.asarray(r.mask)] == 0)
   xy = render.interpolate(image[:, :2], r, image, small_model.triangles)
   rows, cols = np.nonzero(np.asarray(r.mask))
   np.testing.assert_allclose(np.asarray(xy)[rows, cols], np.stack([cols, rows], 1), atol=1e-3)
@@ -142,10 +145,12 @@ def test_interpolate_reproduces_attributes_and_depth(small_model, backend):
   assert colours.shape == (2, 32, 32, 3)
 
 
-def test_depth_loss_gradient_matches_finite_differences(backend):
+@pytest.mark.parametrize("depth_op", ["interpolate", "interpolate_depth"])
+def test_depth_loss_gradient_matches_finite_differences(backend, depth_op):
   """Gradients reach x, y and z of the vertices, visibility held fixed. The
   pure-JAX path is checked against finite differences in float64; each
-  backend's (float32) gradient must match it."""
+  backend's (float32) gradient must match it, through `interpolate` of z and
+  through the fused `interpolate_depth`."""
   rng = np.random.default_rng(0)
   vertices = np.array([[1.2, 0.7, 1.0], [14.3, 2.2, 3.0], [2.1, 12.6, 2.0],
                        [13.1, 13.4, 5.0]])
@@ -164,6 +169,10 @@ def test_depth_loss_gradient_matches_finite_differences(backend):
     test_util.check_grads(lambda v: loss(v, "reference"), (v64,), order=1,
                           modes=("rev",), eps=1e-4)
     exact = np.asarray(jax.grad(loss)(v64, "reference"))
+  if depth_op == "interpolate_depth":
+    def loss(v, interpolate_backend):  # noqa: F811 (the op under test)
+      depth = render.interpolate_depth(raster, v, triangles, backend=interpolate_backend)
+      return jnp.sum(jnp.where(raster.mask, (depth - target) ** 2, 0.0))
   got = np.asarray(jax.grad(loss)(jnp.asarray(vertices, jnp.float32), backend))
   np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
   assert np.all(np.abs(got[:, :2]) > 0)  # x and y get gradient, not only z

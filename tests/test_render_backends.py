@@ -159,7 +159,8 @@ _SHARDED_SCRIPT = textwrap.dedent("""
       moved = v + offset
       raster = render.rasterize(moved, model.triangles, 32, 32, backend="{backend}")
       depth = render.interpolate(moved[..., 2:], raster, moved, model.triangles)[..., 0]
-      return jnp.sum(jnp.where(raster.mask, (depth - t) ** 2, 0.0))
+      fused = render.interpolate_depth(raster, moved, model.triangles)
+      return jnp.sum(jnp.where(raster.mask, (depth - t) ** 2 + (fused + t) ** 2, 0.0))
 
     offset = jnp.array([0.3, -0.2, 0.5])
     single = jax.grad(local_loss)(offset, vertices, target)
