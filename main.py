@@ -16,6 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from facerecon import memory
 from facerecon import preview
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all outputs.")
@@ -29,6 +30,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = flags.FLAGS.config
+  memory.retain_freed_memory()
   logging.info("config:\n%s", config)
   if _MODE.value == "preview":
     path = preview.write_preview(config, _WORKDIR.value)

@@ -21,6 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app
 from absl import flags
 
+from facerecon import memory
+
 _FACES = flags.DEFINE_integer("faces", 512, "Faces in the temporary data set.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Worker process counts to time.")
 _BATCHES = flags.DEFINE_integer("batches", 30, "Timed batches of 32.")
@@ -28,6 +30,7 @@ _BATCHES = flags.DEFINE_integer("batches", 30, "Timed batches of 32.")
 
 def main(argv):
   del argv
+  memory.retain_freed_memory()  # as main.py does
   from data_pipeline import build_dataset
   from data_pipeline import input_pipeline
   from data_pipeline import splits

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facerecon import memory
 from facerecon import camera
 from facerecon import embedded_face
 from facerecon import morphable
@@ -81,6 +82,7 @@ def _kernel_only(image, triangles, size, repeats):
 
 def main(argv):
   del argv
+  memory.retain_freed_memory()  # as main.py does
   model = morphable.embedded_model(grid_size=_GRID.value)
   backends = _BACKENDS.value or list(render.available_backends())
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores; "

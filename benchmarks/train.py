@@ -23,6 +23,7 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
+from facerecon import memory
 from facerecon import train
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
@@ -32,6 +33,7 @@ config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Config file."
 
 def main(argv):
   del argv
+  memory.retain_freed_memory()  # as main.py does
   config = flags.FLAGS.config
   run = train.build_training(config)
   mesh, state, step, data = run.mesh, run.state, run.step_fn, run.train_data

@@ -11,6 +11,7 @@ Conventions (shared by the renderer, the losses and the data):
   z is kept as depth with larger z nearer the camera.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,14 +58,41 @@ def world_to_image(points, height: int):
       axis=-1)
 
 
+def _rotate_written_out(rotation, points):
+  columns = rotation[..., None, :, :]  # [..., 1, 3, 3]
+  return (columns[..., :, 0] * points[..., 0:1] + columns[..., :, 1] * points[..., 1:2]
+          + columns[..., :, 2] * points[..., 2:3])
+
+
+@jax.custom_jvp
+def rotate(rotation, points):
+  """R p for rotations [..., 3, 3] and points [..., N, 3] -> [..., N, 3].
+
+  Written out as three broadcast products, not an einsum: XLA's CPU runs
+  batches of 3x3 products as tiny matrix multiplies (14x slower forward at
+  [64, 3441, 3]). The derivative keeps the einsum: reverse mode transposes
+  it into matrix products, where the written-out form's transpose is a slow
+  reduction over the trailing 3 (4x slower at [1, 53605, 3]).
+  """
+  return _rotate_written_out(rotation, points)
+
+
+@rotate.defjvp
+def _rotate_jvp(primals, tangents):
+  rotation, points = primals
+  d_rotation, d_points = tangents
+  value = _rotate_written_out(rotation, points)
+  return value, (jnp.einsum("...ij,...nj->...ni", d_rotation, points)
+                 + jnp.einsum("...ij,...nj->...ni", rotation, d_points))
+
+
 def transform_scaled_orthographic(vertices, pose):
   """f R v + t3d in model-aligned axes (y up). vertices [..., N, 3], pose [..., 7]."""
   pose = jnp.asarray(pose)
   rotation = rotation_matrix(pose[..., params_lib.ANGLES])
   scale = pose[..., params_lib.SCALE][..., None, None]
   translation = pose[..., params_lib.TRANSLATION][..., None, :]
-  rotated = jnp.einsum("...ij,...nj->...ni", rotation, vertices)
-  return scale * rotated + translation
+  return scale * rotate(rotation, vertices) + translation
 
 
 def project_scaled_orthographic(vertices, pose, height: int):
@@ -90,8 +118,7 @@ def project_perspective(vertices, angles, translation, focal_length,
   Output z is -d, so larger z is nearer, as the rasterizer expects.
   """
   rotation = rotation_matrix(angles)
-  cam = jnp.einsum("...ij,...nj->...ni", rotation, vertices)
-  cam = cam + jnp.asarray(translation)[..., None, :]
+  cam = rotate(rotation, vertices) + jnp.asarray(translation)[..., None, :]
   distance = -cam[..., 2]
   if principal_point is None:
     if height is None:
@@ -116,7 +143,7 @@ def framing_pose(vertices, angles, height: int, width: int, fill: float = 0.85):
   The scale f makes the rotated mesh's bounding box span `fill` of the image
   along its tighter axis; t3d puts the box centre at the image centre.
   """
-  rotated = jnp.einsum("ij,nj->ni", rotation_matrix(angles), vertices)
+  rotated = rotate(rotation_matrix(angles), vertices)
   low, high = rotated.min(axis=0), rotated.max(axis=0)
   extent = jnp.maximum(high - low, 1e-12)
   scale = fill * jnp.minimum(width / extent[0], height / extent[1])

@@ -787,8 +787,7 @@ def render_face(model, params, texture, height: int, width: int,
   # f > 0 only scales, so normals rotate with R; they stay in the y-up camera
   # frame (image rows flip y, normals do not).
   rotation = camera.rotation_matrix(face.angles)
-  normals = jnp.einsum("...ij,...nj->...ni", rotation,
-                       morphable.vertex_normals(vertices, model.triangles))
+  normals = camera.rotate(rotation, morphable.vertex_normals(vertices, model.triangles))
   colours = (model.texture_mean if texture is None
              else morphable.vertex_colors(model, texture)) / 255.0
   pncc = jnp.broadcast_to(model.pncc, vertices.shape)

@@ -778,12 +778,15 @@ inline bool PixelTriangle(int32_t t, int col, int row, const float* vertices,
   return true;
 }
 
-// Interpolates per-vertex attributes [N, C] at each pixel's visible triangle
-// (ids [H, W]): out [H, W, C] = sum_k b_k a_k, 0 where PixelTriangle fails.
-inline void InterpolateImage(const float* vertices, const float* attributes,
-                             int64_t num_vertices, int64_t channels,
-                             const int32_t* triangles, int64_t num_triangles,
-                             const int32_t* ids, int height, int width, float* out) {
+// InterpolateImage for a channel count known at compile time (kChannels > 0)
+// or given at run time (kChannels == 0): a fixed count lets the compiler
+// unroll and vectorise the channel loop.
+template <int kChannels>
+inline void InterpolateImageT(const float* vertices, const float* attributes,
+                              int64_t num_vertices, int64_t runtime_channels,
+                              const int32_t* triangles, int64_t num_triangles,
+                              const int32_t* ids, int height, int width, float* out) {
+  const int64_t channels = kChannels > 0 ? kChannels : runtime_channels;
   for (int row = 0; row < height; ++row) {
     for (int col = 0; col < width; ++col) {
       const int64_t p = static_cast<int64_t>(row) * width + col;
@@ -801,6 +804,28 @@ inline void InterpolateImage(const float* vertices, const float* attributes,
       const float* a2 = attributes + tri[2] * channels;
       for (int64_t c = 0; c < channels; ++c) o[c] = b[0] * a0[c] + b[1] * a1[c] + b[2] * a2[c];
     }
+  }
+}
+
+// Interpolates per-vertex attributes [N, C] at each pixel's visible triangle
+// (ids [H, W]): out [H, W, C] = sum_k b_k a_k, 0 where PixelTriangle fails.
+inline void InterpolateImage(const float* vertices, const float* attributes,
+                             int64_t num_vertices, int64_t channels,
+                             const int32_t* triangles, int64_t num_triangles,
+                             const int32_t* ids, int height, int width, float* out) {
+  switch (channels) {  // the counts the renderer uses
+#define FACERECON_CHANNELS(n)                                                          \
+  case n:                                                                              \
+    return InterpolateImageT<n>(vertices, attributes, num_vertices, n, triangles,      \
+                                num_triangles, ids, height, width, out);
+    FACERECON_CHANNELS(1)
+    FACERECON_CHANNELS(3)
+    FACERECON_CHANNELS(4)
+    FACERECON_CHANNELS(10)
+#undef FACERECON_CHANNELS
+    default:
+      return InterpolateImageT<0>(vertices, attributes, num_vertices, channels, triangles,
+                                  num_triangles, ids, height, width, out);
   }
 }
 

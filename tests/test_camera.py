@@ -28,6 +28,24 @@ def test_rotation_matches_matrix_product():
   np.testing.assert_allclose(np.linalg.det(got), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("rotation_shape,points_shape", [
+    ((3, 3), (7, 3)), ((4, 3, 3), (4, 7, 3)), ((4, 3, 3), (7, 3)), ((3, 3), (2, 7, 3)),
+    ((2, 1, 3, 3), (1, 5, 7, 3))])
+def test_rotate_value_and_gradient_match_einsum(rotation_shape, points_shape):
+  rng = np.random.default_rng(3)
+  rotation = jnp.asarray(rng.normal(size=rotation_shape))
+  points = jnp.asarray(rng.normal(size=points_shape))
+  weights = jnp.asarray(rng.normal(size=np.broadcast_shapes(
+      rotation_shape[:-2] + (1, 1), points_shape)))
+  einsum = lambda r, p: jnp.sum(weights * jnp.einsum("...ij,...nj->...ni", r, p) ** 2)
+  written = lambda r, p: jnp.sum(weights * camera.rotate(r, p) ** 2)
+  np.testing.assert_allclose(written(rotation, points), einsum(rotation, points), rtol=1e-5)
+  for got, want in zip(jax.grad(written, (0, 1))(rotation, points),
+                       jax.grad(einsum, (0, 1))(rotation, points)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_known_rotations():
   quarter = np.pi / 2
   # Pitch +90 deg: the face's up (y) turns away from the viewer (-z) and

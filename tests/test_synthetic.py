@@ -76,3 +76,24 @@ def test_colour_transform():
   grey = synthetic.colour_transform(image, jnp.array([1, 1, 1, 0.1, 0.1, 0.1, 0.0]))
   expected = np.asarray(image) @ np.array(synthetic.LUMINANCE) + 0.1
   np.testing.assert_allclose(np.asarray(grey), np.repeat(expected[..., None], 3, -1), atol=1e-6)
+
+
+def test_uniform_noise_statistics():
+  """256 evenly used levels over [-h, h], std h / sqrt(3), no correlation
+  between neighbours or between keys, the same for the same key."""
+  half_width = 0.02
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  noise = np.asarray(synthetic.uniform_noise(keys[0], (120, 100, 3), half_width), np.float64)
+  again = np.asarray(synthetic.uniform_noise(keys[0], (120, 100, 3), half_width))
+  other = np.asarray(synthetic.uniform_noise(keys[1], (120, 100, 3), half_width), np.float64)
+  np.testing.assert_array_equal(noise, again)
+  assert noise.shape == (120, 100, 3)
+  assert noise.min() >= -half_width - 1e-7 and noise.max() <= half_width + 1e-7
+  levels = np.round((noise + half_width) / (2 * half_width) * 255).astype(int)
+  counts = np.bincount(levels.ravel(), minlength=256)
+  assert counts.size == 256 and counts.min() > 0.7 * counts.mean()  # 141 per level
+  assert abs(noise.mean()) < 0.01 * half_width
+  np.testing.assert_allclose(noise.std(), half_width / np.sqrt(3), rtol=0.02)
+  flat, flat_other = noise.ravel(), other.ravel()
+  for a, b in ((flat[:-1], flat[1:]), (flat[:-4], flat[4:]), (flat, flat_other)):
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.02
