@@ -1,6 +1,10 @@
 """Defaults shared by every config; a config file starts from these."""
 
+import dataclasses
+
 import ml_collections
+
+from facerecon import synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -17,6 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.backbone = "resnet_v1_101"    # resnet_v1_50/101/152, vgg_16, small
   config.backbone_kwargs = ml_collections.ConfigDict()
   config.dtype = "float32"             # backbone compute; "bfloat16" on GPU/TPU
+  # ImageNet initialisation: an .npz from `python -m data_pipeline.convert_slim`
+  # (resnet_v1_101.ckpt for resnet_v1_101, vgg_16.ckpt for vgg_16).
+  config.pretrained = ml_collections.config_dict.placeholder(str)
   config.render_backend = ml_collections.config_dict.placeholder(str)  # None: per platform
 
   config.data = ml_collections.ConfigDict()
@@ -25,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data dir
   config.data.statistics = ml_collections.config_dict.placeholder(str)  # tfds: statistics.npz
   config.data.num_workers = 0          # tfds: Grain worker processes
+  # synthetic: facerecon.synthetic.FacePrior's fields (pose ranges in
+  # degrees, shape/expression sigma, lighting, ...), e.g. --config.data.prior.yaw="(-45.0,45.0)".
+  config.data.prior = ml_collections.ConfigDict(dataclasses.asdict(synthetic.FacePrior()))
   config.data.statistics_samples = 1024  # synthetic: faces for the statistics
   config.data.statistics_seed = 1
   config.data.validation_seed = 2
@@ -52,6 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every = 1000
   config.eval_batches = 8
   config.eval_batch_size = 32
+  config.eval_pictures = 4              # faces in reconstructions.png and TensorBoard
+  config.best_metric = "vertex_error"  # lowest evaluation value kept under best/
   config.checkpoint_every = 1000
   config.keep_checkpoints = 5
 

@@ -9,7 +9,9 @@ trained on a tfds data set of faces with 3DMM labels.
 
 `--config.model`: the BFM converted by `python -m data_pipeline.prepare_bfm`
 (or 'embedded:253', the BFM-scale built-in face). On GPU/TPU add
-`--config.dtype=bfloat16`.
+`--config.dtype=bfloat16`. ImageNet initialisation as in the original: add
+`--config.pretrained=pretrained/resnet_v1_101.npz`, made from TF-slim's
+resnet_v1_101.ckpt by `python -m data_pipeline.convert_slim`.
 """
 
 from configs import default

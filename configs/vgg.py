@@ -3,6 +3,9 @@ otherwise as configs/resnet.py.
 
     python main.py --mode=train --config=configs/vgg.py --workdir=runs/vgg \
         --config.data.data_dir=... --config.data.statistics=... --config.model=...
+
+ImageNet initialisation: `--config.pretrained=pretrained/vgg_16.npz` (from
+TF-slim's vgg_16.ckpt by `python -m data_pipeline.convert_slim`).
 """
 
 from configs import resnet

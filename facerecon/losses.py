@@ -112,6 +112,27 @@ def vertex_loss(pred_params, target_params, model: morphable.MorphableModel,
   return distance / face_size(model) if relative else distance
 
 
+def aligned_distance(pred_vertices, target_vertices):
+  """Mean distance between vertex sets [..., N, 3] after the best isotropic
+  scale and translation of `pred_vertices` onto the target (least squares,
+  closed form)."""
+  pred = pred_vertices - jnp.mean(pred_vertices, axis=-2, keepdims=True)
+  target = target_vertices - jnp.mean(target_vertices, axis=-2, keepdims=True)
+  scale = (jnp.sum(pred * target, axis=(-2, -1), keepdims=True)
+           / jnp.maximum(jnp.sum(pred * pred, axis=(-2, -1), keepdims=True), 1e-12))
+  return jnp.mean(_norm3(scale * pred - target))
+
+
+def aligned_vertex_error(pred_params, target_params, model: morphable.MorphableModel):
+  """`vertex_loss` after aligning the predicted vertices' scale and position
+  (`aligned_distance`), as a fraction of the face size. An evaluation
+  metric: a framed crop does not show the face's absolute size (the camera
+  scale f absorbs it), and the largest shape modes are about 35% size change."""
+  return aligned_distance(morphable.vertices_from_params(model, pred_params),
+                          morphable.vertices_from_params(model, target_params)
+                          ) / face_size(model)
+
+
 def depth_render(params, model: morphable.MorphableModel, height: int, width: int,
                  backend: str | None = None):
   """Depth [..., H, W] (image z, pixels, larger = nearer; 0 off the face) and

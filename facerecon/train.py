@@ -197,6 +197,8 @@ class Checkpoints:
   def save(self, step: int, state: TrainState, data_state: dict | None,
            force: bool = False) -> bool:
     """Saves if `step` is due (or `force`); returns whether it did."""
+    if not force and step % self.every:
+      return False  # (orbax on its own would also save the first step it sees)
     args = {"state": ocp.args.StandardSave(state)}
     if data_state is not None:
       args["data"] = ocp.args.JsonSave(data_state)
@@ -239,6 +241,56 @@ class PreemptionFlag:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+class BestCheckpoint:
+  """The network variables of the evaluation with the lowest `metric`, kept
+  under `<directory>/<step>` (orbax, only the newest best) with
+  `<directory>/best.json` saying which step and metrics. A resumed run
+  reads the record, so "best" spans the whole run."""
+
+  def __init__(self, directory: str, metric: str):
+    self.directory, self.metric = os.path.abspath(directory), metric
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=1))
+    record = os.path.join(self.directory, "best.json")
+    self.record = None
+    if os.path.exists(record):
+      import json
+
+      with open(record) as f:
+        self.record = json.load(f)
+
+  def update(self, step: int, metrics: dict, variables) -> bool:
+    """Saves `variables` if `metrics[metric]` beats the best so far."""
+    import json
+
+    from facerecon import fileio
+
+    if self.metric not in metrics:
+      raise ValueError(f"config.best_metric: '{self.metric}' is not an evaluation metric "
+                       f"(have: {', '.join(sorted(metrics))})")
+    value = float(metrics[self.metric])
+    if self.record is not None and not value < self.record["value"]:
+      return False
+    self._manager.save(step, args=ocp.args.StandardSave(variables), force=True)
+    self._manager.wait_until_finished()
+    self.record = {"step": step, "metric": self.metric, "value": value,
+                   "metrics": {k: float(v) for k, v in metrics.items()}}
+    if jax.process_index() == 0:
+      fileio.write_bytes_atomic(os.path.join(self.directory, "best.json"),
+                                json.dumps(self.record, indent=2).encode())
+    return True
+
+  def restore(self, like):
+    """The best variables, shaped like `like`."""
+    if self.record is None:
+      raise FileNotFoundError(f"no best checkpoint in {self.directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self._manager.restore(self.record["step"], args=ocp.args.StandardRestore(abstract))
+
+  def close(self):
+    self._manager.close()
+
+
 # --- train_and_evaluate: CoarseNet on synthetic or tfds data -------------------------
 
 
@@ -248,12 +300,12 @@ class SyntheticStream:
   (seed), so the stream is reproducible and its position is its whole state.
   Each host renders its own part of the global batch."""
 
-  def __init__(self, model, size: int, batch_size: int, seed: int):
+  def __init__(self, model, size: int, batch_size: int, seed: int, prior=None):
     from facerecon import synthetic  # Deferred: only this source needs it.
 
     self._synthetic = synthetic
     self._model, self._size, self._batch, self._seed = model, size, batch_size, seed
-    self._prior = synthetic.FacePrior()
+    self._prior = prior or synthetic.FacePrior()
     self.position = 0
 
   def __iter__(self):
@@ -275,10 +327,24 @@ class SyntheticStream:
     self.position = int(state["position"])
 
 
-def synthetic_statistics(model, size: int, count: int, seed: int):
+def synthetic_prior(config):
+  """The FacePrior of config.data.prior (its fields override the defaults)."""
+  from facerecon import synthetic
+
+  fields = {f.name for f in dataclasses.fields(synthetic.FacePrior)}
+  overrides = dict(config.data.prior)
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"config.data.prior: unknown field(s) {', '.join(unknown)} "
+                     f"(FacePrior has {', '.join(sorted(fields))})")
+  return synthetic.FacePrior(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                                for k, v in overrides.items()})
+
+
+def synthetic_statistics(model, size: int, count: int, seed: int, prior=None):
   """Parameter mean/std and mean image of `count` synthetic faces."""
   accumulator = normalization.StatisticsAccumulator()
-  stream = SyntheticStream(model, size, min(count, 64), seed)
+  stream = SyntheticStream(model, size, min(count, 64), seed, prior)
   while accumulator.count < count:
     batch = next(stream)
     accumulator.add(batch["params"], batch["image"])
@@ -292,7 +358,7 @@ def _statistics(config, model):
   data = config.data
   if data.source == "synthetic":
     return synthetic_statistics(model, config.image_size, data.statistics_samples,
-                                seed=data.statistics_seed)
+                                seed=data.statistics_seed, prior=synthetic_prior(config))
   if data.source == "tfds":
     if not data.statistics:
       raise ValueError("config.data.statistics: the statistics.npz of the data set is "
@@ -309,7 +375,8 @@ def _open_data(config, model, statistics, split: str, batch_size: int):
   data = config.data
   if data.source == "synthetic":
     seed = config.seed if split == "train" else data.validation_seed
-    return SyntheticStream(model, config.image_size, batch_size, seed)
+    return SyntheticStream(model, config.image_size, batch_size, seed,
+                           synthetic_prior(config))
   from data_pipeline import input_pipeline
 
   source = input_pipeline.open_source(data.name, split, data.data_dir)
@@ -373,6 +440,7 @@ def _eval_fn(net, config):
     target = normalization.denormalize_params(batch["params_normalized"], statistics)
     return {"param_error": jnp.mean((normalized - batch["params_normalized"]) ** 2),
             "vertex_error": losses.vertex_loss(raw, target, model),
+            "vertex_error_aligned": losses.aligned_vertex_error(raw, target, model),
             "depth_error": losses.render_loss(raw, target, model, size, size,
                                               config.render_backend),
             "landmark_nme": losses.landmark_loss(raw, batch["landmarks"], model, size, size)}
@@ -388,20 +456,6 @@ def _eval_fn(net, config):
     return out, estimates[-1]
 
   return jax.jit(evaluate)
-
-
-def _depth_picture(image, params, target, model, size, backend):
-  """[image | true depth | predicted depth] as one uint8 picture."""
-  from facerecon import render
-
-  depths = render.render_face(model, jnp.stack([target, params]), None, size, size,
-                              backend)
-  depth, mask = np.asarray(depths.depth), np.asarray(depths.mask)
-  covered = depth[mask]
-  low, high = (covered.min(), covered.max()) if covered.size else (0.0, 1.0)
-  grey = np.where(mask, 40 + 215 * (depth - low) / max(high - low, 1e-6), 0).astype(np.uint8)
-  return np.concatenate([image, np.repeat(grey[0][..., None], 3, -1),
-                         np.repeat(grey[1][..., None], 3, -1)], axis=1)
 
 
 class Training(NamedTuple):
@@ -436,6 +490,13 @@ def build_training(config) -> Training:
   size = config.image_size
   variables = jax.jit(lambda key: net.init(key, jnp.zeros((1, size, size, 3)), model,
                                            statistics))(jax.random.PRNGKey(config.seed))
+  if config.pretrained:  # ImageNet weights (a resumed run restores over them)
+    from facerecon.models import backbones
+    from facerecon.models import pretrained
+
+    scope = backbones.make_backbone(config.backbone, **dict(config.backbone_kwargs)).name
+    variables = pretrained.init_from_slim(
+        dict(variables), pretrained.load_slim_arrays(config.pretrained), scope)
   tx, schedule = make_optimizer(config)
   state = jax.device_put(
       TrainState.create(variables["params"], variables.get("batch_stats", {}), tx),
@@ -468,6 +529,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("resumed from step %d", int(state.step))
 
   evaluate = _eval_fn(net, config)
+  best = BestCheckpoint(os.path.join(workdir, "best"), config.best_metric)
   writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
   preempted = PreemptionFlag()
   key = jax.random.PRNGKey(config.seed + 1)
@@ -499,7 +561,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         timer, timed_steps = time.perf_counter(), 0
       if done % config.eval_every == 0 or done == config.num_train_steps:
         metrics = _run_evaluation(config, model, statistics, evaluate, state, mesh, context,
-                                  writer, done)
+                                  writer, done, workdir)
+        if best.update(done, metrics, {"params": state.params,
+                                       "batch_stats": state.batch_stats}):
+          logging.info("best %s so far: %.4g at step %d", config.best_metric,
+                       metrics[config.best_metric], done)
       checkpoints.save(done, state, train_data.get_state(),
                        force=bool(preempted) or done == config.num_train_steps)
       if preempted:
@@ -508,14 +574,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   finally:
     checkpoints.wait()
     checkpoints.close()
+    best.close()
     writer.close()
     preempted.restore_handler()
   return metrics
 
 
-def _run_evaluation(config, model, statistics, evaluate, state, mesh, context, writer, step):
+def _run_evaluation(config, model, statistics, evaluate, state, mesh, context, writer, step,
+                    workdir):
   """Evaluates on up to config.eval_batches full validation batches (a
-  tfds split may have fewer; its partial last batch is left out)."""
+  tfds split may have fewer; its partial last batch is left out); writes
+  the metrics and a picture of the first batch's first faces
+  (`visualize.reconstruction_panel`) to TensorBoard and, from process 0,
+  to `<workdir>/reconstructions.png`."""
+  from facerecon import fileio
+  from facerecon import visualize
+
   import itertools
 
   from absl import logging
@@ -532,18 +606,21 @@ def _run_evaluation(config, model, statistics, evaluate, state, mesh, context, w
     for k, v in jax.device_get(values).items():
       sums[k] = sums.get(k, 0.0) + float(v)
     if not count:
-      raw = normalization.denormalize_params(estimate[0], statistics)
-      target = normalization.denormalize_params(host["params_normalized"][0], statistics)
-      picture = _depth_picture(host["image"][0], raw, target, model, config.image_size,
-                               config.render_backend)
+      shown = min(config.eval_pictures, per_host)
+      raw = normalization.denormalize_params(
+          jax.device_get(estimate)[:shown], statistics)
+      target = normalization.denormalize_params(host["params_normalized"][:shown], statistics)
+      picture = visualize.reconstruction_panel(model, host["image"][:shown], raw, target)
     count += 1
   if not count:
     raise ValueError(f"the validation split has fewer than config.eval_batch_size "
                      f"({config.eval_batch_size}) examples")
   totals = {k: v / count for k, v in sums.items()}
   writer.scalars({f"eval/{k}": v for k, v in totals.items()}, step)
-  writer.image("eval/image_true_predicted_depth", picture, step)
+  writer.image("eval/reconstructions", picture, step)
   writer.flush()
+  if jax.process_index() == 0:
+    fileio.write_png_atomic(os.path.join(workdir, "reconstructions.png"), picture)
   logging.info("eval at step %d over %d examples: %s", step, count * config.eval_batch_size,
                ", ".join(f"{k} {v:.4g}" for k, v in sorted(totals.items())))
   return totals

@@ -62,3 +62,55 @@ def grid(images: list[np.ndarray], columns: int) -> np.ndarray:
   padded = list(images) + [blank] * (rows * columns - len(images))
   return np.concatenate([np.concatenate(padded[r * columns:(r + 1) * columns], axis=1)
                          for r in range(rows)], axis=0)
+
+
+def depth_to_grey(depth, mask, low=None, high=None) -> np.ndarray:
+  """Depth maps [..., H, W] (larger nearer) -> uint8 grey, near = bright, 0
+  off the mask; the range is the covered depths' unless given."""
+  depth, mask = np.asarray(depth), np.asarray(mask)
+  covered = depth[mask]
+  if low is None or high is None:
+    low, high = (covered.min(), covered.max()) if covered.size else (0.0, 1.0)
+  scaled = 40 + 215 * np.clip((depth - low) / max(high - low, 1e-6), 0.0, 1.0)
+  return np.where(mask, scaled, 0).astype(np.uint8)
+
+
+def reconstruction_panel(model: morphable.MorphableModel, images, predicted, target,
+                         tile: int = 192) -> np.ndarray:
+  """One row per face: [photo | predicted mesh over it, with predicted (green)
+  and true (red) landmarks | true depth | predicted depth], each tile
+  `tile` pixels. images [K, S, S, 3] uint8; predicted and target raw
+  parameter vectors [K, P] (target may be None: no true-depth column)."""
+  import cv2
+
+  images = np.asarray(images)
+  count, size = images.shape[0], images.shape[1]
+  both = predicted if target is None else jnp.concatenate([predicted, target])
+  shaded, landmarks = shade_faces(model, both, None, size, size)
+  faces = render.render_face(model, both, None, size, size)
+  depth, mask = np.asarray(faces.depth), np.asarray(faces.mask)
+  shaded, landmarks = np.asarray(shaded), np.asarray(landmarks)
+  scale = tile / size
+  up = lambda a: cv2.resize(a, (tile, tile), interpolation=cv2.INTER_NEAREST)
+  rows = []
+  for k in range(count):
+    photo = up(images[k])
+    # The mesh at 60% over the photo, so misalignments show.
+    alpha = 0.6 * mask[k][..., None]
+    over = (alpha * shaded[k] * 255 + (1 - alpha) * images[k]).astype(np.uint8)
+    over = up(over)
+    if target is not None:
+      over = draw_landmarks(over, landmarks[count + k] * scale + scale / 2, (230, 60, 50))
+    over = draw_landmarks(over, landmarks[k] * scale + scale / 2)
+    # Both depth maps on the true face's range, so they compare.
+    ref = count + k if target is not None else k
+    covered = depth[ref][mask[ref]]
+    low, high = (covered.min(), covered.max()) if covered.size else (0.0, 1.0)
+    grey = lambda d, m: up(np.repeat(depth_to_grey(d, m, low, high)[..., None], 3, -1))
+    row = [photo, over]
+    if target is not None:
+      row.append(grey(depth[count + k], mask[count + k]))
+    row.append(grey(depth[k], mask[k]))
+    rows.append(np.concatenate(row, axis=1))
+  return np.concatenate(rows, axis=0)
+

@@ -101,6 +101,24 @@ def test_vertex_loss(model, faces):
   assert np.all(np.isfinite(np.asarray(at_target)))
 
 
+def test_aligned_vertex_error_ignores_size_and_position(model, faces):
+  vertices = morphable.vertices_from_params(model, faces)
+  moved = 1.3 * vertices + jnp.array([5.0, -2.0, 7.0])
+  assert float(losses.aligned_distance(moved, vertices)) < 1e-3 * float(losses.face_size(model))
+  assert float(losses.aligned_vertex_error(faces, faces, model)) < 1e-6
+  pred = _perturb_shape(model, faces)
+  aligned = float(losses.aligned_vertex_error(pred, faces, model))
+  assert 0 < aligned <= float(losses.vertex_loss(pred, faces, model)) * (1 + 1e-5)
+  # By hand for one pair: the least-squares scale of the centred vertices.
+  p = np.asarray(morphable.vertices_from_params(model, pred[0]), np.float64)
+  t = np.asarray(vertices[0], np.float64)
+  p, t = p - p.mean(0), t - t.mean(0)
+  s = (p * t).sum() / (p * p).sum()
+  np.testing.assert_allclose(
+      float(losses.aligned_vertex_error(pred[:1], faces[:1], model)),
+      np.linalg.norm(s * p - t, axis=-1).mean() / float(losses.face_size(model)), rtol=1e-4)
+
+
 # --- render loss -------------------------------------------------------------------------
 
 

@@ -208,3 +208,22 @@ def test_sigterm_sets_the_preemption_flag():
     assert flag
   finally:
     flag.restore_handler()
+
+
+def test_best_checkpoint_keeps_the_lowest_and_survives_reopening(tmp_path):
+  directory = str(tmp_path / "best")
+  variables = lambda v: {"params": {"w": jnp.full((2, 3), v)}}
+  best = train.BestCheckpoint(directory, "vertex_error")
+  assert best.update(10, {"vertex_error": 0.5, "depth_error": 1.0}, variables(1.0))
+  assert not best.update(20, {"vertex_error": 0.7}, variables(2.0))
+  assert best.update(30, {"vertex_error": 0.2}, variables(3.0))
+  best.close()
+  reopened = train.BestCheckpoint(directory, "vertex_error")
+  assert reopened.record["step"] == 30 and reopened.record["value"] == 0.2
+  assert not reopened.update(40, {"vertex_error": 0.3}, variables(4.0))
+  restored = reopened.restore(variables(0.0))
+  np.testing.assert_array_equal(restored["params"]["w"], np.full((2, 3), 3.0))
+  assert sorted(p for p in os.listdir(directory) if p.isdigit()) == ["30"]
+  with pytest.raises(ValueError, match="config.best_metric.*depth_error"):
+    reopened.update(50, {"depth_error": 0.1}, variables(5.0))
+  reopened.close()

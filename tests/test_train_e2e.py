@@ -44,7 +44,11 @@ def test_train_and_evaluate_writes_outputs_and_resumes_exactly(tmp_path):
   events = tensorboard.read_events(os.path.join(workdir, "tensorboard", events_file))
   tags = {value.tag for event in events for value in (event.values or ())}
   assert {"train/loss", "train/learning_rate", "train/images_per_second",
-          "eval/vertex_error", "eval/image_true_predicted_depth"} <= tags
+          "eval/vertex_error", "eval/reconstructions"} <= tags
+  assert os.path.getsize(os.path.join(workdir, "reconstructions.png")) > 0
+  best = train.BestCheckpoint(os.path.join(workdir, "best"), "vertex_error")
+  assert best.record["step"] == 4 and best.record["value"] == metrics["vertex_error"]
+  best.close()
 
   # Continue to 6 steps: the same as 6 steps in one go.
   resumed = train.train_and_evaluate(_tiny_config(num_train_steps=6, eval_every=6), workdir)
@@ -56,6 +60,7 @@ def test_train_and_evaluate_writes_outputs_and_resumes_exactly(tmp_path):
 _TINY_FLAGS = [
     "--mode=train", "--config=configs/synthetic.py", "--config.model=embedded:25",
     "--config.image_size=32", "--config.backbone=small", "--config.num_iterations=2",
+    "--config.backbone_kwargs.widths=(8,16)",
     "--config.batch_size=8", "--config.num_train_steps=12", "--config.checkpoint_every=2",
     "--config.eval_every=12", "--config.eval_batches=1", "--config.eval_batch_size=8",
     "--config.data.statistics_samples=64", "--config.schedule=constant",

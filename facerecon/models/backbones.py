@@ -5,8 +5,9 @@ with `backbone(x, train=...)`; `make_backbone(name, **kwargs)` builds one by
 name. Parameters are float32; `dtype` sets the compute dtype (bfloat16 on
 accelerators).
 
-Variable names mirror TF-slim's ImageNet checkpoints, so a converter can map
-them one to one (the converter is not written yet). Each slim `scope/` with
+Variable names mirror TF-slim's ImageNet checkpoints, so the converter
+(`data_pipeline/convert_slim.py`, `facerecon/models/pretrained.py`) maps
+them one to one. Each slim `scope/` with
 `weights` (and `biases`, or a `BatchNorm/` sub-scope) is one `SlimConv` module
 of the same name here:
 
@@ -27,8 +28,8 @@ default name `make_backbone` gives it); inside CoarseNet it sits under
 `iteration_{k}/`. Not mapped: slim's `logits` (resnet) and `fc6`..`fc8`
 (vgg), which these feature extractors do not have; and `conv1` / `conv1_1`
 when the network's input has other than 3 channels (CoarseNet's has 10):
-the converter must adapt those kernels (e.g. copy the RGB part, zero-fill
-the rest) or leave them at their initialisation.
+the converter adapts those kernels (the RGB part from slim, the rest zero;
+see `facerecon.models.pretrained`).
 
 The architectures follow slim exactly where it matters for imported
 weights: `conv2d_same` padding (symmetric explicit padding of k - 1, unlike
@@ -235,8 +236,16 @@ class VGG16(nn.Module):
 
 class SmallNet(nn.Module):
   """A small fast backbone for the CPU and tests: strided conv-BN-ReLU
-  layers, each doubling the channels, then a global average."""
+  layers, each doubling the channels, then a global average (`pool=
+  "average"`) or the flattened last feature map (`pool="flatten"`).
+
+  Flattening keeps where each feature is: a few layers see too little of
+  the image for their average to say where the face's parts are (the
+  ResNets' averages see the whole image), and regressing pose and shape
+  needs that. Its feature count then depends on the image size.
+  """
   widths: Sequence[int] = (16, 32, 64, 128)
+  pool: str = "average"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -244,7 +253,12 @@ class SmallNet(nn.Module):
     for i, features in enumerate(self.widths):
       x = SlimConv(features, 3, 2, bn_momentum=0.99, dtype=self.dtype,
                    name=f"conv{i + 1}")(x, train)
-    return _global_average(x)
+    if self.pool == "average":
+      return _global_average(x)
+    if self.pool == "flatten":
+      return x.astype(jnp.float32).reshape(x.shape[0], -1)
+    raise ValueError(f"SmallNet.pool: unknown pooling '{self.pool}' (use 'average' or "
+                     "'flatten')")
 
 
 # Backbone name -> (class, default kwargs); the name is also the module's
