@@ -5,8 +5,8 @@ r"""facerecon's entry point.
 Every config field can be overridden on the command line, e.g.
 `--config.model=embedded:253 --config.preview.tile_size=256`.
 
-Modes:
-  train     train CoarseNet (facerecon.train.train_and_evaluate): checkpoints,
+Modes (--mode):
+  train     (the default) train CoarseNet (facerecon.train.train_and_evaluate): checkpoints,
             TensorBoard events and pictures in --workdir; resumes from there
   preview   build the morphable model, sample faces, write preview.png
 """
@@ -20,7 +20,7 @@ from facerecon import memory
 from facerecon import preview
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all outputs.")
-_MODE = flags.DEFINE_enum("mode", "preview", ["preview", "train"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "preview"], "What to run.")
 config_flags.DEFINE_config_file(
     "config", None, "A config file defining get_config().", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])

@@ -24,47 +24,18 @@ from typing import Any, Callable, NamedTuple
 import flax.struct
 import jax
 from jax.sharding import Mesh
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
 from facerecon import normalization
-
-DATA_AXIS = "data"
-
-
-# --- Devices ------------------------------------------------------------------------
-
-
-def make_mesh(devices=None) -> Mesh:
-  """A one-axis mesh over `devices` (default: every device of every host)."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices.reshape(-1), (DATA_AXIS,))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over the devices."""
-  return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def shard_batch(batch, mesh: Mesh):
-  """This host's part of the global batch (numpy, leading axis = examples)
-  -> global arrays split over the mesh's data axis."""
-  sharding = batch_sharding(mesh)
-  per_device = jax.process_count() * np.asarray(jax.tree.leaves(batch)[0]).shape[0]
-  if per_device % mesh.size:
-    raise ValueError(f"the global batch ({per_device}) does not split evenly over "
-                     f"{mesh.size} devices; make batch_size a multiple of the device count")
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
-
+from facerecon.parallel import DATA_AXIS  # noqa: F401 (re-exported)
+from facerecon.parallel import batch_sharding
+from facerecon.parallel import make_mesh
+from facerecon.parallel import mean_per_device
+from facerecon.parallel import replicated
+from facerecon.parallel import shard_batch
 
 # --- State and optimizer --------------------------------------------------------------
 
@@ -154,7 +125,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
         skipped=state.skipped + (~finite).astype(jnp.int32),
         bad_in_a_row=jnp.where(finite, 0, state.bad_in_a_row + 1))
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   finite=finite)
+                   finite=finite, bad_in_a_row=state.bad_in_a_row)
     return state, metrics
 
   return train_step
@@ -394,20 +365,34 @@ def _with_normalized_labels(batch: dict, statistics) -> dict:
                                 / np.asarray(statistics.param_std)).astype(np.float32)}
 
 
-def make_coarse_net(config):
+def make_coarse_net(config, mesh=None):
+  """CoarseNet as `config` says; with a `mesh`, its renders run per device."""
   from facerecon import models
 
   return models.CoarseNet(num_iterations=config.num_iterations, backbone=config.backbone,
                           backbone_kwargs=dict(config.backbone_kwargs) or None,
-                          dtype=jnp.dtype(config.dtype), render_backend=config.render_backend)
+                          dtype=jnp.dtype(config.dtype), render_backend=config.render_backend,
+                          mesh=mesh)
 
 
-def _loss_fn(net, config):
+def _loss_fn(net, config, mesh=None):
   from data_pipeline import input_pipeline
   from facerecon import losses
 
   weights = losses.LossWeights(**config.loss)
   size = config.image_size
+
+  def batch_loss(estimates, target, landmarks, model, statistics):
+    # Every iteration is supervised (each has its own weights to train).
+    totals, terms = [], {}
+    for estimate in estimates:
+      total, terms = losses.total_loss(estimate, target, model, statistics, weights, size,
+                                       size, landmarks, config.render_backend)
+      totals.append(total)
+    return jnp.mean(jnp.stack(totals)), terms
+
+  # The losses render: each device renders its own examples.
+  batch_loss = mean_per_device(batch_loss, mesh, num_batched=3)
 
   def loss_fn(params, batch_stats, batch, rng, context):
     model, statistics = context
@@ -415,19 +400,14 @@ def _loss_fn(net, config):
                                                input_pipeline.Augmentation(), statistics)
     estimates, updates = net.apply({"params": params, "batch_stats": batch_stats}, images,
                                    model, statistics, train=True, mutable=["batch_stats"])
-    # Every iteration is supervised (each has its own weights to train).
-    totals, terms = [], {}
-    for estimate in estimates:
-      total, terms = losses.total_loss(estimate, batch["params_normalized"], model,
-                                       statistics, weights, size, size, batch["landmarks"],
-                                       config.render_backend)
-      totals.append(total)
-    return jnp.mean(jnp.stack(totals)), (updates["batch_stats"], terms)
+    total, terms = batch_loss(tuple(estimates), batch["params_normalized"], batch["landmarks"],
+                              model, statistics)
+    return total, (updates["batch_stats"], terms)
 
   return loss_fn
 
 
-def _eval_fn(net, config):
+def _eval_fn(net, config, mesh=None):
   """Metrics of the last iteration's estimate and of the mean-face baseline
   (the start estimate) on one batch."""
   from data_pipeline import input_pipeline
@@ -435,23 +415,26 @@ def _eval_fn(net, config):
 
   size = config.image_size
 
-  def metrics_of(normalized, batch, model, statistics):
+  def metrics(normalized, target_normalized, landmarks, model, statistics):
     raw = normalization.denormalize_params(normalized, statistics)
-    target = normalization.denormalize_params(batch["params_normalized"], statistics)
-    return {"param_error": jnp.mean((normalized - batch["params_normalized"]) ** 2),
+    target = normalization.denormalize_params(target_normalized, statistics)
+    return {"param_error": jnp.mean((normalized - target_normalized) ** 2),
             "vertex_error": losses.vertex_loss(raw, target, model),
             "vertex_error_aligned": losses.aligned_vertex_error(raw, target, model),
             "depth_error": losses.render_loss(raw, target, model, size, size,
                                               config.render_backend),
-            "landmark_nme": losses.landmark_loss(raw, batch["landmarks"], model, size, size)}
+            "landmark_nme": losses.landmark_loss(raw, landmarks, model, size, size)}
+
+  metrics = mean_per_device(metrics, mesh, num_batched=3)  # the depth error renders
 
   def evaluate(variables, batch, model, statistics):
     images = input_pipeline.device_photometric(batch["image"], None,
                                                input_pipeline.Augmentation(), statistics,
                                                train=False)
     estimates = net.apply(variables, images, model, statistics, train=False)
-    out = metrics_of(estimates[-1], batch, model, statistics)
-    baseline = metrics_of(jnp.zeros_like(estimates[-1]), batch, model, statistics)
+    labels = (batch["params_normalized"], batch["landmarks"], model, statistics)
+    out = metrics(estimates[-1], *labels)
+    baseline = metrics(jnp.zeros_like(estimates[-1]), *labels)
     out.update({f"baseline_{k}": v for k, v in baseline.items()})
     return out, estimates[-1]
 
@@ -486,9 +469,10 @@ def build_training(config) -> Training:
   train_data = _open_data(config, model, statistics, "train",
                           config.batch_size // jax.process_count())
   context = jax.device_put((model, statistics), replicated(mesh))
-  net = make_coarse_net(config)
+  net = make_coarse_net(config, mesh)
   size = config.image_size
-  variables = jax.jit(lambda key: net.init(key, jnp.zeros((1, size, size, 3)), model,
+  # One example per device: the renders split the batch over the devices.
+  variables = jax.jit(lambda key: net.init(key, jnp.zeros((mesh.size, size, size, 3)), model,
                                            statistics))(jax.random.PRNGKey(config.seed))
   if config.pretrained:  # ImageNet weights (a resumed run restores over them)
     from facerecon.models import backbones
@@ -501,7 +485,7 @@ def build_training(config) -> Training:
   state = jax.device_put(
       TrainState.create(variables["params"], variables.get("batch_stats", {}), tx),
       replicated(mesh))
-  step_fn = jit_train_step(make_train_step(_loss_fn(net, config), tx), mesh)
+  step_fn = jit_train_step(make_train_step(_loss_fn(net, config, mesh), tx), mesh)
   return Training(mesh, model, statistics, context, net, train_data, state, tx, schedule,
                   step_fn)
 
@@ -528,7 +512,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       train_data.set_state(data_state)
     logging.info("resumed from step %d", int(state.step))
 
-  evaluate = _eval_fn(net, config)
+  evaluate = _eval_fn(net, config, mesh)
   best = BestCheckpoint(os.path.join(workdir, "best"), config.best_metric)
   writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
   preempted = PreemptionFlag()
@@ -537,21 +521,32 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     start_step = int(state.step)
     timer, timed_steps = time.perf_counter(), 0
+
+    def check_finite(done, step_metrics):
+      if int(step_metrics["bad_in_a_row"]) >= config.max_bad_steps:
+        raise FloatingPointError(
+            f"{config.max_bad_steps} steps in a row had a non-finite loss or gradient "
+            f"(step {done}); lower config.learning_rate or check the data")
+
+    previous = None  # (step, metrics) of the step before, checked one step late
     for step in range(start_step, config.num_train_steps):
       batch = shard_batch(_with_normalized_labels(next(train_data), statistics), mesh)
       state, train_metrics = step_fn(state, batch, jax.random.fold_in(key, step), context)
       timed_steps += 1
       done = step + 1
-      if int(state.bad_in_a_row) >= config.max_bad_steps:
-        raise FloatingPointError(
-            f"{config.max_bad_steps} steps in a row had a non-finite loss or gradient "
-            f"(step {done}); lower config.learning_rate or check the data")
+      # Waiting for this step's result here would leave the host idle while
+      # it runs; the previous step's is ready or nearly, and the next batch
+      # is then made while this step runs.
+      if previous is not None:
+        check_finite(*previous)
+      previous = (done, train_metrics)
       if done % config.log_every == 0 or done == config.num_train_steps:
         values = jax.device_get(train_metrics)
         seconds = time.perf_counter() - timer
         images_per_second = timed_steps * config.batch_size / seconds
         eta = (config.num_train_steps - done) * seconds / timed_steps
-        scalars = {f"train/{k}": float(v) for k, v in values.items() if k != "finite"}
+        scalars = {f"train/{k}": float(v) for k, v in values.items()
+                   if k not in ("finite", "bad_in_a_row")}
         scalars.update({"train/learning_rate": float(schedule(done)),
                         "train/images_per_second": images_per_second,
                         "train/skipped_steps": float(state.skipped)})
@@ -571,6 +566,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if preempted:
         logging.warning("SIGTERM: saved step %d, stopping", done)
         break
+    if previous is not None:
+      check_finite(*previous)
   finally:
     checkpoints.wait()
     checkpoints.close()

@@ -17,8 +17,8 @@ from conftest import ROOT
 def test_main_preview_writes_model_faces_and_picture(tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(
-      [sys.executable, "main.py", "--config=configs/synthetic.py", f"--workdir={workdir}",
-       "--config.preview.tile_size=64", "--config.preview.num_identities=2",
+      [sys.executable, "main.py", "--mode=preview", "--config=configs/synthetic.py",
+       f"--workdir={workdir}", "--config.preview.tile_size=64", "--config.preview.num_identities=2",
        "--config.preview.num_expressions=5"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -57,6 +57,17 @@ def test_train_and_evaluate_writes_outputs_and_resumes_exactly(tmp_path):
   assert resumed == straight
 
 
+@pytest.mark.slow
+def test_training_stops_after_too_many_non_finite_steps(tmp_path):
+  """Every step's loss is NaN (a NaN loss weight): each update is skipped,
+  and after max_bad_steps in a row the run stops, naming the setting."""
+  config = _tiny_config(num_train_steps=20, max_bad_steps=3, eval_every=100,
+                        checkpoint_every=100)
+  config.loss.vertex = float("nan")
+  with pytest.raises(FloatingPointError, match="3 steps in a row.*learning_rate"):
+    train.train_and_evaluate(config, str(tmp_path / "nan"))
+
+
 _TINY_FLAGS = [
     "--mode=train", "--config=configs/synthetic.py", "--config.model=embedded:25",
     "--config.image_size=32", "--config.backbone=small", "--config.num_iterations=2",
@@ -142,7 +153,17 @@ sys.path.insert(0, {tests!r})
 import test_train_e2e as t
 from facerecon import train
 assert jax.device_count() == 4
-metrics = train.train_and_evaluate(t._tiny_config(num_train_steps=3, eval_every=3), {workdir!r})
+config = t._tiny_config(num_train_steps=3, eval_every=3)
+# Each device rasterizes its own 2 examples: every rasterizer call in the
+# compiled step sees a batch of 2, none the whole batch of 8.
+run = train.build_training(config)
+batch = train.shard_batch(train._with_normalized_labels(next(run.train_data), run.statistics),
+                          run.mesh)
+hlo = run.step_fn.lower(run.state, batch, jax.random.PRNGKey(0), run.context).compile().as_text()
+calls = [line for line in hlo.splitlines() if 'custom_call_target="facerecon_rasterize_cpu"' in line]
+assert calls and all("= (s32[2,32,32]" in line and "f32[8," not in line for line in calls), calls
+print("RASTERIZE CALLS", len(calls))
+metrics = train.train_and_evaluate(config, {workdir!r})
 print("METRICS", repr(metrics))
 """
 
@@ -150,7 +171,8 @@ print("METRICS", repr(metrics))
 @pytest.mark.slow
 def test_four_devices_train_like_one(tmp_path):
   """train_and_evaluate on 4 fake CPU devices (the global batch of 8 split
-  2 per device) ends with the same evaluation as on 1 device."""
+  2 per device, each device rendering its own 2) ends with the same
+  evaluation as on 1 device."""
   import ast
   import subprocess
   import sys

@@ -29,7 +29,10 @@ Design choices:
   first estimate is the start estimate; its weights still get gradients,
   and the backbones get theirs once the head has moved off zero.
 - BatchNorm: see `facerecon.models.backbones` (no axis_name; batch
-  statistics inside jit over a NamedSharding mesh are global). Call with
+  statistics inside jit over a NamedSharding mesh are global).
+- Devices: with `mesh` (the training mesh), the renders run per device
+  (`facerecon.parallel.map_per_device`), so the CPU rasterizer's custom
+  call is not gathered and run on the whole batch by every device. Call with
   `train=True` and `mutable=["batch_stats"]` to train.
 - Precision: parameters are float32; `dtype` sets the backbones' compute
   dtype. Rendering, the head and the estimates stay float32.
@@ -42,6 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from facerecon import normalization
+from facerecon import parallel
 from facerecon import render
 from facerecon import synthetic
 from facerecon.models import backbones
@@ -103,6 +107,7 @@ class CoarseNet(nn.Module):
   head_init_scale: float = 0.0  # 0: zeros; else LeCun-normal times this scale
   dtype: Dtype = jnp.float32
   render_backend: str | None = None  # None: render.default_backend()
+  mesh: Any = None  # a data-parallel mesh: each device renders its own examples
 
   @nn.compact
   def __call__(self, images, model, statistics: normalization.DataStatistics,
@@ -115,13 +120,19 @@ class CoarseNet(nn.Module):
       raise ValueError(f"statistics have {num_params} parameters, the model's layout "
                        f"needs {model.layout.size}")
     images = images.astype(jnp.float32)
+
+    def render_inputs(estimate, images, model, statistics):
+      params = normalization.denormalize_params(estimate, statistics)
+      face = render.render_face(model, params, None, height, width, self.render_backend)
+      return input_channels(images, face)
+
+    render_inputs = parallel.map_per_device(render_inputs, self.mesh, num_batched=2)
     estimate = jnp.zeros((batch, num_params), jnp.float32)
     estimates = []
     for k in range(self.num_iterations):
       # The render is an input, not part of the graph to differentiate.
-      params = jax.lax.stop_gradient(normalization.denormalize_params(estimate, statistics))
-      face = render.render_face(model, params, None, height, width, self.render_backend)
-      inputs = jax.lax.stop_gradient(input_channels(images, face))
+      inputs = jax.lax.stop_gradient(
+          render_inputs(jax.lax.stop_gradient(estimate), images, model, statistics))
       update = CoarseIteration(num_params, self.backbone, self.backbone_kwargs,
                                self.head_init_scale, self.dtype,
                                name=f"iteration_{k + 1}")(inputs, train)
