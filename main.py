@@ -24,6 +24,32 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "preview"], "What to run.")
 config_flags.DEFINE_config_file(
     "config", None, "A config file defining get_config().", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "Multi-host runs: host:port of process 0's coordinator (with --num_processes and "
+    "--process_id). On Cloud TPU pods and SLURM use --multihost instead.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() and let it find the cluster "
+    "(Cloud TPU pods, SLURM, ...).")
+
+
+def _initialize_distributed():
+  """jax.distributed for multi-host runs: every process then sees every
+  device, and the train step's mesh spans them all."""
+  import jax
+
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise app.UsageError("--coordinator_address, --num_processes and --process_id go "
+                           "together")
+    # Cross-process collectives for CPU devices (GPUs and TPUs have their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _MULTIHOST.value:
+    jax.distributed.initialize()
 
 
 def main(argv):
@@ -36,6 +62,7 @@ def main(argv):
     path = preview.write_preview(config, _WORKDIR.value)
     print(f"wrote {path}")
   elif _MODE.value == "train":
+    _initialize_distributed()
     from facerecon import train  # Deferred: preview needs none of it.
 
     metrics = train.train_and_evaluate(config, _WORKDIR.value)

@@ -175,6 +175,22 @@ def image_value(tag: str, image) -> bytes:
 _file_counter = itertools.count()
 
 
+class NullWriter:
+  """A SummaryWriter that writes nothing (for the processes of a multi-host
+  run other than process 0)."""
+
+  def scalar(self, *args, **kwargs):
+    pass
+
+  scalars = image = scalar
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
 class SummaryWriter:
   """Appends scalars and images to a new event file in `logdir`.
 

@@ -271,19 +271,23 @@ class SyntheticStream:
   (seed), so the stream is reproducible and its position is its whole state.
   Each host renders its own part of the global batch."""
 
-  def __init__(self, model, size: int, batch_size: int, seed: int, prior=None):
+  def __init__(self, model, size: int, batch_size: int, seed: int, prior=None,
+               per_host: bool = True):
     from facerecon import synthetic  # Deferred: only this source needs it.
 
     self._synthetic = synthetic
     self._model, self._size, self._batch, self._seed = model, size, batch_size, seed
     self._prior = prior or synthetic.FacePrior()
+    # per_host=False: every host gets the same batches (for statistics).
+    self._hosts, self._host = ((jax.process_count(), jax.process_index()) if per_host
+                               else (1, 0))
     self.position = 0
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
-    first = (self.position * jax.process_count() + jax.process_index()) * self._batch
+    first = (self.position * self._hosts + self._host) * self._batch
     keys = self._synthetic.sample_keys(self._seed, first, self._batch)
     faces = self._synthetic.generate_jit(self._model, keys, self._prior, self._size,
                                          self._size)
@@ -315,7 +319,8 @@ def synthetic_prior(config):
 def synthetic_statistics(model, size: int, count: int, seed: int, prior=None):
   """Parameter mean/std and mean image of `count` synthetic faces."""
   accumulator = normalization.StatisticsAccumulator()
-  stream = SyntheticStream(model, size, min(count, 64), seed, prior)
+  # The same faces on every host, so every host has the same statistics.
+  stream = SyntheticStream(model, size, min(count, 64), seed, prior, per_host=False)
   while accumulator.count < count:
     batch = next(stream)
     accumulator.add(batch["params"], batch["image"])
@@ -503,6 +508,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   mesh, model, statistics, context, net, train_data, state, tx, schedule, step_fn = (
       build_training(config))
+  logging.info("%d devices (%s) in %d process(es); global batch %d", mesh.size,
+               jax.devices()[0].platform, jax.process_count(), config.batch_size)
 
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint_every,
                             config.keep_checkpoints)
@@ -514,7 +521,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   evaluate = _eval_fn(net, config, mesh)
   best = BestCheckpoint(os.path.join(workdir, "best"), config.best_metric)
-  writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+  # Process 0 writes the logs and pictures (every process has the same values).
+  writer = (tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            if jax.process_index() == 0 else tensorboard.NullWriter())
   preempted = PreemptionFlag()
   key = jax.random.PRNGKey(config.seed + 1)
   metrics = {}
@@ -604,8 +613,11 @@ def _run_evaluation(config, model, statistics, evaluate, state, mesh, context, w
       sums[k] = sums.get(k, 0.0) + float(v)
     if not count:
       shown = min(config.eval_pictures, per_host)
-      raw = normalization.denormalize_params(
-          jax.device_get(estimate)[:shown], statistics)
+      from jax.experimental import multihost_utils
+
+      # The estimates are split over the devices of all hosts: gather them.
+      estimate = np.asarray(multihost_utils.process_allgather(estimate, tiled=True))
+      raw = normalization.denormalize_params(estimate[:shown], statistics)
       target = normalization.denormalize_params(host["params_normalized"][:shown], statistics)
       picture = visualize.reconstruction_panel(model, host["image"][:shown], raw, target)
     count += 1

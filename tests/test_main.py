@@ -58,3 +58,9 @@ def test_main_rejects_bad_flags(tmp_path):
        f"--config.model={tmp_path}/missing.npz"], cwd=ROOT, capture_output=True, text=True,
       timeout=120)
   assert bad_model.returncode != 0 and "missing.npz" in bad_model.stderr
+  half_distributed = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/synthetic.py", f"--workdir={tmp_path}",
+       "--coordinator_address=127.0.0.1:1234"], cwd=ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert (half_distributed.returncode != 0
+          and "--num_processes and --process_id go together" in half_distributed.stderr)

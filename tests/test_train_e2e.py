@@ -3,6 +3,8 @@ events, evaluation against the mean-face baseline, exact resume."""
 
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from configs import default
@@ -55,6 +57,21 @@ def test_train_and_evaluate_writes_outputs_and_resumes_exactly(tmp_path):
   straight = train.train_and_evaluate(_tiny_config(num_train_steps=6, eval_every=6),
                                       str(tmp_path / "straight"))
   assert resumed == straight
+
+
+@pytest.mark.slow
+def test_bfloat16_training_runs(tmp_path):
+  """config.dtype=bfloat16 (the accelerator setting; emulated on the CPU):
+  float32 parameters, finite losses and metrics."""
+  config = _tiny_config(num_train_steps=2, eval_every=2, dtype="bfloat16")
+  metrics = train.train_and_evaluate(config, str(tmp_path / "bf16"))
+  assert all(np.isfinite(v) for v in metrics.values())
+  best = train.BestCheckpoint(str(tmp_path / "bf16" / "best"), "vertex_error")
+  training = train.build_training(config)
+  restored = best.restore({"params": training.state.params,
+                           "batch_stats": training.state.batch_stats})
+  assert {leaf.dtype for leaf in jax.tree.leaves(restored["params"])} == {np.dtype("float32")}
+  best.close()
 
 
 @pytest.mark.slow
@@ -193,3 +210,52 @@ def test_four_devices_train_like_one(tmp_path):
   assert sorted(four) == sorted(one)
   for name in one:
     assert four[name] == pytest.approx(one[name], rel=1e-3, abs=1e-6), name
+
+
+def _free_port() -> int:
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _final_metrics(stdout: str) -> dict:
+  line = _final_line(stdout)[len("final evaluation: "):]
+  return {k: float(v) for k, v in (item.split(" ") for item in line.split(", "))}
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path):
+  """Two processes on localhost (jax.distributed, one CPU device each, a
+  local coordinator) share the work of one global batch: they end with the
+  evaluation of a single process, and only process 0 writes the logs."""
+  import subprocess
+  import sys
+
+  from conftest import ROOT
+
+  flags = [*_TINY_FLAGS, "--config.num_train_steps=4", "--config.eval_every=4"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  port = _free_port()
+  workdir = tmp_path / "two"
+  processes = [subprocess.Popen(
+      [sys.executable, "main.py", f"--workdir={workdir}", *flags,
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (out, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+    assert "2 devices (cpu) in 2 process(es)" in err
+  one = subprocess.run([sys.executable, "main.py", f"--workdir={tmp_path / 'one'}", *flags],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert one.returncode == 0, one.stderr[-3000:]
+  expected = _final_metrics(one.stdout)
+  for out, _ in outputs:
+    got = _final_metrics(out)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+      assert got[name] == pytest.approx(expected[name], rel=2e-3, abs=1e-6), name
+  assert len(os.listdir(workdir / "tensorboard")) == 1  # process 0's event file
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
