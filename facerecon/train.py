@@ -16,6 +16,7 @@ The model-specific parts (CoarseNet, the losses, the data) plug in through
 """
 
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -225,15 +226,11 @@ class BestCheckpoint:
     record = os.path.join(self.directory, "best.json")
     self.record = None
     if os.path.exists(record):
-      import json
-
       with open(record) as f:
         self.record = json.load(f)
 
   def update(self, step: int, metrics: dict, variables) -> bool:
     """Saves `variables` if `metrics[metric]` beats the best so far."""
-    import json
-
     from facerecon import fileio
 
     if self.metric not in metrics:

@@ -14,15 +14,21 @@ BACKGROUND = 0.12
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width"))
-def shade_faces(model: morphable.MorphableModel, params, texture,
-                height: int, width: int, light=DEFAULT_LIGHT):
-  """Lambertian renders of faces: params [B, P], texture [B, Kt] ->
-  (RGB [B, H, W, 3] in [0, 1] over a grey background, landmarks [B, 68, 2])."""
+def _shade_and_depth(model: morphable.MorphableModel, params, texture, height: int,
+                     width: int, light=DEFAULT_LIGHT):
+  """One render: (shaded RGB, landmarks, depth, mask); see `shade_faces`."""
   face = render.render_face(model, params, texture, height, width)
   shaded = jnp.clip(render.lambertian(face.albedo, face.normals, light), 0.0, 1.0)
   shaded = jnp.where(face.mask[..., None], shaded, BACKGROUND)
   landmarks = jnp.take(face.image_vertices, model.landmark_indices, axis=-2)[..., :2]
-  return shaded, landmarks
+  return shaded, landmarks, face.depth, face.mask
+
+
+def shade_faces(model: morphable.MorphableModel, params, texture,
+                height: int, width: int, light=DEFAULT_LIGHT):
+  """Lambertian renders of faces: params [B, P], texture [B, Kt] ->
+  (RGB [B, H, W, 3] in [0, 1] over a grey background, landmarks [B, 68, 2])."""
+  return _shade_and_depth(model, params, texture, height, width, light)[:2]
 
 
 def to_uint8(image) -> np.ndarray:
@@ -86,10 +92,8 @@ def reconstruction_panel(model: morphable.MorphableModel, images, predicted, tar
   images = np.asarray(images)
   count, size = images.shape[0], images.shape[1]
   both = predicted if target is None else jnp.concatenate([predicted, target])
-  shaded, landmarks = shade_faces(model, both, None, size, size)
-  faces = render.render_face(model, both, None, size, size)
-  depth, mask = np.asarray(faces.depth), np.asarray(faces.mask)
-  shaded, landmarks = np.asarray(shaded), np.asarray(landmarks)
+  shaded, landmarks, depth, mask = map(np.asarray,
+                                       _shade_and_depth(model, both, None, size, size))
   scale = tile / size
   up = lambda a: cv2.resize(a, (tile, tile), interpolation=cv2.INTER_NEAREST)
   rows = []

@@ -778,6 +778,45 @@ inline bool PixelTriangle(int32_t t, int col, int row, const float* vertices,
   return true;
 }
 
+// Calls hit(p, tri, s, b) for each pixel p (row-major in [H, W]) whose
+// visible triangle (ids[p]) passes PixelTriangle, and miss(p) for the others:
+// the loop every interpolation kernel shares.
+template <typename Hit, typename Miss>
+inline void ForEachPixelTriangle(const float* vertices, int64_t num_vertices,
+                                 const int32_t* triangles, int64_t num_triangles,
+                                 const int32_t* ids, int height, int width, Hit hit,
+                                 Miss miss) {
+  for (int row = 0; row < height; ++row) {
+    for (int col = 0; col < width; ++col) {
+      const int64_t p = static_cast<int64_t>(row) * width + col;
+      const int32_t* tri;
+      TriangleSetup s;
+      float b[3];
+      if (PixelTriangle(ids[p], col, row, vertices, num_vertices, triangles, num_triangles,
+                        &tri, &s, b)) {
+        hit(p, tri, s, b);
+      } else {
+        miss(p);
+      }
+    }
+  }
+}
+
+// Adds the x, y gradient of a pixel through its barycentrics to its corners:
+// with dL/db_j given as u = dL/db_1 - dL/db_0 and w = dL/db_2 - dL/db_0,
+// sum_j (dL/db_j) grad_p b_j = u grad_p b_1 + w grad_p b_2 (since grad_p b_0 =
+// -(grad_p b_1 + grad_p b_2)); p = sum_j b_j v_j, so moving corner k by d
+// changes b like moving p by -b_k d, and dL/dv_k = -b_k times that.
+inline void AddBarycentricGrad(const TriangleSetup& s, const float* b, const int32_t* tri,
+                               float u, float w, float* grad_vertices) {
+  const float gx = u * s.k1x + w * s.k2x, gy = u * s.k1y + w * s.k2y;
+  for (int k = 0; k < 3; ++k) {
+    float* gv = grad_vertices + 3 * static_cast<int64_t>(tri[k]);
+    gv[0] -= b[k] * gx;
+    gv[1] -= b[k] * gy;
+  }
+}
+
 // InterpolateImage for a channel count known at compile time (kChannels > 0)
 // or given at run time (kChannels == 0): a fixed count lets the compiler
 // unroll and vectorise the channel loop.
@@ -787,24 +826,18 @@ inline void InterpolateImageT(const float* vertices, const float* attributes,
                               const int32_t* triangles, int64_t num_triangles,
                               const int32_t* ids, int height, int width, float* out) {
   const int64_t channels = kChannels > 0 ? kChannels : runtime_channels;
-  for (int row = 0; row < height; ++row) {
-    for (int col = 0; col < width; ++col) {
-      const int64_t p = static_cast<int64_t>(row) * width + col;
-      float* o = out + p * channels;
-      const int32_t* tri;
-      TriangleSetup s;
-      float b[3];
-      if (!PixelTriangle(ids[p], col, row, vertices, num_vertices, triangles, num_triangles,
-                         &tri, &s, b)) {
-        std::fill(o, o + channels, 0.0f);
-        continue;
-      }
-      const float* a0 = attributes + tri[0] * channels;
-      const float* a1 = attributes + tri[1] * channels;
-      const float* a2 = attributes + tri[2] * channels;
-      for (int64_t c = 0; c < channels; ++c) o[c] = b[0] * a0[c] + b[1] * a1[c] + b[2] * a2[c];
-    }
-  }
+  ForEachPixelTriangle(
+      vertices, num_vertices, triangles, num_triangles, ids, height, width,
+      [&](int64_t p, const int32_t* tri, const TriangleSetup&, const float* b) {
+        float* o = out + p * channels;
+        const float* a0 = attributes + tri[0] * channels;
+        const float* a1 = attributes + tri[1] * channels;
+        const float* a2 = attributes + tri[2] * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          o[c] = b[0] * a0[c] + b[1] * a1[c] + b[2] * a2[c];
+        }
+      },
+      [&](int64_t p) { std::fill(out + p * channels, out + (p + 1) * channels, 0.0f); });
 }
 
 // Interpolates per-vertex attributes [N, C] at each pixel's visible triangle
@@ -831,9 +864,7 @@ inline void InterpolateImage(const float* vertices, const float* attributes,
 
 // Backward of InterpolateImage for upstream gradients grad_out [H, W, C].
 // Writes grad_attributes [N, C] (sum of g b_k) and grad_vertices [N, 3]
-// (x, y only: barycentrics do not depend on z). Since p = sum_j b_j v_j,
-// moving corner k by d changes b like moving p by -b_k d, so
-// dL/dv_k = -b_k sum_j (dL/db_j) grad_p b_j, with dL/db_j = <g, a_j>.
+// (x, y only: barycentrics do not depend on z), with dL/db_j = <g, a_j>.
 inline void InterpolateImageGrad(const float* vertices, const float* attributes,
                                  int64_t num_vertices, int64_t channels,
                                  const int32_t* triangles, int64_t num_triangles,
@@ -842,36 +873,23 @@ inline void InterpolateImageGrad(const float* vertices, const float* attributes,
                                  float* grad_vertices) {
   std::fill(grad_attributes, grad_attributes + num_vertices * channels, 0.0f);
   std::fill(grad_vertices, grad_vertices + num_vertices * 3, 0.0f);
-  for (int row = 0; row < height; ++row) {
-    for (int col = 0; col < width; ++col) {
-      const int64_t p = static_cast<int64_t>(row) * width + col;
-      const int32_t* tri;
-      TriangleSetup s;
-      float b[3];
-      if (!PixelTriangle(ids[p], col, row, vertices, num_vertices, triangles, num_triangles,
-                         &tri, &s, b)) {
-        continue;
-      }
-      const float* g = grad_out + p * channels;
-      float grad_b[3] = {0.0f, 0.0f, 0.0f};
-      for (int k = 0; k < 3; ++k) {
-        const float* a = attributes + tri[k] * channels;
-        float* ga = grad_attributes + tri[k] * channels;
-        for (int64_t c = 0; c < channels; ++c) {
-          grad_b[k] += g[c] * a[c];
-          ga[c] += g[c] * b[k];
+  ForEachPixelTriangle(
+      vertices, num_vertices, triangles, num_triangles, ids, height, width,
+      [&](int64_t p, const int32_t* tri, const TriangleSetup& s, const float* b) {
+        const float* g = grad_out + p * channels;
+        float grad_b[3] = {0.0f, 0.0f, 0.0f};
+        for (int k = 0; k < 3; ++k) {
+          const float* a = attributes + tri[k] * channels;
+          float* ga = grad_attributes + tri[k] * channels;
+          for (int64_t c = 0; c < channels; ++c) {
+            grad_b[k] += g[c] * a[c];
+            ga[c] += g[c] * b[k];
+          }
         }
-      }
-      // sum_j grad_b_j grad_p b_j, with grad_p b_0 = -(grad_p b_1 + grad_p b_2).
-      const float u = grad_b[1] - grad_b[0], w = grad_b[2] - grad_b[0];
-      const float gx = u * s.k1x + w * s.k2x, gy = u * s.k1y + w * s.k2y;
-      for (int k = 0; k < 3; ++k) {
-        float* gv = grad_vertices + 3 * static_cast<int64_t>(tri[k]);
-        gv[0] -= b[k] * gx;
-        gv[1] -= b[k] * gy;
-      }
-    }
-  }
+        AddBarycentricGrad(s, b, tri, grad_b[1] - grad_b[0], grad_b[2] - grad_b[0],
+                           grad_vertices);
+      },
+      [](int64_t) {});
 }
 
 // Backward of the depth map z = sum_k b_k z_k (what InterpolateImage gives
@@ -884,29 +902,18 @@ inline void DepthImageGrad(const float* vertices, int64_t num_vertices,
                            const int32_t* ids, int height, int width,
                            const float* grad_depth, float* grad_vertices) {
   std::fill(grad_vertices, grad_vertices + num_vertices * 3, 0.0f);
-  for (int row = 0; row < height; ++row) {
-    for (int col = 0; col < width; ++col) {
-      const int64_t p = static_cast<int64_t>(row) * width + col;
-      const int32_t* tri;
-      TriangleSetup s;
-      float b[3];
-      if (grad_depth[p] == 0.0f ||
-          !PixelTriangle(ids[p], col, row, vertices, num_vertices, triangles, num_triangles,
-                         &tri, &s, b)) {
-        continue;
-      }
-      const float g = grad_depth[p];
-      // dL/db_k = g z_k, so u and w below are g times the edges' z rise.
-      const float u = g * s.dz1, w = g * s.dz2;
-      const float gx = u * s.k1x + w * s.k2x, gy = u * s.k1y + w * s.k2y;
-      for (int k = 0; k < 3; ++k) {
-        float* gv = grad_vertices + 3 * static_cast<int64_t>(tri[k]);
-        gv[0] -= b[k] * gx;
-        gv[1] -= b[k] * gy;
-        gv[2] += b[k] * g;
-      }
-    }
-  }
+  ForEachPixelTriangle(
+      vertices, num_vertices, triangles, num_triangles, ids, height, width,
+      [&](int64_t p, const int32_t* tri, const TriangleSetup& s, const float* b) {
+        const float g = grad_depth[p];
+        if (g == 0.0f) return;  // (no 0 * inf where a vertex z is infinite)
+        // dL/db_k = g z_k, so u and w are g times the edges' z rise.
+        AddBarycentricGrad(s, b, tri, g * s.dz1, g * s.dz2, grad_vertices);
+        for (int k = 0; k < 3; ++k) {
+          grad_vertices[3 * static_cast<int64_t>(tri[k]) + 2] += b[k] * g;
+        }
+      },
+      [](int64_t) {});
 }
 
 }  // namespace facerecon
