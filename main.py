@@ -7,7 +7,9 @@ Every config field can be overridden on the command line, e.g.
 
 Modes (--mode):
   train     (the default) train CoarseNet (facerecon.train.train_and_evaluate): checkpoints,
-            TensorBoard events and pictures in --workdir; resumes from there
+            TensorBoard events and pictures in --workdir; resumes from there. Then,
+            if config.fine.num_train_steps > 0, FineNet on top of it
+            (facerecon.train_fine) in --workdir/fine
   preview   build the morphable model, sample faces, write preview.png
 """
 
@@ -65,8 +67,22 @@ def main(argv):
     _initialize_distributed()
     from facerecon import train  # Deferred: preview needs none of it.
 
-    metrics = train.train_and_evaluate(config, _WORKDIR.value)
-    print("final evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+    if config.num_train_steps > 0:
+      metrics = train.train_and_evaluate(config, _WORKDIR.value)
+      _print_metrics("CoarseNet", metrics)
+    if config.fine.num_train_steps > 0:
+      import os
+
+      from facerecon import train_fine
+
+      metrics = train_fine.train_and_evaluate(config, os.path.join(_WORKDIR.value, "fine"),
+                                              config.fine.coarse_workdir or _WORKDIR.value)
+      _print_metrics("FineNet", metrics)
+
+
+def _print_metrics(name, metrics):
+  print(f"{name} final evaluation: "
+        + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
 
 
 if __name__ == "__main__":

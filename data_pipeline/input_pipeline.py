@@ -124,6 +124,50 @@ class _SelectedFeatures:
     return {k: example[k] for k in self._keys}
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class FolderSource:
+  """A random-access source of the face photos in a folder (any sizes, grey
+  or colour): each becomes a centred square crop resized to `size` x `size`
+  RGB uint8, {"image": array}. For FineNet's unlabelled stage. The files,
+  sorted by name, are split deterministically: every `val_every`-th is
+  'val', the rest 'train'."""
+
+  def __init__(self, folder: str, size: int, split: str = "train", val_every: int = 10):
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"photo folder {folder} does not exist")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
+    if split not in ("train", "val"):
+      raise ValueError(f"FolderSource: unknown split '{split}' (use 'train' or 'val')")
+    picked = [n for i, n in enumerate(names) if (i % val_every == val_every - 1) == (split == "val")]
+    if not picked:
+      raise ValueError(f"photo folder {folder} has no {split} images ({len(names)} image "
+                       f"files of {', '.join(IMAGE_SUFFIXES)})")
+    self._paths = [os.path.join(folder, n) for n in picked]
+    self._size = size
+
+  def __len__(self):
+    return len(self._paths)
+
+  def __getitem__(self, index):
+    import cv2
+
+    path = self._paths[index]
+    with open(path, "rb") as f:
+      data = f.read()
+    try:
+      image = decode_image(data)
+    except ValueError as e:
+      raise ValueError(f"{path}: cannot decode the image") from e
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = image[top:top + side, left:left + side]
+    interpolation = cv2.INTER_AREA if side > self._size else cv2.INTER_LINEAR
+    return {"image": cv2.resize(crop, (self._size, self._size), interpolation=interpolation)}
+
+
 def decode_image(data: bytes, channels: int = 3) -> np.ndarray:
   """Encoded bytes -> RGB (channels=3) or RGBA (4, opaque) uint8 [H, W, C]
   (OpenCV, no TensorFlow)."""
@@ -152,7 +196,11 @@ def prepare_example(example: dict, rng: np.random.Generator | None,
 
   warp = rng is not None and augmentation.geometric
   # OpenCV warps four channels about twice as fast as three (SIMD).
-  image = decode_image(example["image"], channels=4 if warp else 3)
+  image = example["image"]
+  if isinstance(image, np.ndarray):  # decoded already (FolderSource)
+    image = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA) if warp else image
+  else:
+    image = decode_image(image, channels=4 if warp else 3)
   height, width = image.shape[:2]
   out = {}
   labelled = "params" in example

@@ -13,6 +13,13 @@ translation that keep the face in frame. Texture comes from the texture
 model. Lighting is first-order spherical harmonics (ambient plus one
 directional light), followed by AFLW2000-3D's colour transform (per-channel
 gain and offset, contrast towards grey).
+
+Fine detail: the 3DMM is smooth, so each face also carries a displacement
+of its depth (`detail_displacement`): a sum of random plane waves over the
+face's PNCC code (surface coordinates, so the bumps and wrinkles move with
+the face), a fraction of the face's width high. The photo is shaded with the
+detailed surface's normals and `SyntheticBatch.fine_depth` is its depth: the
+ground truth for FineNet, which must find the detail from the shading alone.
 """
 
 import dataclasses
@@ -26,11 +33,13 @@ from facerecon import camera
 from facerecon import morphable
 from facerecon import params as params_lib
 from facerecon import render
+from facerecon import shading
 
 LUMINANCE = (0.3, 0.59, 0.11)  # AFLW2000-3D's colour model
 # Bumped whenever the same (seed, index) would give another face, so a data
 # set is never resumed with different code (data_pipeline.synthesize).
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
+DETAIL_WAVES = 8  # plane waves summed into each face's displacement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +59,10 @@ class FacePrior:
   offset: tuple[float, float] = (-0.05, 0.05)
   contrast: tuple[float, float] = (0.6, 1.0)   # 1 = full colour, 0 = grey
   noise: float = 0.01            # std of (uniform) pixel noise, image in [0, 1]
+  # Fine detail: wave height as a fraction of the face's width, and wave
+  # frequencies in cycles per face width. (0, 0): smooth faces.
+  detail: tuple[float, float] = (0.002, 0.006)
+  detail_frequency: tuple[float, float] = (4.0, 10.0)
 
 
 class FaceSample(NamedTuple):
@@ -58,6 +71,7 @@ class FaceSample(NamedTuple):
   texture: jax.Array   # [B, Kt]
   lighting: jax.Array  # [B, 4] first-order SH coefficients [1, nx, ny, nz]
   colour: jax.Array    # [B, 7] gain rgb, offset rgb, contrast
+  detail: jax.Array    # [B, DETAIL_WAVES, 4] waves: height, frequency u, frequency v, phase
 
 
 def _uniform(key, shape, bounds):
@@ -94,8 +108,35 @@ def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: 
                             _uniform(colour_keys[1], (3,), prior.offset),
                             _uniform(colour_keys[2], (1,), prior.contrast)])
   params = params_lib.join(params_lib.FaceParams(pose, shape, expression))
+  # Its own key (not a 13th split), so the draws above stay what they were.
+  detail = _detail_waves(jax.random.fold_in(key, 1000), prior)
   return FaceSample(params.astype(jnp.float32), texture.astype(jnp.float32),
-                    lighting.astype(jnp.float32), colour.astype(jnp.float32))
+                    lighting.astype(jnp.float32), colour.astype(jnp.float32),
+                    detail.astype(jnp.float32))
+
+
+def _detail_waves(key, prior: FacePrior):
+  """[DETAIL_WAVES, 4]: height (fraction of face width), frequency (u, v)
+  in cycles per face width, phase."""
+  keys = jax.random.split(key, 4)
+  height = _uniform(keys[0], (DETAIL_WAVES,), prior.detail)
+  frequency = _uniform(keys[1], (DETAIL_WAVES,), prior.detail_frequency)
+  direction = jax.random.uniform(keys[2], (DETAIL_WAVES,), maxval=jnp.pi)
+  phase = jax.random.uniform(keys[3], (DETAIL_WAVES,), maxval=2 * jnp.pi)
+  return jnp.stack([height, frequency * jnp.cos(direction), frequency * jnp.sin(direction),
+                    phase], axis=-1)
+
+
+def detail_displacement(waves, pncc, mask, face_width):
+  """The detail's depth displacement [B, H, W] in pixels (0 off the mask):
+  face_width * sum_k height_k sin(2 pi (fu_k u + fv_k v) + phase_k) at each
+  pixel's PNCC code (u, v). waves [B, K, 4], pncc [B, H, W, 3], face_width
+  [B] the face's width in pixels."""
+  u, v = pncc[..., None, 0], pncc[..., None, 1]                 # [B, H, W, 1]
+  w = waves[:, None, None]                                      # [B, 1, 1, K, 4]
+  angle = 2 * jnp.pi * (w[..., 1] * u + w[..., 2] * v) + w[..., 3]
+  height = jnp.sum(w[..., 0] * jnp.sin(angle), axis=-1)
+  return jnp.where(mask, face_width[:, None, None] * height, 0.0)
 
 
 def colour_transform(image, colour):
@@ -187,6 +228,7 @@ class SyntheticBatch(NamedTuple):
   lighting: jax.Array   # [B, 4]
   colour: jax.Array     # [B, 7]
   depth: jax.Array      # [B, H, W] float32, image-space z (larger nearer), 0 off the face
+  fine_depth: jax.Array  # [B, H, W] float32, depth with the fine detail, 0 off the face
   mask: jax.Array       # [B, H, W] bool
   pncc: jax.Array       # [B, H, W, 3] float32 in [0, 1], 0 off the face
   landmarks: jax.Array  # [B, 68, 2] float32 image (x, y)
@@ -198,7 +240,19 @@ def render_sample(model: morphable.MorphableModel, sample: FaceSample, backgroun
   """Renders a batch of drawn faces over backgrounds [B, H, W, 3] in [0, 1];
   `noise` [B, H, W, 3] (or None) is added before quantising to uint8."""
   face = render.render_face(model, sample.params, sample.texture, height, width, backend)
-  irradiance = jnp.maximum(render.sh_irradiance(face.normals, sample.lighting), 0.0)
+  # The face's width in pixels: f times the model's x extent (the PNCC's u
+  # runs across it).
+  extent = jnp.max(model.mean_shape[:, 0]) - jnp.min(model.mean_shape[:, 0])
+  displacement = detail_displacement(sample.detail, face.pncc, face.mask,
+                                     sample.params[:, params_lib.SCALE] * extent)
+  # Normals of depth + displacement: n + n_z (-dd/dcolumn, dd/drow, 0) is
+  # parallel to (-dz/dcolumn, dz/drow, 1) of the detailed surface.
+  d_col, d_row, _ = shading.depth_gradient(displacement, face.mask)
+  normals = face.normals + face.normals[..., 2:3] * jnp.stack(
+      [-d_col, d_row, jnp.zeros_like(d_col)], axis=-1)
+  normals = normals * jax.lax.rsqrt(jnp.maximum(
+      normals[..., 0:1] ** 2 + normals[..., 1:2] ** 2 + normals[..., 2:3] ** 2, 1e-12))
+  irradiance = jnp.maximum(render.sh_irradiance(normals, sample.lighting), 0.0)
   shaded = colour_transform(face.albedo * irradiance[..., None], sample.colour)
   image = jnp.where(face.mask[..., None], shaded, background)
   if noise is not None:
@@ -206,7 +260,7 @@ def render_sample(model: morphable.MorphableModel, sample: FaceSample, backgroun
   image = jnp.round(jnp.clip(image, 0.0, 1.0) * 255.0).astype(jnp.uint8)
   landmarks = jnp.take(face.image_vertices, model.landmark_indices, axis=-2)[..., :2]
   return SyntheticBatch(image, sample.params, sample.texture, sample.lighting, sample.colour,
-                        face.depth, face.mask, face.pncc, landmarks)
+                        face.depth, face.depth + displacement, face.mask, face.pncc, landmarks)
 
 
 def sample_keys(seed: int, start: int, count: int):

@@ -219,8 +219,8 @@ class BestCheckpoint:
   `<directory>/best.json` saying which step and metrics. A resumed run
   reads the record, so "best" spans the whole run."""
 
-  def __init__(self, directory: str, metric: str):
-    self.directory, self.metric = os.path.abspath(directory), metric
+  def __init__(self, directory: str, metric: str, field: str = "config.best_metric"):
+    self.directory, self.metric, self._field = os.path.abspath(directory), metric, field
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=1))
     record = os.path.join(self.directory, "best.json")
@@ -234,7 +234,7 @@ class BestCheckpoint:
     from facerecon import fileio
 
     if self.metric not in metrics:
-      raise ValueError(f"config.best_metric: '{self.metric}' is not an evaluation metric "
+      raise ValueError(f"{self._field}: '{self.metric}' is not an evaluation metric "
                        f"(have: {', '.join(sorted(metrics))})")
     value = float(metrics[self.metric])
     if self.record is not None and not value < self.record["value"]:
@@ -269,11 +269,12 @@ class SyntheticStream:
   Each host renders its own part of the global batch."""
 
   def __init__(self, model, size: int, batch_size: int, seed: int, prior=None,
-               per_host: bool = True):
+               per_host: bool = True, fields=("image", "params", "landmarks")):
     from facerecon import synthetic  # Deferred: only this source needs it.
 
     self._synthetic = synthetic
     self._model, self._size, self._batch, self._seed = model, size, batch_size, seed
+    self._fields = tuple(fields)  # of SyntheticBatch, copied to the host
     self._prior = prior or synthetic.FacePrior()
     # per_host=False: every host gets the same batches (for statistics).
     self._hosts, self._host = ((jax.process_count(), jax.process_index()) if per_host
@@ -289,8 +290,7 @@ class SyntheticStream:
     faces = self._synthetic.generate_jit(self._model, keys, self._prior, self._size,
                                          self._size)
     self.position += 1
-    return {"image": np.asarray(faces.image), "params": np.asarray(faces.params),
-            "landmarks": np.asarray(faces.landmarks)}
+    return {name: np.asarray(getattr(faces, name)) for name in self._fields}
 
   def get_state(self) -> dict:
     return {"position": self.position}
@@ -496,47 +496,73 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains CoarseNet as `config` says, writing checkpoints, TensorBoard
   events and pictures under `workdir`; resumes from the newest checkpoint
   there. Returns the last evaluation's metrics."""
+  from absl import logging
+
+  os.makedirs(workdir, exist_ok=True)
+  mesh, model, statistics, context, net, train_data, state, tx, schedule, step_fn = (
+      build_training(config))
+  logging.info("CoarseNet: %d devices (%s) in %d process(es); global batch %d", mesh.size,
+               jax.devices()[0].platform, jax.process_count(), config.batch_size)
+  evaluate = _eval_fn(net, config, mesh)
+
+  def run_evaluation(state, step, writer):
+    return _run_evaluation(config, model, statistics, evaluate, state, mesh, context, writer,
+                           step, workdir)
+
+  return run_train_loop(
+      config, workdir, seed=config.seed, state=state, step_fn=step_fn, train_data=train_data,
+      make_batch=lambda host: shard_batch(_with_normalized_labels(host, statistics), mesh),
+      context=context, schedule=schedule, evaluate=run_evaluation)
+
+
+def run_train_loop(stage, workdir: str, *, seed: int, state: TrainState, step_fn: Callable,
+                   train_data, make_batch: Callable, context, schedule: optax.Schedule,
+                   evaluate: Callable, field_prefix: str = "config.") -> dict:
+  """The loop every training stage shares: steps, logs, evaluations with the
+  best checkpoint, regular checkpoints that resume exactly, SIGTERM.
+
+  `stage` (a config or sub-config) has num_train_steps, batch_size,
+  log_every, eval_every, checkpoint_every, keep_checkpoints, max_bad_steps
+  and best_metric. `train_data` is an iterator of host batches with
+  get_state / set_state; `make_batch(host batch)` gives the step's global
+  batch; `evaluate(state, step, writer)` returns the metrics. Returns the
+  last evaluation's metrics. Errors name fields as `field_prefix` + name.
+  """
   import time
 
   from absl import logging
 
   from facerecon import tensorboard
 
-  os.makedirs(workdir, exist_ok=True)
-  mesh, model, statistics, context, net, train_data, state, tx, schedule, step_fn = (
-      build_training(config))
-  logging.info("%d devices (%s) in %d process(es); global batch %d", mesh.size,
-               jax.devices()[0].platform, jax.process_count(), config.batch_size)
-
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint_every,
-                            config.keep_checkpoints)
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), stage.checkpoint_every,
+                            stage.keep_checkpoints)
   if checkpoints.latest_step() is not None:
     state, data_state = checkpoints.restore(state)
     if data_state is not None:
       train_data.set_state(data_state)
     logging.info("resumed from step %d", int(state.step))
 
-  evaluate = _eval_fn(net, config, mesh)
-  best = BestCheckpoint(os.path.join(workdir, "best"), config.best_metric)
+  best = BestCheckpoint(os.path.join(workdir, "best"), stage.best_metric,
+                        field_prefix + "best_metric")
   # Process 0 writes the logs and pictures (every process has the same values).
   writer = (tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
             if jax.process_index() == 0 else tensorboard.NullWriter())
   preempted = PreemptionFlag()
-  key = jax.random.PRNGKey(config.seed + 1)
+  key = jax.random.PRNGKey(seed + 1)
   metrics = {}
   try:
     start_step = int(state.step)
     timer, timed_steps = time.perf_counter(), 0
 
     def check_finite(done, step_metrics):
-      if int(step_metrics["bad_in_a_row"]) >= config.max_bad_steps:
+      if int(step_metrics["bad_in_a_row"]) >= stage.max_bad_steps:
         raise FloatingPointError(
-            f"{config.max_bad_steps} steps in a row had a non-finite loss or gradient "
-            f"(step {done}); lower config.learning_rate or check the data")
+            f"{stage.max_bad_steps} steps in a row had a non-finite loss or gradient "
+            f"(step {done}); lower {field_prefix}learning_rate or check the data")
 
     previous = None  # (step, metrics) of the step before, checked one step late
-    for step in range(start_step, config.num_train_steps):
-      batch = shard_batch(_with_normalized_labels(next(train_data), statistics), mesh)
+    for step in range(start_step, stage.num_train_steps):
+      batch = make_batch(next(train_data))
       state, train_metrics = step_fn(state, batch, jax.random.fold_in(key, step), context)
       timed_steps += 1
       done = step + 1
@@ -546,29 +572,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if previous is not None:
         check_finite(*previous)
       previous = (done, train_metrics)
-      if done % config.log_every == 0 or done == config.num_train_steps:
+      if done % stage.log_every == 0 or done == stage.num_train_steps:
         values = jax.device_get(train_metrics)
         seconds = time.perf_counter() - timer
-        images_per_second = timed_steps * config.batch_size / seconds
-        eta = (config.num_train_steps - done) * seconds / timed_steps
+        images_per_second = timed_steps * stage.batch_size / seconds
+        eta = (stage.num_train_steps - done) * seconds / timed_steps
         scalars = {f"train/{k}": float(v) for k, v in values.items()
                    if k not in ("finite", "bad_in_a_row")}
         scalars.update({"train/learning_rate": float(schedule(done)),
                         "train/images_per_second": images_per_second,
                         "train/skipped_steps": float(state.skipped)})
         writer.scalars(scalars, done)
-        logging.info("step %d/%d loss %.4f, %.1f images/s, ETA %.0f s", done,
-                     config.num_train_steps, values["loss"], images_per_second, eta)
+        logging.info("step %d/%d loss %.4g, %.1f images/s, ETA %.0f s", done,
+                     stage.num_train_steps, values["loss"], images_per_second, eta)
         timer, timed_steps = time.perf_counter(), 0
-      if done % config.eval_every == 0 or done == config.num_train_steps:
-        metrics = _run_evaluation(config, model, statistics, evaluate, state, mesh, context,
-                                  writer, done, workdir)
+      if done % stage.eval_every == 0 or done == stage.num_train_steps:
+        metrics = evaluate(state, done, writer)
         if best.update(done, metrics, {"params": state.params,
                                        "batch_stats": state.batch_stats}):
-          logging.info("best %s so far: %.4g at step %d", config.best_metric,
-                       metrics[config.best_metric], done)
+          logging.info("best %s so far: %.4g at step %d", stage.best_metric,
+                       metrics[stage.best_metric], done)
       checkpoints.save(done, state, train_data.get_state(),
-                       force=bool(preempted) or done == config.num_train_steps)
+                       force=bool(preempted) or done == stage.num_train_steps)
       if preempted:
         logging.warning("SIGTERM: saved step %d, stopping", done)
         break

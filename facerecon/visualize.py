@@ -118,3 +118,45 @@ def reconstruction_panel(model: morphable.MorphableModel, images, predicted, tar
     rows.append(np.concatenate(row, axis=1))
   return np.concatenate(rows, axis=0)
 
+
+
+def shade_depth(depth, mask, light=DEFAULT_LIGHT) -> np.ndarray:
+  """A depth map [H, W] shown as a grey Lambertian render of its normals
+  (`shading.depth_normals`): the detail that a grey depth map hides shows up.
+  uint8 [H, W, 3], BACKGROUND off the mask."""
+  from facerecon import render
+  from facerecon import shading
+
+  normals, _ = shading.depth_normals(jnp.asarray(depth), jnp.asarray(mask))
+  shaded = render.lambertian(jnp.full(normals.shape[:-1] + (1,), 0.85), normals, light)
+  image = np.where(np.asarray(mask)[..., None], np.asarray(shaded), BACKGROUND)
+  return to_uint8(np.repeat(image, 3, axis=-1))
+
+
+def fine_panel(images, coarse_depth, fine_depth, mask, true_depth=None,
+               tile: int = 192) -> np.ndarray:
+  """One row per face: [photo | coarse depth | fine depth | coarse shaded |
+  fine shaded (| true shaded)], `tile` pixels each. images [K, S, S, 3]
+  uint8; depths and mask [K, S, S]; true_depth (synthetic faces' detailed
+  depth) on the same mask as given, or None."""
+  import cv2
+
+  up = lambda a: cv2.resize(np.asarray(a), (tile, tile), interpolation=cv2.INTER_NEAREST)
+  rows = []
+  for k in range(len(images)):
+    covered = np.asarray(coarse_depth[k])[np.asarray(mask[k])]
+    low, high = (covered.min(), covered.max()) if covered.size else (0.0, 1.0)
+    grey = lambda d: np.repeat(depth_to_grey(d, mask[k], low, high)[..., None], 3, -1)
+    # Shaded at full tile size, so the detail's normals are not blocky.
+    shade = lambda d: shade_depth(cv2.resize(np.asarray(d, np.float32), (tile, tile)) * (
+        tile / d.shape[-1]), up(np.asarray(mask[k], np.uint8)) > 0)
+    row = [up(images[k]), up(grey(coarse_depth[k])), up(grey(fine_depth[k])),
+           shade(coarse_depth[k]), shade(fine_depth[k])]
+    if true_depth is not None:
+      row.append(shade(true_depth[k]))
+    rows.append(np.concatenate([label(r, t) for r, t in zip(row, _FINE_LABELS)], axis=1))
+  return np.concatenate(rows, axis=0)
+
+
+_FINE_LABELS = ("photo", "coarse depth", "fine depth", "coarse shaded", "fine shaded",
+                "true shaded")

@@ -18,7 +18,7 @@ CONFIGS = ("default", "synthetic", "resnet", "vgg")
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds_its_network(name):
   config = importlib.import_module(f"configs.{name}").get_config()
-  assert config.batch_size > 0 and config.num_train_steps > 0
+  assert config.batch_size > 0 and config.num_train_steps >= 0
   tx, schedule = train.make_optimizer(config)
   assert float(schedule(config.warmup_steps)) == pytest.approx(config.learning_rate)
   model = morphable.load("embedded:25")
@@ -35,3 +35,22 @@ def test_config_builds_its_network(name):
   if backbone:  # the slim backbone per iteration (10 input channels), plus the heads
     assert count > config.num_iterations * backbone * 0.99
   assert len(shapes["params"]) == config.num_iterations
+
+
+@pytest.mark.parametrize("name", CONFIGS + ("finenet",))
+def test_config_builds_its_finenet(name):
+  from facerecon import train_fine
+
+  config = importlib.import_module(f"configs.{name}").get_config()
+  stage = config.fine
+  tx, schedule = train.make_optimizer(stage)
+  assert float(schedule(stage.warmup_steps)) == pytest.approx(stage.learning_rate)
+  size = config.image_size
+  shapes = jax.eval_shape(lambda: train_fine.make_fine_net(config).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size)),
+      jnp.zeros((1, size, size), bool)))
+  assert models.count_params(shapes["params"]) > 0
+  train_fine.FineLossWeights(**stage.loss)
+  if name == "finenet":  # stage 2 alone, on photos
+    assert config.num_train_steps == 0 and stage.num_train_steps > 0
+    assert stage.data.source == "tfds" and stage.best_metric == "loss"

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,3 +99,22 @@ def test_uniform_noise_statistics():
   flat, flat_other = noise.ravel(), other.ravel()
   for a, b in ((flat[:-1], flat[1:]), (flat[:-4], flat[4:]), (flat, flat_other)):
     assert abs(np.corrcoef(a, b)[0, 1]) < 0.02
+
+
+def test_fine_detail_is_a_displacement_on_the_face_seen_in_the_shading():
+  model = morphable.load("embedded")
+  keys = synthetic.sample_keys(5, 0, 4)
+  prior = synthetic.FacePrior(yaw=(-30.0, 30.0), pitch=(-20.0, 20.0))
+  faces = synthetic.generate_jit(model, keys, prior, 64, 64)
+  smooth = synthetic.generate_jit(model, keys, dataclasses.replace(prior, detail=(0.0, 0.0)),
+                                  64, 64)
+  mask = np.asarray(faces.mask)
+  displacement = np.asarray(faces.fine_depth - faces.depth)
+  assert not displacement[~mask].any()
+  # Heights of 0.2-0.6% of the face's width per wave: a few tenths of a pixel here.
+  assert 0.1 < displacement[mask].std() < 1.0
+  # Same faces otherwise: the detail only changes the shading on the face.
+  np.testing.assert_array_equal(np.asarray(smooth.params), np.asarray(faces.params))
+  np.testing.assert_array_equal(np.asarray(smooth.fine_depth), np.asarray(smooth.depth))
+  changed = np.abs(np.asarray(faces.image, int) - np.asarray(smooth.image, int)).max(-1) > 0
+  assert not changed[~mask].any() and changed[mask].mean() > 0.3

@@ -92,11 +92,12 @@ _TINY_FLAGS = [
     "--config.batch_size=8", "--config.num_train_steps=12", "--config.checkpoint_every=2",
     "--config.eval_every=12", "--config.eval_batches=1", "--config.eval_batch_size=8",
     "--config.data.statistics_samples=64", "--config.schedule=constant",
-    "--config.warmup_steps=1", "--config.learning_rate=1e-3", "--config.log_every=2"]
+    "--config.warmup_steps=1", "--config.learning_rate=1e-3", "--config.log_every=2",
+    "--config.fine.num_train_steps=0"]
 
 
 def _final_line(stdout: str) -> str:
-  (line,) = [l for l in stdout.splitlines() if l.startswith("final evaluation:")]
+  (line,) = [l for l in stdout.splitlines() if l.startswith("CoarseNet final evaluation:")]
   return line
 
 
@@ -221,7 +222,7 @@ def _free_port() -> int:
 
 
 def _final_metrics(stdout: str) -> dict:
-  line = _final_line(stdout)[len("final evaluation: "):]
+  line = _final_line(stdout)[len("CoarseNet final evaluation: "):]
   return {k: float(v) for k, v in (item.split(" ") for item in line.split(", "))}
 
 

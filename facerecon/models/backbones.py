@@ -220,6 +220,7 @@ class VGG16(nn.Module):
   (FineNet uses the first three blocks: `num_blocks=3`).
   """
   num_blocks: int = 5
+  depths: Sequence[int] = VGG16_DEPTHS  # channels per block (narrower for small nets)
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -227,7 +228,7 @@ class VGG16(nn.Module):
     del train  # No BatchNorm or dropout in the convolutional part.
     blocks = []
     for b in range(self.num_blocks):
-      x = _VGGBlock(b + 1, VGG16_DEPTHS[b], VGG16_CONVS[b], dtype=self.dtype,
+      x = _VGGBlock(b + 1, self.depths[b], VGG16_CONVS[b], dtype=self.dtype,
                     name=f"conv{b + 1}")(x)
       blocks.append(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")

@@ -1,0 +1,157 @@
+"""Shape from shading on depth maps: normals from depth, first-order
+spherical-harmonics lighting solved by least squares, and the terms of
+FineNet's unsupervised loss (Richardson et al. 2017, section 4).
+
+Depth maps are image-space z [..., H, W] in pixels (larger = nearer, the
+renderer's convention) with a mask of the pixels on the face. Normals are in
+the renderer's camera frame (x right, y up, z towards the camera): a surface
+z(column, row) has the normal (-dz/dcolumn, dz/drow, 1) normalised (rows run
+down, y runs up).
+
+Everything is differentiable; the lighting is solved inside the graph
+(`jnp.linalg.solve` on the 4x4 normal equations, with a small ridge), so the
+loss's gradient sees how the best light changes with the depth (the original
+solved it in numpy, so no gradient reached the network). Dark, saturated,
+flat grey and empty images give finite values and gradients.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from facerecon import render
+
+# Pixels this bright are left out of the shading fit: clipped highlights
+# say nothing about the normal.
+SATURATED = 0.98
+# The ridge on the lighting's normal equations, relative to their trace.
+LIGHTING_RIDGE = 1e-4
+
+
+def _shift(x, rows: int, cols: int):
+  """x[..., r + rows, c + cols] with zeros past the border."""
+  height, width = x.shape[-2:]
+  pad = [(0, 0)] * (x.ndim - 2) + [(max(-rows, 0), max(rows, 0)), (max(-cols, 0), max(cols, 0))]
+  padded = jnp.pad(x, pad)
+  r0, c0 = max(rows, 0), max(cols, 0)
+  return padded[..., r0:r0 + height, c0:c0 + width]
+
+
+def _derivative(z, mask, rows: int, cols: int):
+  """dz along (rows, cols): central where both neighbours are on the mask,
+  one-sided where one is, 0 where none is; and whether both were."""
+  ahead, behind = _shift(z, rows, cols), _shift(z, -rows, -cols)
+  has_ahead = mask & _shift(mask, rows, cols)
+  has_behind = mask & _shift(mask, -rows, -cols)
+  both = has_ahead & has_behind
+  derivative = jnp.where(both, 0.5 * (ahead - behind),
+                         jnp.where(has_ahead, ahead - z, jnp.where(has_behind, z - behind, 0.0)))
+  return derivative, both
+
+
+def depth_gradient(depth, mask):
+  """(dz/dcolumn, dz/drow, interior) of depth maps [..., H, W]: finite
+  differences on the mask (see `_derivative`); `interior` marks pixels whose
+  four neighbours are all on the mask."""
+  mask = jnp.asarray(mask, bool)
+  d_col, both_cols = _derivative(depth, mask, 0, 1)
+  d_row, both_rows = _derivative(depth, mask, 1, 0)
+  return d_col, d_row, both_cols & both_rows
+
+
+def normals_from_gradient(d_col, d_row, mask):
+  """Unit normals [..., H, W, 3] of a surface with these depth derivatives
+  (0 off the mask)."""
+  length = jnp.sqrt(d_col * d_col + d_row * d_row + 1.0)
+  normals = jnp.stack([-d_col / length, d_row / length, 1.0 / length], axis=-1)
+  return jnp.where(jnp.asarray(mask, bool)[..., None], normals, 0.0)
+
+
+def depth_normals(depth, mask):
+  """(normals [..., H, W, 3], interior [..., H, W]) of depth maps."""
+  d_col, d_row, interior = depth_gradient(depth, mask)
+  return normals_from_gradient(d_col, d_row, mask), interior
+
+
+def laplacian(depth, mask):
+  """(4-neighbour Laplacian [..., H, W], interior): 0 where a neighbour is
+  off the mask."""
+  mask = jnp.asarray(mask, bool)
+  neighbours = [(1, 0), (-1, 0), (0, 1), (0, -1)]
+  interior = mask
+  total = -4.0 * depth
+  for rows, cols in neighbours:
+    interior = interior & _shift(mask, rows, cols)
+    total = total + _shift(depth, rows, cols)
+  return jnp.where(interior, total, 0.0), interior
+
+
+def grey(image):
+  """Luminance [..., H, W] of RGB [..., H, W, 3] (written out: fast on XLA's CPU)."""
+  return 0.299 * image[..., 0] + 0.587 * image[..., 1] + 0.114 * image[..., 2]
+
+
+def solve_lighting(intensity, albedo, normals, weights):
+  """Least-squares first-order SH light [..., 4] per image: minimises
+  sum weights * (albedo * (l . [1, n]) - intensity)^2 over the pixels.
+
+  intensity, albedo, weights [..., H, W]; normals [..., H, W, 3]. A small
+  ridge (relative to the system's trace) keeps empty or black images finite:
+  their light comes out 0.
+  """
+  basis = render.sh_basis(normals) * albedo[..., None]                  # [..., H, W, 4]
+  weighted = basis * weights[..., None]
+  gram = jnp.einsum("...hwi,...hwj->...ij", weighted, basis)
+  rhs = jnp.einsum("...hwi,...hw->...i", weighted, intensity)
+  trace = jnp.trace(gram, axis1=-2, axis2=-1)[..., None, None]
+  gram = gram + (LIGHTING_RIDGE * trace / 4.0 + 1e-12) * jnp.eye(4, dtype=gram.dtype)
+  return jnp.linalg.solve(gram, rhs[..., None])[..., 0]
+
+
+def _masked_mean(values, weights):
+  """Per-image mean of values over weights [..., H, W], then over images."""
+  total = jnp.sum(values * weights, axis=(-2, -1))
+  count = jnp.sum(weights, axis=(-2, -1))
+  return jnp.mean(total / jnp.maximum(count, 1.0))
+
+
+def shading_fit(depth, mask, intensity, albedo, robust_scale=None):
+  """The shape-from-shading data term of depth maps against grey photos.
+
+  depth, mask [..., H, W]; intensity (the photo's luminance, 0..1) and
+  albedo (grey, 0..1) [..., H, W]. The light is solved per image on the
+  interior pixels that are not saturated; returns (mean squared shading
+  residual over those pixels, or its `robust_square` with `robust_scale`;
+  lights [..., 4]; shaded images [..., H, W]).
+  """
+  normals, interior = depth_normals(depth, mask)
+  weights = (interior & (intensity < SATURATED)).astype(depth.dtype)
+  light = solve_lighting(intensity, albedo, normals, weights)
+  shaded = albedo * render.sh_irradiance(normals, light)
+  return _masked_mean(robust_square(shaded - intensity, robust_scale), weights), light, shaded
+
+
+def robust_square(residual, scale=None):
+  """residual^2 where |residual| << scale, 2 scale |residual| where >> (a
+  scaled Charbonnier penalty); plain squares with scale None. Pixels the
+  coarse fit explains badly (a misplaced eyebrow, background inside the
+  mask) then pull on the depth no harder than the detail's own residuals."""
+  if scale is None:
+    return residual * residual
+  return 2.0 * scale * (jnp.sqrt(residual * residual + scale * scale) - scale)
+
+
+def fidelity(depth, reference, mask):
+  """Mean squared depth change (pixels^2) over the mask: stay near the coarse depth."""
+  return _masked_mean((depth - reference) ** 2, jnp.asarray(mask, depth.dtype))
+
+
+def smoothness(depth, mask):
+  """Mean squared Laplacian of the depth over the interior pixels."""
+  values, interior = laplacian(depth, mask)
+  return _masked_mean(values ** 2, interior.astype(depth.dtype))
+
+
+def normal_angle(normals, reference, weights):
+  """Mean angle in degrees between unit normal maps [..., H, W, 3] over weights."""
+  cosine = jnp.clip(jnp.sum(normals * reference, axis=-1), -1.0, 1.0)
+  return _masked_mean(jnp.degrees(jnp.arccos(cosine)), weights)
