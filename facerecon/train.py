@@ -615,7 +615,6 @@ def _run_evaluation(config, model, statistics, evaluate, state, mesh, context, w
   the metrics and a picture of the first batch's first faces
   (`visualize.reconstruction_panel`) to TensorBoard and, from process 0,
   to `<workdir>/reconstructions.png`."""
-  from facerecon import fileio
   from facerecon import visualize
 
   import itertools
@@ -646,12 +645,25 @@ def _run_evaluation(config, model, statistics, evaluate, state, mesh, context, w
   if not count:
     raise ValueError(f"the validation split has fewer than config.eval_batch_size "
                      f"({config.eval_batch_size}) examples")
+  logging.info("eval at step %d over %d examples", step, count * config.eval_batch_size)
+  return publish_evaluation(writer, workdir, step, sums, count, "reconstructions", picture)
+
+
+def publish_evaluation(writer, workdir: str, step: int, sums: dict, count: int, name: str,
+                       picture) -> dict:
+  """The means of `sums` over `count` batches, written as eval/ scalars with
+  the picture as eval/<name> to TensorBoard and (process 0) as
+  <workdir>/<name>.png, and logged. Returns the means."""
+  from absl import logging
+
+  from facerecon import fileio
+
   totals = {k: v / count for k, v in sums.items()}
   writer.scalars({f"eval/{k}": v for k, v in totals.items()}, step)
-  writer.image("eval/reconstructions", picture, step)
+  writer.image(f"eval/{name}", picture, step)
   writer.flush()
   if jax.process_index() == 0:
-    fileio.write_png_atomic(os.path.join(workdir, "reconstructions.png"), picture)
-  logging.info("eval at step %d over %d examples: %s", step, count * config.eval_batch_size,
+    fileio.write_png_atomic(os.path.join(workdir, f"{name}.png"), picture)
+  logging.info("eval at step %d: %s", step,
                ", ".join(f"{k} {v:.4g}" for k, v in sorted(totals.items())))
   return totals

@@ -21,6 +21,7 @@ events and `fine_reconstructions.png`; CoarseNet comes from
 `config.fine.coarse_workdir` (default: the workdir, i.e. stage 1's run).
 """
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -117,10 +118,8 @@ def _split_params(params, end_to_end: bool, coarse_variables):
 def _loss_fn(fine_net, coarse_fit, config, mesh):
   weights = FineLossWeights(**config.fine.loss)
   end_to_end = config.fine.end_to_end
-  loss = parallel.mean_per_device(
-      lambda fine, coarse, mask, intensity, albedo: fine_loss(fine, coarse, mask, intensity,
-                                                              albedo, weights),
-      mesh, num_batched=5)
+  loss = parallel.mean_per_device(functools.partial(fine_loss, weights=weights), mesh,
+                                  num_batched=5)
 
   def loss_fn(params, batch_stats, batch, rng, context):
     del batch_stats, rng
@@ -148,13 +147,12 @@ def _eval_fn(fine_net, coarse_fit, config, mesh):
   end_to_end = config.fine.end_to_end
   size = config.image_size
 
-  def errors(depth, true_depth, true_mask, mask):
+  def errors(depth, mask, true_depth, true_mask, true_normals, true_interior):
     region = (mask & true_mask).astype(jnp.float32)
     count = jnp.maximum(jnp.sum(region, axis=(1, 2)), 1.0)
     depth_error = jnp.mean(jnp.sum(jnp.abs(depth - true_depth) * region, axis=(1, 2))
                            / count) / size
     normals, interior = shading.depth_normals(depth, mask)
-    true_normals, true_interior = shading.depth_normals(true_depth, true_mask)
     angle = shading.normal_angle(normals, true_normals,
                                  (interior & true_interior).astype(jnp.float32))
     return depth_error, angle
@@ -163,8 +161,9 @@ def _eval_fn(fine_net, coarse_fit, config, mesh):
     total, out = fine_loss(fine, coarse, mask, intensity, albedo, weights)
     out = dict(out, loss=total)
     if truth:
-      out["depth_error"], out["normal_error"] = errors(fine, *truth, mask)
-      out["coarse_depth_error"], out["coarse_normal_error"] = errors(coarse, *truth, mask)
+      truth = (*truth, *shading.depth_normals(*truth))
+      out["depth_error"], out["normal_error"] = errors(fine, mask, *truth)
+      out["coarse_depth_error"], out["coarse_normal_error"] = errors(coarse, mask, *truth)
     return out
 
   def evaluate(params, batch, context):
@@ -298,7 +297,6 @@ def _run_evaluation(config, model, evaluate, state, mesh, context, writer, step,
   from absl import logging
   from jax.experimental import multihost_utils
 
-  from facerecon import fileio
   from facerecon import visualize
 
   stage = config.fine
@@ -322,12 +320,6 @@ def _run_evaluation(config, model, evaluate, state, mesh, context, writer, step,
   if not count:
     raise ValueError(f"the validation data has fewer than config.fine.eval_batch_size "
                      f"({stage.eval_batch_size}) images")
-  totals = {k: v / count for k, v in sums.items()}
-  writer.scalars({f"eval/{k}": v for k, v in totals.items()}, step)
-  writer.image("eval/fine_reconstructions", picture, step)
-  writer.flush()
-  if jax.process_index() == 0:
-    fileio.write_png_atomic(os.path.join(workdir, "fine_reconstructions.png"), picture)
-  logging.info("FineNet eval at step %d over %d photos: %s", step, count * per_host,
-               ", ".join(f"{k} {v:.4g}" for k, v in sorted(totals.items())))
-  return totals
+  logging.info("FineNet eval at step %d over %d photos", step, count * stage.eval_batch_size)
+  return train.publish_evaluation(writer, workdir, step, sums, count, "fine_reconstructions",
+                                  picture)
