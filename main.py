@@ -11,7 +11,16 @@ Modes (--mode):
             if config.fine.num_train_steps > 0, FineNet on top of it
             (facerecon.train_fine) in --workdir/fine
   preview   build the morphable model, sample faces, write preview.png
+  reconstruct
+            3D faces from the photos in --input (a file or folder) with the
+            networks trained in --workdir, written to --output
+            (facerecon.reconstruct); exits with status 1 if any photo failed
+  evaluate  AFLW2000-3D-style NME by yaw on the folder --input, or the
+            synthetic test split with --input=synthetic (facerecon.evaluate);
+            prints the table and writes <workdir>/evaluation_<name>.json
 """
+
+
 
 from absl import app
 from absl import flags
@@ -22,7 +31,8 @@ from facerecon import memory
 from facerecon import preview
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "preview"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "preview", "reconstruct", "evaluate"],
+                          "What to run.")
 config_flags.DEFINE_config_file(
     "config", None, "A config file defining get_config().", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -32,6 +42,17 @@ _COORDINATOR = flags.DEFINE_string(
     "--process_id). On Cloud TPU pods and SLURM use --multihost instead.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: processes in all.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_INPUT = flags.DEFINE_string(
+    "input", None, "reconstruct: a photo or a folder of photos; evaluate: an AFLW2000-3D "
+    "style folder (<stem>.jpg + <stem>.mat) or 'synthetic'.")
+_OUTPUT = flags.DEFINE_string("output", None, "reconstruct: the output folder.")
+_DETECTOR = flags.DEFINE_enum(
+    "detector", "haar", ["haar", "haar_profile", "none"],
+    "reconstruct/evaluate: face detector (OpenCV's cascades; haar_profile adds profile "
+    "faces, 3x slower); reconstruct with 'none' takes each photo as a face crop.")
+_BATCH = flags.DEFINE_integer("batch", 16, "reconstruct/evaluate: faces per network batch.")
+_MAX_FACES = flags.DEFINE_integer("max_faces", 8, "reconstruct: faces per photo, largest "
+                                  "first.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() and let it find the cluster "
     "(Cloud TPU pods, SLURM, ...).")
@@ -63,6 +84,8 @@ def main(argv):
   if _MODE.value == "preview":
     path = preview.write_preview(config, _WORKDIR.value)
     print(f"wrote {path}")
+  elif _MODE.value in ("reconstruct", "evaluate"):
+    return _apply_trained(config)
   elif _MODE.value == "train":
     _initialize_distributed()
     from facerecon import train  # Deferred: preview needs none of it.
@@ -78,6 +101,40 @@ def main(argv):
       metrics = train_fine.train_and_evaluate(config, os.path.join(_WORKDIR.value, "fine"),
                                               config.fine.coarse_workdir or _WORKDIR.value)
       _print_metrics("FineNet", metrics)
+
+
+def _apply_trained(config) -> int:
+  """--mode=reconstruct / evaluate; the exit status."""
+  import os
+
+  from facerecon import detect
+
+  if not _INPUT.value:
+    raise app.UsageError(f"--mode={_MODE.value} needs --input")
+  if not os.path.isdir(os.path.join(_WORKDIR.value, "best")):
+    raise app.UsageError(f"--workdir {_WORKDIR.value} has no trained CoarseNet (best/): "
+                         "train one there first with --mode=train")
+  detector = None if _DETECTOR.value == "none" else detect.FaceDetector(
+      profiles=_DETECTOR.value == "haar_profile")
+  if _MODE.value == "evaluate":
+    from facerecon import evaluate
+
+    table, _ = evaluate.run(config, _WORKDIR.value, _INPUT.value, detector, _BATCH.value)
+    print(table)
+    return 0
+  from facerecon import reconstruct
+
+  if not _OUTPUT.value:
+    raise app.UsageError("--mode=reconstruct needs --output")
+  summary = reconstruct.reconstruct(config, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
+                                    batch_size=_BATCH.value, detector=detector,
+                                    max_faces=_MAX_FACES.value,
+                                    progress=True)
+  print(f"reconstructed {summary.faces} faces from {summary.photos - len(summary.failures)} "
+        f"of {summary.photos} photos into {_OUTPUT.value}")
+  for path, reason in summary.failures:
+    print(f"  failed: {path}: {reason}")
+  return 1 if summary.failures else 0
 
 
 def _print_metrics(name, metrics):

@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.statistics_samples = 1024  # synthetic: faces for the statistics
   config.data.statistics_seed = 1
   config.data.validation_seed = 2
+  config.data.test_seed = 3           # --mode=evaluate --input=synthetic
 
   config.batch_size = 32               # global, split over all devices
   config.num_train_steps = 70_000      # the original's schedule

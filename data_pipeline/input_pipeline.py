@@ -153,13 +153,7 @@ class FolderSource:
   def __getitem__(self, index):
     import cv2
 
-    path = self._paths[index]
-    with open(path, "rb") as f:
-      data = f.read()
-    try:
-      image = decode_image(data)
-    except ValueError as e:
-      raise ValueError(f"{path}: cannot decode the image") from e
+    image = read_photo(self._paths[index])
     height, width = image.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
@@ -177,6 +171,20 @@ def decode_image(data: bytes, channels: int = 3) -> np.ndarray:
   if image is None:
     raise ValueError("undecodable image in the data set")
   return cv2.cvtColor(image, cv2.COLOR_BGR2RGB if channels == 3 else cv2.COLOR_BGR2RGBA)
+
+
+def read_photo(path: str) -> np.ndarray:
+  """A photo file -> RGB uint8 [H, W, 3]: grey, RGBA (alpha dropped) and
+  16-bit files are converted, EXIF rotation applied. Errors name the file."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read the file ({e.strerror})") from e
+  try:
+    return decode_image(data)
+  except ValueError as e:
+    raise ValueError(f"{path}: cannot decode the image") from e
 
 
 def _warp(array, matrix, size, nearest=False):

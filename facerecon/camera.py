@@ -156,20 +156,25 @@ def framing_pose(vertices, angles, height: int, width: int, fill: float = 0.85):
   return params_lib.make_pose(jnp.asarray(angles, jnp.float32), translation, scale)
 
 
-def pose_after_image_similarity(pose, scale, offset, height: int):
+def pose_after_image_similarity(pose, scale, offset, height: int,
+                                new_height: int | None = None):
   """The pose that renders the same face after the image is mapped by
   p' = scale * p + offset (pixel coordinates, p = (column, row)).
 
   With the scaled-orthographic camera this is exact: f and t3d scale, and
   t3d shifts by the offset (y through the row flip y_img = H - 1 - y); depth
   scales with f. Landmarks map by the same p' = scale * p + offset.
+  `new_height` is the mapped image's height when it differs from `height`
+  (crops of a photo and back).
   """
   # numpy in, numpy out: input pipelines call this in worker processes.
   xp = np if isinstance(pose, np.ndarray) else jnp
   offset = xp.asarray(offset, pose.dtype)
   t = pose[..., params_lib.TRANSLATION]
   t_x = scale * t[..., 0] + offset[..., 0]
-  t_y = (height - 1) * (1.0 - scale) + scale * t[..., 1] - offset[..., 1]
+  # Row r = H - 1 - y maps to r' = scale r + offset_y, and y' = H' - 1 - r'.
+  new_height = height if new_height is None else new_height
+  t_y = (new_height - 1) - scale * (height - 1) + scale * t[..., 1] - offset[..., 1]
   t_z = scale * t[..., 2]
   return params_lib.make_pose(pose[..., params_lib.ANGLES], xp.stack([t_x, t_y, t_z], -1),
                               scale * pose[..., params_lib.SCALE])

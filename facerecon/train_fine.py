@@ -232,6 +232,35 @@ def load_coarse(config, coarse_workdir: str, mesh):
   return net, variables, model, statistics
 
 
+def init_fine_params(config, fine_net, seed: int = 0):
+  """FineNet's freshly initialised parameters for `config.image_size` inputs."""
+  size = config.image_size
+  zeros = jnp.zeros((1, size, size))
+  return jax.jit(lambda key: fine_net.init(key, jnp.zeros((1, size, size, 3)), zeros,
+                                           zeros > 0))(jax.random.PRNGKey(seed))["params"]
+
+
+def load_fine(config, fine_workdir: str, coarse_variables):
+  """(FineNet, its best params, the CoarseNet variables to use with it) of
+  stage 2's run in `fine_workdir`, or None when it has no best checkpoint.
+  An end-to-end run's CoarseNet variables replace `coarse_variables`."""
+  best_dir = os.path.join(fine_workdir, "best")
+  if not os.path.exists(os.path.join(best_dir, "best.json")):
+    return None
+  fine_net = make_fine_net(config)
+  fine_like = jax.eval_shape(lambda: init_fine_params(config, fine_net))
+  params_like = ({"coarse": coarse_variables["params"], "fine": fine_like}
+                 if config.fine.end_to_end else fine_like)
+  best = train.BestCheckpoint(best_dir, config.fine.best_metric, "config.fine.best_metric")
+  try:
+    restored = best.restore({"params": params_like, "batch_stats": {}})
+  finally:
+    best.close()
+  coarse_variables, fine_params = _split_params(restored["params"], config.fine.end_to_end,
+                                                coarse_variables)
+  return fine_net, fine_params, coarse_variables
+
+
 def train_and_evaluate(config, workdir: str, coarse_workdir: str | None = None) -> dict:
   """Trains FineNet as `config.fine` says in `workdir` (checkpoints, best/,
   TensorBoard, fine_reconstructions.png; resumes from there), on top of the
@@ -250,11 +279,7 @@ def train_and_evaluate(config, workdir: str, coarse_workdir: str | None = None) 
       config, coarse_workdir or workdir, mesh)
   coarse_fit = _coarse_fit_fn(coarse_net, config, mesh)
   fine_net = make_fine_net(config)
-  size = config.image_size
-  zeros = jnp.zeros((1, size, size))
-  fine_params = jax.jit(lambda key: fine_net.init(key, jnp.zeros((1, size, size, 3)), zeros,
-                                                  zeros > 0))(
-                                                      jax.random.PRNGKey(stage.seed))["params"]
+  fine_params = init_fine_params(config, fine_net, stage.seed)
   if stage.pretrained:  # ImageNet vgg_16 (a resumed run restores over it)
     from facerecon.models import fine
     from facerecon.models import pretrained

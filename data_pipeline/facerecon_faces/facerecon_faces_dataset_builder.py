@@ -31,11 +31,10 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipeline import mat_folders
 from data_pipeline import splits as splits_lib
-from facerecon import fileio
-from facerecon import params as params_lib
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = mat_folders.IMAGE_SUFFIXES
 # Rendered faces are stored as JPEG like the photos: it decodes 3x faster
 # than PNG, which bounds the input pipeline's throughput; the labels stay
 # exact. Full-resolution chroma (4:4:4) keeps the colours the shading loss
@@ -168,16 +167,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   # --- 300W-LP / AFLW2000-3D -------------------------------------------------
 
   def _mat_splits(self, source):
-    pairs = []
-    for directory, _, file_names in os.walk(source):
-      names = set(file_names)
-      for file_name in sorted(file_names):
-        stem, suffix = os.path.splitext(file_name)
-        if suffix.lower() in IMAGE_SUFFIXES and stem + ".mat" in names:
-          pairs.append((os.path.join(directory, file_name), os.path.join(directory, stem + ".mat")))
-    if not pairs:
-      raise FileNotFoundError(f"no <stem>.jpg + <stem>.mat pairs below {source}")
-    pairs.sort()
+    pairs = mat_folders.find_pairs(source)
     positions = splits_lib.split_indices(len(pairs))
     return {split: self._mat_examples(source, [pairs[i] for i in p])
             for split, p in positions.items()}
@@ -188,12 +178,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if image is None:
         continue
       try:
-        params = params_lib.read_mat_params(mat_path)
-        points = fileio.require_field(fileio.load_mat(mat_path), "pt3d_68", mat_path)
-        if points.shape not in ((3, 68), (2, 68)):
-          raise ValueError(f"{mat_path}: field 'pt3d_68' has shape {points.shape}, "
-                           f"expected 3x68")
-        landmarks = (points[:2].T - 1.0).astype(np.float32)  # 1-based MATLAB pixels
+        params, landmarks = mat_folders.read_labels(mat_path)
       except (ValueError, KeyError, OSError) as e:
         _report_skip(mat_path, str(e))
         continue

@@ -1,0 +1,234 @@
+"""`--mode=evaluate`: the field's benchmark and the synthetic test split.
+
+    python main.py --mode=evaluate --config=... --workdir=RUN --input=AFLW2000/
+    python main.py --mode=evaluate --config=... --workdir=RUN --input=synthetic
+
+AFLW2000-3D-style folders (<stem>.jpg + <stem>.mat, `data_pipeline.mat_folders`),
+the protocol of 3DDFA and later papers:
+- NME (%): the mean 2-D distance of the 68 landmarks (pt3d_68) to the
+  predicted ones, divided by sqrt(w * h) of the ground-truth landmarks'
+  bounding box, per photo; averaged within the absolute-yaw bins [0, 30],
+  (30, 60] and (60, 90] degrees (yaw: Pose_Para's gamma; beyond 90 counts
+  as 90), and the mean of the three bins' means.
+- Two crops: from the ground-truth landmarks (`cropping.square_from_landmarks`:
+  a square of 1.92 times the landmark box's larger side, centred 0.145 of
+  it above the box centre: the synthetic training faces' framing) and from the face
+  detector (`cropping.square_from_detection`; the detected box whose centre
+  lies inside the landmark box, largest first). Photos where the detector
+  finds no such face are counted as missed and left out of its NME.
+
+The synthetic test split (config.data.source 'synthetic': faces from
+config.data.test_seed, a seed neither training nor validation uses; 'tfds':
+the data set's 'test' split): parameter error (normalised units), mean
+vertex distance (raw and after similarity alignment, / face size), depth
+error, landmark NME (image-size and, as on AFLW2000-3D, box-normalised),
+each against the mean-face baseline.
+
+The table is printed and written as `<workdir>/evaluation_<name>.json`.
+"""
+
+import os
+
+import numpy as np
+
+YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
+CHUNK = 64  # photos read and fitted at a time
+
+
+def landmark_nme(predicted, truth) -> np.ndarray:
+  """Per-face NME: mean point distance / sqrt(w * h) of the true landmarks'
+  box. predicted, truth [N, L, 2] -> [N]."""
+  predicted, truth = np.asarray(predicted, np.float64), np.asarray(truth, np.float64)
+  extent = truth.max(axis=1) - truth.min(axis=1)
+  size = np.sqrt(extent[:, 0] * extent[:, 1])
+  return np.linalg.norm(predicted - truth, axis=-1).mean(axis=1) / size
+
+
+def yaw_table(nme, yaw_degrees) -> dict:
+  """NME (%) per absolute-yaw bin, their counts, and the mean of the bin means."""
+  nme, yaw = np.asarray(nme, np.float64), np.minimum(np.abs(yaw_degrees), 90.0)
+  table = {}
+  for low, high in YAW_BINS:
+    inside = ((yaw > low) | (low == 0.0)) & (yaw <= high)
+    name = f"[{low:g},{high:g}]"
+    table[name] = 100.0 * float(nme[inside].mean()) if inside.any() else float("nan")
+    table[f"count {name}"] = int(inside.sum())
+  means = [table[f"[{low:g},{high:g}]"] for low, high in YAW_BINS]
+  table["mean"] = float(np.mean(means))  # NaN when a bin is empty, as it should read
+  table["all"] = 100.0 * float(nme.mean()) if nme.size else float("nan")
+  return table
+
+
+def _detected_square(detector, photo, truth):
+  """The crop square of the detected face over the true landmarks, or None."""
+  from facerecon import cropping
+
+  low, high = truth.min(axis=0), truth.max(axis=0)
+  for x, y, w, h in detector.detect(photo):
+    centre = np.array([x + w / 2, y + h / 2])
+    if np.all(centre >= low) and np.all(centre <= high):
+      return cropping.square_from_detection((x, y, w, h))
+  return None
+
+
+def evaluate_folder(config, workdir: str, folder: str, detector=None,
+                    batch_size: int = 32) -> dict:
+  """AFLW2000-3D-style evaluation of the run in `workdir` on `folder`;
+  `detector` (a `facerecon.detect.FaceDetector` or None) adds the detector
+  crops. Unreadable photos and malformed .mat files are reported in
+  'skipped' and left out."""
+  import tqdm
+
+  from data_pipeline import input_pipeline
+  from data_pipeline import mat_folders
+  from facerecon import cropping
+  from facerecon import inference
+
+  pairs = mat_folders.find_pairs(folder)
+  predictor = inference.Predictor(config, workdir, batch_size)
+  size = config.image_size
+  layout = predictor.model.layout
+  results = {"truth": ([], []), "detector": ([], [])}  # (nme, yaw) per crop rule
+  skipped, missed = [], 0
+  for start in tqdm.trange(0, len(pairs), CHUNK, desc="photos", unit="chunk"):
+    crops = {"truth": [], "detector": []}
+    for image_path, mat_path in pairs[start:start + CHUNK]:
+      try:
+        labels = mat_folders.read_labels(mat_path, layout)
+        photo = input_pipeline.read_photo(image_path)
+      except (ValueError, KeyError, OSError) as e:
+        skipped.append({"file": image_path, "reason": str(e)})
+        continue
+      yaw = np.degrees(labels.params[1])
+      squares = {"truth": cropping.square_from_landmarks(labels.landmarks)}
+      if detector is not None:
+        squares["detector"] = _detected_square(detector, photo, labels.landmarks)
+        missed += squares["detector"] is None
+      for rule, square in squares.items():
+        if square is not None:
+          crops[rule].append((cropping.crop(photo, square, size), square, labels.landmarks,
+                              yaw))
+    for rule, faces in crops.items():
+      if not faces:
+        continue
+      fits = predictor(np.stack([f[0] for f in faces]))
+      predicted = np.stack([cropping.to_photo(points, f[1], size)
+                            for points, f in zip(fits.landmarks, faces)])
+      results[rule][0].extend(landmark_nme(predicted, np.stack([f[2] for f in faces])))
+      results[rule][1].extend(f[3] for f in faces)
+  if not results["truth"][0]:
+    raise ValueError(f"no photo in {folder} could be evaluated: "
+                     + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
+  out = {"photos": len(pairs), "skipped": skipped,
+         "ground_truth_crops": yaw_table(*results["truth"])}
+  if detector is not None:
+    out["detector_crops"] = {**yaw_table(*results["detector"]), "missed": missed}
+  return out
+
+
+def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
+  """Metrics of the run's best CoarseNet on `num_batches` test batches of
+  config.eval_batch_size synthetic faces, against the mean-face baseline."""
+  import jax
+
+  from facerecon import losses
+  from facerecon import normalization
+  from facerecon import train
+  from facerecon import train_fine
+
+  mesh = train.make_mesh()
+  net, variables, model, statistics = train_fine.load_coarse(config, workdir, mesh)
+  evaluate = train._eval_fn(net, config, mesh)
+  size, batch_size = config.image_size, config.eval_batch_size
+  per_host = batch_size // jax.process_count()
+  if config.data.source == "synthetic":
+    data = train.SyntheticStream(model, size, per_host, config.data.test_seed,
+                                 train.synthetic_prior(config))
+  else:
+    from data_pipeline import input_pipeline
+
+    source = input_pipeline.open_source(config.data.name, "test", config.data.data_dir)
+    data = iter(input_pipeline.make_dataset(source, batch_size=per_host, train=False,
+                                            process_index=jax.process_index(),
+                                            process_count=jax.process_count()))
+  landmarks_of = jax.jit(lambda estimate, model, statistics: losses.project_landmarks(
+      normalization.denormalize_params(estimate, statistics), model, size))
+  context = jax.device_put((model, statistics), train.replicated(mesh))
+  sums, nme, count = {}, [], 0
+  for host in data:
+    if count == num_batches or len(host["image"]) != per_host:
+      break
+    batch = train.shard_batch(train._with_normalized_labels(host, statistics), mesh)
+    values, estimate = evaluate(variables, batch, *context)
+    for key, value in jax.device_get(values).items():
+      sums[key] = sums.get(key, 0.0) + float(value)
+    for name, guess in (("", estimate), ("baseline_", 0.0 * estimate)):
+      nme.append((name, landmark_nme(np.asarray(landmarks_of(guess, *context)),
+                                     host["landmarks"])))
+    count += 1
+  if not count:
+    raise ValueError(f"the test data has fewer than config.eval_batch_size ({batch_size}) "
+                     "faces")
+  out = {key: value / count for key, value in sums.items()}
+  for name in ("", "baseline_"):
+    out[f"{name}landmark_nme_box_percent"] = 100.0 * float(
+        np.mean(np.concatenate([v for n, v in nme if n == name])))
+  out["faces"] = count * batch_size
+  return out
+
+
+def format_table(name: str, results: dict) -> str:
+  """The results as a plain-text table."""
+  lines = [f"evaluation on {name}"]
+  if "ground_truth_crops" in results:
+    bins = [f"[{low:g},{high:g}]" for low, high in YAW_BINS]
+    lines.append(f"{'NME (%)':<22}" + "".join(f"{b:>10}" for b in bins)
+                 + f"{'mean':>10}{'all':>10}")
+    for key, title in (("ground_truth_crops", "ground-truth crops"),
+                       ("detector_crops", "detector crops")):
+      if key in results:
+        row = results[key]
+        lines.append(f"{title:<22}" + "".join(f"{row[b]:>10.2f}" for b in bins)
+                     + f"{row['mean']:>10.2f}{row['all']:>10.2f}")
+    lines.append(f"{'photos per bin':<22}" + "".join(
+        f"{results['ground_truth_crops']['count ' + b]:>10d}" for b in bins))
+    if "detector_crops" in results:
+      lines.append(f"detector missed {results['detector_crops']['missed']} of "
+                   f"{results['photos'] - len(results['skipped'])} photos")
+    if results["skipped"]:
+      lines.append(f"skipped {len(results['skipped'])} unreadable files (listed in the JSON)")
+  else:
+    lines.append(f"{'metric':<28}{'CoarseNet':>12}{'mean face':>12}")
+    for key in sorted(results):
+      if key.startswith("baseline_") or f"baseline_{key}" not in results:
+        continue
+      lines.append(f"{key:<28}{results[key]:>12.4f}{results['baseline_' + key]:>12.4f}")
+    lines.append(f"over {results['faces']} test faces")
+  return "\n".join(lines)
+
+
+def run(config, workdir: str, input_path: str, detector=None,
+        batch_size: int = 32) -> tuple[str, dict]:
+  """Evaluates on `input_path` (a folder, or 'synthetic'); writes and returns
+  (table text, results)."""
+  from facerecon import export
+
+  if input_path == "synthetic":
+    name, results = "synthetic_test", evaluate_synthetic(config, workdir)
+  else:
+    name = os.path.basename(os.path.normpath(input_path))
+    results = evaluate_folder(config, workdir, input_path, detector, batch_size)
+  path = os.path.join(workdir, f"evaluation_{name}.json")
+  export.write_json(path, _json_safe(results))
+  return format_table(name, results), results
+
+
+def _json_safe(value):
+  """NaN (an empty yaw bin) -> None, which JSON can hold."""
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, float) and not np.isfinite(value):
+    return None
+  return value

@@ -1,0 +1,101 @@
+"""Trained networks applied to face crops: the functional core of
+`--mode=reconstruct` and `--mode=evaluate`.
+
+`Predictor(config, workdir)` loads the best CoarseNet of a training run
+(`<workdir>/best`) and, when stage 2 ran (`<workdir>/fine/best`), its
+FineNet; calling it on uint8 crops [n, S, S, 3] (S = config.image_size,
+cropped by `facerecon.cropping`) returns a `FaceFits` of numpy arrays, all
+in the crop's frame. One jitted function does the whole batch; batches are
+padded to `batch_size` so it compiles once.
+"""
+
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from facerecon import normalization
+from facerecon import parallel
+from facerecon import render
+
+
+class FaceFits(NamedTuple):
+  params: np.ndarray        # [n, P] raw parameters (pose in the crop's pixels)
+  landmarks: np.ndarray     # [n, 68, 2] crop pixels (column, row)
+  vertices: np.ndarray      # [n, N, 3] model-space dense mesh (shape + expression)
+  coarse_depth: np.ndarray  # [n, S, S] CoarseNet's depth, crop pixels; 0 off the face
+  depth: np.ndarray         # [n, S, S] FineNet's depth where it ran, else coarse_depth
+  mask: np.ndarray          # [n, S, S] bool, the rendered face
+
+
+def _predict_fn(coarse_net, fine_net, config, mesh):
+  from data_pipeline import input_pipeline
+
+  size = config.image_size
+
+  def render_fit(params, model):
+    face = render.render_face(model, params, None, size, size, config.render_backend)
+    landmarks = jnp.take(face.image_vertices, model.landmark_indices, axis=-2)[..., :2]
+    return face.depth, face.mask, landmarks
+
+  render_fit = parallel.map_per_device(render_fit, mesh, num_batched=1)
+
+  def predict(coarse_variables, fine_params, crops, model, statistics):
+    from facerecon import morphable
+
+    images = input_pipeline.device_photometric(crops, None, input_pipeline.Augmentation(),
+                                               statistics, train=False)
+    estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False)
+    params = normalization.denormalize_params(estimates[-1], statistics)
+    depth, mask, landmarks = render_fit(params, model)
+    fine = depth if fine_net is None else fine_net.apply({"params": fine_params}, images,
+                                                         depth, mask)
+    return FaceFits(params, landmarks, morphable.vertices_from_params(model, params), depth,
+                    fine, mask)
+
+  return jax.jit(predict)
+
+
+class Predictor:
+  """The trained networks of a run directory, ready to apply to crops."""
+
+  def __init__(self, config, workdir: str, batch_size: int = 16):
+    from facerecon import train
+    from facerecon import train_fine
+
+    self.mesh = train.make_mesh()
+    devices = self.mesh.size
+    self.batch_size = -(-max(1, batch_size) // devices) * devices  # a multiple of the devices
+    self.size = config.image_size
+    coarse_net, coarse_variables, self.model, self.statistics = train_fine.load_coarse(
+        config, workdir, self.mesh)
+    fine = train_fine.load_fine(config, os.path.join(workdir, "fine"), coarse_variables)
+    fine_net, fine_params = None, None
+    if fine is not None:
+      fine_net, fine_params, coarse_variables = fine
+    self.has_fine = fine is not None
+    replicated = train.replicated(self.mesh)
+    self._arguments = jax.device_put((coarse_variables, fine_params), replicated)
+    self._context = jax.device_put((self.model, self.statistics), replicated)
+    self._predict = _predict_fn(coarse_net, fine_net, config, self.mesh)
+
+  def __call__(self, crops: np.ndarray) -> FaceFits:
+    """FaceFits of uint8 crops [n, S, S, 3], any n (run `batch_size` at a time)."""
+    from facerecon import train
+
+    crops = np.asarray(crops)
+    if crops.ndim != 4 or crops.shape[1:] != (self.size, self.size, 3):
+      raise ValueError(f"crops must be [n, {self.size}, {self.size}, 3], got {crops.shape}")
+    parts = []
+    for start in range(0, len(crops), self.batch_size):
+      chunk = crops[start:start + self.batch_size]
+      padded = np.zeros((self.batch_size,) + crops.shape[1:], np.uint8)
+      padded[:len(chunk)] = chunk
+      fits = self._predict(*self._arguments, train.shard_batch(padded, self.mesh),
+                           *self._context)
+      parts.append(jax.tree.map(lambda x, n=len(chunk): np.asarray(x)[:n], fits))
+    if not parts:
+      raise ValueError("no crops to reconstruct")
+    return FaceFits(*(np.concatenate(field) for field in zip(*parts)))

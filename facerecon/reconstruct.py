@@ -1,0 +1,265 @@
+"""`--mode=reconstruct`: 3D faces from photos.
+
+    python main.py --mode=reconstruct --config=configs/synthetic.py --workdir=runs/quickstart \
+        --input=photos/ --output=out/
+
+For every photo (a file, or every image below a folder): detect the faces
+(`facerecon.detect`), crop each as the training data was cropped
+(`facerecon.cropping`), fit CoarseNet (and FineNet when the run trained
+one) in batches (`facerecon.inference`), and write per face, next to the
+photo's relative path in `--output`:
+
+  <stem>_face<k>.obj / .ply      the dense mesh, vertex colours sampled from
+                                 the photo; coordinates are the photo's
+                                 pixels with y up: column = x, row = H - 1 - y,
+                                 z towards the viewer (f R v + t3d)
+  <stem>_face<k>_depth.png/.npy  the depth map of the crop (16-bit PNG, 0 off
+                                 the face, scale in the JSON; float32 .npy,
+                                 NaN off the face), FineNet's when it ran
+  <stem>_face<k>_landmarks.txt   68 landmarks, photo pixels (column row)
+  <stem>_face<k>.json            parameters in the model's layout
+                                 (facerecon.params), posed in the photo and
+                                 in the crop; landmarks; box; crop; depth scale
+  <stem>_overlay.png             the photo with the shaded meshes and landmarks
+
+Photos that cannot be read and photos with no face are reported and
+skipped; `summary.json` in `--output` lists them, and main.py exits with
+status 1 if there were any.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import itertools
+import os
+
+import numpy as np
+
+from facerecon import cropping
+from facerecon import export
+
+OVERLAY_RENDER_SIZE = 256  # the shaded mesh is rendered at this size, then warped
+PREVIEW_SIDE = 1024        # overlays and vertex colours use the photo shrunk to this
+LOAD_AHEAD = 4             # photos read and detected ahead of the networks
+
+
+@dataclasses.dataclass
+class Summary:
+  photos: int = 0
+  faces: int = 0
+  failures: list = dataclasses.field(default_factory=list)  # (photo, reason)
+
+  def as_dict(self) -> dict:
+    return {"photos": self.photos, "faces": self.faces,
+            "failed": [{"photo": p, "reason": r} for p, r in self.failures]}
+
+
+@dataclasses.dataclass
+class _Photo:
+  path: str
+  stem: str                 # output path without suffix
+  height: int
+  width: int
+  preview: np.ndarray       # the photo shrunk to at most PREVIEW_SIDE
+  shrink: float             # preview pixels per photo pixel
+  boxes: np.ndarray         # [F, 4] detector boxes (x, y, w, h)
+  squares: list             # cropping.Square per face
+  crops: np.ndarray         # [F, S, S, 3] uint8
+
+
+def find_photos(input_path: str) -> list[str]:
+  """The photo files of `--input`: the file itself, or every image below
+  the folder (sorted)."""
+  from data_pipeline import input_pipeline
+
+  if os.path.isfile(input_path):
+    return [input_path]
+  if not os.path.isdir(input_path):
+    raise FileNotFoundError(f"--input {input_path} does not exist")
+  found = []
+  for directory, _, names in os.walk(input_path):
+    found += [os.path.join(directory, n) for n in names
+              if n.lower().endswith(input_pipeline.IMAGE_SUFFIXES)]
+  if not found:
+    raise FileNotFoundError(f"--input {input_path} holds no image files "
+                            f"({', '.join(input_pipeline.IMAGE_SUFFIXES)})")
+  return sorted(found)
+
+
+def _output_stems(paths: list[str], input_path: str, output_dir: str) -> list[str]:
+  base = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
+  stems = [os.path.splitext(os.path.relpath(p, base))[0] for p in paths]
+  # a.jpg and a.png in one folder: keep both, told apart by their suffixes.
+  repeated = {s for s in stems if stems.count(s) > 1}
+  return [os.path.join(output_dir, s + ("_" + os.path.splitext(p)[1][1:] if s in repeated
+                                        else "")) for s, p in zip(stems, paths)]
+
+
+def _load(path: str, stem: str, detector, size: int, max_faces: int) -> _Photo:
+  """Reads, detects and crops one photo (runs in a worker thread; OpenCV
+  releases the GIL). Raises ValueError saying why a photo is skipped."""
+  import cv2
+
+  from data_pipeline import input_pipeline
+
+  photo = input_pipeline.read_photo(path)
+  height, width = photo.shape[:2]
+  if detector is None:  # the photo is a face crop already: its centred square
+    side = min(height, width)
+    boxes = np.zeros((0, 4))
+    squares = [cropping.Square((width - 1) / 2.0, (height - 1) / 2.0, float(side))]
+  else:
+    boxes = detector.detect(photo)[:max_faces]
+    if not len(boxes):
+      raise ValueError("no face found")
+    squares = [cropping.square_from_detection(box) for box in boxes]
+  crops = np.stack([cropping.crop(photo, square, size) for square in squares])
+  shrink = min(1.0, PREVIEW_SIDE / max(height, width))
+  preview = photo if shrink == 1.0 else cv2.resize(
+      photo, (max(1, round(width * shrink)), max(1, round(height * shrink))),
+      interpolation=cv2.INTER_AREA)
+  return _Photo(path, stem, height, width, preview, shrink, boxes, squares, crops)
+
+
+def _render_to_photo_matrix(square, size: int, render_size: int) -> np.ndarray:
+  """[2, 3]: render pixels (a render_size image of the crop) -> photo pixels."""
+  k = render_size / size
+  scale, offset = cropping.crop_transform(square, size)
+  # Render pixel u is crop pixel (u + 0.5) / k - 0.5, photo pixel (crop - offset) / scale.
+  linear = 1.0 / (k * scale)
+  shift = ((0.5 / k - 0.5) - offset) / scale
+  return np.array([[linear, 0.0, shift[0]], [0.0, linear, shift[1]]])
+
+
+def _write_face(photo: _Photo, k: int, fits, index: int, model, size: int,
+                model_name: str, has_fine: bool) -> np.ndarray:
+  """Writes one face's files; returns its photo-frame landmarks."""
+  import cv2
+
+  from facerecon import camera
+  from facerecon import fileio
+  from facerecon import params as params_lib
+
+  square = photo.squares[k]
+  stem = f"{photo.stem}_face{k}"
+  params = fits.params[index]
+  photo_pose = cropping.pose_to_photo(params[:params_lib.NUM_POSE], square, size,
+                                      photo.height)
+  photo_params = np.concatenate([photo_pose, params[params_lib.NUM_POSE:]]).astype(np.float32)
+  vertices = np.asarray(camera.transform_scaled_orthographic(fits.vertices[index],
+                                                             photo_pose), np.float32)
+  # Vertex colours: the photo (its preview) at each vertex's pixel.
+  columns = vertices[:, 0] * photo.shrink
+  rows = (photo.height - 1 - vertices[:, 1]) * photo.shrink
+  colours = cv2.remap(photo.preview, columns[None].astype(np.float32),
+                      rows[None].astype(np.float32), cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_REPLICATE)[0] / 255.0
+  triangles = np.asarray(model.triangles)
+  export.write_obj(stem + ".obj", vertices, triangles, colours)
+  export.write_ply(stem + ".ply", vertices, triangles, colours)
+  depth_info = export.write_depth(stem, fits.depth[index], fits.mask[index])
+  landmarks = cropping.to_photo(fits.landmarks[index], square, size)
+  with fileio.atomic_write(stem + "_landmarks.txt", "w") as f:
+    np.savetxt(f, landmarks, fmt="%.3f")
+  layout = model.layout
+  export.write_json(stem + ".json", {
+      "photo": photo.path, "face": k,
+      "model": model_name,
+      "layout": {"pose": ["phi", "gamma", "theta", "t3d_x", "t3d_y", "t3d_z", "f"],
+                 "num_shape": layout.num_shape, "num_expression": layout.num_expression},
+      "params": photo_params, "params_in_crop": params,
+      "landmarks": landmarks,
+      "box": photo.boxes[k] if len(photo.boxes) else None,
+      "crop": {"centre": [square.centre_x, square.centre_y], "side": square.side,
+               "size": size},
+      "depth": {**{key: value for key, value in depth_info.items()
+                   if key not in ("png", "npy")},
+                "units": "crop pixels", "fine": has_fine},
+  })
+  return landmarks
+
+
+def _write_photo(photo: _Photo, fits, first: int, model, size: int, model_name: str,
+                 has_fine: bool) -> None:
+  from facerecon import camera
+  from facerecon import fileio
+  from facerecon import params as params_lib
+  from facerecon import visualize
+
+  overlay = photo.preview
+  render_size = OVERLAY_RENDER_SIZE
+  k_scale = render_size / size
+  for k in range(len(photo.squares)):
+    index = first + k
+    landmarks = _write_face(photo, k, fits, index, model, size, model_name, has_fine)
+    params = fits.params[index]
+    pose = np.asarray(camera.pose_after_image_similarity(
+        params[:params_lib.NUM_POSE], k_scale, np.full(2, 0.5 * (k_scale - 1.0)), size,
+        new_height=render_size))
+    shaded, mask = visualize.shade_fits(
+        model, np.concatenate([pose, params[params_lib.NUM_POSE:]])[None], render_size)
+    matrix = _render_to_photo_matrix(photo.squares[k], size, render_size)
+    overlay = visualize.overlay_on_photo(overlay, shaded[0], mask[0], matrix * photo.shrink,
+                                         landmarks * photo.shrink, max_side=PREVIEW_SIDE)
+  fileio.write_png_atomic(photo.stem + "_overlay.png", overlay)
+
+
+def reconstruct(config, workdir: str, input_path: str, output_dir: str, *,
+                batch_size: int = 16, detector="haar", max_faces: int = 8,
+                progress: bool = True) -> Summary:
+  """Reconstructs every face in `input_path` (a photo or a folder) with the
+  networks trained in `workdir`, writing into `output_dir`. `detector`: a
+  `facerecon.detect.FaceDetector`, 'haar', 'haar_profile', or None (each
+  photo is a face crop already). Returns the Summary (also written as
+  `<output_dir>/summary.json`)."""
+  import tqdm
+
+  from facerecon import detect
+  from facerecon import inference
+
+  if isinstance(detector, str):
+    if detector not in ("haar", "haar_profile"):
+      raise ValueError(f"--detector: unknown detector '{detector}' (use haar, haar_profile "
+                       "or none)")
+    detector = detect.FaceDetector(profiles=detector == "haar_profile")
+  paths = find_photos(input_path)
+  stems = _output_stems(paths, input_path, output_dir)
+  predictor = inference.Predictor(config, workdir, batch_size)
+  size = config.image_size
+  summary = Summary(photos=len(paths))
+  os.makedirs(output_dir, exist_ok=True)
+
+  def flush(pending):
+    if not pending:
+      return
+    fits = predictor(np.concatenate([p.crops for p in pending]))
+    first = 0
+    for photo in pending:
+      _write_photo(photo, fits, first, predictor.model, size, config.model,
+                   predictor.has_fine)
+      first += len(photo.squares)
+      summary.faces += len(photo.squares)
+    pending.clear()
+
+  pending, loads = [], collections.deque()
+  jobs = iter(zip(paths, stems))
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    # A few photos read and detected ahead of the networks, no more (photos can be huge).
+    for path, stem in itertools.islice(jobs, LOAD_AHEAD):
+      loads.append((path, pool.submit(_load, path, stem, detector, size, max_faces)))
+    for _ in tqdm.trange(len(paths), desc="photos", unit="photo", disable=not progress):
+      path, load = loads.popleft()
+      for next_path, next_stem in itertools.islice(jobs, 1):
+        loads.append((next_path, pool.submit(_load, next_path, next_stem, detector, size,
+                                             max_faces)))
+      try:
+        photo = load.result()
+      except (ValueError, OSError) as e:
+        summary.failures.append((path, str(e).removeprefix(f"{path}: ")))
+        continue
+      pending.append(photo)
+      if sum(len(p.squares) for p in pending) >= predictor.batch_size:
+        flush(pending)
+    flush(pending)
+  export.write_json(os.path.join(output_dir, "summary.json"), summary.as_dict())
+  return summary

@@ -1,0 +1,136 @@
+"""Face crops (facerecon.cropping) and the face detector (facerecon.detect)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from facerecon import camera
+from facerecon import cropping
+from facerecon import losses
+from facerecon import morphable
+from facerecon import synthetic
+from facerecon import train
+
+
+def astronaut_photo():
+  """A real photo of a face: scikit-image ships it (NASA, public domain)."""
+  import cv2
+  import skimage
+
+  path = os.path.join(os.path.dirname(skimage.__file__), "data", "astronaut.png")
+  return cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def synthetic_faces():
+  model = morphable.load("embedded")
+  stream = train.SyntheticStream(model, 200, 64, 0, synthetic.FacePrior(), per_host=False)
+  return model, next(stream)
+
+
+def test_landmark_crop_reproduces_the_training_framing(synthetic_faces):
+  """The rule's squares of synthetic faces are, on average, the images they
+  came from: the framing CoarseNet learnt. If the prior's framing changes,
+  the rule's constants must follow."""
+  _, batch = synthetic_faces
+  squares = np.array([cropping.square_from_landmarks(lm) for lm in batch["landmarks"]])
+  assert np.mean(squares[:, 2]) == pytest.approx(200, rel=0.03)
+  assert np.mean(squares[:, 0]) == pytest.approx(99.5, abs=0.03 * 200)
+  assert np.mean(squares[:, 1]) == pytest.approx(99.5, abs=0.03 * 200)
+
+
+@pytest.mark.parametrize("size", [48, 400])  # shrinking and enlarging
+def test_crop_samples_the_square_exactly(size):
+  """On a linear ramp, bilinear and area sampling are exact: every crop
+  pixel holds the photo's value at the photo point it maps to (to 0.15
+  photo pixels: OpenCV's area filter at fractional scales)."""
+  height, width = 300, 420
+  rows, columns = np.mgrid[0:height, 0:width].astype(np.float64)
+  ramp = lambda x, y: 40.0 + 0.3 * x + 0.2 * y
+  photo = np.stack([ramp(columns, rows)] * 3, axis=-1).astype(np.float32)
+  square = cropping.Square(200.3, 150.8, 161.0)
+  out = cropping.crop(photo, square, size)
+  assert out.shape == (size, size, 3)
+  crop_rows, crop_columns = np.mgrid[0:size, 0:size].astype(np.float64)
+  points = cropping.to_photo(np.stack([crop_columns, crop_rows], -1), square, size)
+  inside = slice(size // 8, size - size // 8)  # away from the filters' edges
+  np.testing.assert_allclose(out[inside, inside, 0],
+                             ramp(points[inside, inside, 0], points[inside, inside, 1]),
+                             atol=0.05)
+
+
+def test_crop_beyond_the_photo_repeats_its_edge():
+  photo = np.zeros((50, 60, 3), np.uint8)
+  photo[:, -1] = 200
+  out = cropping.crop(photo, cropping.Square(59.0, 25.0, 40.0), 40)
+  assert out.shape == (40, 40, 3)
+  assert out[:, -5:].min() == 200  # right of the photo: its last column
+
+
+def test_poses_and_landmarks_map_between_photo_and_crop(synthetic_faces):
+  """A fit in the crop, mapped back with pose_to_photo, projects onto the
+  photo exactly where the photo's own labels put the landmarks."""
+  model, batch = synthetic_faces
+  size = 64
+  for params, landmarks in zip(batch["params"][:4], batch["landmarks"][:4]):
+    square = cropping.square_from_landmarks(landmarks)
+    scale, offset = cropping.crop_transform(square, size)
+    crop_pose = np.asarray(camera.pose_after_image_similarity(
+        params[:7].astype(np.float64), scale, offset, 200, new_height=size))
+    crop_params = np.concatenate([crop_pose, params[7:]]).astype(np.float32)
+    in_crop = np.asarray(losses.project_landmarks(crop_params, model, size))
+    np.testing.assert_allclose(in_crop, scale * landmarks + offset, atol=1e-2)
+    np.testing.assert_allclose(cropping.to_photo(in_crop, square, size), landmarks, atol=1e-2)
+    photo_pose = cropping.pose_to_photo(crop_pose, square, size, 200)
+    np.testing.assert_allclose(photo_pose, params[:7], rtol=1e-4, atol=1e-3)
+
+
+def test_detector_box_maps_to_a_square_below_its_centre():
+  square = cropping.square_from_detection((100, 50, 80, 80))
+  expected_side = cropping.CROP_SCALE * cropping.DETECTOR_LANDMARK_SCALE * 80
+  assert square.side == pytest.approx(expected_side)
+  assert square.centre_x == pytest.approx(140)
+  assert square.centre_y > 90  # the face's landmarks lie lower than the box centre
+
+
+def test_bad_boxes_and_landmarks_are_rejected():
+  with pytest.raises(ValueError, match="landmarks must be"):
+    cropping.square_from_landmarks(np.zeros((68, 3)))
+  with pytest.raises(ValueError, match="NaN"):
+    cropping.square_from_landmarks(np.full((68, 2), np.nan))
+  with pytest.raises(ValueError, match="one point"):
+    cropping.square_from_landmarks(np.ones((68, 2)))
+  with pytest.raises(ValueError, match="bad detection box"):
+    cropping.square_from_detection((0, 0, -5, 10))
+
+
+def test_detector_finds_the_face_in_a_real_photo():
+  from facerecon import detect
+
+  photo = astronaut_photo()
+  boxes = detect.FaceDetector().detect(photo)
+  assert len(boxes) == 1
+  x, y, w, h = boxes[0]
+  # Read off the photo: her face spans columns ~177-272 and rows ~70-178.
+  assert 160 < x < 190 and 50 < y < 80 and 85 < w < 120
+  # Grey input, a photo 4x larger, and the profile cascades find it too.
+  import cv2
+
+  grey = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+  np.testing.assert_allclose(detect.FaceDetector().detect(grey)[0], boxes[0], atol=8)
+  big = cv2.resize(photo, (2048, 2048))
+  np.testing.assert_allclose(detect.FaceDetector().detect(big)[0] / 4, boxes[0], atol=8)
+  assert len(detect.FaceDetector(profiles=True).detect(photo)) >= 1
+
+
+def test_detector_finds_nothing_in_faceless_or_tiny_pictures():
+  from facerecon import detect
+
+  detector = detect.FaceDetector()
+  rng = np.random.default_rng(0)
+  assert detector.detect(np.full((240, 320, 3), 128, np.uint8)).shape == (0, 4)
+  assert detector.detect(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).shape == (0, 4)
+  assert detector.detect(np.zeros((6, 9, 3), np.uint8)).shape == (0, 4)
+  with pytest.raises(ValueError, match="detect_side"):
+    detect.FaceDetector(detect_side=8)
