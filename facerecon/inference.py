@@ -42,12 +42,13 @@ def _predict_fn(coarse_net, fine_net, config, mesh):
 
   render_fit = parallel.map_per_device(render_fit, mesh, num_batched=1)
 
-  def predict(coarse_variables, fine_params, crops, model, statistics):
+  def predict(coarse_variables, fine_params, crops, model, statistics, start_face):
     from facerecon import morphable
 
     images = input_pipeline.device_photometric(crops, None, input_pipeline.Augmentation(),
                                                statistics, train=False)
-    estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False)
+    estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False,
+                                 start_face=start_face)
     params = normalization.denormalize_params(estimates[-1], statistics)
     depth, mask, landmarks = render_fit(params, model)
     fine = depth if fine_net is None else fine_net.apply({"params": fine_params}, images,
@@ -61,7 +62,8 @@ def _predict_fn(coarse_net, fine_net, config, mesh):
 class Predictor:
   """The trained networks of a run directory, ready to apply to crops."""
 
-  def __init__(self, config, workdir: str, batch_size: int = 16):
+  def __init__(self, config, workdir: str | None, batch_size: int = 16):
+    """`workdir` None: CoarseNet freshly initialised, no FineNet (for timings)."""
     from facerecon import train
     from facerecon import train_fine
 
@@ -69,16 +71,31 @@ class Predictor:
     devices = self.mesh.size
     self.batch_size = -(-max(1, batch_size) // devices) * devices  # a multiple of the devices
     self.size = config.image_size
-    coarse_net, coarse_variables, self.model, self.statistics = train_fine.load_coarse(
-        config, workdir, self.mesh)
-    fine = train_fine.load_fine(config, os.path.join(workdir, "fine"), coarse_variables)
+    if workdir is None:
+      training = train.build_training(config)
+      coarse_net, self.model, self.statistics = training.net, training.model, training.statistics
+      coarse_variables = {"params": training.state.params,
+                          "batch_stats": training.state.batch_stats}
+      fine = None
+    else:
+      coarse_net, coarse_variables, self.model, self.statistics = train_fine.load_coarse(
+          config, workdir, self.mesh)
+      fine = train_fine.load_fine(config, os.path.join(workdir, "fine"), coarse_variables)
     fine_net, fine_params = None, None
     if fine is not None:
       fine_net, fine_params, coarse_variables = fine
     self.has_fine = fine is not None
+    self.coarse_net = coarse_net
     replicated = train.replicated(self.mesh)
     self._arguments = jax.device_put((coarse_variables, fine_params), replicated)
-    self._context = jax.device_put((self.model, self.statistics), replicated)
+    self.coarse_variables = self._arguments[0]
+    from facerecon.models import coarse_net as coarse_net_lib
+
+    # CoarseNet's first input render is the same for every face: made once here.
+    start_face = jax.jit(coarse_net_lib.render_start, static_argnums=(2, 3, 4))(
+        self.model, self.statistics, self.size, self.size, config.render_backend)
+    self._context = jax.device_put((self.model, self.statistics, start_face), replicated)
+    self.start_face = self._context[2]
     self._predict = _predict_fn(coarse_net, fine_net, config, self.mesh)
 
   def __call__(self, crops: np.ndarray) -> FaceFits:

@@ -12,7 +12,7 @@ from facerecon import morphable
 from facerecon import normalization
 from facerecon import train
 
-CONFIGS = ("default", "synthetic", "resnet", "vgg")
+CONFIGS = ("default", "synthetic", "resnet", "vgg", "mobile")
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -45,6 +45,7 @@ def _flat_names(tree):
     ("resnet_v1_50", {"width": 8}, 256),
     ("vgg_16", {}, 512),
     ("small", {}, 128),
+    ("mobilenet_v1", {"width": 0.25}, 256),
 ])
 def test_backbones_run_on_a_tiny_batch(name, kwargs, features):
   net = backbones.make_backbone(name, **kwargs)
@@ -122,6 +123,96 @@ def test_vgg16_conv_layers():
           jax.random.key(0), x, return_blocks=True)[0],
       jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))
   assert [b.shape for b in blocks] == [(1, 32, 32, 64), (1, 16, 16, 128), (1, 8, 8, 256)]
+
+
+# MobileNet v1's channels after conv0 and each of its 13 blocks (Howard et al.).
+MOBILENET_V1_CHANNELS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512,
+                         1024, 1024)
+
+
+def test_mobilenet_v1_layers_and_count():
+  net = backbones.make_backbone("mobilenet_v1")
+  assert net.name == "mobilenet_v1"
+  variables = jax.eval_shape(net.init, jax.random.key(0),
+                             jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  params = variables["params"]
+  # By hand: conv0 3x3x3x32 plus BatchNorm; per block a 3x3 depthwise kernel
+  # (9 per channel) and a 1x1 pointwise one, each with BatchNorm's gamma and beta.
+  expected = 3 * 3 * 3 * 32 + 2 * 32
+  for c_in, c_out in zip(MOBILENET_V1_CHANNELS[:-1], MOBILENET_V1_CHANNELS[1:]):
+    expected += 9 * c_in + 2 * c_in + c_in * c_out + 2 * c_out
+  # The published MobileNet v1 1.0 (4,231,976 trainable parameters) less its
+  # 1024 x 1000 + 1000 classifier.
+  assert expected == 4_231_976 - 1_025_000 == 3_206_976
+  assert backbones.count_params(params) == expected
+  assert params["conv0"]["weights"].shape == (3, 3, 3, 32)
+  assert sorted(params) == sorted(["conv0"] + [f"block{i}" for i in range(1, 14)])
+  for i, (c_in, c_out) in enumerate(zip(MOBILENET_V1_CHANNELS[:-1],
+                                        MOBILENET_V1_CHANNELS[1:])):
+    block = params[f"block{i + 1}"]
+    assert block["depthwise"]["weights"].shape == (3, 3, 1, c_in)
+    assert block["pointwise"]["weights"].shape == (1, 1, c_in, c_out)
+  names = _flat_names(params)
+  assert not any("bias" in n and "BatchNorm" not in n for n in names)  # no conv biases
+  assert {"block13/pointwise/BatchNorm/mean", "block1/depthwise/BatchNorm/var"} <= (
+      _flat_names(variables["batch_stats"]))
+
+  # Width 0.5 at 3DDFA_V2's 120 x 120 (CoarseNet's 10 channels): five stride-2
+  # layers, 120 -> 60 -> 30 -> 15 -> 8 -> 4, and half the channels.
+  half = backbones.make_backbone("mobilenet_v1", width=0.5)
+  out, state = jax.eval_shape(
+      lambda x: half.init_with_output(jax.random.key(0), x, capture_intermediates=True),
+      jax.ShapeDtypeStruct((2, 120, 120, 10), jnp.float32))
+  assert out.shape == (2, 512) and out.dtype == jnp.float32
+  outputs = state["intermediates"]
+  assert outputs["conv0"]["__call__"][0].shape == (2, 60, 60, 16)
+  assert outputs["block13"]["__call__"][0].shape == (2, 4, 4, 512)
+  assert [outputs[f"block{i}"]["__call__"][0].shape[1] for i in (1, 2, 4, 6, 12)] == [
+      60, 30, 15, 8, 4]
+  assert state["params"]["block13"]["depthwise"]["weights"].shape == (3, 3, 1, 512)
+
+
+@pytest.mark.parametrize("stride, size", [(1, 9), (2, 9), (2, 8)])
+def test_depthwise_conv_matches_grouped_conv(stride, size):
+  rng = np.random.default_rng(3)
+  channels = 24
+  out_size = (size - 1) // stride + 1  # 'SAME' output size
+  x = jnp.asarray(rng.standard_normal((2, size, size, channels)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 1, channels)), jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal((2, out_size, out_size, channels)),
+                          jnp.float32)
+  padding = ((1, 1), (1, 1))
+  shifted = lambda x, k: backbones.depthwise_conv(x, k, stride, padding)
+  grouped = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=channels, precision=jax.lax.Precision.HIGHEST)
+
+  @jax.jit
+  def outputs_and_gradients(x, kernel):
+    # Training differentiates through it, so the gradients must agree too.
+    return [(conv(x, kernel), jax.grad(lambda x, k: jnp.sum(conv(x, k) * cotangent),
+                                       argnums=(0, 1))(x, kernel))
+            for conv in (shifted, grouped)]
+
+  (out, grads), (expected, expected_grads) = outputs_and_gradients(x, kernel)
+  assert out.shape == expected.shape == (2, out_size, out_size, channels)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  for grad, expected_grad in zip(grads, expected_grads):
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match="does not fit"):
+    backbones.depthwise_conv(x, kernel[:, :, :, :-1])
+
+
+def test_mobilenet_v1_cpu_kernels_match_xla_convolutions():
+  """xla_cpu_kernels (shifted depthwise, matmul pointwise) computes what XLA's
+  grouped and 1x1 convolutions compute, with the same variables."""
+  fast = backbones.make_backbone("mobilenet_v1", width=0.25)
+  reference = fast.clone(xla_cpu_kernels=False)
+  images = jnp.asarray(np.random.default_rng(4).standard_normal((2, SIZE, SIZE, 10)),
+                       jnp.float32)
+  variables = _filled_variables(fast, images)
+  run = lambda net: jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, images)
+  np.testing.assert_allclose(run(fast), run(reference), rtol=1e-5, atol=1e-5)
 
 
 def test_make_backbone_rejects_unknown_names():
@@ -202,6 +293,20 @@ def test_start_estimate_renders_a_face(setup):
   off_face = ~np.asarray(face.mask[0])
   np.testing.assert_array_equal(np.asarray(inputs[0, :, :, 3:])[off_face], 0.0)
   np.testing.assert_array_equal(inputs[..., :3], images[:1])
+
+
+def test_a_kept_start_render_gives_the_same_estimates(setup):
+  """inference.Predictor keeps CoarseNet's first input render
+  (coarse_net.render_start): the estimates are those of rendering it in
+  the call."""
+  model, stats, images, net, variables, _ = setup
+  variables = _perturbed_heads(variables)
+  start = jax.jit(coarse_net.render_start, static_argnums=(2, 3))(model, stats, SIZE, SIZE)
+  assert start.mask.shape == (1, SIZE, SIZE)
+  apply = jax.jit(lambda v, x, m, s, f: net.apply(v, x, m, s, start_face=f))
+  np.testing.assert_allclose(apply(variables, images, model, stats, start),
+                             apply(variables, images, model, stats, None), rtol=1e-6,
+                             atol=1e-6)
 
 
 def _perturbed_heads(variables, scale=1e-2):

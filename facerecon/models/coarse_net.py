@@ -70,6 +70,14 @@ def input_channels(images, face: render.FaceRender):
   return jnp.concatenate([images, grey * mask, face.pncc, face.normals], axis=-1)
 
 
+def render_start(model, statistics: normalization.DataStatistics, height: int, width: int,
+                 backend: str | None = None) -> render.FaceRender:
+  """The render of the start estimate (the data's mean parameters), batch 1."""
+  start = normalization.denormalize_params(
+      jnp.zeros((1, statistics.param_mean.shape[-1])), statistics)
+  return render.render_face(model, start, None, height, width, backend)
+
+
 class CoarseIteration(nn.Module):
   """One refinement step: backbone (its own weights) plus a Dense head."""
   num_params: int
@@ -111,7 +119,9 @@ class CoarseNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, model, statistics: normalization.DataStatistics,
-               train: bool = False):
+               train: bool = False, start_face: render.FaceRender | None = None):
+    """`start_face`: `render_start(model, statistics, H, W)`, when the caller
+    keeps it (it depends on neither the images nor the weights)."""
     if images.ndim != 4:
       raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
     batch, height, width = images.shape[:3]
@@ -126,12 +136,20 @@ class CoarseNet(nn.Module):
       face = render.render_face(model, params, None, height, width, self.render_backend)
       return input_channels(images, face)
 
+    def start_inputs(images, model, statistics):
+      # Every image starts from the same estimate: render it once, not per image.
+      face = start_face if start_face is not None else render_start(
+          model, statistics, height, width, self.render_backend)
+      face = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape[1:]), face)
+      return input_channels(images, face)
+
     render_inputs = parallel.map_per_device(render_inputs, self.mesh, num_batched=2)
     estimate = jnp.zeros((batch, num_params), jnp.float32)
     estimates = []
     for k in range(self.num_iterations):
       # The render is an input, not part of the graph to differentiate.
       inputs = jax.lax.stop_gradient(
+          start_inputs(images, model, statistics) if k == 0 else
           render_inputs(jax.lax.stop_gradient(estimate), images, model, statistics))
       update = CoarseIteration(num_params, self.backbone, self.backbone_kwargs,
                                self.head_init_scale, self.dtype,

@@ -1,0 +1,117 @@
+r"""Reconstruction latency on this machine: per photo and per face.
+
+    python benchmarks/reconstruct.py --config=configs/mobile.py [--workdir=runs/mobile]
+
+Times, as medians over --repeats runs after a warm-up, on a real photo (the
+astronaut in scikit-image's data, one face, 512x512; or --photo):
+- detect: facerecon.detect.FaceDetector on the photo;
+- crop: facerecon.cropping.crop of the face;
+- regression: CoarseNet alone (jitted apply) per face, at batch 1 and at
+  --batch faces per call;
+- dense mesh: the model-space vertices from the parameters, batch 1;
+- network call: facerecon.inference.Predictor on one crop (CoarseNet, dense
+  mesh, depth map, landmarks; FineNet where the run has one);
+- end to end: detect + crop + network call + the mesh posed in the photo.
+Without --workdir the networks are freshly initialised (the timings do not
+depend on the weights). The goal (issue 7) is 3DDFA_V2's figures on this
+machine class: detector 8 to 16 ms per photo, regression under 1 ms per face.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+from facerecon import memory
+
+config_flags.DEFINE_config_file("config", "configs/mobile.py", "The network's config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (default: random weights).")
+_PHOTO = flags.DEFINE_string("photo", None, "A photo with a face (default: the astronaut).")
+_BATCH = flags.DEFINE_integer("batch", 64, "Faces per call for the batched regression.")
+_REPEATS = flags.DEFINE_integer("repeats", 50, "Timed runs of each part.")
+
+
+def _median_ms(fn, repeats: int) -> float:
+  fn()  # warm-up (compiles)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def main(argv):
+  del argv
+  memory.retain_freed_memory()
+  from data_pipeline import input_pipeline
+  from facerecon import camera
+  from facerecon import cropping
+  from facerecon import detect
+  from facerecon import inference
+  from facerecon import morphable
+
+  config = flags.FLAGS.config
+  path = _PHOTO.value
+  if path is None:
+    import skimage
+
+    path = os.path.join(os.path.dirname(skimage.__file__), "data", "astronaut.png")
+  photo = input_pipeline.read_photo(path)
+  repeats, size = _REPEATS.value, config.image_size
+  detector = detect.FaceDetector()
+  boxes = detector.detect(photo)
+  if not len(boxes):
+    raise SystemExit(f"no face found in {path}")
+  square = cropping.square_from_detection(boxes[0])
+  crop = cropping.crop(photo, square, size)
+  predictor = inference.Predictor(config, _WORKDIR.value, batch_size=1)
+  model, statistics = predictor.model, predictor.statistics
+  net, variables = predictor.coarse_net, predictor.coarse_variables
+  start_face = predictor.start_face
+  # CoarseNet on uint8 crops, its first input render kept (as the Predictor does).
+  regress = jax.jit(lambda v, crops, model, statistics: net.apply(
+      v, input_pipeline.device_photometric(crops, None, input_pipeline.Augmentation(),
+                                           statistics, train=False), model, statistics,
+      start_face=start_face)[-1])
+  one = crop[None]
+  many = np.repeat(one, _BATCH.value, axis=0)
+  dense = jax.jit(morphable.vertices_from_params)
+  params = predictor(one).params
+
+  def end_to_end():
+    found = detector.detect(photo)
+    fits = predictor(cropping.crop(photo, cropping.square_from_detection(found[0]), size)[None])
+    pose = cropping.pose_to_photo(fits.params[0, :7], square, size, photo.shape[0])
+    return np.asarray(camera.transform_scaled_orthographic(fits.vertices[0], pose))
+
+  figures = {
+      "detect (per photo)": _median_ms(lambda: detector.detect(photo), repeats),
+      "crop (per face)": _median_ms(lambda: cropping.crop(photo, square, size), repeats),
+      "regression, batch 1 (per face)": _median_ms(
+          lambda: jax.block_until_ready(regress(variables, one, model, statistics)), repeats),
+      f"regression, batch {_BATCH.value} (per face)": _median_ms(
+          lambda: jax.block_until_ready(regress(variables, many, model, statistics)),
+          max(3, repeats // 10)) / _BATCH.value,
+      "dense mesh, batch 1 (per face)": _median_ms(
+          lambda: jax.block_until_ready(dense(model, params)), repeats),
+      "network call (per face)": _median_ms(lambda: predictor(one), repeats),
+      "end to end (per photo)": _median_ms(end_to_end, repeats),
+  }
+  print(f"{config.backbone} {dict(config.backbone_kwargs)}, {size}x{size}, "
+        f"{config.num_iterations} iteration(s), {model.num_vertices} vertices, "
+        f"{'trained' if _WORKDIR.value else 'random'} weights, FineNet: "
+        f"{predictor.has_fine}; {os.cpu_count()} cores; photo {photo.shape[1]}x{photo.shape[0]}")
+  for name, ms in figures.items():
+    print(f"  {name:<36}{ms:8.2f} ms")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,233 @@
+"""--mode=reconstruct and --mode=evaluate on a tiny trained run: every output
+file, failures reported, AFLW2000-3D-style folders, the synthetic test split."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io
+
+from conftest import ROOT
+from facerecon import camera
+from facerecon import evaluate
+from facerecon import export
+from facerecon import inference
+from facerecon import morphable
+from facerecon import reconstruct
+from facerecon import train
+from facerecon import train_fine
+from test_cropping import astronaut_photo
+from test_fine import _tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A tiny CoarseNet + FineNet run (2 steps each)."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = _tiny_config(num_train_steps=2)
+  train.train_and_evaluate(config, workdir)
+  train_fine.train_and_evaluate(config, os.path.join(workdir, "fine"), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+  """A real face in many forms, plus photos that must fail."""
+  folder = tmp_path_factory.mktemp("photos")
+  photo = cv2.cvtColor(astronaut_photo(), cv2.COLOR_RGB2BGR)
+  cv2.imwrite(str(folder / "astronaut.jpg"), photo)
+  os.makedirs(folder / "more")
+  grey16 = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257
+  cv2.imwrite(str(folder / "more" / "grey16.png"), grey16)
+  cv2.imwrite(str(folder / "more" / "rgba.png"), cv2.cvtColor(photo, cv2.COLOR_BGR2BGRA))
+  cv2.imwrite(str(folder / "more" / "huge.png"), cv2.resize(photo, (3000, 3000)))
+  cv2.imwrite(str(folder / "tiny.png"), cv2.resize(photo, (9, 9)))
+  cv2.imwrite(str(folder / "wall.png"), np.full((120, 160, 3), 90, np.uint8))
+  (folder / "broken.jpg").write_bytes(b"not an image")
+  (folder / "notes.txt").write_text("not a photo, not looked at")
+  return str(folder)
+
+
+def test_reconstruct_writes_every_output_and_reports_failures(run_dir, photo_folder, tmp_path):
+  config = _tiny_config()
+  out = str(tmp_path / "out")
+  summary = reconstruct.reconstruct(config, run_dir, photo_folder, out, batch_size=2,
+                                    progress=False)
+  assert summary.photos == 7 and summary.faces == 4
+  assert sorted((os.path.basename(p), r) for p, r in summary.failures) == [
+      ("broken.jpg", "cannot decode the image"), ("tiny.png", "no face found"),
+      ("wall.png", "no face found")]
+  with open(os.path.join(out, "summary.json")) as f:
+    assert len(json.load(f)["failed"]) == 3
+  model = morphable.load(config.model)
+  for stem, size in (("astronaut", 512), ("more/grey16", 512), ("more/rgba", 512),
+                     ("more/huge", 3000)):
+    base = os.path.join(out, stem + "_face0")
+    with open(base + ".json") as f:
+      record = json.load(f)
+    assert record["depth"]["fine"] is True
+    params = np.asarray(record["params"], np.float32)
+    assert params.shape == (model.layout.size,)
+    landmarks = np.loadtxt(base + "_landmarks.txt")
+    np.testing.assert_allclose(landmarks, record["landmarks"], atol=1e-3)
+    # The photo-frame parameters put the landmarks where the file says.
+    projected = camera.project_landmarks(morphable.vertices_from_params(model, params),
+                                         model.landmark_indices, params[:7], size)
+    np.testing.assert_allclose(projected, landmarks, atol=0.01 * size)
+    # Both meshes hold the fit, photo pixels with y up: the landmark vertices
+    # are the landmarks.
+    for vertices, triangles, colours in (export.read_obj(base + ".obj"),
+                                         export.read_ply(base + ".ply")):
+      assert vertices.shape == (model.num_vertices, 3) and colours is not None
+      np.testing.assert_array_equal(triangles, np.asarray(model.triangles))
+      marks = vertices[np.asarray(model.landmark_indices)]
+      np.testing.assert_allclose(np.stack([marks[:, 0], size - 1 - marks[:, 1]], -1),
+                                 landmarks, atol=0.01 * size)
+    depth = np.load(base + "_depth.npy")
+    encoded = cv2.imread(base + "_depth.png", cv2.IMREAD_UNCHANGED)
+    decoded, mask = export.decode_depth_png16(encoded, record["depth"])
+    assert depth.shape == (config.image_size,) * 2 and mask.sum() > 20
+    np.testing.assert_array_equal(mask, np.isfinite(depth))
+    np.testing.assert_allclose(decoded[mask], depth[mask], atol=1e-3 * np.ptp(depth[mask]))
+    overlay = cv2.imread(os.path.join(out, stem + "_overlay.png"))
+    assert overlay.shape[:2] == (min(size, reconstruct.PREVIEW_SIDE),) * 2
+  # The same face in colour, grey 16-bit and RGBA: about the same fit.
+  fits = [json.load(open(os.path.join(out, s + "_face0.json")))["landmarks"]
+          for s in ("astronaut", "more/grey16", "more/rgba")]
+  np.testing.assert_allclose(fits[2], fits[0], atol=2.0)
+  assert not [n for n in os.listdir(out) if n.startswith(".")]  # no partial files
+
+
+def test_predictions_do_not_depend_on_the_batching(run_dir):
+  config = _tiny_config()
+  crops = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+  one = inference.Predictor(config, run_dir, batch_size=1)(crops)
+  four = inference.Predictor(config, run_dir, batch_size=4)(crops)
+  for a, b in zip(one, four):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  assert not np.allclose(one.depth, one.coarse_depth)  # FineNet ran
+  with pytest.raises(ValueError, match=r"crops must be \[n, 32, 32, 3\]"):
+    inference.Predictor(config, run_dir)(crops[:, :16])
+
+
+def _write_aflw_style(folder, count: int, seed: int):
+  """Synthetic faces saved as AFLW2000-3D saves its photos: <stem>.jpg and
+  a .mat with 1-based MATLAB pixel coordinates. Returns their yaws."""
+  model = morphable.load("embedded:25")
+  batch = next(train.SyntheticStream(model, 120, count, seed, per_host=False))
+  for k in range(count):
+    params = batch["params"][k].astype(np.float64)
+    pose = params[:7].copy()
+    pose[3:5] += 1.0
+    cv2.imwrite(os.path.join(folder, f"image{k:05d}.jpg"),
+                cv2.cvtColor(batch["image"][k], cv2.COLOR_RGB2BGR))
+    points = np.concatenate([batch["landmarks"][k].T + 1.0, np.zeros((1, 68))])
+    scipy.io.savemat(os.path.join(folder, f"image{k:05d}.mat"), {
+        "Pose_Para": pose[None], "Shape_Para": params[7:206, None],
+        "Exp_Para": params[206:, None], "pt3d_68": points, "roi": np.zeros((1, 4))})
+  return np.degrees(batch["params"][:, 1]), batch["landmarks"]
+
+
+def test_nme_and_yaw_bins_follow_the_protocol():
+  truth = np.array([[[0.0, 0.0], [4.0, 0.0], [4.0, 9.0]]])  # box 4 x 9: sqrt = 6
+  predicted = truth + np.array([[3.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+  np.testing.assert_allclose(evaluate.landmark_nme(predicted, truth), [1.0 / 6.0])
+  table = evaluate.yaw_table([0.01, 0.02, 0.03, 0.05, 0.05],
+                             [0.0, -30.0, 30.5, 75.0, -120.0])
+  assert table["[0,30]"] == pytest.approx(1.5) and table["count [0,30]"] == 2
+  assert table["[30,60]"] == pytest.approx(3.0) and table["count [30,60]"] == 1
+  assert table["[60,90]"] == pytest.approx(5.0) and table["count [60,90]"] == 2
+  assert table["mean"] == pytest.approx(3.1666667)
+  assert np.isnan(evaluate.yaw_table([0.01], [10.0])["mean"])  # empty bins show
+
+
+def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
+  """The protocol's bookkeeping (crop, fit, map back, NME) end to end, with
+  a predictor that knows each crop's true landmarks: NME 0."""
+  from data_pipeline import input_pipeline
+  from facerecon import cropping
+
+  size = _tiny_config().image_size
+  _, landmarks = _write_aflw_style(str(tmp_path), 4, seed=5)
+  truth_of_crop = {}
+  for k in range(4):
+    photo = input_pipeline.read_photo(str(tmp_path / f"image{k:05d}.jpg"))
+    square = cropping.square_from_landmarks(landmarks[k])
+    scale, offset = cropping.crop_transform(square, size)
+    truth_of_crop[cropping.crop(photo, square, size).tobytes()] = scale * landmarks[k] + offset
+
+  class Oracle:
+    model = morphable.load("embedded:25")
+
+    def __init__(self, *args):
+      pass
+
+    def __call__(self, crops):
+      points = np.stack([truth_of_crop[c.tobytes()] for c in crops])
+      return inference.FaceFits(None, points, None, None, None, None)
+
+  monkeypatch.setattr(inference, "Predictor", Oracle)
+  results = evaluate.evaluate_folder(_tiny_config(), "unused", str(tmp_path))
+  assert results["ground_truth_crops"]["all"] == pytest.approx(0.0, abs=1e-4)
+  assert sum(results["ground_truth_crops"][f"count {b}"]
+             for b in ("[0,30]", "[30,60]", "[60,90]")) == 4
+
+
+def test_evaluate_on_aflw_style_folder_and_synthetic_test_split(run_dir, tmp_path):
+  """main.py --mode=evaluate: the yaw table printed and written as JSON; a
+  corrupt .mat is reported and skipped. Then the synthetic test split."""
+  folder = tmp_path / "AFLW2000"
+  folder.mkdir()
+  yaws, _ = _write_aflw_style(str(folder), 6, seed=7)
+  (folder / "image99999.jpg").write_bytes((folder / "image00000.jpg").read_bytes())
+  (folder / "image99999.mat").write_bytes(b"corrupt")
+  result = subprocess.run(
+      [sys.executable, "main.py", "--mode=evaluate", "--config=configs/synthetic.py",
+       f"--workdir={run_dir}", f"--input={folder}", "--config.model=embedded:25",
+       "--config.image_size=32", "--config.backbone_kwargs.widths=(8,16)",
+       "--config.fine.widths=(4,8,8)", "--config.fine.head=(8,)",
+       "--config.data.statistics_samples=64"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "ground-truth crops" in result.stdout and "detector crops" in result.stdout
+  with open(os.path.join(run_dir, "evaluation_AFLW2000.json")) as f:
+    results = json.load(f)
+  table = results["ground_truth_crops"]
+  assert sum(table[f"count {b}"] for b in ("[0,30]", "[30,60]", "[60,90]")) == 6
+  assert table["all"] > 0 and results["photos"] == 7
+  assert [os.path.basename(s["file"]) for s in results["skipped"]] == ["image99999.jpg"]
+  assert results["detector_crops"]["missed"] <= 6
+
+  text, synthetic = evaluate.run(_tiny_config(), run_dir, "synthetic")
+  for key in ("param_error", "vertex_error", "depth_error", "landmark_nme",
+              "landmark_nme_box_percent"):
+    assert np.isfinite(synthetic[key]) and np.isfinite(synthetic["baseline_" + key]), key
+  assert "vertex_error" in text
+  assert os.path.exists(os.path.join(run_dir, "evaluation_synthetic_test.json"))
+
+
+def test_main_reconstruct_exits_non_zero_when_a_photo_fails(run_dir, tmp_path):
+  photos = tmp_path / "in"
+  photos.mkdir()
+  cv2.imwrite(str(photos / "face.png"), cv2.cvtColor(astronaut_photo(), cv2.COLOR_RGB2BGR))
+  (photos / "broken.png").write_bytes(b"\x89PNG broken")
+  flags = ["--config.model=embedded:25", "--config.image_size=32",
+           "--config.backbone_kwargs.widths=(8,16)", "--config.fine.widths=(4,8,8)",
+           "--config.fine.head=(8,)", "--config.data.statistics_samples=64"]
+  result = subprocess.run(
+      [sys.executable, "main.py", "--mode=reconstruct", "--config=configs/synthetic.py",
+       f"--workdir={run_dir}", f"--input={photos}", f"--output={tmp_path / 'out'}", *flags],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "reconstructed 1 faces from 1 of 2 photos" in result.stdout
+  assert "broken.png: cannot decode the image" in result.stdout
+  assert (tmp_path / "out" / "face_face0.obj").exists()
+  missing = subprocess.run(
+      [sys.executable, "main.py", "--mode=reconstruct", "--config=configs/synthetic.py",
+       f"--workdir={tmp_path / 'nothing'}", f"--input={photos}", "--output=x", *flags],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert missing.returncode != 0 and "no trained CoarseNet" in missing.stderr
