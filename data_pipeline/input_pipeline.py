@@ -195,11 +195,34 @@ def _warp(array, matrix, size, nearest=False):
                         borderMode=cv2.BORDER_CONSTANT if nearest else cv2.BORDER_REFLECT_101)
 
 
+def _crop_to_size(image: np.ndarray, labels: dict, size: int) -> np.ndarray:
+  """The `size` x `size` network crop of a photo of another size: from its
+  landmarks (`facerecon.cropping`, the rule reconstruct and evaluate use),
+  labels mapped with it; unlabelled photos: the centred square."""
+  from facerecon import cropping
+
+  height, width = image.shape[:2]
+  if "landmarks" in labels:
+    square = cropping.square_from_landmarks(labels["landmarks"])
+  else:
+    square = cropping.Square((width - 1) / 2.0, (height - 1) / 2.0, float(min(height, width)))
+  scale, offset = cropping.crop_transform(square, size)
+  if "params" in labels:
+    pose = camera.pose_after_image_similarity(labels["params"][:7], scale, offset, height,
+                                              new_height=size)
+    labels["params"] = np.concatenate([pose, labels["params"][7:]]).astype(np.float32)
+    labels["landmarks"] = (scale * labels["landmarks"] + offset).astype(np.float32)
+  return cropping.crop(image, square, size)
+
+
 def prepare_example(example: dict, rng: np.random.Generator | None,
                     augmentation: Augmentation,
-                    statistics: normalization.DataStatistics | None) -> dict:
+                    statistics: normalization.DataStatistics | None,
+                    image_size: int | None = None) -> dict:
   """One decoded example with the geometric augmentation applied and the
-  label normalised (numpy; runs in workers). The image stays uint8."""
+  label normalised (numpy; runs in workers). The image stays uint8. With
+  `image_size`, images of another size (e.g. 300W-LP's 450x450 photos) are
+  first cropped to it (`_crop_to_size`); their per-pixel maps are dropped."""
   import cv2
 
   warp = rng is not None and augmentation.geometric
@@ -216,6 +239,9 @@ def prepare_example(example: dict, rng: np.random.Generator | None,
     out["params"] = np.asarray(example["params"], np.float32)
     out["landmarks"] = np.asarray(example["landmarks"], np.float32)
   maps = {k: np.asarray(example[k]) for k in ("depth", "mask", "pncc") if k in example}
+  if image_size is not None and (height, width) != (image_size, image_size):
+    image = _crop_to_size(image, out, image_size)
+    height, width, maps = image_size, image_size, {}
   if warp:
     scale = rng.uniform(1.0 - augmentation.scale, 1.0 + augmentation.scale)
     centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
@@ -245,7 +271,8 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, train: bool = True,
                  statistics: normalization.DataStatistics | None = None,
                  augmentation: Augmentation = Augmentation(), num_epochs: int | None = None,
                  process_index: int = 0, process_count: int = 1,
-                 num_workers: int = 0, num_threads: int | None = None) -> grain.IterDataset:
+                 num_workers: int = 0, num_threads: int | None = None,
+                 image_size: int | None = None) -> grain.IterDataset:
   """The batches of one host. `source`: a random-access data source such as
   `tfds.data_source('facerecon_faces/synthetic')['train']`.
 
@@ -261,7 +288,7 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, train: bool = True,
     dataset = dataset.shuffle(seed=seed).repeat(num_epochs)
   augment = train and augmentation.geometric
   prepare = functools.partial(prepare_example, augmentation=augmentation,
-                              statistics=statistics)
+                              statistics=statistics, image_size=image_size)
   if augment:
     dataset = dataset.random_map(lambda example, rng: prepare(example, rng), seed=seed)
   else:

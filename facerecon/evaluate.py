@@ -150,7 +150,8 @@ def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
     source = input_pipeline.open_source(config.data.name, "test", config.data.data_dir)
     data = iter(input_pipeline.make_dataset(source, batch_size=per_host, train=False,
                                             process_index=jax.process_index(),
-                                            process_count=jax.process_count()))
+                                            process_count=jax.process_count(),
+                                            image_size=size))
   landmarks_of = jax.jit(lambda estimate, model, statistics: losses.project_landmarks(
       normalization.denormalize_params(estimate, statistics), model, size))
   context = jax.device_put((model, statistics), train.replicated(mesh))

@@ -357,7 +357,7 @@ def _open_data(config, model, statistics, split: str, batch_size: int):
       source, batch_size=batch_size, seed=config.seed, train=split == "train",
       statistics=statistics, process_index=jax.process_index(),
       process_count=jax.process_count(), num_workers=data.num_workers if split == "train"
-      else 0))
+      else 0, image_size=config.image_size))
 
 
 def _with_normalized_labels(batch: dict, statistics) -> dict:

@@ -204,7 +204,7 @@ def _open_data(config, model, split: str, batch_size: int, evaluation: bool = Fa
   return iter(input_pipeline.make_dataset(
       source, batch_size=batch_size, seed=config.fine.seed, train=split == "train",
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_workers=data.num_workers if split == "train" else 0))
+      num_workers=data.num_workers if split == "train" else 0, image_size=config.image_size))
 
 
 def load_coarse(config, coarse_workdir: str, mesh):

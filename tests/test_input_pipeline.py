@@ -176,3 +176,34 @@ def test_worker_processes_give_the_same_batches(dataset):
     a, b = next(local), next(workers)
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_photos_of_another_size_are_cropped_from_their_landmarks(dataset):
+  """300W-LP's photos are 450x450: with image_size the pipeline crops them
+  by the landmark rule (facerecon.cropping), and the label follows: the new
+  landmarks are the new parameters' projected landmarks, inside the crop."""
+  import cv2
+
+  source = _source(dataset, features=("image", "params", "landmarks", "mask"))
+  model = morphable.load(MODEL)
+  example = dict(source[0])
+  photo = ip.decode_image(example["image"])
+  # The stored face placed into a larger, off-centre photo by a known similarity.
+  scale, offset = 3.0, np.array([40.0, 17.0])
+  big = cv2.warpAffine(photo, np.array([[scale, 0, offset[0]], [0, scale, offset[1]]]),
+                       (160, 130))
+  example["image"] = cv2.imencode(".png", big)[1].tobytes()
+  example["params"] = np.concatenate([camera.pose_after_image_similarity(
+      example["params"][:7].astype(np.float64), scale, offset, SIZE, new_height=130),
+      example["params"][7:]]).astype(np.float32)
+  example["landmarks"] = scale * example["landmarks"] + offset
+  out = ip.prepare_example(example, None, ip.Augmentation(), None, image_size=24)
+  assert out["image"].shape == (24, 24, 3) and "mask" not in out
+  face = params_lib.split(jnp.asarray(out["params"]), model.layout)
+  vertices = morphable.vertices(model, face.shape, face.expression)
+  landmarks = camera.project_landmarks(vertices, model.landmark_indices, face.pose, 24)
+  np.testing.assert_allclose(np.asarray(landmarks), out["landmarks"], atol=2e-3)
+  assert out["landmarks"].min() > 0 and out["landmarks"].max() < 24
+  # The same size passes through untouched.
+  same = ip.prepare_example(dict(source[0]), None, ip.Augmentation(), None, image_size=SIZE)
+  np.testing.assert_array_equal(same["image"], ip.decode_image(source[0]["image"]))
