@@ -52,11 +52,11 @@ def main(argv):
   del argv
   memory.retain_freed_memory()
   from data_pipeline import input_pipeline
-  from facerecon import camera
   from facerecon import cropping
   from facerecon import detect
   from facerecon import inference
   from facerecon import morphable
+  from facerecon import reconstruct
 
   config = flags.FLAGS.config
   path = _PHOTO.value
@@ -90,7 +90,7 @@ def main(argv):
     found = detector.detect(photo)
     fits = predictor(cropping.crop(photo, cropping.square_from_detection(found[0]), size)[None])
     pose = cropping.pose_to_photo(fits.params[0, :7], square, size, photo.shape[0])
-    return np.asarray(camera.transform_scaled_orthographic(fits.vertices[0], pose))
+    return reconstruct.posed_mesh(fits.vertices[0], pose)
 
   figures = {
       "detect (per photo)": _median_ms(lambda: detector.detect(photo), repeats),

@@ -33,6 +33,7 @@ import dataclasses
 import itertools
 import os
 
+import jax
 import numpy as np
 
 from facerecon import cropping
@@ -131,12 +132,25 @@ def _render_to_photo_matrix(square, size: int, render_size: int) -> np.ndarray:
   return np.array([[linear, 0.0, shift[0]], [0.0, linear, shift[1]]])
 
 
+def posed_mesh(vertices, pose):
+  """Model-space vertices [N, 3] posed in the photo: f R v + t3d (y up)."""
+  return _posed_mesh(np.asarray(vertices, np.float32), np.asarray(pose, np.float32))
+
+
+def _transform(vertices, pose):
+  from facerecon import camera
+
+  return camera.transform_scaled_orthographic(vertices, pose)
+
+
+_posed_mesh = jax.jit(_transform)
+
+
 def _write_face(photo: _Photo, k: int, fits, index: int, model, size: int,
                 model_name: str, has_fine: bool) -> np.ndarray:
   """Writes one face's files; returns its photo-frame landmarks."""
   import cv2
 
-  from facerecon import camera
   from facerecon import fileio
   from facerecon import params as params_lib
 
@@ -146,8 +160,7 @@ def _write_face(photo: _Photo, k: int, fits, index: int, model, size: int,
   photo_pose = cropping.pose_to_photo(params[:params_lib.NUM_POSE], square, size,
                                       photo.height)
   photo_params = np.concatenate([photo_pose, params[params_lib.NUM_POSE:]]).astype(np.float32)
-  vertices = np.asarray(camera.transform_scaled_orthographic(fits.vertices[index],
-                                                             photo_pose), np.float32)
+  vertices = np.asarray(posed_mesh(fits.vertices[index], photo_pose), np.float32)
   # Vertex colours: the photo (its preview) at each vertex's pixel.
   columns = vertices[:, 0] * photo.shrink
   rows = (photo.height - 1 - vertices[:, 1]) * photo.shrink
