@@ -111,6 +111,8 @@ def _apply_trained(config) -> int:
 
   if not _INPUT.value:
     raise app.UsageError(f"--mode={_MODE.value} needs --input")
+  if _INPUT.value != "synthetic" and not os.path.exists(_INPUT.value):
+    raise app.UsageError(f"--input {_INPUT.value} does not exist")
   if not os.path.isdir(os.path.join(_WORKDIR.value, "best")):
     raise app.UsageError(f"--workdir {_WORKDIR.value} has no trained CoarseNet (best/): "
                          "train one there first with --mode=train")

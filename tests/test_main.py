@@ -64,3 +64,8 @@ def test_main_rejects_bad_flags(tmp_path):
       timeout=120)
   assert (half_distributed.returncode != 0
           and "--num_processes and --process_id go together" in half_distributed.stderr)
+  missing_input = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/synthetic.py", f"--workdir={tmp_path}",
+       "--mode=reconstruct", f"--input={tmp_path}/no_photos", "--output=out"], cwd=ROOT,
+      capture_output=True, text=True, timeout=120)
+  assert missing_input.returncode != 0 and "no_photos does not exist" in missing_input.stderr
