@@ -108,12 +108,13 @@ def _apply_trained(config) -> int:
   import os
 
   from facerecon import detect
+  from facerecon import fileio
 
   if not _INPUT.value:
     raise app.UsageError(f"--mode={_MODE.value} needs --input")
   if _INPUT.value != "synthetic" and not os.path.exists(_INPUT.value):
     raise app.UsageError(f"--input {_INPUT.value} does not exist")
-  if not os.path.isdir(os.path.join(_WORKDIR.value, "best")):
+  if not fileio.exists(os.path.join(_WORKDIR.value, "best", "best.json")):
     raise app.UsageError(f"--workdir {_WORKDIR.value} has no trained CoarseNet (best/): "
                          "train one there first with --mode=train")
   detector = None if _DETECTOR.value == "none" else detect.FaceDetector(

@@ -1,23 +1,89 @@
-"""File helpers shared by every writer and reader: atomic writes and MATLAB files.
+"""File helpers shared by every writer and reader: atomic writes, paths that
+may be object-store URLs, and MATLAB files.
 
 Every file the project writes goes through `atomic_write`, so a killed process
-never leaves a partial file under the final name.
+never leaves a partial file under the final name. A workdir may be local or
+a URL (`gs://bucket/run`, for TPU pods): the helpers here take both, local
+paths through `os`, URLs through etils.epath (gcsfs for `gs://`).
 """
 
 import contextlib
+import io
 import os
+import re
 import tempfile
 from typing import Iterator, Mapping
 
 import numpy as np
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_url(path: str | os.PathLike) -> bool:
+  """True for `gs://...`-style paths (object stores), False for local ones."""
+  return bool(_URL.match(os.fspath(path)))
+
+
+def _remote(path: str):
+  from etils import epath
+
+  if path.startswith("gs://"):
+    try:
+      import gcsfs  # noqa: F401  (epath's gs:// backend without TensorFlow)
+    except ImportError:
+      try:
+        import tensorflow  # noqa: F401  (epath's other gs:// backend)
+      except ImportError:
+        raise ImportError(f"{path}: gs:// paths need gcsfs: pip install '.[gcs]' "
+                          "(the [tpu] extra includes it)") from None
+  return epath.Path(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+  """`path` made absolute (local) or unchanged (URL)."""
+  path = os.fspath(path)
+  return path if is_url(path) else os.path.abspath(path)
+
+
+def makedirs(path: str | os.PathLike) -> None:
+  """Creates directory `path` and its parents (object stores have none to make)."""
+  path = os.fspath(path)
+  if is_url(path):
+    _remote(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def exists(path: str | os.PathLike) -> bool:
+  path = os.fspath(path)
+  return _remote(path).exists() if is_url(path) else os.path.exists(path)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+  """The contents of `path`; FileNotFoundError names it when it is missing."""
+  path = os.fspath(path)
+  if is_url(path):
+    remote = _remote(path)
+    if not remote.exists():
+      raise FileNotFoundError(f"not found: {path}")
+    return remote.read_bytes()
+  with open(path, "rb") as f:
+    return f.read()
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
   """Yields a file object whose contents replace `path` only on success."""
   path = os.fspath(path)
+  if is_url(path):
+    # An object-store upload replaces the object whole or not at all, so
+    # buffering and uploading on success is the atomic write there.
+    buffer = io.StringIO() if "b" not in mode else io.BytesIO()
+    yield buffer
+    data = buffer.getvalue()
+    _remote(path).write_bytes(data.encode() if isinstance(data, str) else data)
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp_path = tempfile.mkstemp(

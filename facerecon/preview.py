@@ -77,7 +77,7 @@ def sample_faces(model: morphable.MorphableModel, config: ml_collections.ConfigD
 def write_preview(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Runs the preview; returns the picture's path."""
   model = morphable.load(config.model)
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   morphable.save_model(model, os.path.join(workdir, "model.npz"))
   names, params, texture = sample_faces(model, config)
   with fileio.atomic_write(os.path.join(workdir, "faces.npz")) as f:

@@ -15,7 +15,6 @@ solved it in numpy, so no gradient reached the network). Dark, saturated,
 flat grey and empty images give finite values and gradients.
 """
 
-import jax
 import jax.numpy as jnp
 
 from facerecon import render

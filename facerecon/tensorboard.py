@@ -24,7 +24,8 @@ Colorspace: 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA.
 Each record is framed in memory and appended with one write to a file
 opened for appending, so a crash can at worst cut the last record short;
 it never leaves a broken record between whole ones. A new writer always
-creates a new file.
+creates a new file. On object stores, where nothing can be appended, each
+flush uploads the file whole (see `SummaryWriter`).
 """
 
 import itertools
@@ -36,6 +37,8 @@ from typing import Mapping, NamedTuple
 
 import cv2
 import numpy as np
+
+from facerecon import fileio
 
 FILE_VERSION = "brain.Event:2"
 
@@ -194,26 +197,51 @@ class NullWriter:
 class SummaryWriter:
   """Appends scalars and images to a new event file in `logdir`.
 
-  Records are written as soon as they are added (whole, one write each), so
-  TensorBoard sees them while training runs; `flush` also makes them
-  durable (fsync). Use as a context manager or call `close`.
+  Local directories: records are written as soon as they are added (whole,
+  one write each), so TensorBoard sees them while training runs; `flush`
+  also makes them durable (fsync).
+
+  Object stores (`gs://...`) have no append: records collect in memory and
+  `flush` uploads the whole file again (what TensorFlow's GCS writer does),
+  also done by any write `flush_secs` after the last upload. A file past
+  `roll_bytes` is finished and a new one started, so an upload never grows
+  without bound; TensorBoard reads the files in name order.
+
+  Use as a context manager or call `close`.
   """
 
-  def __init__(self, logdir: str | os.PathLike, filename_suffix: str = ""):
+  def __init__(self, logdir: str | os.PathLike, filename_suffix: str = "",
+               flush_secs: float = 30.0, roll_bytes: int = 16 << 20):
     self.logdir = os.fspath(logdir)
-    os.makedirs(self.logdir, exist_ok=True)
+    self._suffix, self._flush_secs, self._roll_bytes = filename_suffix, flush_secs, roll_bytes
+    self._remote = fileio.is_url(self.logdir)
+    fileio.makedirs(self.logdir)
+    self._fd = None
+    self._closed = False
+    self._start_file()
+
+  def _start_file(self) -> None:
     # TensorFlow's name is events.out.tfevents.<seconds>.<host>; the pid and a
-    # counter keep two writers started in the same second apart.
+    # counter (zero-padded, so names sort in creation order) keep two files
+    # started in the same second apart.
     name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
-            f".{os.getpid()}.{next(_file_counter)}{filename_suffix}")
+            f".{os.getpid()}.{next(_file_counter):06d}{self._suffix}")
     self.path = os.path.join(self.logdir, name)
-    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+    if self._remote:
+      self._contents, self._uploaded, self._last_upload = bytearray(), 0, time.monotonic()
+    else:
+      self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
     self._write(encode_event(time.time(), 0, file_version=FILE_VERSION))
 
   def _write(self, event: bytes) -> None:
-    if self._fd is None:
+    if self._closed:
       raise ValueError(f"summary writer for {self.path} is closed")
     record = memoryview(frame_record(event))
+    if self._remote:
+      self._contents += record
+      if time.monotonic() - self._last_upload >= self._flush_secs:
+        self.flush()
+      return
     while record:  # os.write may write less than asked (rarely, for files).
       record = record[os.write(self._fd, record):]
 
@@ -231,12 +259,24 @@ class SummaryWriter:
     self._write(encode_event(time.time(), int(step), summary_values=[image_value(tag, image)]))
 
   def flush(self) -> None:
-    if self._fd is not None:
+    if self._closed:
+      return
+    if not self._remote:
       os.fsync(self._fd)
+      return
+    if len(self._contents) > self._uploaded:
+      fileio.write_bytes_atomic(self.path, bytes(self._contents))
+      self._uploaded = len(self._contents)
+    self._last_upload = time.monotonic()
+    if self._uploaded >= self._roll_bytes:
+      self._start_file()
 
   def close(self) -> None:
+    if self._closed:
+      return
+    self.flush()
+    self._closed = True
     if self._fd is not None:
-      self.flush()
       os.close(self._fd)
       self._fd = None
 
@@ -381,8 +421,7 @@ def read_records(path: str | os.PathLike) -> list[bytes]:
   mismatch or a truncated record.
   """
   path = os.fspath(path)
-  with open(path, "rb") as f:
-    data = f.read()
+  data = fileio.read_bytes(path)
   records, pos = [], 0
   while pos < len(data):
     if pos + 12 > len(data):

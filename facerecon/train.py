@@ -30,6 +30,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from facerecon import fileio
 from facerecon import normalization
 from facerecon.parallel import DATA_AXIS  # noqa: F401 (re-exported)
 from facerecon.parallel import batch_sharding
@@ -156,7 +157,7 @@ class Checkpoints:
   keep: int
 
   def __post_init__(self):
-    self.directory = os.path.abspath(self.directory)
+    self.directory = fileio.absolute(self.directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=self.keep,
@@ -183,7 +184,7 @@ class Checkpoints:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
+    has_data = fileio.exists(os.path.join(self.directory, str(step), "data"))
     args = {"state": ocp.args.StandardRestore(abstract)}
     if has_data:
       args["data"] = ocp.args.JsonRestore()
@@ -220,19 +221,16 @@ class BestCheckpoint:
   reads the record, so "best" spans the whole run."""
 
   def __init__(self, directory: str, metric: str, field: str = "config.best_metric"):
-    self.directory, self.metric, self._field = os.path.abspath(directory), metric, field
+    self.directory, self.metric, self._field = fileio.absolute(directory), metric, field
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=1))
     record = os.path.join(self.directory, "best.json")
     self.record = None
-    if os.path.exists(record):
-      with open(record) as f:
-        self.record = json.load(f)
+    if fileio.exists(record):
+      self.record = json.loads(fileio.read_bytes(record))
 
   def update(self, step: int, metrics: dict, variables) -> bool:
     """Saves `variables` if `metrics[metric]` beats the best so far."""
-    from facerecon import fileio
-
     if self.metric not in metrics:
       raise ValueError(f"{self._field}: '{self.metric}' is not an evaluation metric "
                        f"(have: {', '.join(sorted(metrics))})")
@@ -498,7 +496,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   there. Returns the last evaluation's metrics."""
   from absl import logging
 
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   mesh, model, statistics, context, net, train_data, state, tx, schedule, step_fn = (
       build_training(config))
   logging.info("CoarseNet: %d devices (%s) in %d process(es); global batch %d", mesh.size,
@@ -655,8 +653,6 @@ def publish_evaluation(writer, workdir: str, step: int, sums: dict, count: int, 
   the picture as eval/<name> to TensorBoard and (process 0) as
   <workdir>/<name>.png, and logged. Returns the means."""
   from absl import logging
-
-  from facerecon import fileio
 
   totals = {k: v / count for k, v in sums.items()}
   writer.scalars({f"eval/{k}": v for k, v in totals.items()}, step)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facerecon import fileio
 from facerecon import normalization
 from facerecon import parallel
 from facerecon import render
@@ -213,7 +214,7 @@ def load_coarse(config, coarse_workdir: str, mesh):
   from facerecon import morphable
 
   best_dir = os.path.join(coarse_workdir, "best")
-  if not os.path.exists(os.path.join(best_dir, "best.json")):
+  if not fileio.exists(os.path.join(best_dir, "best.json")):
     raise FileNotFoundError(
         f"no trained CoarseNet in {best_dir}: train it first (python main.py --config=... "
         f"--workdir={coarse_workdir}) or set config.fine.coarse_workdir")
@@ -245,7 +246,7 @@ def load_fine(config, fine_workdir: str, coarse_variables):
   stage 2's run in `fine_workdir`, or None when it has no best checkpoint.
   An end-to-end run's CoarseNet variables replace `coarse_variables`."""
   best_dir = os.path.join(fine_workdir, "best")
-  if not os.path.exists(os.path.join(best_dir, "best.json")):
+  if not fileio.exists(os.path.join(best_dir, "best.json")):
     return None
   fine_net = make_fine_net(config)
   fine_like = jax.eval_shape(lambda: init_fine_params(config, fine_net))
@@ -269,7 +270,7 @@ def train_and_evaluate(config, workdir: str, coarse_workdir: str | None = None) 
   from absl import logging
 
   stage = config.fine
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   mesh = train.make_mesh()
   for name in ("batch_size", "eval_batch_size"):
     if stage[name] % jax.device_count():
