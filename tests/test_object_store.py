@@ -128,22 +128,24 @@ def test_main_trains_and_resumes_in_a_gs_workdir(gcs, tmp_path):
   """main.py with --workdir=gs://...: checkpoints (orbax), the best
   checkpoint's record, TensorBoard events and pictures go to the bucket; a
   second run resumes from the bucket's checkpoint and ends with the
-  evaluation of one uninterrupted local run."""
+  evaluation of one uninterrupted local run; --mode=reconstruct loads the
+  trained network from the bucket."""
   import subprocess
   import sys
 
   from conftest import ROOT
   from etils import epath
   from test_train_e2e import _TINY_FLAGS
+  from test_cropping import astronaut_photo
   from test_train_e2e import _final_metrics
 
   workdir = f"gs://{BUCKET}/run"
   flags = [*_TINY_FLAGS, "--config.eval_every=4"]
 
-  def main(workdir, steps):
+  def main(workdir, steps, *more):
     result = subprocess.run(
         [sys.executable, "main.py", f"--workdir={workdir}", *flags,
-         f"--config.num_train_steps={steps}"],
+         f"--config.num_train_steps={steps}", *more],
         cwd=ROOT, env=_env(gcs), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -165,3 +167,8 @@ def test_main_trains_and_resumes_in_a_gs_workdir(gcs, tmp_path):
             for e in tensorboard.read_events(os.fspath(p)) if e.values]
   tags = {v.tag for e in events for v in e.values}
   assert "eval/vertex_error" in tags and max(e.step for e in events) == 8
+
+  photo = tmp_path / "astronaut.png"
+  fileio.write_png_atomic(photo, astronaut_photo())
+  main(workdir, 8, "--mode=reconstruct", f"--input={photo}", f"--output={tmp_path / 'out'}")
+  assert (tmp_path / "out" / "astronaut_face0.obj").exists()
