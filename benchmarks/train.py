@@ -1,13 +1,20 @@
-r"""Training throughput: steps/s and images/s of CoarseNet's train step.
+r"""Training throughput of CoarseNet's train step, and where its time goes.
 
     python benchmarks/train.py [--config=configs/synthetic.py] [--steps=20]
-        [--config.backbone=small --config.image_size=64 ...]
+        [--batch_sizes=32,64,128] [--config.backbone=small --config.image_size=64 ...]
 
 Builds the config's network, optimizer and data (synthetic faces rendered
 on the fly by default), compiles the step, then times --steps steps: the
-data (host batches, sharding) and the step itself are timed separately and
-together. On a GPU, run it with configs/resnet.py plus
---config.data.source=synthetic --config.dtype=bfloat16 for the paper's
+data (host batches, sharding) and the step itself separately and together.
+Then it times, on the same batch, the step's work outside the networks:
+the input renders of iterations 2..K and every iteration's loss (renders
+included) forward and backward. The rest of the step is the networks and
+the optimizer. On an accelerator it also prints the peak device memory.
+
+--batch_sizes repeats everything for each global batch size and reports a
+batch that does not fit in device memory as such (the largest that fits is
+the last one reported with figures). On a GPU, run it with configs/resnet.py
+plus --config.data.source=synthetic --config.dtype=bfloat16 for the paper's
 network.
 """
 
@@ -20,21 +27,59 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
 from facerecon import memory
+from facerecon import normalization
+from facerecon import parallel
+from facerecon import render
 from facerecon import train
+from facerecon.models import coarse_net
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", [], "Global batch sizes to measure, in "
+                                 "turn (default: the config's).")
 config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Config file.",
                                 lock_config=True)
 
 
-def main(argv):
-  del argv
-  memory.retain_freed_memory()  # as main.py does
-  config = flags.FLAGS.config
+def renderer_and_loss(config, run):
+  """The step's work outside the networks, jitted: (estimates, batch, model,
+  statistics) -> (input renders of iterations 2..K, (loss, its gradient with
+  respect to the estimates)). Iteration 1's input is the start render, one
+  for the whole batch."""
+  size = config.image_size
+  batch_loss = train.batch_loss_fn(config, run.mesh)
+
+  def input_render(estimate, images, model, statistics):
+    params = normalization.denormalize_params(estimate, statistics)
+    face = render.render_face(model, params, None, size, size, config.render_backend)
+    return coarse_net.input_channels(images, face)
+
+  input_render = parallel.map_per_device(input_render, run.mesh, num_batched=2)
+
+  def work(estimates, batch, model, statistics):
+    images = batch["image"].astype(jnp.float32)
+    inputs = [input_render(e, images, model, statistics) for e in estimates[:-1]]
+    loss = lambda e: batch_loss(e, batch["params_normalized"], batch["landmarks"], model,
+                                statistics)[0]
+    return inputs, jax.value_and_grad(loss)(estimates)
+
+  return jax.jit(work)
+
+
+def _timed(fn, *args, repeats: int) -> float:
+  """Seconds per call of fn(*args), compiled first."""
+  jax.block_until_ready(fn(*args))
+  start = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(fn(*args))
+  return (time.perf_counter() - start) / repeats
+
+
+def measure(config) -> None:
   run = train.build_training(config)
   mesh, state, step, data = run.mesh, run.state, run.step_fn, run.train_data
   size = config.image_size
@@ -65,6 +110,42 @@ def main(argv):
   print(f"data ({config.data.source}): {images / data_seconds:.1f} images/s")
   print(f"together: {images / (step_seconds + data_seconds):.1f} images/s "
         f"(final loss {float(np.asarray(metrics['loss'])):.4f})")
+
+  # Estimates near the labels, as a trained network's would be.
+  noise = jax.random.normal(jax.random.PRNGKey(1), (config.num_iterations,) +
+                            batch["params_normalized"].shape)
+  estimates = tuple(batch["params_normalized"] + 0.3 * noise[k]
+                    for k in range(config.num_iterations))
+  outside = _timed(renderer_and_loss(config, run), estimates, batch, *run.context,
+                   repeats=steps)
+  per_step, per_batch = step_seconds / steps, data_seconds / steps
+  print(f"per step: {1e3 * per_step:.2f} ms step = {1e3 * outside:.2f} ms renderer + loss "
+        f"({100 * outside / per_step:.1f}%) + {1e3 * (per_step - outside):.2f} ms networks "
+        f"+ optimizer; input {1e3 * per_batch:.2f} ms per batch")
+  stats = jax.devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    print(f"peak device memory: {stats['peak_bytes_in_use'] / 2**30:.2f} GiB "
+          f"(device 0, since the process started)")
+
+
+def _out_of_memory(error: Exception) -> bool:
+  return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
+
+
+def main(argv):
+  del argv
+  memory.retain_freed_memory()  # as main.py does
+  config = flags.FLAGS.config
+  for batch_size in _BATCH_SIZES.value or [config.batch_size]:
+    config.batch_size = int(batch_size)
+    try:
+      measure(config)
+    except Exception as e:  # XLA reports a batch too large as a runtime error.
+      if not _out_of_memory(e):
+        raise
+      print(f"global batch {config.batch_size}: does not fit in device memory")
+      break
+    jax.clear_caches()
 
 
 if __name__ == "__main__":

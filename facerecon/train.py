@@ -375,8 +375,10 @@ def make_coarse_net(config, mesh=None):
                           mesh=mesh)
 
 
-def _loss_fn(net, config, mesh=None):
-  from data_pipeline import input_pipeline
+def batch_loss_fn(config, mesh=None):
+  """batch_loss(estimates, target, landmarks, model, statistics) -> (loss,
+  terms): the mean over CoarseNet's iterations (a tuple of normalised
+  estimates [B, P]) of `losses.total_loss`, each device on its examples."""
   from facerecon import losses
 
   weights = losses.LossWeights(**config.loss)
@@ -392,7 +394,13 @@ def _loss_fn(net, config, mesh=None):
     return jnp.mean(jnp.stack(totals)), terms
 
   # The losses render: each device renders its own examples.
-  batch_loss = mean_per_device(batch_loss, mesh, num_batched=3)
+  return mean_per_device(batch_loss, mesh, num_batched=3)
+
+
+def _loss_fn(net, config, mesh=None):
+  from data_pipeline import input_pipeline
+
+  batch_loss = batch_loss_fn(config, mesh)
 
   def loss_fn(params, batch_stats, batch, rng, context):
     model, statistics = context

@@ -1,0 +1,30 @@
+"""The benchmark scripts run and print their figures (tiny settings; the
+figures themselves are measured by hand, see the README)."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_train_benchmark_breaks_the_step_down():
+  result = subprocess.run(
+      [sys.executable, "benchmarks/train.py", "--steps=2", "--batch_sizes=4,8",
+       "--config.model=embedded:25", "--config.image_size=32", "--config.num_iterations=2",
+       "--config.backbone_kwargs.widths=(8,16)", "--config.data.statistics_samples=64"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [l for l in result.stdout.splitlines() if l.startswith("per step:")]
+  assert len(lines) == 2, result.stdout  # one per batch size
+  for line in lines:
+    step, outside, share, rest = map(float, re.match(
+        r"per step: ([\d.]+) ms step = ([\d.]+) ms renderer \+ loss \(([\d.]+)%\) \+ "
+        r"(-?[\d.]+) ms networks", line).groups())
+    assert step > 0 and outside > 0
+    assert share == pytest.approx(100 * outside / step, abs=0.1)
+    assert step - outside == pytest.approx(rest, abs=0.02)
+  assert "global batch 4," in result.stdout and "global batch 8," in result.stdout
