@@ -20,8 +20,6 @@ Modes (--mode):
             prints the table and writes <workdir>/evaluation_<name>.json
 """
 
-
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -117,8 +115,8 @@ def _apply_trained(config) -> int:
   if not fileio.exists(os.path.join(_WORKDIR.value, "best", "best.json")):
     raise app.UsageError(f"--workdir {_WORKDIR.value} has no trained CoarseNet (best/): "
                          "train one there first with --mode=train")
-  detector = None if _DETECTOR.value == "none" else detect.FaceDetector(
-      profiles=_DETECTOR.value == "haar_profile")
+  # Built only where photos are detected in (not the synthetic test split).
+  detector = None if _INPUT.value == "synthetic" else detect.from_name(_DETECTOR.value)
   if _MODE.value == "evaluate":
     from facerecon import evaluate
 
@@ -131,8 +129,7 @@ def _apply_trained(config) -> int:
     raise app.UsageError("--mode=reconstruct needs --output")
   summary = reconstruct.reconstruct(config, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
                                     batch_size=_BATCH.value, detector=detector,
-                                    max_faces=_MAX_FACES.value,
-                                    progress=True)
+                                    max_faces=_MAX_FACES.value)
   print(f"reconstructed {summary.faces} faces from {summary.photos - len(summary.failures)} "
         f"of {summary.photos} photos into {_OUTPUT.value}")
   for path, reason in summary.failures:

@@ -18,6 +18,7 @@ plus --config.data.source=synthetic --config.dtype=bfloat16 for the paper's
 network.
 """
 
+import functools
 import os
 import sys
 import time
@@ -32,9 +33,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from facerecon import memory
-from facerecon import normalization
 from facerecon import parallel
-from facerecon import render
 from facerecon import train
 from facerecon.models import coarse_net
 
@@ -50,15 +49,10 @@ def renderer_and_loss(config, run):
   statistics) -> (input renders of iterations 2..K, (loss, its gradient with
   respect to the estimates)). Iteration 1's input is the start render, one
   for the whole batch."""
-  size = config.image_size
   batch_loss = train.batch_loss_fn(config, run.mesh)
-
-  def input_render(estimate, images, model, statistics):
-    params = normalization.denormalize_params(estimate, statistics)
-    face = render.render_face(model, params, None, size, size, config.render_backend)
-    return coarse_net.input_channels(images, face)
-
-  input_render = parallel.map_per_device(input_render, run.mesh, num_batched=2)
+  input_render = parallel.map_per_device(
+      functools.partial(coarse_net.estimate_inputs, backend=config.render_backend), run.mesh,
+      num_batched=2)
 
   def work(estimates, batch, model, statistics):
     images = batch["image"].astype(jnp.float32)

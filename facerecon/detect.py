@@ -101,3 +101,14 @@ class FaceDetector:
           boxes.append(box)
     boxes.sort(key=lambda b: -b[2] * b[3])
     return np.array(boxes, np.float64).reshape(-1, 4) / shrink
+
+
+def from_name(name: str) -> "FaceDetector | None":
+  """The detector `--detector` names: 'haar', 'haar_profile' (frontal and
+  profile cascades), or 'none' (None: every photo is a face crop already)."""
+  if name == "none":
+    return None
+  if name not in ("haar", "haar_profile"):
+    raise ValueError(f"--detector: unknown detector '{name}' (use haar, haar_profile "
+                     "or none)")
+  return FaceDetector(profiles=name == "haar_profile")

@@ -64,10 +64,10 @@ def read_bytes(path: str | os.PathLike) -> bytes:
   """The contents of `path`; FileNotFoundError names it when it is missing."""
   path = os.fspath(path)
   if is_url(path):
-    remote = _remote(path)
-    if not remote.exists():
-      raise FileNotFoundError(f"not found: {path}")
-    return remote.read_bytes()
+    try:
+      return _remote(path).read_bytes()
+    except FileNotFoundError:
+      raise FileNotFoundError(f"not found: {path}") from None
   with open(path, "rb") as f:
     return f.read()
 

@@ -36,6 +36,7 @@ import os
 import jax
 import numpy as np
 
+from facerecon import camera
 from facerecon import cropping
 from facerecon import export
 
@@ -91,7 +92,8 @@ def _output_stems(paths: list[str], input_path: str, output_dir: str) -> list[st
   base = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
   stems = [os.path.splitext(os.path.relpath(p, base))[0] for p in paths]
   # a.jpg and a.png in one folder: keep both, told apart by their suffixes.
-  repeated = {s for s in stems if stems.count(s) > 1}
+  counts = collections.Counter(stems)
+  repeated = {s for s in stems if counts[s] > 1}
   return [os.path.join(output_dir, s + ("_" + os.path.splitext(p)[1][1:] if s in repeated
                                         else "")) for s, p in zip(stems, paths)]
 
@@ -137,13 +139,7 @@ def posed_mesh(vertices, pose):
   return _posed_mesh(np.asarray(vertices, np.float32), np.asarray(pose, np.float32))
 
 
-def _transform(vertices, pose):
-  from facerecon import camera
-
-  return camera.transform_scaled_orthographic(vertices, pose)
-
-
-_posed_mesh = jax.jit(_transform)
+_posed_mesh = jax.jit(camera.transform_scaled_orthographic)
 
 
 def _write_face(photo: _Photo, k: int, fits, index: int, model, size: int,
@@ -231,10 +227,7 @@ def reconstruct(config, workdir: str, input_path: str, output_dir: str, *,
   from facerecon import inference
 
   if isinstance(detector, str):
-    if detector not in ("haar", "haar_profile"):
-      raise ValueError(f"--detector: unknown detector '{detector}' (use haar, haar_profile "
-                       "or none)")
-    detector = detect.FaceDetector(profiles=detector == "haar_profile")
+    detector = detect.from_name(detector)
   paths = find_photos(input_path)
   stems = _output_stems(paths, input_path, output_dir)
   predictor = inference.Predictor(config, workdir, batch_size)

@@ -224,10 +224,10 @@ class BestCheckpoint:
     self.directory, self.metric, self._field = fileio.absolute(directory), metric, field
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=1))
-    record = os.path.join(self.directory, "best.json")
-    self.record = None
-    if fileio.exists(record):
-      self.record = json.loads(fileio.read_bytes(record))
+    try:
+      self.record = json.loads(fileio.read_bytes(os.path.join(self.directory, "best.json")))
+    except FileNotFoundError:
+      self.record = None
 
   def update(self, step: int, metrics: dict, variables) -> bool:
     """Saves `variables` if `metrics[metric]` beats the best so far."""

@@ -38,6 +38,7 @@ Design choices:
   dtype. Rendering, the head and the estimates stay float32.
 """
 
+import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -68,6 +69,15 @@ def input_channels(images, face: render.FaceRender):
     raise ValueError(f"images must have 1 or 3 channels, got shape {images.shape}")
   mask = face.mask[..., None].astype(images.dtype)
   return jnp.concatenate([images, grey * mask, face.pncc, face.normals], axis=-1)
+
+
+def estimate_inputs(estimate, images, model, statistics: normalization.DataStatistics,
+                    backend: str | None = None):
+  """The network input for normalised estimates [B, P]: their renders at the
+  images' size, stacked with the images (`input_channels`)."""
+  params = normalization.denormalize_params(estimate, statistics)
+  face = render.render_face(model, params, None, images.shape[-3], images.shape[-2], backend)
+  return input_channels(images, face)
 
 
 def render_start(model, statistics: normalization.DataStatistics, height: int, width: int,
@@ -131,11 +141,6 @@ class CoarseNet(nn.Module):
                        f"needs {model.layout.size}")
     images = images.astype(jnp.float32)
 
-    def render_inputs(estimate, images, model, statistics):
-      params = normalization.denormalize_params(estimate, statistics)
-      face = render.render_face(model, params, None, height, width, self.render_backend)
-      return input_channels(images, face)
-
     def start_inputs(images, model, statistics):
       # Every image starts from the same estimate: render it once, not per image.
       face = start_face if start_face is not None else render_start(
@@ -143,7 +148,9 @@ class CoarseNet(nn.Module):
       face = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape[1:]), face)
       return input_channels(images, face)
 
-    render_inputs = parallel.map_per_device(render_inputs, self.mesh, num_batched=2)
+    render_inputs = parallel.map_per_device(
+        functools.partial(estimate_inputs, backend=self.render_backend), self.mesh,
+        num_batched=2)
     estimate = jnp.zeros((batch, num_params), jnp.float32)
     estimates = []
     for k in range(self.num_iterations):
