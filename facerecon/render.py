@@ -449,24 +449,28 @@ def default_backend() -> str:
   return available_backends()[0]
 
 
+def output_like(like, shape, dtype) -> jax.ShapeDtypeStruct:
+  """The type of a kernel output (FFI call or pallas_call) computed from `like`.
+
+  Inside shard_map an output varies over the same manual mesh axes as the
+  inputs. Typing it so keeps JAX from treating it as device-invariant, which
+  would sum gradients across devices (FFI) or fail the trace (pallas_call,
+  whose check demands a manual axis type).
+  """
+  aval = jax.typeof(like)
+  if jax.sharding.AxisType.Manual not in aval.sharding.mesh.axis_types:
+    return jax.ShapeDtypeStruct(shape, dtype)  # not inside shard_map
+  replicated = aval.sharding.update(spec=jax.sharding.PartitionSpec(*[None] * len(shape)))
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated,
+                              manual_axis_type=aval.manual_axis_type)
+
+
 def _cpu_call(target, like, results, *args):
   """Calls a CPU kernel; `results` are (shape, dtype) pairs, typed like `like`."""
   problem = _register_cpu_kernel()
   if problem:
     raise RuntimeError(problem)
-  # Inside shard_map the outputs vary over the same manual mesh axes as the
-  # inputs. Typing them so keeps JAX from treating them as device-invariant
-  # (which would, for example, sum gradients across devices).
-  aval = jax.typeof(like)
-  manual = aval.manual_axis_type
-
-  def shape(dims, dtype):
-    if manual.empty:
-      return jax.ShapeDtypeStruct(dims, dtype)
-    replicated = aval.sharding.update(spec=jax.sharding.PartitionSpec(*[None] * len(dims)))
-    return jax.ShapeDtypeStruct(dims, dtype, sharding=replicated, manual_axis_type=manual)
-
-  call = jax.ffi.ffi_call(target, tuple(shape(d, t) for d, t in results),
+  call = jax.ffi.ffi_call(target, tuple(output_like(like, d, t) for d, t in results),
                           vmap_method="expand_dims")
   return call(*args)
 
@@ -766,6 +770,7 @@ class FaceRender(NamedTuple):
   normals: jax.Array         # [..., H, W, 3] unit normals, camera frame (y up), 0 off
   pncc: jax.Array            # [..., H, W, 3] PNCC code
   albedo: jax.Array          # [..., H, W, 3] vertex colours / 255
+  vertices: jax.Array        # [..., N, 3] the model-space mesh (shape + expression)
 
 
 def render_face(model, params, texture, height: int, width: int,
@@ -802,4 +807,4 @@ def render_face(model, params, texture, height: int, width: int,
   normal_image = jnp.where(raster.mask[..., None],
                            normal_image / jnp.maximum(norm, 1e-6), 0.0)
   return FaceRender(raster, image_vertices, values[..., 0], raster.mask,
-                    normal_image, values[..., 4:7], values[..., 7:10])
+                    normal_image, values[..., 4:7], values[..., 7:10], vertices)

@@ -34,8 +34,10 @@ def _tile_kernel(chunk_start_ref, data_hbm, ids_hbm, z_ref, id_ref, data_vmem, i
   ty, tx = pl.program_id(0), pl.program_id(1)
   tile = ty * tiles_x + tx
   pixel = jax.lax.broadcasted_iota(jnp.int32, (TILE * TILE, CHUNK), 0)
-  px = (tx * TILE + pixel % TILE).astype(jnp.float32)
-  py = (ty * TILE + pixel // TILE).astype(jnp.float32)
+  # lax.rem / lax.div, not % and //: pixel is never negative, and Python's
+  # floor semantics lower through `sign`, which Mosaic only lowers on a TPU.
+  px = (tx * TILE + jax.lax.rem(pixel, TILE)).astype(jnp.float32)
+  py = (ty * TILE + jax.lax.div(pixel, TILE)).astype(jnp.float32)
 
   def chunk(c, best):
     pltpu.sync_copy(data_hbm.at[:, pl.ds(c * CHUNK, CHUNK)], data_vmem)
@@ -62,8 +64,8 @@ def _rasterize_image(vertices, triangles, height, width, interpret):
                            lambda ty, tx, starts: (ty * tiles_x + tx, 0, 0))
   tile_z, tile_id = pl.pallas_call(
       functools.partial(_tile_kernel, tiles_x=tiles_x),
-      out_shape=(jax.ShapeDtypeStruct((num_tiles, TILE * TILE, 1), jnp.float32),
-                 jax.ShapeDtypeStruct((num_tiles, TILE * TILE, 1), jnp.int32)),
+      out_shape=(render.output_like(vertices, (num_tiles, TILE * TILE, 1), jnp.float32),
+                 render.output_like(vertices, (num_tiles, TILE * TILE, 1), jnp.int32)),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=1, grid=(tiles_y, tiles_x),
           in_specs=[pl.BlockSpec(memory_space=pl.ANY), pl.BlockSpec(memory_space=pl.ANY)],

@@ -91,8 +91,8 @@ def rasterize_ids(vertices, triangles, height: int, width: int, interpret: bool 
   out_block = pl.BlockSpec((None, None, TILE * TILE), lambda image, tile: (image, tile, 0))
   tile_z, tile_id = pl.pallas_call(
       functools.partial(_tile_kernel, tiles_x=tiles_x),
-      out_shape=(jax.ShapeDtypeStruct((batch, num_tiles, TILE * TILE), jnp.float32),
-                 jax.ShapeDtypeStruct((batch, num_tiles, TILE * TILE), jnp.int32)),
+      out_shape=(render.output_like(vertices, (batch, num_tiles, TILE * TILE), jnp.float32),
+                 render.output_like(vertices, (batch, num_tiles, TILE * TILE), jnp.int32)),
       grid=(batch, num_tiles),
       # No in_specs: each input is one whole-array block, read with explicit indices.
       out_specs=(out_block, out_block),

@@ -145,9 +145,12 @@ class CoarseNet(nn.Module):
       # Every image starts from the same estimate: render it once, not per image.
       face = start_face if start_face is not None else render_start(
           model, statistics, height, width, self.render_backend)
-      face = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape[1:]), face)
+      face = jax.tree.map(lambda x: jnp.broadcast_to(x, images.shape[:1] + x.shape[1:]), face)
       return input_channels(images, face)
 
+    # Per device too (each renders the one start face for its examples): XLA
+    # cannot partition a Pallas TPU kernel outside shard_map, even replicated.
+    start_inputs = parallel.map_per_device(start_inputs, self.mesh, num_batched=1)
     render_inputs = parallel.map_per_device(
         functools.partial(estimate_inputs, backend=self.render_backend), self.mesh,
         num_batched=2)
