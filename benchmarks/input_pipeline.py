@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app
 from absl import flags
 
+from benchmarks import timing
 from facerecon import memory
 
 _FACES = flags.DEFINE_integer("faces", 512, "Faces in the temporary data set.")
@@ -62,12 +63,9 @@ def main(argv):
     batch = next(iter(input_pipeline.make_dataset(data, batch_size=32, statistics=statistics)))
     photometric = jax.jit(lambda x, k: input_pipeline.device_photometric(
         x, k, input_pipeline.Augmentation(), statistics))
-    key = jax.random.PRNGKey(0)
-    jax.block_until_ready(photometric(batch["image"], key))
-    start = time.perf_counter()
-    for _ in range(_BATCHES.value):
-      jax.block_until_ready(photometric(batch["image"], key))
-    rate = 32 * _BATCHES.value / (time.perf_counter() - start)
+    seconds = timing.call_seconds(photometric, batch["image"], jax.random.PRNGKey(0),
+                                  repeats=_BATCHES.value)
+    rate = 32 * _BATCHES.value / seconds.sum()
     print(f"device_photometric on {jax.devices()[0].platform}: {rate:.0f} images/s")
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from facerecon import camera
 from facerecon import morphable
 from facerecon import params as params_lib
@@ -28,17 +29,6 @@ from facerecon import params as params_lib
 _GRIDS = flags.DEFINE_list("grids", ["65", "253"], "Embedded model grid sizes.")
 _BATCHES = flags.DEFINE_list("batches", ["1", "32"], "Batch sizes.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement.")
-
-
-def _time_ms(fn, *args) -> float:
-  """Median wall time of fn(*args) in ms, after a compile/warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
 
 
 def _random_params(model, batch, rng):
@@ -64,6 +54,7 @@ def main(argv):
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
         f"{os.cpu_count()} CPU cores")
   rng = np.random.default_rng(0)
+  repeats = _REPEATS.value
   vertices_fn = jax.jit(morphable.vertices_from_params)
   geometry_fn = jax.jit(_geometry)
   grad_fn = jax.jit(jax.grad(lambda m, p: sum(jnp.sum(x) for x in _geometry(m, p)),
@@ -82,11 +73,11 @@ def main(argv):
     for batch in map(int, _BATCHES.value):
       params = _random_params(model, batch, rng)
       coefficients = np.asarray(params[:, 7:])
-      numpy_ms = _time_ms(lambda c: model.mean_shape.reshape(-1) + c @ flat_basis,
-                          coefficients) / batch
-      vertices_ms = _time_ms(vertices_fn, device_model, params) / batch
-      geometry_ms = _time_ms(geometry_fn, device_model, params) / batch
-      grad_ms = _time_ms(grad_fn, device_model, params) / batch
+      numpy_ms = timing.median_ms(lambda c: model.mean_shape.reshape(-1) + c @ flat_basis,
+                                  coefficients, repeats=repeats) / batch
+      vertices_ms = timing.median_ms(vertices_fn, device_model, params, repeats=repeats) / batch
+      geometry_ms = timing.median_ms(geometry_fn, device_model, params, repeats=repeats) / batch
+      grad_ms = timing.median_ms(grad_fn, device_model, params, repeats=repeats) / batch
       print(f"{batch:>6} {numpy_ms:>12.3f} {vertices_ms:>8.3f} {geometry_ms:>14.3f} "
             f"{grad_ms:>8.3f}")
 

@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from facerecon import memory
 from facerecon import camera
 from facerecon import embedded_face
@@ -48,16 +48,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement.")
 _REFERENCE_REPEATS = flags.DEFINE_integer("reference_repeats", 2, "Timed reference calls.")
 
 SIM3DR_MS = {200: 2.1, 224: 2.4}
-
-
-def _median_ms(fn, args, repeats) -> float:
-  jax.block_until_ready(fn(*args))  # compile and warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
 
 
 def _kernel_only(image, triangles, size, repeats):
@@ -120,8 +110,8 @@ def main(argv):
           depth = render.interpolate_depth(raster, v, triangles, backend=backend)
           return jnp.sum(jnp.where(raster.mask, (depth - target) ** 2, 0.0))
 
-        forward_ms = _median_ms(jax.jit(forward), (vertices,), repeats) / batch
-        both_ms = _median_ms(jax.jit(jax.grad(loss)), (vertices,), repeats) / batch
+        forward_ms = timing.median_ms(jax.jit(forward), vertices, repeats=repeats) / batch
+        both_ms = timing.median_ms(jax.jit(jax.grad(loss)), vertices, repeats=repeats) / batch
         print(f"{backend:>10} {size:>5} {batch:>6} {forward_ms:>10.3f} {both_ms:>9.3f} "
               f"{both_ms / forward_ms:>8.2f} {SIM3DR_MS[size] / forward_ms:>9.2f}x")
 

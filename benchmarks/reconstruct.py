@@ -6,7 +6,7 @@ Times, as medians over --repeats runs after a warm-up, on a real photo (the
 astronaut in scikit-image's data, one face, 512x512; or --photo):
 - detect: facerecon.detect.FaceDetector on the photo;
 - crop: facerecon.cropping.crop of the face;
-- regression: CoarseNet alone (jitted apply) per face, at batch 1 and at
+- regression: CoarseNet alone (`inference.regress`, jitted) per face, at batch 1 and at
   --batch faces per call;
 - dense mesh: the model-space vertices from the parameters, batch 1;
 - network call: facerecon.inference.Predictor on one crop (CoarseNet, dense
@@ -19,7 +19,6 @@ machine class: detector 8 to 16 ms per photo, regression under 1 ms per face.
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,6 +28,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from benchmarks import timing
 from facerecon import memory
 
 config_flags.DEFINE_config_file("config", "configs/mobile.py", "The network's config.")
@@ -36,16 +36,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (default: random 
 _PHOTO = flags.DEFINE_string("photo", None, "A photo with a face (default: the astronaut).")
 _BATCH = flags.DEFINE_integer("batch", 64, "Faces per call for the batched regression.")
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed runs of each part.")
-
-
-def _median_ms(fn, repeats: int) -> float:
-  fn()  # warm-up (compiles)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
 
 
 def main(argv):
@@ -76,34 +66,31 @@ def main(argv):
   model, statistics = predictor.model, predictor.statistics
   net, variables = predictor.coarse_net, predictor.coarse_variables
   start_face = predictor.start_face
-  # CoarseNet on uint8 crops, its first input render kept (as the Predictor does).
-  regress = jax.jit(lambda v, crops, model, statistics: net.apply(
-      v, input_pipeline.device_photometric(crops, None, input_pipeline.Augmentation(),
-                                           statistics, train=False), model, statistics,
-      start_face=start_face)[-1])
+  # CoarseNet alone on uint8 crops, its first input render kept (as the Predictor does).
+  regress = jax.jit(lambda *arguments: inference.regress(net, *arguments)[1])
   one = crop[None]
   many = np.repeat(one, _BATCH.value, axis=0)
   dense = jax.jit(morphable.vertices_from_params)
   params = predictor(one).params
 
   def end_to_end():
-    found = detector.detect(photo)
-    fits = predictor(cropping.crop(photo, cropping.square_from_detection(found[0]), size)[None])
-    pose = cropping.pose_to_photo(fits.params[0, :7], square, size, photo.shape[0])
+    found_square = cropping.square_from_detection(detector.detect(photo)[0])
+    fits = predictor(cropping.crop(photo, found_square, size)[None])
+    pose = cropping.pose_to_photo(fits.params[0, :7], found_square, size, photo.shape[0])
     return reconstruct.posed_mesh(fits.vertices[0], pose)
 
   figures = {
-      "detect (per photo)": _median_ms(lambda: detector.detect(photo), repeats),
-      "crop (per face)": _median_ms(lambda: cropping.crop(photo, square, size), repeats),
-      "regression, batch 1 (per face)": _median_ms(
-          lambda: jax.block_until_ready(regress(variables, one, model, statistics)), repeats),
-      f"regression, batch {_BATCH.value} (per face)": _median_ms(
-          lambda: jax.block_until_ready(regress(variables, many, model, statistics)),
-          max(3, repeats // 10)) / _BATCH.value,
-      "dense mesh, batch 1 (per face)": _median_ms(
-          lambda: jax.block_until_ready(dense(model, params)), repeats),
-      "network call (per face)": _median_ms(lambda: predictor(one), repeats),
-      "end to end (per photo)": _median_ms(end_to_end, repeats),
+      "detect (per photo)": timing.median_ms(detector.detect, photo, repeats=repeats),
+      "crop (per face)": timing.median_ms(cropping.crop, photo, square, size, repeats=repeats),
+      "regression, batch 1 (per face)": timing.median_ms(
+          regress, variables, one, model, statistics, start_face, repeats=repeats),
+      f"regression, batch {_BATCH.value} (per face)": timing.median_ms(
+          regress, variables, many, model, statistics, start_face,
+          repeats=max(3, repeats // 10)) / _BATCH.value,
+      "dense mesh, batch 1 (per face)": timing.median_ms(dense, model, params,
+                                                         repeats=repeats),
+      "network call (per face)": timing.median_ms(predictor, one, repeats=repeats),
+      "end to end (per photo)": timing.median_ms(end_to_end, repeats=repeats),
   }
   print(f"{config.backbone} {dict(config.backbone_kwargs)}, {size}x{size}, "
         f"{config.num_iterations} iteration(s), {model.num_vertices} vertices, "

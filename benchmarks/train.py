@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from benchmarks import timing
 from facerecon import memory
 from facerecon import parallel
 from facerecon import train
@@ -62,15 +63,6 @@ def renderer_and_loss(config, run):
     return inputs, jax.value_and_grad(loss)(estimates)
 
   return jax.jit(work)
-
-
-def _timed(fn, *args, repeats: int) -> float:
-  """Seconds per call of fn(*args), compiled first."""
-  jax.block_until_ready(fn(*args))
-  start = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(fn(*args))
-  return (time.perf_counter() - start) / repeats
 
 
 def measure(config) -> None:
@@ -110,8 +102,8 @@ def measure(config) -> None:
                             batch["params_normalized"].shape)
   estimates = tuple(batch["params_normalized"] + 0.3 * noise[k]
                     for k in range(config.num_iterations))
-  outside = _timed(renderer_and_loss(config, run), estimates, batch, *run.context,
-                   repeats=steps)
+  outside = float(np.mean(timing.call_seconds(renderer_and_loss(config, run), estimates,
+                                               batch, *run.context, repeats=steps)))
   per_step, per_batch = step_seconds / steps, data_seconds / steps
   print(f"per step: {1e3 * per_step:.2f} ms step = {1e3 * outside:.2f} ms renderer + loss "
         f"({100 * outside / per_step:.1f}%) + {1e3 * (per_step - outside):.2f} ms networks "

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from facerecon import camera
+from facerecon import fileio
 from facerecon import normalization
 
 
@@ -175,12 +176,15 @@ def decode_image(data: bytes, channels: int = 3) -> np.ndarray:
 
 def read_photo(path: str) -> np.ndarray:
   """A photo file -> RGB uint8 [H, W, 3]: grey, RGBA (alpha dropped) and
-  16-bit files are converted, EXIF rotation applied. Errors name the file."""
+  16-bit files are converted, EXIF rotation applied. Errors name the file: a
+  missing one FileNotFoundError, an unreadable or undecodable one ValueError.
+  `path` may be a URL (gs://, `facerecon.fileio`)."""
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    data = fileio.read_bytes(path)
+  except FileNotFoundError:
+    raise
   except OSError as e:
-    raise ValueError(f"{path}: cannot read the file ({e.strerror})") from e
+    raise ValueError(f"{path}: cannot read the file ({e.strerror or e})") from e
   try:
     return decode_image(data)
   except ValueError as e:
@@ -195,6 +199,17 @@ def _warp(array, matrix, size, nearest=False):
                         borderMode=cv2.BORDER_CONSTANT if nearest else cv2.BORDER_REFLECT_101)
 
 
+def _labels_after_similarity(labels: dict, scale, offset, height: int,
+                             new_height: int | None = None) -> dict:
+  """'params' and 'landmarks' moved with their image (of `height` rows)
+  under p' = scale * p + offset (`camera.pose_after_image_similarity`;
+  `new_height`: the mapped image's height when it differs)."""
+  pose = camera.pose_after_image_similarity(labels["params"][:7], scale, offset, height,
+                                            new_height=new_height)
+  return {"params": np.concatenate([pose, labels["params"][7:]]).astype(np.float32),
+          "landmarks": (scale * labels["landmarks"] + offset).astype(np.float32)}
+
+
 def _crop_to_size(image: np.ndarray, labels: dict, size: int) -> np.ndarray:
   """The `size` x `size` network crop of a photo of another size: from its
   landmarks (`facerecon.cropping`, the rule reconstruct and evaluate use),
@@ -205,13 +220,10 @@ def _crop_to_size(image: np.ndarray, labels: dict, size: int) -> np.ndarray:
   if "landmarks" in labels:
     square = cropping.square_from_landmarks(labels["landmarks"])
   else:
-    square = cropping.Square((width - 1) / 2.0, (height - 1) / 2.0, float(min(height, width)))
+    square = cropping.centred_square(height, width)
   scale, offset = cropping.crop_transform(square, size)
   if "params" in labels:
-    pose = camera.pose_after_image_similarity(labels["params"][:7], scale, offset, height,
-                                              new_height=size)
-    labels["params"] = np.concatenate([pose, labels["params"][7:]]).astype(np.float32)
-    labels["landmarks"] = (scale * labels["landmarks"] + offset).astype(np.float32)
+    labels.update(_labels_after_similarity(labels, scale, offset, height, new_height=size))
   return cropping.crop(image, square, size)
 
 
@@ -250,9 +262,7 @@ def prepare_example(example: dict, rng: np.random.Generator | None,
     matrix = np.array([[scale, 0.0, offset[0]], [0.0, scale, offset[1]]])
     image = cv2.cvtColor(_warp(image, matrix, (height, width)), cv2.COLOR_RGBA2RGB)
     if labelled:
-      pose = camera.pose_after_image_similarity(out["params"][:7], scale, offset, height)
-      out["params"] = np.concatenate([pose, out["params"][7:]]).astype(np.float32)
-      out["landmarks"] = (scale * out["landmarks"] + offset).astype(np.float32)
+      out.update(_labels_after_similarity(out, scale, offset, height))
     if "depth" in maps:  # depth scales with f; off-face pixels stay 0
       maps["depth"] = _warp(maps["depth"], matrix, (height, width), nearest=True) * scale
     for key in ("mask", "pncc"):

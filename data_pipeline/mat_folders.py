@@ -41,8 +41,9 @@ def find_pairs(folder: str) -> list[tuple[str, str]]:
 
 def read_labels(mat_path: str, layout: params_lib.ParamLayout = params_lib.BFM_LAYOUT) -> Labels:
   """The labels of one .mat; ValueError naming the file and field if malformed."""
-  params = params_lib.read_mat_params(mat_path, layout)
-  points = fileio.require_field(fileio.load_mat(mat_path), "pt3d_68", mat_path)
+  fields = fileio.load_mat(mat_path)
+  params = params_lib.params_from_mat_fields(fields, mat_path, layout)
+  points = fileio.require_field(fields, "pt3d_68", mat_path)
   if points.shape not in ((3, 68), (2, 68)):
     raise ValueError(f"{mat_path}: field 'pt3d_68' has shape {points.shape}, expected 3x68")
   landmarks = (points[:2].T - 1.0).astype(np.float32)

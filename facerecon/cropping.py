@@ -23,6 +23,9 @@ on:
 A crop is a similarity p' = scale * p + offset from photo pixels to crop
 pixels (pixel centres at integer coordinates), so poses and landmarks map
 back exactly (`facerecon.camera.pose_after_image_similarity`).
+
+Photos that are face crops already (no detector, no landmarks) are framed
+by their centred square (`centred_square`).
 """
 
 from typing import NamedTuple
@@ -65,6 +68,12 @@ def square_from_detection(box) -> Square:
   size = DETECTOR_LANDMARK_SCALE * w
   centre_y = y + 0.5 * h + DETECTOR_LANDMARK_SHIFT * w
   return Square(x + 0.5 * w, centre_y - CROP_SHIFT * size, CROP_SCALE * size)
+
+
+def centred_square(height: int, width: int) -> Square:
+  """The largest square centred in a `height` x `width` photo: the crop of
+  a photo that is a face crop already."""
+  return Square((width - 1) / 2.0, (height - 1) / 2.0, float(min(height, width)))
 
 
 def crop_transform(square: Square, size: int) -> tuple[float, np.ndarray]:
@@ -111,6 +120,27 @@ def to_photo(points, square: Square, size: int) -> np.ndarray:
   """Crop pixel coordinates [..., 2] -> photo pixel coordinates."""
   scale, offset = crop_transform(square, size)
   return (np.asarray(points) - offset) / scale
+
+
+def to_photo_matrix(square: Square, size: int) -> np.ndarray:
+  """[2, 3]: the affine map (for `cv2.warpAffine`) from the pixels of a
+  `size` x `size` crop of `square` to photo pixels; `to_photo` as a matrix."""
+  scale, offset = crop_transform(square, size)
+  return np.array([[1.0 / scale, 0.0, -offset[0] / scale],
+                   [0.0, 1.0 / scale, -offset[1] / scale]])
+
+
+def shrink_to_side(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+  """(image, factor): the image (area-averaged) shrunk by `factor` so its
+  longer side is at most `max_side`; itself and 1.0 when it fits already."""
+  import cv2
+
+  height, width = image.shape[:2]
+  factor = min(1.0, max_side / max(height, width))
+  if factor == 1.0:
+    return image, factor
+  size = (max(1, round(width * factor)), max(1, round(height * factor)))
+  return cv2.resize(image, size, interpolation=cv2.INTER_AREA), factor
 
 
 def pose_to_photo(pose, square: Square, size: int, photo_height: int) -> np.ndarray:

@@ -24,6 +24,8 @@ import threading
 
 import numpy as np
 
+from facerecon import cropping
+
 FRONTAL = "haarcascade_frontalface_default.xml"
 PROFILE = "haarcascade_profileface.xml"
 
@@ -32,10 +34,13 @@ def _cascade(name: str):
   import cv2
 
   path = os.path.join(cv2.data.haarcascades, name)
-  cascade = cv2.CascadeClassifier(path)
-  if cascade.empty():
-    raise FileNotFoundError(f"OpenCV's face detector model {path} is missing: install "
-                            "opencv-python-headless<5 (OpenCV 5 no longer ships it)")
+  try:
+    cascade = cv2.CascadeClassifier(path)
+  except (cv2.error, SystemError):  # a file that is not XML at all
+    cascade = None
+  if cascade is None or cascade.empty():
+    raise FileNotFoundError(f"OpenCV's face detector model {path} is missing or corrupt: "
+                            "install opencv-python-headless<5 (OpenCV 5 no longer ships it)")
   return cascade
 
 
@@ -59,14 +64,19 @@ class FaceDetector:
   def __post_init__(self):
     if self.detect_side < 32:
       raise ValueError(f"detect_side must be at least 32, got {self.detect_side}")
-    _cascade(FRONTAL)  # fail here, not in a worker, if the model files are missing
+    # Loaded here so a missing or corrupt model file fails now, not in a
+    # worker; the first thread that detects takes it over.
+    self._unclaimed = [_cascade(FRONTAL)]
     # One set of cascades per thread: a CascadeClassifier shared by threads
     # crashes in detectMultiScale.
     self._local = threading.local()
 
   def _cascades(self):
     if not hasattr(self._local, "frontal"):
-      self._local.frontal = _cascade(FRONTAL)
+      try:
+        self._local.frontal = self._unclaimed.pop()  # atomic: one thread gets it
+      except IndexError:
+        self._local.frontal = _cascade(FRONTAL)
       self._local.profile = _cascade(PROFILE) if self.profiles else None
     return self._local.frontal, self._local.profile
 
@@ -76,11 +86,7 @@ class FaceDetector:
     import cv2
 
     grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    height, width = grey.shape
-    shrink = min(1.0, self.detect_side / max(height, width))
-    if shrink < 1.0:
-      grey = cv2.resize(grey, (max(1, round(width * shrink)), max(1, round(height * shrink))),
-                        interpolation=cv2.INTER_AREA)
+    grey, shrink = cropping.shrink_to_side(grey, self.detect_side)
     grey = cv2.equalizeHist(grey) if self.equalize else grey
     smallest = max(12, int(self.min_face * max(grey.shape)))
     if min(grey.shape) < smallest:

@@ -130,6 +130,7 @@ def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
   """Metrics of the run's best CoarseNet on `num_batches` test batches of
   config.eval_batch_size synthetic faces, against the mean-face baseline."""
   import jax
+  import jax.numpy as jnp
 
   from facerecon import losses
   from facerecon import normalization
@@ -138,43 +139,27 @@ def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
 
   mesh = train.make_mesh()
   net, variables, model, statistics = train_fine.load_coarse(config, workdir, mesh)
-  evaluate = train._eval_fn(net, config, mesh)
-  size, batch_size = config.image_size, config.eval_batch_size
-  per_host = batch_size // jax.process_count()
-  if config.data.source == "synthetic":
-    data = train.SyntheticStream(model, size, per_host, config.data.test_seed,
-                                 train.synthetic_prior(config))
-  else:
-    from data_pipeline import input_pipeline
-
-    source = input_pipeline.open_source(config.data.name, "test", config.data.data_dir)
-    data = iter(input_pipeline.make_dataset(source, batch_size=per_host, train=False,
-                                            process_index=jax.process_index(),
-                                            process_count=jax.process_count(),
-                                            image_size=size))
+  size = config.image_size
   landmarks_of = jax.jit(lambda estimate, model, statistics: losses.project_landmarks(
       normalization.denormalize_params(estimate, statistics), model, size))
   context = jax.device_put((model, statistics), train.replicated(mesh))
-  sums, nme, count = {}, [], 0
-  for host in data:
-    if count == num_batches or len(host["image"]) != per_host:
-      break
-    batch = train.shard_batch(train._with_normalized_labels(host, statistics), mesh)
-    values, estimate = evaluate(variables, batch, *context)
-    for key, value in jax.device_get(values).items():
-      sums[key] = sums.get(key, 0.0) + float(value)
-    for name, guess in (("", estimate), ("baseline_", 0.0 * estimate)):
-      nme.append((name, landmark_nme(np.asarray(landmarks_of(guess, *context)),
-                                     host["landmarks"])))
-    count += 1
-  if not count:
-    raise ValueError(f"the test data has fewer than config.eval_batch_size ({batch_size}) "
-                     "faces")
+  # The baseline's estimate is 0 for every face: one mean face, projected once.
+  baseline = np.asarray(landmarks_of(jnp.zeros_like(statistics.param_mean)[None], *context))
+  nme = {"": [], "baseline_": []}
+
+  def add_nme(index, host, estimate):
+    nme[""].append(landmark_nme(np.asarray(landmarks_of(estimate, *context)),
+                                host["landmarks"]))
+    nme["baseline_"].append(landmark_nme(
+        np.broadcast_to(baseline, host["landmarks"].shape), host["landmarks"]))
+
+  sums, count = train.sum_evaluation(config, model, statistics,
+                                     train._eval_fn(net, config, mesh), variables, mesh,
+                                     context, "test", num_batches, add_nme)
   out = {key: value / count for key, value in sums.items()}
-  for name in ("", "baseline_"):
-    out[f"{name}landmark_nme_box_percent"] = 100.0 * float(
-        np.mean(np.concatenate([v for n, v in nme if n == name])))
-  out["faces"] = count * batch_size
+  for name, values in nme.items():
+    out[f"{name}landmark_nme_box_percent"] = 100.0 * float(np.mean(np.concatenate(values)))
+  out["faces"] = count * config.eval_batch_size
   return out
 
 

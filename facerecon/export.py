@@ -279,7 +279,11 @@ def encode_depth_png16(depth, mask):
   Pixels where `mask` is False or depth is not finite become 0. With no face
   pixels at all, depth_min and depth_max are None and the image is all 0.
   """
-  depth, face = _check_depth("encode_depth_png16", depth, mask)
+  return _encode_checked_depth(*_check_depth("encode_depth_png16", depth, mask))
+
+
+def _encode_checked_depth(depth, face):
+  """`encode_depth_png16` of a depth and face mask from `_check_depth`."""
   image = np.zeros(depth.shape, np.uint16)
   info = {"depth_min": None, "depth_max": None, "background": 0,
           "encoding": PNG16_ENCODING}
@@ -332,7 +336,7 @@ def write_depth(stem, depth, mask) -> dict:
   stem = os.fspath(stem)
   png_path, npy_path = stem + "_depth.png", stem + "_depth.npy"
   depth, face = _check_depth(stem + "_depth", depth, mask)
-  image, info = encode_depth_png16(depth, face)
+  image, info = _encode_checked_depth(depth, face)
   fileio.write_png_atomic(png_path, image)
   with fileio.atomic_write(npy_path, "wb") as f:
     np.save(f, np.where(face, depth, np.nan).astype(np.float32))

@@ -30,31 +30,36 @@ class FaceFits(NamedTuple):
   mask: np.ndarray          # [n, S, S] bool, the rendered face
 
 
-def _predict_fn(coarse_net, fine_net, config, mesh):
+def regress(coarse_net, coarse_variables, crops, model, statistics, start_face):
+  """(the networks' input: crops normalised as in evaluation, raw parameters
+  [n, P] of CoarseNet's last iteration) of uint8 crops [n, S, S, 3].
+  `start_face`: CoarseNet's first input render (`coarse_net.render_start`)."""
   from data_pipeline import input_pipeline
 
+  images = input_pipeline.device_photometric(crops, None, input_pipeline.Augmentation(),
+                                             statistics, train=False)
+  estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False,
+                               start_face=start_face)
+  return images, normalization.denormalize_params(estimates[-1], statistics)
+
+
+def _predict_fn(coarse_net, fine_net, config, mesh):
   size = config.image_size
 
   def render_fit(params, model):
     face = render.render_face(model, params, None, size, size, config.render_backend)
     landmarks = jnp.take(face.image_vertices, model.landmark_indices, axis=-2)[..., :2]
-    return face.depth, face.mask, landmarks
+    return face.vertices, face.depth, face.mask, landmarks
 
   render_fit = parallel.map_per_device(render_fit, mesh, num_batched=1)
 
   def predict(coarse_variables, fine_params, crops, model, statistics, start_face):
-    from facerecon import morphable
-
-    images = input_pipeline.device_photometric(crops, None, input_pipeline.Augmentation(),
-                                               statistics, train=False)
-    estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False,
-                                 start_face=start_face)
-    params = normalization.denormalize_params(estimates[-1], statistics)
-    depth, mask, landmarks = render_fit(params, model)
+    images, params = regress(coarse_net, coarse_variables, crops, model, statistics,
+                             start_face)
+    vertices, depth, mask, landmarks = render_fit(params, model)
     fine = depth if fine_net is None else fine_net.apply({"params": fine_params}, images,
                                                          depth, mask)
-    return FaceFits(params, landmarks, morphable.vertices_from_params(model, params), depth,
-                    fine, mask)
+    return FaceFits(params, landmarks, vertices, depth, fine, mask)
 
   return jax.jit(predict)
 
@@ -72,10 +77,13 @@ class Predictor:
     self.batch_size = -(-max(1, batch_size) // devices) * devices  # a multiple of the devices
     self.size = config.image_size
     if workdir is None:
-      training = train.build_training(config)
-      coarse_net, self.model, self.statistics = training.net, training.model, training.statistics
-      coarse_variables = {"params": training.state.params,
-                          "batch_stats": training.state.batch_stats}
+      from facerecon import morphable
+
+      self.model = morphable.load(config.model)
+      self.statistics = train._statistics(config, self.model)
+      coarse_net = train.make_coarse_net(config, self.mesh)
+      coarse_variables = train.initial_coarse_variables(coarse_net, config, self.mesh,
+                                                        self.model, self.statistics)
       fine = None
     else:
       coarse_net, coarse_variables, self.model, self.statistics = train_fine.load_coarse(

@@ -14,7 +14,7 @@ in the model's absolute units (per-mode std in `MorphableModel.shape_std` and
 
 import dataclasses
 import os
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -115,7 +115,14 @@ def read_mat_params(path: str | os.PathLike,
   Returns a float32 vector of `layout.size` entries.
   """
   path = os.fspath(path)
-  fields = fileio.load_mat(path)
+  return params_from_mat_fields(fileio.load_mat(path), path, layout, matlab_pixels)
+
+
+def params_from_mat_fields(fields: Mapping[str, np.ndarray], path: str,
+                           layout: ParamLayout = BFM_LAYOUT,
+                           matlab_pixels: bool = True) -> np.ndarray:
+  """`read_mat_params` of the variables of a .mat loaded already
+  (`fileio.load_mat`); `path` names the file in errors."""
   pose = fileio.require_field(fields, "Pose_Para", path).reshape(-1)
   shape = fileio.require_field(fields, "Shape_Para", path).reshape(-1)
   expression = fileio.require_field(fields, "Exp_Para", path).reshape(-1)

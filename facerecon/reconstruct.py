@@ -32,6 +32,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import os
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -67,6 +68,13 @@ class _Photo:
   boxes: np.ndarray         # [F, 4] detector boxes (x, y, w, h)
   squares: list             # cropping.Square per face
   crops: np.ndarray         # [F, S, S, 3] uint8
+  fitted: list = dataclasses.field(default_factory=list)  # _FittedFace per face fitted so far
+
+
+class _FittedFace(NamedTuple):
+  fit: object                # inference.FaceFits of this face (no batch axis)
+  overlay_rgb: np.ndarray    # [R, R, 3] the shaded mesh as an R x R crop of the face's square
+  overlay_mask: np.ndarray   # [R, R]
 
 
 def find_photos(input_path: str) -> list[str]:
@@ -101,37 +109,21 @@ def _output_stems(paths: list[str], input_path: str, output_dir: str) -> list[st
 def _load(path: str, stem: str, detector, size: int, max_faces: int) -> _Photo:
   """Reads, detects and crops one photo (runs in a worker thread; OpenCV
   releases the GIL). Raises ValueError saying why a photo is skipped."""
-  import cv2
-
   from data_pipeline import input_pipeline
 
   photo = input_pipeline.read_photo(path)
   height, width = photo.shape[:2]
-  if detector is None:  # the photo is a face crop already: its centred square
-    side = min(height, width)
+  if detector is None:  # the photo is a face crop already
     boxes = np.zeros((0, 4))
-    squares = [cropping.Square((width - 1) / 2.0, (height - 1) / 2.0, float(side))]
+    squares = [cropping.centred_square(height, width)]
   else:
     boxes = detector.detect(photo)[:max_faces]
     if not len(boxes):
       raise ValueError("no face found")
     squares = [cropping.square_from_detection(box) for box in boxes]
   crops = np.stack([cropping.crop(photo, square, size) for square in squares])
-  shrink = min(1.0, PREVIEW_SIDE / max(height, width))
-  preview = photo if shrink == 1.0 else cv2.resize(
-      photo, (max(1, round(width * shrink)), max(1, round(height * shrink))),
-      interpolation=cv2.INTER_AREA)
+  preview, shrink = cropping.shrink_to_side(photo, PREVIEW_SIDE)
   return _Photo(path, stem, height, width, preview, shrink, boxes, squares, crops)
-
-
-def _render_to_photo_matrix(square, size: int, render_size: int) -> np.ndarray:
-  """[2, 3]: render pixels (a render_size image of the crop) -> photo pixels."""
-  k = render_size / size
-  scale, offset = cropping.crop_transform(square, size)
-  # Render pixel u is crop pixel (u + 0.5) / k - 0.5, photo pixel (crop - offset) / scale.
-  linear = 1.0 / (k * scale)
-  shift = ((0.5 / k - 0.5) - offset) / scale
-  return np.array([[linear, 0.0, shift[0]], [0.0, linear, shift[1]]])
 
 
 def posed_mesh(vertices, pose):
@@ -142,7 +134,28 @@ def posed_mesh(vertices, pose):
 _posed_mesh = jax.jit(camera.transform_scaled_orthographic)
 
 
-def _write_face(photo: _Photo, k: int, fits, index: int, model, size: int,
+def _fit_batch(faces: list, predictor, size: int) -> list[_FittedFace]:
+  """Fits and shades faces, (photo, k) pairs, at most a batch of them."""
+  from facerecon import params as params_lib
+  from facerecon import visualize
+
+  fits = predictor(np.stack([photo.crops[k] for photo, k in faces]))
+  # The overlay render is each crop drawn at render_size: a render_size crop
+  # of the face's square (`cropping.to_photo_matrix` puts it in the photo).
+  render_size = OVERLAY_RENDER_SIZE
+  scale, offset = cropping.crop_transform(cropping.centred_square(size, size), render_size)
+  poses = camera.pose_after_image_similarity(fits.params[:, :params_lib.NUM_POSE], scale,
+                                             offset, size, new_height=render_size)
+  params = np.concatenate([poses, fits.params[:, params_lib.NUM_POSE:]], axis=1)
+  # One render for the batch, padded to its size so it compiles once.
+  padding = ((0, predictor.batch_size - len(faces)), (0, 0))
+  shaded, mask = map(np.asarray, visualize.shade_fits(
+      predictor.model, np.pad(params, padding, mode="edge"), render_size))
+  return [_FittedFace(type(fits)(*(field[i] for field in fits)), shaded[i], mask[i])
+          for i in range(len(faces))]
+
+
+def _write_face(photo: _Photo, k: int, face: _FittedFace, model, size: int,
                 model_name: str, has_fine: bool) -> np.ndarray:
   """Writes one face's files; returns its photo-frame landmarks."""
   import cv2
@@ -152,11 +165,12 @@ def _write_face(photo: _Photo, k: int, fits, index: int, model, size: int,
 
   square = photo.squares[k]
   stem = f"{photo.stem}_face{k}"
-  params = fits.params[index]
+  fit = face.fit
+  params = fit.params
   photo_pose = cropping.pose_to_photo(params[:params_lib.NUM_POSE], square, size,
                                       photo.height)
   photo_params = np.concatenate([photo_pose, params[params_lib.NUM_POSE:]]).astype(np.float32)
-  vertices = np.asarray(posed_mesh(fits.vertices[index], photo_pose), np.float32)
+  vertices = np.asarray(posed_mesh(fit.vertices, photo_pose), np.float32)
   # Vertex colours: the photo (its preview) at each vertex's pixel.
   columns = vertices[:, 0] * photo.shrink
   rows = (photo.height - 1 - vertices[:, 1]) * photo.shrink
@@ -166,8 +180,8 @@ def _write_face(photo: _Photo, k: int, fits, index: int, model, size: int,
   triangles = np.asarray(model.triangles)
   export.write_obj(stem + ".obj", vertices, triangles, colours)
   export.write_ply(stem + ".ply", vertices, triangles, colours)
-  depth_info = export.write_depth(stem, fits.depth[index], fits.mask[index])
-  landmarks = cropping.to_photo(fits.landmarks[index], square, size)
+  depth_info = export.write_depth(stem, fit.depth, fit.mask)
+  landmarks = cropping.to_photo(fit.landmarks, square, size)
   with fileio.atomic_write(stem + "_landmarks.txt", "w") as f:
     np.savetxt(f, landmarks, fmt="%.3f")
   layout = model.layout
@@ -188,28 +202,17 @@ def _write_face(photo: _Photo, k: int, fits, index: int, model, size: int,
   return landmarks
 
 
-def _write_photo(photo: _Photo, fits, first: int, model, size: int, model_name: str,
-                 has_fine: bool) -> None:
-  from facerecon import camera
+def _write_photo(photo: _Photo, model, size: int, model_name: str, has_fine: bool) -> None:
+  """Writes the files of a photo whose faces are all fitted."""
   from facerecon import fileio
-  from facerecon import params as params_lib
   from facerecon import visualize
 
   overlay = photo.preview
-  render_size = OVERLAY_RENDER_SIZE
-  k_scale = render_size / size
-  for k in range(len(photo.squares)):
-    index = first + k
-    landmarks = _write_face(photo, k, fits, index, model, size, model_name, has_fine)
-    params = fits.params[index]
-    pose = np.asarray(camera.pose_after_image_similarity(
-        params[:params_lib.NUM_POSE], k_scale, np.full(2, 0.5 * (k_scale - 1.0)), size,
-        new_height=render_size))
-    shaded, mask = visualize.shade_fits(
-        model, np.concatenate([pose, params[params_lib.NUM_POSE:]])[None], render_size)
-    matrix = _render_to_photo_matrix(photo.squares[k], size, render_size)
-    overlay = visualize.overlay_on_photo(overlay, shaded[0], mask[0], matrix * photo.shrink,
-                                         landmarks * photo.shrink, max_side=PREVIEW_SIDE)
+  for k, face in enumerate(photo.fitted):
+    landmarks = _write_face(photo, k, face, model, size, model_name, has_fine)
+    matrix = cropping.to_photo_matrix(photo.squares[k], OVERLAY_RENDER_SIZE)
+    overlay = visualize.overlay_on_photo(overlay, face.overlay_rgb, face.overlay_mask,
+                                         matrix * photo.shrink, landmarks * photo.shrink)
   fileio.write_png_atomic(photo.stem + "_overlay.png", overlay)
 
 
@@ -235,19 +238,15 @@ def reconstruct(config, workdir: str, input_path: str, output_dir: str, *,
   summary = Summary(photos=len(paths))
   os.makedirs(output_dir, exist_ok=True)
 
-  def flush(pending):
-    if not pending:
-      return
-    fits = predictor(np.concatenate([p.crops for p in pending]))
-    first = 0
-    for photo in pending:
-      _write_photo(photo, fits, first, predictor.model, size, config.model,
-                   predictor.has_fine)
-      first += len(photo.squares)
-      summary.faces += len(photo.squares)
-    pending.clear()
+  def fit(faces):
+    # A photo's faces may span two batches: it is written once all are fitted.
+    for (photo, _), face in zip(faces, _fit_batch(faces, predictor, size)):
+      photo.fitted.append(face)
+      if len(photo.fitted) == len(photo.squares):
+        _write_photo(photo, predictor.model, size, config.model, predictor.has_fine)
+        summary.faces += len(photo.squares)
 
-  pending, loads = [], collections.deque()
+  waiting, loads = [], collections.deque()  # waiting: (photo, k) of faces to fit, in order
   jobs = iter(zip(paths, stems))
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     # A few photos read and detected ahead of the networks, no more (photos can be huge).
@@ -263,9 +262,11 @@ def reconstruct(config, workdir: str, input_path: str, output_dir: str, *,
       except (ValueError, OSError) as e:
         summary.failures.append((path, str(e).removeprefix(f"{path}: ")))
         continue
-      pending.append(photo)
-      if sum(len(p.squares) for p in pending) >= predictor.batch_size:
-        flush(pending)
-    flush(pending)
+      waiting += [(photo, k) for k in range(len(photo.squares))]
+      while len(waiting) >= predictor.batch_size:  # whole batches only: no padding
+        fit(waiting[:predictor.batch_size])
+        del waiting[:predictor.batch_size]
+    if waiting:
+      fit(waiting)
   export.write_json(os.path.join(output_dir, "summary.json"), summary.as_dict())
   return summary

@@ -340,13 +340,14 @@ def _statistics(config, model):
 
 
 def _open_data(config, model, statistics, split: str, batch_size: int):
-  """An iterator of host batches ('image' uint8, 'params', 'landmarks'):
-  config.data.source 'synthetic' (rendered on the fly; the 'val' split is a
-  fixed set from another seed) or 'tfds' (config.data.name, data_dir)."""
+  """An iterator of host batches ('image' uint8, 'params', 'landmarks') of
+  `split` ('train', 'val' or 'test'): config.data.source 'synthetic'
+  (rendered on the fly; 'val' and 'test' are fixed sets from seeds training
+  never uses) or 'tfds' (config.data.name, data_dir)."""
   data = config.data
   if data.source == "synthetic":
-    seed = config.seed if split == "train" else data.validation_seed
-    return SyntheticStream(model, config.image_size, batch_size, seed,
+    seeds = {"train": config.seed, "val": data.validation_seed, "test": data.test_seed}
+    return SyntheticStream(model, config.image_size, batch_size, seeds[split],
                            synthetic_prior(config))
   from data_pipeline import input_pipeline
 
@@ -373,6 +374,30 @@ def make_coarse_net(config, mesh=None):
                           backbone_kwargs=dict(config.backbone_kwargs) or None,
                           dtype=jnp.dtype(config.dtype), render_backend=config.render_backend,
                           mesh=mesh)
+
+
+def init_coarse_variables(net, config, mesh, model, statistics, seed: int = 0):
+  """CoarseNet's (`make_coarse_net(config, mesh)`) freshly initialised
+  variables for config.image_size images."""
+  size = config.image_size
+  # One example per device: the renders split the batch over the devices.
+  images = jnp.zeros((mesh.size, size, size, 3))
+  return jax.jit(net.init)(jax.random.PRNGKey(seed), images, model, statistics)
+
+
+def initial_coarse_variables(net, config, mesh, model, statistics):
+  """The variables a CoarseNet run starts from: `init_coarse_variables` of
+  config.seed, with the ImageNet weights of config.pretrained where it is
+  set (a resumed run restores over them)."""
+  variables = init_coarse_variables(net, config, mesh, model, statistics, config.seed)
+  if config.pretrained:
+    from facerecon.models import backbones
+    from facerecon.models import pretrained
+
+    scope = backbones.make_backbone(config.backbone, **dict(config.backbone_kwargs)).name
+    variables = pretrained.init_from_slim(
+        dict(variables), pretrained.load_slim_arrays(config.pretrained), scope)
+  return variables
 
 
 def batch_loss_fn(config, mesh=None):
@@ -478,17 +503,7 @@ def build_training(config) -> Training:
                           config.batch_size // jax.process_count())
   context = jax.device_put((model, statistics), replicated(mesh))
   net = make_coarse_net(config, mesh)
-  size = config.image_size
-  # One example per device: the renders split the batch over the devices.
-  variables = jax.jit(lambda key: net.init(key, jnp.zeros((mesh.size, size, size, 3)), model,
-                                           statistics))(jax.random.PRNGKey(config.seed))
-  if config.pretrained:  # ImageNet weights (a resumed run restores over them)
-    from facerecon.models import backbones
-    from facerecon.models import pretrained
-
-    scope = backbones.make_backbone(config.backbone, **dict(config.backbone_kwargs)).name
-    variables = pretrained.init_from_slim(
-        dict(variables), pretrained.load_slim_arrays(config.pretrained), scope)
+  variables = initial_coarse_variables(net, config, mesh, model, statistics)
   tx, schedule = make_optimizer(config)
   state = jax.device_put(
       TrainState.create(variables["params"], variables.get("batch_stats", {}), tx),
@@ -616,43 +631,61 @@ def run_train_loop(stage, workdir: str, *, seed: int, state: TrainState, step_fn
 
 def _run_evaluation(config, model, statistics, evaluate, state, mesh, context, writer, step,
                     workdir):
-  """Evaluates on up to config.eval_batches full validation batches (a
-  tfds split may have fewer; its partial last batch is left out); writes
-  the metrics and a picture of the first batch's first faces
-  (`visualize.reconstruction_panel`) to TensorBoard and, from process 0,
-  to `<workdir>/reconstructions.png`."""
+  """Evaluates on up to config.eval_batches full validation batches
+  (`sum_evaluation`); writes the metrics and a picture of the first batch's
+  first faces (`visualize.reconstruction_panel`) to TensorBoard and, from
+  process 0, to `<workdir>/reconstructions.png`."""
+  from absl import logging
+  from jax.experimental import multihost_utils
+
   from facerecon import visualize
 
+  shown = min(config.eval_pictures, config.eval_batch_size // jax.process_count())
+  pictures = []
+
+  def picture_of_first(index, host, estimate):
+    if index:
+      return
+    # The estimates are split over the devices of all hosts: gather them.
+    estimate = np.asarray(multihost_utils.process_allgather(estimate, tiled=True))
+    raw = normalization.denormalize_params(estimate[:shown], statistics)
+    target = normalization.denormalize_params(host["params_normalized"][:shown], statistics)
+    pictures.append(visualize.reconstruction_panel(model, host["image"][:shown], raw, target))
+
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  sums, count = sum_evaluation(config, model, statistics, evaluate, variables, mesh, context,
+                               "val", config.eval_batches, picture_of_first)
+  logging.info("eval at step %d over %d examples", step, count * config.eval_batch_size)
+  return publish_evaluation(writer, workdir, step, sums, count, "reconstructions", pictures[0])
+
+
+def sum_evaluation(config, model, statistics, evaluate, variables, mesh, context, split: str,
+                   num_batches: int, on_batch: Callable | None = None) -> tuple[dict, int]:
+  """The sums of `evaluate`'s metrics (`_eval_fn`) over up to `num_batches`
+  full batches of config.eval_batch_size faces of `split` (`_open_data`; a
+  tfds split may have fewer, its partial last batch is left out) and the
+  number of batches summed. on_batch(index, host batch with normalised
+  labels, estimate) sees each batch. ValueError if there is no full batch."""
   import itertools
 
-  from absl import logging
-
   per_host = config.eval_batch_size // jax.process_count()
-  data = _open_data(config, model, statistics, "val", per_host)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  sums, count, picture = {}, 0, None
-  for batch in itertools.islice(data, config.eval_batches):
+  data = _open_data(config, model, statistics, split, per_host)
+  sums, count = {}, 0
+  for batch in itertools.islice(data, num_batches):
     host = _with_normalized_labels(batch, statistics)
     if len(host["image"]) != per_host:
       break
     values, estimate = evaluate(variables, shard_batch(host, mesh), *context)
     for k, v in jax.device_get(values).items():
       sums[k] = sums.get(k, 0.0) + float(v)
-    if not count:
-      shown = min(config.eval_pictures, per_host)
-      from jax.experimental import multihost_utils
-
-      # The estimates are split over the devices of all hosts: gather them.
-      estimate = np.asarray(multihost_utils.process_allgather(estimate, tiled=True))
-      raw = normalization.denormalize_params(estimate[:shown], statistics)
-      target = normalization.denormalize_params(host["params_normalized"][:shown], statistics)
-      picture = visualize.reconstruction_panel(model, host["image"][:shown], raw, target)
+    if on_batch is not None:
+      on_batch(count, host, estimate)
     count += 1
   if not count:
-    raise ValueError(f"the validation split has fewer than config.eval_batch_size "
+    name = {"val": "validation"}.get(split, split)
+    raise ValueError(f"the {name} split has fewer than config.eval_batch_size "
                      f"({config.eval_batch_size}) examples")
-  logging.info("eval at step %d over %d examples", step, count * config.eval_batch_size)
-  return publish_evaluation(writer, workdir, step, sums, count, "reconstructions", picture)
+  return sums, count
 
 
 def publish_evaluation(writer, workdir: str, step: int, sums: dict, count: int, name: str,

@@ -208,29 +208,41 @@ def _open_data(config, model, split: str, batch_size: int, evaluation: bool = Fa
       num_workers=data.num_workers if split == "train" else 0, image_size=config.image_size))
 
 
+def _best_restorer(workdir: str, metric: str):
+  """restore(like) -> the best variables of the run in `workdir`
+  (`<workdir>/best`, train.BestCheckpoint) shaped like `like`, or None when
+  the run has no best checkpoint (checked now, before `like` is built)."""
+  best_dir = os.path.join(workdir, "best")
+  if not fileio.exists(os.path.join(best_dir, "best.json")):
+    return None
+
+  def restore(like):
+    best = train.BestCheckpoint(best_dir, metric)
+    try:
+      return best.restore(like)
+    finally:
+      best.close()
+
+  return restore
+
+
 def load_coarse(config, coarse_workdir: str, mesh):
   """(CoarseNet, its best variables, model, statistics) of stage 1's run in
   `coarse_workdir`."""
   from facerecon import morphable
 
-  best_dir = os.path.join(coarse_workdir, "best")
-  if not fileio.exists(os.path.join(best_dir, "best.json")):
+  restore = _best_restorer(coarse_workdir, config.best_metric)
+  if restore is None:
     raise FileNotFoundError(
-        f"no trained CoarseNet in {best_dir}: train it first (python main.py --config=... "
-        f"--workdir={coarse_workdir}) or set config.fine.coarse_workdir")
+        f"no trained CoarseNet in {os.path.join(coarse_workdir, 'best')}: train it first "
+        f"(python main.py --config=... --workdir={coarse_workdir}) or set "
+        "config.fine.coarse_workdir")
   model = morphable.load(config.model)
   statistics = train._statistics(config, model)
   net = train.make_coarse_net(config, mesh)
-  size = config.image_size
-  like = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0),
-                                         jnp.zeros((mesh.size, size, size, 3)), model,
-                                         statistics))
-  best = train.BestCheckpoint(best_dir, config.best_metric)
-  try:
-    variables = best.restore(like)
-  finally:
-    best.close()
-  return net, variables, model, statistics
+  like = jax.eval_shape(lambda: train.init_coarse_variables(net, config, mesh, model,
+                                                            statistics))
+  return net, restore(like), model, statistics
 
 
 def init_fine_params(config, fine_net, seed: int = 0):
@@ -245,18 +257,14 @@ def load_fine(config, fine_workdir: str, coarse_variables):
   """(FineNet, its best params, the CoarseNet variables to use with it) of
   stage 2's run in `fine_workdir`, or None when it has no best checkpoint.
   An end-to-end run's CoarseNet variables replace `coarse_variables`."""
-  best_dir = os.path.join(fine_workdir, "best")
-  if not fileio.exists(os.path.join(best_dir, "best.json")):
+  restore = _best_restorer(fine_workdir, config.fine.best_metric)
+  if restore is None:
     return None
   fine_net = make_fine_net(config)
   fine_like = jax.eval_shape(lambda: init_fine_params(config, fine_net))
   params_like = ({"coarse": coarse_variables["params"], "fine": fine_like}
                  if config.fine.end_to_end else fine_like)
-  best = train.BestCheckpoint(best_dir, config.fine.best_metric, "config.fine.best_metric")
-  try:
-    restored = best.restore({"params": params_like, "batch_stats": {}})
-  finally:
-    best.close()
+  restored = restore({"params": params_like, "batch_stats": {}})
   coarse_variables, fine_params = _split_params(restored["params"], config.fine.end_to_end,
                                                 coarse_variables)
   return fine_net, fine_params, coarse_variables

@@ -170,21 +170,18 @@ def shade_fits(model: morphable.MorphableModel, params, size: int):
 
 
 def overlay_on_photo(photo: np.ndarray, render_rgb, render_mask, to_photo_matrix,
-                     landmarks=None, max_side: int = 1024, opacity: float = 0.7):
-  """The photo (shrunk to at most `max_side`) with a face render blended in
-  and landmarks drawn. `to_photo_matrix` [2, 3] maps render pixels to photo
-  pixels; `landmarks` [L, 2] are photo pixels. RGB uint8."""
+                     landmarks=None, opacity: float = 0.7):
+  """The photo with a face render blended in and landmarks drawn.
+  `to_photo_matrix` [2, 3] maps render pixels to photo pixels; `landmarks`
+  [L, 2] are photo pixels. RGB uint8."""
   import cv2
 
   height, width = photo.shape[:2]
-  shrink = min(1.0, max_side / max(height, width))
-  size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-  picture = cv2.resize(photo, size, interpolation=cv2.INTER_AREA) if shrink < 1 else photo
-  matrix = np.asarray(to_photo_matrix, np.float64) * shrink
-  face = cv2.warpAffine(to_uint8(render_rgb), matrix, size, flags=cv2.INTER_LINEAR)
-  alpha = cv2.warpAffine(np.asarray(render_mask, np.float32), matrix, size,
+  matrix = np.asarray(to_photo_matrix, np.float64)
+  face = cv2.warpAffine(to_uint8(render_rgb), matrix, (width, height), flags=cv2.INTER_LINEAR)
+  alpha = cv2.warpAffine(np.asarray(render_mask, np.float32), matrix, (width, height),
                          flags=cv2.INTER_LINEAR)[..., None] * opacity
-  out = (picture * (1.0 - alpha) + face * alpha + 0.5).astype(np.uint8)
+  out = (photo * (1.0 - alpha) + face * alpha + 0.5).astype(np.uint8)
   if landmarks is not None:
-    out = draw_landmarks(out, np.asarray(landmarks) * shrink)
+    out = draw_landmarks(out, landmarks)
   return out

@@ -10,6 +10,15 @@ import pytest
 from conftest import ROOT
 
 
+def test_call_seconds_times_each_call_after_a_warm_up():
+  from benchmarks import timing
+
+  calls = []
+  seconds = timing.call_seconds(lambda x: calls.append(x) or x, 7, repeats=3)
+  assert calls == [7] * 4 and seconds.shape == (3,) and (seconds >= 0).all()
+  assert timing.median_ms(lambda: None, repeats=2) >= 0
+
+
 @pytest.mark.slow
 def test_train_benchmark_breaks_the_step_down():
   result = subprocess.run(

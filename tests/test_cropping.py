@@ -134,3 +134,52 @@ def test_detector_finds_nothing_in_faceless_or_tiny_pictures():
   assert detector.detect(np.zeros((6, 9, 3), np.uint8)).shape == (0, 4)
   with pytest.raises(ValueError, match="detect_side"):
     detect.FaceDetector(detect_side=8)
+
+
+def test_centred_square_crop_maps_back_with_its_matrix():
+  square = cropping.centred_square(300, 420)
+  assert square == cropping.Square(209.5, 149.5, 300.0)
+  # A crop of the square at its own size is the photo's middle: a shift.
+  np.testing.assert_allclose(cropping.to_photo_matrix(square, 300),
+                             [[1.0, 0.0, 60.0], [0.0, 1.0, 0.0]], atol=1e-12)
+  points = np.array([[0.0, 0.0], [47.0, 47.0], [12.3, 30.1]])
+  matrix = cropping.to_photo_matrix(cropping.Square(200.3, 150.8, 161.0), 48)
+  np.testing.assert_allclose(points @ matrix[:, :2].T + matrix[:, 2],
+                             cropping.to_photo(points, cropping.Square(200.3, 150.8, 161.0), 48))
+
+
+def test_shrink_to_side_shrinks_only_what_is_too_large():
+  image = np.zeros((300, 420, 3), np.uint8)
+  same, factor = cropping.shrink_to_side(image, 420)
+  assert same is image and factor == 1.0
+  small, factor = cropping.shrink_to_side(image, 210)
+  assert small.shape == (150, 210, 3) and factor == 0.5
+  thin, _ = cropping.shrink_to_side(np.zeros((1000, 3), np.uint8), 100)
+  assert thin.shape == (100, 1)  # never below one pixel
+
+
+def test_detector_threads_share_no_cascade_and_agree():
+  import concurrent.futures
+
+  from facerecon import detect
+
+  detector = detect.FaceDetector()
+  photo = astronaut_photo()
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    found = list(pool.map(detector.detect, [photo] * 4))
+  for boxes in found:
+    np.testing.assert_array_equal(boxes, found[0])
+  assert len(found[0]) == 1
+
+
+@pytest.mark.parametrize("contents", [None, b"not a cascade"])
+def test_detector_names_a_missing_or_corrupt_model_file(monkeypatch, tmp_path, contents):
+  import cv2
+
+  from facerecon import detect
+
+  if contents is not None:
+    (tmp_path / detect.FRONTAL).write_bytes(contents)
+  monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=f"{detect.FRONTAL} is missing or corrupt"):
+    detect.FaceDetector()

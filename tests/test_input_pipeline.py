@@ -207,3 +207,11 @@ def test_photos_of_another_size_are_cropped_from_their_landmarks(dataset):
   # The same size passes through untouched.
   same = ip.prepare_example(dict(source[0]), None, ip.Augmentation(), None, image_size=SIZE)
   np.testing.assert_array_equal(same["image"], ip.decode_image(source[0]["image"]))
+
+
+def test_read_photo_names_a_missing_or_undecodable_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
+    ip.read_photo(str(tmp_path / "nowhere.jpg"))
+  (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+  with pytest.raises(ValueError, match="broken.png: cannot decode"):
+    ip.read_photo(str(tmp_path / "broken.png"))

@@ -110,3 +110,22 @@ def test_read_mat_params_errors_name_file_and_field(tmp_path):
   (tmp_path / "corrupt.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\x00garbage" * 10)
   with pytest.raises(ValueError, match="corrupt.mat"):
     params_lib.read_mat_params(tmp_path / "corrupt.mat")
+
+
+def test_read_labels_loads_each_mat_once(tmp_path, monkeypatch):
+  """mat_folders.read_labels: the parameters of `params_from_mat_fields`
+  and the landmarks from one load of the file."""
+  from data_pipeline import mat_folders
+  from facerecon import fileio
+
+  rng = np.random.default_rng(1)
+  pose, shape, expression = rng.normal(size=7), rng.normal(size=199), rng.normal(size=29)
+  path = str(tmp_path / "image00003.mat")
+  _write_300wlp_mat(path, pose, shape, expression)
+  loads = []
+  load_mat = fileio.load_mat
+  monkeypatch.setattr(fileio, "load_mat", lambda p: loads.append(p) or load_mat(p))
+  labels = mat_folders.read_labels(path)
+  assert loads == [path]
+  np.testing.assert_array_equal(labels.params, params_lib.read_mat_params(path))
+  np.testing.assert_array_equal(labels.landmarks, np.full((68, 2), -1.0, np.float32))

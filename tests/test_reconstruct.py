@@ -102,6 +102,66 @@ def test_reconstruct_writes_every_output_and_reports_failures(run_dir, photo_fol
   assert not [n for n in os.listdir(out) if n.startswith(".")]  # no partial files
 
 
+
+def test_reconstruct_fits_whole_batches_and_photos_split_between_them(tmp_path, monkeypatch):
+  """Faces go to the networks `batch_size` at a time (never more, so no
+  padded batch mid-run); a photo whose faces span two batches is written
+  once, whole, as with any batch size."""
+  config = _tiny_config()
+  model = morphable.load(config.model)
+  size = config.image_size
+  calls = []
+
+  class FixedFits:
+    """Every crop gets the same, framed, mean face."""
+
+    def __init__(self, config, workdir, batch_size):
+      self.batch_size, self.model, self.has_fine = batch_size, model, False
+
+    def __call__(self, crops):
+      calls.append(len(crops))
+      params = np.zeros((len(crops), model.layout.size), np.float32)
+      vertices = np.asarray(morphable.vertices_from_params(model, params[:1]))
+      params[:, :7] = camera.framing_pose(vertices[0], np.zeros(3), size, size, fill=0.6)
+      landmarks = camera.project_landmarks(vertices, model.landmark_indices, params[:1, :7],
+                                           size)
+      depth = np.ones((len(crops), size, size), np.float32)
+      mask = np.zeros(depth.shape, bool)
+      mask[:, 8:24, 8:24] = True
+      return inference.FaceFits(params, np.repeat(np.asarray(landmarks), len(crops), 0),
+                                np.repeat(vertices, len(crops), 0), depth, depth, mask)
+
+  class OneFacePerHundredColumns:
+    def detect(self, photo):
+      return np.array([(100.0 * k + 10, 10.0, 80.0, 80.0)
+                       for k in range(photo.shape[1] // 100)])
+
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  faces = {"a": 3, "b": 2, "c": 3}
+  for name, count in faces.items():
+    cv2.imwrite(str(photos / f"{name}.png"), np.full((100, 100 * count, 3), 120, np.uint8))
+  monkeypatch.setattr(inference, "Predictor", FixedFits)
+  outputs = {}
+  for batch_size in (4, 16):
+    calls.clear()
+    out = tmp_path / f"out{batch_size}"
+    summary = reconstruct.reconstruct(config, "unused", str(photos), str(out),
+                                      batch_size=batch_size,
+                                      detector=OneFacePerHundredColumns(), progress=False)
+    assert summary.faces == 8 and not summary.failures
+    assert calls == ([4, 4] if batch_size == 4 else [8])
+    outputs[batch_size] = {
+        name: (cv2.imread(str(out / f"{name}_overlay.png")),
+               [json.load(open(out / f"{name}_face{k}.json"))["params"] for k in range(count)])
+        for name, count in faces.items()}
+  for name in faces:
+    (overlay_4, params_4), (overlay_16, params_16) = outputs[4][name], outputs[16][name]
+    np.testing.assert_allclose(params_4, params_16)
+    # Batched renders may round a pixel differently.
+    assert np.abs(overlay_4.astype(int) - overlay_16).max() <= 1
+    assert (overlay_4 != 120).any()  # the face is drawn in
+
 def test_predictions_do_not_depend_on_the_batching(run_dir):
   config = _tiny_config()
   crops = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)

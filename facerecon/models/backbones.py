@@ -339,13 +339,12 @@ class _SeparableBlock(nn.Module):
   stride: int
   xla_cpu_kernels: bool = True
   bn_momentum: float = MOBILENET_BN_DECAY
-  bn_epsilon: float = MOBILENET_BN_EPSILON
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     channels = x.shape[-1]
-    common = {"bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
+    common = {"bn_momentum": self.bn_momentum, "bn_epsilon": MOBILENET_BN_EPSILON,
               "xla_cpu_kernels": self.xla_cpu_kernels, "dtype": self.dtype}
     x = SlimConv(channels, 3, self.stride, feature_group_count=channels,
                  name="depthwise", **common)(x, train)
