@@ -11,6 +11,33 @@ sys.path.insert(0, ROOT)  # configs/ and main.py live at the top level.
 SMALL_GRID = 25  # a few hundred vertices: fast, still face-shaped
 
 
+def _share_compiled_programs() -> str | None:
+  """Caches compiled XLA programs on disk for this test run: the xdist
+  workers and the main.py processes the end-to-end tests start (which
+  inherit the environment) compile the same tiny steps many times. A fresh
+  directory per run, so every program is still compiled at least once.
+  Returns the directory this process made (removed when the run ends)."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # the user's, or the xdist controller's
+    return None
+  import tempfile
+
+  path = tempfile.mkdtemp(prefix="facerecon-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  # A size limit turns on JAX's file lock, so concurrent writers are safe.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+  return path
+
+
+_COMPILATION_CACHE = _share_compiled_programs()
+
+
+def pytest_unconfigure(config):
+  if _COMPILATION_CACHE is not None:
+    import shutil
+
+    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def small_model():
   """A small embedded model with few modes, for fast tests."""
