@@ -666,25 +666,38 @@ def sum_evaluation(config, model, statistics, evaluate, variables, mesh, context
   tfds split may have fewer, its partial last batch is left out) and the
   number of batches summed. on_batch(index, host batch with normalised
   labels, estimate) sees each batch. ValueError if there is no full batch."""
+  per_host = config.eval_batch_size // jax.process_count()
+  batches = (_with_normalized_labels(batch, statistics)
+             for batch in _open_data(config, model, statistics, split, per_host))
+  name = {"val": "validation"}.get(split, split)
+  return sum_metrics(
+      batches, num_batches, per_host,
+      lambda host: evaluate(variables, shard_batch(host, mesh), *context), on_batch,
+      f"the {name} split has fewer than config.eval_batch_size "
+      f"({config.eval_batch_size}) examples")
+
+
+def sum_metrics(batches, num_batches: int, per_host: int, evaluate_batch: Callable,
+                on_batch: Callable | None, too_few: str) -> tuple[dict, int]:
+  """Sums the metrics of evaluate_batch(host batch) -> (metrics, output)
+  over up to `num_batches` of `batches`, stopping at the first with fewer
+  than `per_host` images; returns the sums and the number of batches.
+  on_batch(index, host batch, output) sees each batch. ValueError(too_few)
+  if there is no full batch."""
   import itertools
 
-  per_host = config.eval_batch_size // jax.process_count()
-  data = _open_data(config, model, statistics, split, per_host)
   sums, count = {}, 0
-  for batch in itertools.islice(data, num_batches):
-    host = _with_normalized_labels(batch, statistics)
+  for host in itertools.islice(batches, num_batches):
     if len(host["image"]) != per_host:
       break
-    values, estimate = evaluate(variables, shard_batch(host, mesh), *context)
+    values, output = evaluate_batch(host)
     for k, v in jax.device_get(values).items():
       sums[k] = sums.get(k, 0.0) + float(v)
     if on_batch is not None:
-      on_batch(count, host, estimate)
+      on_batch(count, host, output)
     count += 1
   if not count:
-    name = {"val": "validation"}.get(split, split)
-    raise ValueError(f"the {name} split has fewer than config.eval_batch_size "
-                     f"({config.eval_batch_size}) examples")
+    raise ValueError(too_few)
   return sums, count
 
 

@@ -323,11 +323,9 @@ def train_and_evaluate(config, workdir: str, coarse_workdir: str | None = None) 
 
 
 def _run_evaluation(config, model, evaluate, state, mesh, context, writer, step, workdir):
-  """Means over config.fine.eval_batches validation batches; the picture of
-  the first batch's first faces goes to TensorBoard and (process 0)
-  `<workdir>/fine_reconstructions.png`."""
-  import itertools
-
+  """Means over config.fine.eval_batches validation batches
+  (`train.sum_metrics`); the picture of the first batch's first faces goes
+  to TensorBoard and (process 0) `<workdir>/fine_reconstructions.png`."""
   from absl import logging
   from jax.experimental import multihost_utils
 
@@ -335,25 +333,27 @@ def _run_evaluation(config, model, evaluate, state, mesh, context, writer, step,
 
   stage = config.fine
   per_host = stage.eval_batch_size // jax.process_count()
-  data = _open_data(config, model, "val", per_host, evaluation=True)
-  sums, count, picture = {}, 0, None
-  for host in itertools.islice(data, stage.eval_batches):
-    if len(host["image"]) != per_host:
-      break
+  shown = min(stage.eval_pictures, per_host)
+  pictures = []
+
+  def evaluate_batch(host):
     batch = train.shard_batch({k: np.asarray(v) for k, v in host.items()}, mesh)
-    values, (fine, coarse, mask) = evaluate(state.params, batch, context)
-    for k, v in jax.device_get(values).items():
-      sums[k] = sums.get(k, 0.0) + float(v)
-    if not count:
-      shown = min(stage.eval_pictures, per_host)
-      fine, coarse, mask = (np.asarray(multihost_utils.process_allgather(x, tiled=True))[:shown]
-                            for x in (fine, coarse, mask))
-      truth = host["fine_depth"][:shown] if "fine_depth" in host else None
-      picture = visualize.fine_panel(host["image"][:shown], coarse, fine, mask, truth)
-    count += 1
-  if not count:
-    raise ValueError(f"the validation data has fewer than config.fine.eval_batch_size "
-                     f"({stage.eval_batch_size}) images")
+    return evaluate(state.params, batch, context)
+
+  def picture_of_first(index, host, outputs):
+    if index:
+      return
+    # The outputs are split over the devices of all hosts: gather them.
+    fine, coarse, mask = (np.asarray(multihost_utils.process_allgather(x, tiled=True))[:shown]
+                          for x in outputs)
+    truth = host["fine_depth"][:shown] if "fine_depth" in host else None
+    pictures.append(visualize.fine_panel(host["image"][:shown], coarse, fine, mask, truth))
+
+  sums, count = train.sum_metrics(
+      _open_data(config, model, "val", per_host, evaluation=True), stage.eval_batches,
+      per_host, evaluate_batch, picture_of_first,
+      f"the validation data has fewer than config.fine.eval_batch_size "
+      f"({stage.eval_batch_size}) images")
   logging.info("FineNet eval at step %d over %d photos", step, count * stage.eval_batch_size)
   return train.publish_evaluation(writer, workdir, step, sums, count, "fine_reconstructions",
-                                  picture)
+                                  pictures[0])
