@@ -77,10 +77,7 @@ class Predictor:
     self.batch_size = -(-max(1, batch_size) // devices) * devices  # a multiple of the devices
     self.size = config.image_size
     if workdir is None:
-      from facerecon import morphable
-
-      self.model = morphable.load(config.model)
-      self.statistics = train._statistics(config, self.model)
+      self.model, self.statistics = train.model_and_statistics(config)
       coarse_net = train.make_coarse_net(config, self.mesh)
       coarse_variables = train.initial_coarse_variables(coarse_net, config, self.mesh,
                                                         self.model, self.statistics)

@@ -322,6 +322,15 @@ def synthetic_statistics(model, size: int, count: int, seed: int, prior=None):
   return accumulator.result()
 
 
+def model_and_statistics(config):
+  """(the morphable model of config.model, its data set's statistics
+  (`_statistics`)): what every CoarseNet run, loader and predictor needs."""
+  from facerecon import morphable
+
+  model = morphable.load(config.model)
+  return model, _statistics(config, model)
+
+
 def _statistics(config, model):
   """The data set's DataStatistics: computed from synthetic faces, or the
   tfds data set's statistics.npz (config.data.statistics)."""
@@ -491,14 +500,11 @@ class Training(NamedTuple):
 def build_training(config) -> Training:
   """The mesh, face model, data, network, optimizer, initial state and
   jitted step of `config` (shared by train_and_evaluate and the benchmark)."""
-  from facerecon import morphable
-
   mesh = make_mesh()
   if config.batch_size % jax.device_count():
     raise ValueError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
                      f"{jax.device_count()} devices")
-  model = morphable.load(config.model)
-  statistics = _statistics(config, model)
+  model, statistics = model_and_statistics(config)
   train_data = _open_data(config, model, statistics, "train",
                           config.batch_size // jax.process_count())
   context = jax.device_put((model, statistics), replicated(mesh))

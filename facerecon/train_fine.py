@@ -229,16 +229,13 @@ def _best_restorer(workdir: str, metric: str):
 def load_coarse(config, coarse_workdir: str, mesh):
   """(CoarseNet, its best variables, model, statistics) of stage 1's run in
   `coarse_workdir`."""
-  from facerecon import morphable
-
   restore = _best_restorer(coarse_workdir, config.best_metric)
   if restore is None:
     raise FileNotFoundError(
         f"no trained CoarseNet in {os.path.join(coarse_workdir, 'best')}: train it first "
         f"(python main.py --config=... --workdir={coarse_workdir}) or set "
         "config.fine.coarse_workdir")
-  model = morphable.load(config.model)
-  statistics = train._statistics(config, model)
+  model, statistics = train.model_and_statistics(config)
   net = train.make_coarse_net(config, mesh)
   like = jax.eval_shape(lambda: train.init_coarse_variables(net, config, mesh, model,
                                                             statistics))
