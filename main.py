@@ -9,7 +9,9 @@ Modes (--mode):
   train     (the default) train CoarseNet (facerecon.train.train_and_evaluate): checkpoints,
             TensorBoard events and pictures in --workdir; resumes from there. Then,
             if config.fine.num_train_steps > 0, FineNet on top of it
-            (facerecon.train_fine) in --workdir/fine
+            (facerecon.train_fine) in --workdir/fine. A SIGTERM saves a
+            checkpoint and exits with status 143 (as if killed by it, so
+            schedulers retry); the same command then resumes
   preview   build the morphable model, sample faces, write preview.png
   reconstruct
             3D faces from the photos in --input (a file or folder) with the
@@ -19,6 +21,8 @@ Modes (--mode):
             synthetic test split with --input=synthetic (facerecon.evaluate);
             prints the table and writes <workdir>/evaluation_<name>.json
 """
+
+import signal
 
 from absl import app
 from absl import flags
@@ -88,17 +92,23 @@ def main(argv):
     _initialize_distributed()
     from facerecon import train  # Deferred: preview needs none of it.
 
-    if config.num_train_steps > 0:
-      metrics = train.train_and_evaluate(config, _WORKDIR.value)
-      _print_metrics("CoarseNet", metrics)
-    if config.fine.num_train_steps > 0:
-      import os
+    try:
+      if config.num_train_steps > 0:
+        metrics = train.train_and_evaluate(config, _WORKDIR.value)
+        _print_metrics("CoarseNet", metrics)
+      if config.fine.num_train_steps > 0:
+        import os
 
-      from facerecon import train_fine
+        from facerecon import train_fine
 
-      metrics = train_fine.train_and_evaluate(config, os.path.join(_WORKDIR.value, "fine"),
-                                              config.fine.coarse_workdir or _WORKDIR.value)
-      _print_metrics("FineNet", metrics)
+        metrics = train_fine.train_and_evaluate(config, os.path.join(_WORKDIR.value, "fine"),
+                                                config.fine.coarse_workdir or _WORKDIR.value)
+        _print_metrics("FineNet", metrics)
+    except train.Preempted as preempted:
+      # Not a finished run: FineNet must not start on a half-trained
+      # CoarseNet, and a scheduler should see the job as interrupted.
+      print(preempted)
+      return 128 + signal.SIGTERM.value
 
 
 def _apply_trained(config) -> int:

@@ -41,9 +41,20 @@ def shard_batch(batch, mesh: Mesh):
   per_device = jax.process_count() * np.asarray(jax.tree.leaves(batch)[0]).shape[0]
   if per_device % mesh.size:
     raise ValueError(f"the global batch ({per_device}) does not split evenly over "
-                     f"{mesh.size} devices; make batch_size a multiple of the device count")
+                     f"{mesh.size} devices; make the batch size a multiple of the device "
+                     "count")
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def check_batch_sizes(stage, field_prefix: str = "config."):
+  """ValueError naming the field unless `stage`'s batch_size and
+  eval_batch_size split evenly over the devices of all hosts (checked at the
+  start, not at the first evaluation a thousand steps in)."""
+  for name in ("batch_size", "eval_batch_size"):
+    if stage[name] % jax.device_count():
+      raise ValueError(f"{field_prefix}{name} ({stage[name]}) must be a multiple of the "
+                       f"{jax.device_count()} devices")
 
 
 def _specs(num_batched: int, num_args: int):

@@ -34,6 +34,7 @@ from facerecon import fileio
 from facerecon import normalization
 from facerecon.parallel import DATA_AXIS  # noqa: F401 (re-exported)
 from facerecon.parallel import batch_sharding
+from facerecon.parallel import check_batch_sizes
 from facerecon.parallel import make_mesh
 from facerecon.parallel import mean_per_device
 from facerecon.parallel import replicated
@@ -57,9 +58,10 @@ class TrainState(flax.struct.PyTreeNode):
                skipped=zero(), bad_in_a_row=zero())
 
 
-def learning_rate_schedule(config) -> optax.Schedule:
+def learning_rate_schedule(config, field_prefix: str = "config.") -> optax.Schedule:
   """config: learning_rate, warmup_steps, num_train_steps, schedule
-  ('constant' after warm-up, or 'cosine' decay to 0 at num_train_steps)."""
+  ('constant' after warm-up, or 'cosine' decay to 0 at num_train_steps).
+  Errors name fields as `field_prefix` + name."""
   warmup = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
   if config.schedule == "constant":
     after = optax.constant_schedule(config.learning_rate)
@@ -67,7 +69,7 @@ def learning_rate_schedule(config) -> optax.Schedule:
     after = optax.cosine_decay_schedule(
         config.learning_rate, max(config.num_train_steps - config.warmup_steps, 1))
   else:
-    raise ValueError(f"config.schedule: unknown schedule '{config.schedule}' "
+    raise ValueError(f"{field_prefix}schedule: unknown schedule '{config.schedule}' "
                      "(use 'constant' or 'cosine')")
   return optax.join_schedules([warmup, after], [config.warmup_steps])
 
@@ -77,12 +79,13 @@ def _decays(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(config, field_prefix: str = "config."
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Adam(W) with global-norm gradient clipping and decoupled weight decay
   (the original declared weight decay 1e-4 and never applied it). config:
   the schedule fields, grad_clip_norm (0: off), weight_decay, adam_b1,
-  adam_b2."""
-  schedule = learning_rate_schedule(config)
+  adam_b2. Errors name fields as `field_prefix` + name."""
+  schedule = learning_rate_schedule(config, field_prefix)
   parts = []
   if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
@@ -199,31 +202,57 @@ class Checkpoints:
     self._manager.close()
 
 
+class Preempted(Exception):
+  """A SIGTERM stopped training after the checkpoint of `step` was saved;
+  running the same command again resumes from it."""
+
+  def __init__(self, step: int):
+    super().__init__(f"preempted (SIGTERM) at step {step}: its checkpoint is saved; run the "
+                     "same command again to resume")
+    self.step = step
+
+
 class PreemptionFlag:
-  """Set by SIGTERM (how schedulers and TPU maintenance preempt jobs), so
-  the train loop can save a checkpoint and exit cleanly at the next step."""
+  """Whether a SIGTERM (how schedulers and TPU maintenance preempt jobs) asks
+  the train loop to save a checkpoint and stop at this step.
+
+  One process: a SIGTERM handler sets the flag, seen at the next step.
+  Several: the hosts must stop at the same step, or one would leave the
+  others waiting in the step's collectives. JAX's preemption service
+  (started by jax.distributed.initialize, with its own SIGTERM handler)
+  hears the signal on any host and names one step for all of them;
+  `reached(step)` must then be asked at every step on every host."""
 
   def __init__(self):
     self._event = threading.Event()
-    self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._event.set())
+    self._multihost = jax.process_count() > 1
+    self._previous = None if self._multihost else signal.signal(
+        signal.SIGTERM, lambda signum, frame: self._event.set())
 
-  def __bool__(self) -> bool:
+  def reached(self, step: int) -> bool:
+    if self._multihost:
+      from jax.experimental import multihost_utils
+
+      return multihost_utils.reached_preemption_sync_point(step)
     return self._event.is_set()
 
   def restore_handler(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 class BestCheckpoint:
   """The network variables of the evaluation with the lowest `metric`, kept
   under `<directory>/<step>` (orbax, only the newest best) with
   `<directory>/best.json` saying which step and metrics. A resumed run
-  reads the record, so "best" spans the whole run."""
+  reads the record, so "best" spans the whole run.
+
+  A new best is saved, then recorded, and only then is the old one deleted,
+  so a kill at any moment leaves best.json naming a complete checkpoint."""
 
   def __init__(self, directory: str, metric: str, field: str = "config.best_metric"):
     self.directory, self.metric, self._field = fileio.absolute(directory), metric, field
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=1))
+    self._manager = ocp.CheckpointManager(self.directory)
     try:
       self.record = json.loads(fileio.read_bytes(os.path.join(self.directory, "best.json")))
     except FileNotFoundError:
@@ -235,8 +264,11 @@ class BestCheckpoint:
       raise ValueError(f"{self._field}: '{self.metric}' is not an evaluation metric "
                        f"(have: {', '.join(sorted(metrics))})")
     value = float(metrics[self.metric])
-    if self.record is not None and not value < self.record["value"]:
-      return False
+    if self.record is not None and (step == self.record["step"]
+                                    or not value < self.record["value"]):
+      return False  # (a resumed run evaluating its best step again keeps it)
+    if step in self._manager.all_steps():
+      self._manager.delete(step)  # saved by a run killed before it recorded it
     self._manager.save(step, args=ocp.args.StandardSave(variables), force=True)
     self._manager.wait_until_finished()
     self.record = {"step": step, "metric": self.metric, "value": value,
@@ -244,6 +276,13 @@ class BestCheckpoint:
     if jax.process_index() == 0:
       fileio.write_bytes_atomic(os.path.join(self.directory, "best.json"),
                                 json.dumps(self.record, indent=2).encode())
+    if jax.process_count() > 1:  # best.json first, then the others delete
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"best.json of step {step}")
+    for old in self._manager.all_steps():
+      if old != step:
+        self._manager.delete(old)
     return True
 
   def restore(self, like):
@@ -355,9 +394,8 @@ def _open_data(config, model, statistics, split: str, batch_size: int):
   never uses) or 'tfds' (config.data.name, data_dir)."""
   data = config.data
   if data.source == "synthetic":
-    seeds = {"train": config.seed, "val": data.validation_seed, "test": data.test_seed}
-    return SyntheticStream(model, config.image_size, batch_size, seeds[split],
-                           synthetic_prior(config))
+    return SyntheticStream(model, config.image_size, batch_size,
+                           synthetic_split_seed(config, split), synthetic_prior(config))
   from data_pipeline import input_pipeline
 
   source = input_pipeline.open_source(data.name, split, data.data_dir)
@@ -366,6 +404,24 @@ def _open_data(config, model, statistics, split: str, batch_size: int):
       statistics=statistics, process_index=jax.process_index(),
       process_count=jax.process_count(), num_workers=data.num_workers if split == "train"
       else 0, image_size=config.image_size))
+
+
+def synthetic_split_seed(config, split: str, train_field: str = "config.seed") -> int:
+  """The seed of synthetic split 'train' (the field `train_field`), 'val' or
+  'test'. A face depends only on (seed, index), so two splits with one seed
+  would be the same faces: ValueError naming the fields."""
+  import functools
+  import itertools
+
+  fields = {"train": train_field, "val": "config.data.validation_seed",
+            "test": "config.data.test_seed"}
+  seeds = {name: functools.reduce(lambda node, key: node[key], field.split(".")[1:], config)
+           for name, field in fields.items()}
+  for a, b in itertools.combinations(fields, 2):
+    if seeds[a] == seeds[b]:
+      raise ValueError(f"{fields[a]} and {fields[b]} are both {seeds[a]}: the {a} and {b} "
+                       "splits would be the same synthetic faces; give them different seeds")
+  return seeds[split]
 
 
 def _with_normalized_labels(batch: dict, statistics) -> dict:
@@ -501,9 +557,7 @@ def build_training(config) -> Training:
   """The mesh, face model, data, network, optimizer, initial state and
   jitted step of `config` (shared by train_and_evaluate and the benchmark)."""
   mesh = make_mesh()
-  if config.batch_size % jax.device_count():
-    raise ValueError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
-                     f"{jax.device_count()} devices")
+  check_batch_sizes(config)
   model, statistics = model_and_statistics(config)
   train_data = _open_data(config, model, statistics, "train",
                           config.batch_size // jax.process_count())
@@ -553,7 +607,8 @@ def run_train_loop(stage, workdir: str, *, seed: int, state: TrainState, step_fn
   and best_metric. `train_data` is an iterator of host batches with
   get_state / set_state; `make_batch(host batch)` gives the step's global
   batch; `evaluate(state, step, writer)` returns the metrics. Returns the
-  last evaluation's metrics. Errors name fields as `field_prefix` + name.
+  last evaluation's metrics; raises `Preempted` after a SIGTERM, once the
+  checkpoint is saved. Errors name fields as `field_prefix` + name.
   """
   import time
 
@@ -606,9 +661,12 @@ def run_train_loop(stage, workdir: str, *, seed: int, state: TrainState, step_fn
         eta = (stage.num_train_steps - done) * seconds / timed_steps
         scalars = {f"train/{k}": float(v) for k, v in values.items()
                    if k not in ("finite", "bad_in_a_row")}
-        scalars.update({"train/learning_rate": float(schedule(done)),
+        skipped = int(state.skipped)
+        # optax counts only the updates applied: this step's was number
+        # done - 1 - skipped (from 0), unless this step was skipped itself.
+        scalars.update({"train/learning_rate": float(schedule(max(done - 1 - skipped, 0))),
                         "train/images_per_second": images_per_second,
-                        "train/skipped_steps": float(state.skipped)})
+                        "train/skipped_steps": float(skipped)})
         writer.scalars(scalars, done)
         logging.info("step %d/%d loss %.4g, %.1f images/s, ETA %.0f s", done,
                      stage.num_train_steps, values["loss"], images_per_second, eta)
@@ -619,11 +677,12 @@ def run_train_loop(stage, workdir: str, *, seed: int, state: TrainState, step_fn
                                        "batch_stats": state.batch_stats}):
           logging.info("best %s so far: %.4g at step %d", stage.best_metric,
                        metrics[stage.best_metric], done)
+      stop = preempted.reached(done)
       checkpoints.save(done, state, train_data.get_state(),
-                       force=bool(preempted) or done == stage.num_train_steps)
-      if preempted:
-        logging.warning("SIGTERM: saved step %d, stopping", done)
-        break
+                       force=stop or done == stage.num_train_steps)
+      if stop:
+        logging.warning("SIGTERM: saving step %d and stopping", done)
+        raise Preempted(done)  # (the checkpoint is written in `finally`)
     if previous is not None:
       check_finite(*previous)
   finally:

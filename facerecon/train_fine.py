@@ -187,7 +187,7 @@ def _open_data(config, model, split: str, batch_size: int, evaluation: bool = Fa
   data = config.fine.data
   if data.source == "synthetic":
     fields = ("image", "fine_depth", "mask") if evaluation else ("image",)
-    seed = config.fine.seed if split == "train" else config.data.validation_seed
+    seed = train.synthetic_split_seed(config, split, "config.fine.seed")
     return train.SyntheticStream(model, config.image_size, batch_size,
                                  seed, train.synthetic_prior(config), fields=fields)
   from data_pipeline import input_pipeline
@@ -277,10 +277,7 @@ def train_and_evaluate(config, workdir: str, coarse_workdir: str | None = None) 
   stage = config.fine
   fileio.makedirs(workdir)
   mesh = train.make_mesh()
-  for name in ("batch_size", "eval_batch_size"):
-    if stage[name] % jax.device_count():
-      raise ValueError(f"config.fine.{name} ({stage[name]}) must be a multiple of the "
-                       f"{jax.device_count()} devices")
+  parallel.check_batch_sizes(stage, "config.fine.")
   coarse_net, coarse_variables, model, statistics = load_coarse(
       config, coarse_workdir or workdir, mesh)
   coarse_fit = _coarse_fit_fn(coarse_net, config, mesh)
@@ -295,7 +292,7 @@ def train_and_evaluate(config, workdir: str, coarse_workdir: str | None = None) 
         fine.SCOPE)["params"]
   params = ({"coarse": coarse_variables["params"], "fine": fine_params}
             if stage.end_to_end else fine_params)
-  tx, schedule = train.make_optimizer(stage)
+  tx, schedule = train.make_optimizer(stage, "config.fine.")
   state = jax.device_put(train.TrainState.create(params, {}, tx), train.replicated(mesh))
   context = jax.device_put((model, statistics, coarse_variables), train.replicated(mesh))
   step_fn = train.jit_train_step(

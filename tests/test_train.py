@@ -101,6 +101,8 @@ def test_weight_decay_on_kernels_only():
 def test_unknown_schedule_is_named():
   with pytest.raises(ValueError, match="config.schedule.*'linear'"):
     train.make_optimizer(_config(schedule="linear"))
+  with pytest.raises(ValueError, match="config.fine.schedule.*'linear'"):
+    train.make_optimizer(_config(schedule="linear"), "config.fine.")
 
 
 def test_non_finite_step_is_skipped():
@@ -146,6 +148,13 @@ try:
   raise AssertionError("a batch of 6 was split over 4 devices")
 except ValueError as e:
   assert "multiple of the device count" in str(e)
+import ml_collections
+stage = ml_collections.ConfigDict(dict(batch_size=8, eval_batch_size=6))
+try:  # checked at the start, not at the first evaluation
+  train.check_batch_sizes(stage, "config.fine.")
+  raise AssertionError("an evaluation batch of 6 passed on 4 devices")
+except ValueError as e:
+  assert "config.fine.eval_batch_size (6) must be a multiple of the 4 devices" in str(e), e
 print("same on 1 and 4 devices", loss1, loss4)
 """
 
@@ -200,14 +209,84 @@ def test_restore_without_checkpoints_names_the_folder(tmp_path):
   checkpoints.close()
 
 
+def test_synthetic_splits_must_not_share_a_seed():
+  """A face depends only on (seed, index): a seed sweep reaching
+  config.data.validation_seed would otherwise train on the validation set."""
+  from configs import default
+
+  config = default.get_config()
+  assert [train.synthetic_split_seed(config, s) for s in ("train", "val", "test")] == [0, 2, 3]
+  config.seed = 2
+  with pytest.raises(ValueError, match="config.seed and config.data.validation_seed are both 2"):
+    train.synthetic_split_seed(config, "train")
+  config.seed, config.fine.seed = 0, 3
+  with pytest.raises(ValueError, match="config.fine.seed and config.data.test_seed are both 3"):
+    train.synthetic_split_seed(config, "val", "config.fine.seed")
+
+
 def test_sigterm_sets_the_preemption_flag():
   flag = train.PreemptionFlag()
   try:
-    assert not flag
+    assert not flag.reached(1)
     os.kill(os.getpid(), signal.SIGTERM)
-    assert flag
+    assert flag.reached(2)
   finally:
     flag.restore_handler()
+
+
+class _Stream:
+  """Toy batches with the get_state / set_state of the train loop's input."""
+
+  def __init__(self):
+    self.position = 0
+
+  def __next__(self):
+    self.position += 1
+    return next(_batches(1, seed=self.position))
+
+  def get_state(self):
+    return {"position": self.position}
+
+  def set_state(self, state):
+    self.position = state["position"]
+
+
+def test_train_loop_stops_at_sigterm_with_a_checkpoint(tmp_path):
+  """A SIGTERM during step 3 of 10: step 3 is checkpointed (off the every-4
+  schedule), the loop raises Preempted instead of returning as if done, and
+  a second loop resumes from step 3."""
+  mesh = train.make_mesh()
+  state, step_fn = _setup()
+  stage = ml_collections.ConfigDict(dict(
+      num_train_steps=10, batch_size=8, log_every=100, eval_every=100, checkpoint_every=4,
+      keep_checkpoints=2, max_bad_steps=3, best_metric="mse"))
+  jitted = train.jit_train_step(step_fn, mesh)
+  steps_run = []
+
+  def step_then_sigterm(state, batch, rng, context, kill_at=3):
+    state, metrics = jitted(state, batch, rng, context)
+    steps_run.append(int(state.step))
+    if steps_run[-1] == kill_at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return state, metrics
+
+  def loop(state, step_fn):
+    return train.run_train_loop(
+        stage, str(tmp_path), seed=0, state=state, step_fn=step_fn, train_data=_Stream(),
+        make_batch=lambda host: train.shard_batch(host, mesh), context=None,
+        schedule=lambda step: 0.05, evaluate=lambda state, step, writer: {"mse": 1.0})
+
+  template = jax.tree.map(jnp.copy, state)
+  with pytest.raises(train.Preempted, match="at step 3") as stopped:
+    loop(state, step_then_sigterm)
+  assert stopped.value.step == 3 and steps_run == [1, 2, 3]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+  steps_run.clear()
+  metrics = loop(template, lambda *args: step_then_sigterm(*args, kill_at=None))
+  assert metrics == {"mse": 1.0} and steps_run == list(range(4, 11))
+  assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints")) == [8, 10]
 
 
 def test_best_checkpoint_keeps_the_lowest_and_survives_reopening(tmp_path):
@@ -227,3 +306,30 @@ def test_best_checkpoint_keeps_the_lowest_and_survives_reopening(tmp_path):
   with pytest.raises(ValueError, match="config.best_metric.*depth_error"):
     reopened.update(50, {"depth_error": 0.1}, variables(5.0))
   reopened.close()
+
+
+def test_best_checkpoint_after_a_kill_between_saving_and_recording(tmp_path):
+  """A run killed after saving a new best but before best.json names it
+  leaves that step behind; the resumed run, evaluating the step again, saves
+  it anew (orbax refuses to overwrite a step), and re-evaluating the
+  recorded best step (on an accelerator, not bit-identical) keeps it."""
+  import orbax.checkpoint as ocp
+
+  directory = tmp_path / "best"
+  variables = lambda v: {"params": {"w": jnp.full((2,), v)}}
+  best = train.BestCheckpoint(str(directory), "vertex_error")
+  assert best.update(10, {"vertex_error": 0.5}, variables(1.0))
+  assert not best.update(10, {"vertex_error": 0.4}, variables(9.0))  # its best step again
+  best.close()
+  stray = ocp.CheckpointManager(str(directory))  # the killed run's unrecorded save
+  stray.save(20, args=ocp.args.StandardSave(variables(2.0)), force=True)
+  stray.wait_until_finished()
+  stray.close()
+
+  resumed = train.BestCheckpoint(str(directory), "vertex_error")
+  assert resumed.record["step"] == 10
+  np.testing.assert_array_equal(resumed.restore(variables(0.0))["params"]["w"], [1.0, 1.0])
+  assert resumed.update(20, {"vertex_error": 0.3}, variables(3.0))
+  assert sorted(p for p in os.listdir(directory) if p.isdigit()) == ["20"]
+  np.testing.assert_array_equal(resumed.restore(variables(0.0))["params"]["w"], [3.0, 3.0])
+  resumed.close()

@@ -234,27 +234,54 @@ def _final_metrics(stdout: str) -> dict:
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
   """Two processes on localhost (jax.distributed, one CPU device each, a
-  local coordinator) share the work of one global batch: they end with the
-  evaluation of a single process, and only process 0 writes the logs."""
+  local coordinator) share the work of one global batch. A SIGTERM to one
+  of them stops both at the same step with its checkpoint and exit status
+  143, before FineNet; resumed, they end with the evaluation of a single
+  process, and only process 0 writes the logs."""
+  import re
+  import signal
   import subprocess
   import sys
+  import time
 
   from conftest import ROOT
 
-  flags = [*_TINY_FLAGS, "--config.num_train_steps=4", "--config.eval_every=4"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  port = _free_port()
   workdir = tmp_path / "two"
-  processes = [subprocess.Popen(
-      [sys.executable, "main.py", f"--workdir={workdir}", *flags,
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+
+  def start_two(*flags):
+    port = _free_port()
+    return [subprocess.Popen(
+        [sys.executable, "main.py", f"--workdir={workdir}", *_TINY_FLAGS, *flags,
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+
+  # Too many steps to finish before the signal; FineNet would follow.
+  processes = start_two("--config.num_train_steps=100000", "--config.fine.num_train_steps=2")
+  deadline = time.time() + 300
+  while not (workdir / "checkpoints" / "2").is_dir():
+    assert all(p.poll() is None for p in processes) and time.time() < deadline
+    time.sleep(0.05)
+  processes[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=300) for p in processes]
+  stopped = []
+  for p, (out, err) in zip(processes, outputs):
+    assert p.returncode == 143, err[-3000:]
+    stopped.append(int(re.search(r"preempted \(SIGTERM\) at step (\d+)", out).group(1)))
+  assert stopped[0] == stopped[1], stopped
+  assert (workdir / "checkpoints" / str(stopped[0])).is_dir()
+  assert not (workdir / "fine").exists()
+
+  steps = f"--config.num_train_steps={stopped[0] + 2}"
+  processes = start_two(steps)
   outputs = [p.communicate(timeout=600) for p in processes]
   for p, (out, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
     assert "2 devices (cpu) in 2 process(es)" in err
-  one = subprocess.run([sys.executable, "main.py", f"--workdir={tmp_path / 'one'}", *flags],
+    assert f"resumed from step {stopped[0]}" in err
+  one = subprocess.run([sys.executable, "main.py", f"--workdir={tmp_path / 'one'}",
+                        *_TINY_FLAGS, steps],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert one.returncode == 0, one.stderr[-3000:]
   expected = _final_metrics(one.stdout)
@@ -263,5 +290,4 @@ def test_two_processes_train_like_one(tmp_path):
     assert sorted(got) == sorted(expected)
     for name in expected:
       assert got[name] == pytest.approx(expected[name], rel=2e-3, abs=1e-6), name
-  assert len(os.listdir(workdir / "tensorboard")) == 1  # process 0's event file
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+  assert len(os.listdir(workdir / "tensorboard")) == 2  # process 0's, one per start
