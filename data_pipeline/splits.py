@@ -69,24 +69,35 @@ def shard_files(data_dir: str) -> list[str]:
   return files
 
 
+def read_shard(path: str, fields) -> dict:
+  """{field: array} of one shard; any failure to read it (a truncated copy
+  raises zipfile.BadZipFile, a missing field KeyError) is a ValueError
+  naming the shard."""
+  try:
+    with np.load(path) as shard:
+      return {name: shard[name] for name in fields}
+  except Exception as e:  # np.load raises many types for a bad file
+    raise ValueError(f"cannot read shard {path}: {type(e).__name__}: {e}") from e
+
+
 def train_statistics(files, train_indices) -> normalization.DataStatistics:
   """Statistics of the train samples, streamed shard by shard."""
   train = np.asarray(train_indices)
   accumulator = normalization.StatisticsAccumulator()
   for path in files:
-    try:
-      with np.load(path) as shard:
-        keep = np.isin(shard["index"], train)
-        if keep.any():
-          accumulator.add(shard["params"][keep], shard["image"][keep])
-    except (OSError, ValueError, KeyError) as e:
-      raise ValueError(f"cannot read shard {path}: {e}") from e
+    shard = read_shard(path, ("index", "params", "image"))
+    keep = np.isin(shard["index"], train)
+    if keep.any():
+      try:
+        accumulator.add(shard["params"][keep], shard["image"][keep])
+      except ValueError as e:  # e.g. NaN labels: say which shard holds them
+        raise ValueError(f"shard {path}: {e}") from e
   return accumulator.result()
 
 
 def write_splits_and_statistics(data_dir: str, ratios=(0.6, 0.2, 0.2), seed: int = 1234):
   files = shard_files(data_dir)
-  indices = np.concatenate([np.load(path)["index"] for path in files])
+  indices = np.concatenate([read_shard(path, ("index",))["index"] for path in files])
   if len(np.unique(indices)) != len(indices):
     raise ValueError(f"{data_dir}: shards repeat sample indices")
   positions = split_indices(len(indices), ratios, seed)

@@ -133,3 +133,39 @@ def test_mat_folders_config_reads_labels_and_skips_malformed(tmp_path):
   np.testing.assert_allclose(first["params"][3:5], [49.0, 59.0])  # 0-based pixels
   np.testing.assert_allclose(first["landmarks"][:, 0], np.arange(68))
   np.testing.assert_allclose(first["landmarks"][:, 1], np.arange(68) + 10)
+
+
+def test_mat_folders_split_keeps_each_source_photo_in_one_split(tmp_path):
+  """300W-LP renders each photo at many poses and again in <subset>_Flip:
+  splitting by file put views of one face in train and test."""
+  from data_pipeline.facerecon_faces import facerecon_faces_dataset_builder as builder
+
+  source = tmp_path / "300W_LP"
+  for subset in ("HELEN", "HELEN_Flip", "AFW", "AFW_Flip"):
+    (source / subset).mkdir(parents=True)
+    for photo in range(8):
+      for view in range(6):
+        stem = source / subset / f"{subset.split('_')[0]}_{1000 + photo}_1_{view}"
+        stem.with_suffix(".jpg").touch()
+        stem.with_suffix(".mat").touch()
+  (source / "AFLW2000").mkdir()
+  for k in range(10):  # AFLW2000-3D names: one photo per file
+    (source / "AFLW2000" / f"image{k:05d}.jpg").touch()
+    (source / "AFLW2000" / f"image{k:05d}.mat").touch()
+  parts = builder.mat_split_pairs(str(source))
+  # The same pairs for the same folder: the split is seeded.
+  assert parts == builder.mat_split_pairs(str(source))
+  everything = sorted(p for pairs in parts.values() for p in pairs)
+  assert everything == sorted(builder.mat_folders.find_pairs(str(source)))
+  assert len(everything) == 4 * 8 * 6 + 10
+
+  def photo(pair):  # subset without _Flip, and the stem without its view
+    subset, name = pair[0].split(os.sep)[-2:]
+    return subset.removesuffix("_Flip"), name.rsplit("_", 1)[0] if "_" in name else name
+  owners = {}
+  for split, pairs in parts.items():
+    assert pairs, f"split {split} is empty"
+    for pair in pairs:
+      owners.setdefault(photo(pair), set()).add(split)
+  assert len(owners) == 2 * 8 + 10
+  assert all(len(splits_of) == 1 for splits_of in owners.values()), owners

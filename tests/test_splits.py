@@ -87,3 +87,22 @@ def test_splits_and_statistics_of_synthetic_shards(tmp_path):
   np.testing.assert_allclose(stats.param_mean, params[train].mean(0), rtol=1e-5, atol=1e-5)
   assert int(stats.count) == 6
   assert normalization.load_statistics(os.path.join(data, "statistics.npz")).count == 6
+
+
+def test_truncated_or_incomplete_shard_is_named(tmp_path):
+  """A shard cut short by a killed copy (zipfile.BadZipFile inside np.load),
+  or one missing a field, is a ValueError that names the shard."""
+  for s in range(2):
+    np.savez(tmp_path / f"shard-{s:05d}.npz", index=np.arange(4 * s, 4 * s + 4),
+             params=np.ones((4, 5), np.float32), image=np.zeros((4, 8, 8, 3), np.uint8))
+  path = tmp_path / "shard-00001.npz"
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r"shard-00001\.npz"):
+    splits.write_splits_and_statistics(str(tmp_path))
+  files = splits.shard_files(str(tmp_path))
+  with pytest.raises(ValueError, match=r"shard-00001\.npz"):
+    splits.train_statistics(files, [0, 1, 4, 5])
+  np.savez(path, index=np.arange(4, 8), params=np.ones((4, 5), np.float32))  # no image
+  with pytest.raises(ValueError, match=r"shard-00001\.npz.*image"):
+    splits.train_statistics(files, [0, 1, 4, 5])

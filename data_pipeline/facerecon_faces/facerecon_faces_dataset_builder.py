@@ -16,8 +16,10 @@ Configs:
 - mat_folders: 300W-LP / AFLW2000-3D style: <stem>.jpg (or .png) beside
   <stem>.mat anywhere below the folder. Pose_Para, Shape_Para and Exp_Para
   are the 235-d label (t3d shifted to 0-based pixels, see
-  facerecon.params.read_mat_params); pt3d_68 gives the landmarks (minus 1:
-  MATLAB's pixels are 1-based). Split 60/20/20 by file.
+  facerecon.params.read_mat_params); pt3d_68 (AFLW2000-3D) or else pt2d
+  (300W-LP) gives the landmarks (minus 1: MATLAB's pixels are 1-based).
+  Split 60/20/20 by source photo: 300W-LP's renders of one photo at other
+  poses (<photo>_<view>) and in <subset>_Flip stay in one split.
 
 An unreadable image, malformed .mat or corrupt shard is skipped and reported
 by name (a warning in the log; `skipped()` lists them, and
@@ -167,10 +169,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   # --- 300W-LP / AFLW2000-3D -------------------------------------------------
 
   def _mat_splits(self, source):
-    pairs = mat_folders.find_pairs(source)
-    positions = splits_lib.split_indices(len(pairs))
-    return {split: self._mat_examples(source, [pairs[i] for i in p])
-            for split, p in positions.items()}
+    return {split: self._mat_examples(source, pairs)
+            for split, pairs in mat_split_pairs(source).items()}
 
   def _mat_examples(self, source, pairs):
     for image_path, mat_path in pairs:
@@ -184,6 +184,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         continue
       name = os.path.relpath(image_path, source)
       yield name, {"image": image, "name": name, "params": params, "landmarks": landmarks}
+
+
+def mat_split_pairs(source: str, seed: int = 1234) -> dict:
+  """The (image, .mat) pairs below `source` split 60/20/20 by source photo:
+  300W-LP's renders of one photo at other poses, and their mirrored copies
+  in <subset>_Flip, are near-duplicates, so they share a split
+  (`mat_folders.source_photo`)."""
+  pairs = mat_folders.find_pairs(source)
+  groups = [mat_folders.source_photo(image_path, source) for image_path, _ in pairs]
+  positions = splits_lib.split_by_group(groups, seed=seed)
+  return {split: [pairs[i] for i in p] for split, p in positions.items()}
 
 
 _SKIPPED = []
