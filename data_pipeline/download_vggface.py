@@ -7,8 +7,11 @@ Reads `<files_dir>/<Name>.txt`, one image per line:
 `id url left top right bottom pose detection_score curation`. Each image is
 fetched (bounded worker pool, per-request timeout, retries with exponential
 backoff for transient failures: timeouts, connection errors, 5xx, truncated
-bodies), checked to decode as an image, cropped to its face box (widened by
---margin on each side, clamped to the image) and resized to --size x --size.
+bodies), checked to decode as an image, and cropped to --size x --size around
+its face box by the detector-box rule every path into CoarseNet shares
+(`facerecon.cropping.square_from_detection`; --margin widens the square by
+that fraction of its side on each side). Where the square runs off the
+photo its edge pixels repeat, so the face is never stretched.
 It is written atomically as `<output_dir>/<Name>/<id>.jpg`. Images already
 there are skipped, so a killed run resumes without fetching them again.
 Failures go to `<output_dir>/failures.csv` (name, id, url, reason) and a
@@ -33,6 +36,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from facerecon import cropping
 from facerecon import fileio
 
 
@@ -141,7 +145,7 @@ def fetch(url: str, options: Options) -> bytes:
 
 
 def crop_face(body: bytes, box, options: Options) -> bytes:
-  """Decodes the image, crops the (widened, clamped) box, resizes, re-encodes."""
+  """Decodes the image, crops the face box's square (`cropping`), re-encodes."""
   import cv2
 
   image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
@@ -151,13 +155,13 @@ def crop_face(body: bytes, box, options: Options) -> bytes:
   left, top, right, bottom = box
   if not all(math.isfinite(v) for v in box) or right <= left or bottom <= top:
     raise DownloadError("bad box")
-  dx, dy = options.margin * (right - left), options.margin * (bottom - top)
-  left, right = max(0, int(round(left - dx))), min(width, int(round(right + dx)))
-  top, bottom = max(0, int(round(top - dy))), min(height, int(round(bottom + dy)))
-  if right - left < 2 or bottom - top < 2:
+  if min(right, width) - max(left, 0) < 2 or min(bottom, height) - max(top, 0) < 2:
     raise DownloadError("bad box (outside the image)")
-  crop = cv2.resize(image[top:bottom, left:right], (options.size, options.size),
-                    interpolation=cv2.INTER_AREA)
+  # Framed like a detection in --mode=reconstruct, so CoarseNet sees these
+  # faces (FineNet's training photos) at the size it was trained on.
+  square = cropping.square_from_detection((left, top, right - left, bottom - top))
+  square = square._replace(side=square.side * (1.0 + 2.0 * options.margin))
+  crop = cropping.crop(image, square, options.size)
   ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
   if not ok:
     raise DownloadError("could not encode the crop")
@@ -229,7 +233,8 @@ def define_flags():
   flags.DEFINE_string("files_dir", None, "Folder of VGG Face <Name>.txt files.")
   flags.DEFINE_string("output_dir", None, "Where <Name>/<id>.jpg go.")
   flags.DEFINE_integer("size", 200, "Side of the saved square crops (pixels).")
-  flags.DEFINE_float("margin", 0.0, "Box margin on each side, as a fraction of its size.")
+  flags.DEFINE_float("margin", 0.0, "Widen the face's crop square by this fraction of its "
+                     "side on each side.")
   flags.DEFINE_integer("workers", 32, "Concurrent downloads.")
   flags.DEFINE_float("timeout", 10.0, "Seconds per request.")
   flags.DEFINE_integer("retries", 3, "Retries of a transient failure.")

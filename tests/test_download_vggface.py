@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import download_vggface as dl
+from facerecon import cropping
 
 from conftest import ROOT
 
@@ -142,15 +143,18 @@ def test_good_images_saved_once_and_faults_listed(tmp_path, server):
                  for d, _, fs in os.walk(out) for f in fs if f.endswith(".jpg"))
   assert saved == ["Alice_A/1.jpg", "Alice_A/2.jpg", "Alice_A/4.jpg"]
   assert summary["downloaded"] == 3 and summary["failed"] == 10
-  # The crop is the box: its left part dark, its right part bright.
-  crop = cv2.imread(str(out / "Alice_A" / "1.jpg"))
-  assert crop.shape == (32, 32, 3)
-  box_left, box_right = 10, 70
-  edge = (IMAGE_W // 2 - box_left) / (box_right - box_left) * 32
-  assert crop[:, :int(edge) - 2, 1].mean() < 40 and crop[:, int(edge) + 2:, 1].mean() > 180
-  # A box reaching outside the image is clamped (the whole photo, resized).
-  whole = cv2.imread(str(out / "Alice_A" / "2.jpg"))
-  assert whole[:, :14, 1].mean() < 40 and whole[:, 18:, 1].mean() > 180
+  # The crop is the box's square by the shared rule (cropping): the photo's
+  # dark/bright edge lands where that square puts it, also for a box
+  # reaching outside the photo (edge pixels repeat; clamping the box and
+  # resizing would stretch the face and move the edge).
+  for name, box in (("1", (10, 20, 60, 60)), ("2", (-30, -30, 230, 230))):
+    crop = cv2.imread(str(out / "Alice_A" / f"{name}.jpg"))
+    assert crop.shape == (32, 32, 3)
+    scale, offset = cropping.crop_transform(cropping.square_from_detection(box), 32)
+    edge = scale * (IMAGE_W // 2 - 0.5) + offset[0]  # between the photo's two columns
+    assert 2 < edge < 30, edge
+    dark, bright = crop[:, :int(edge) - 1, 1], crop[:, int(edge) + 2:, 1]
+    assert dark.mean() < 40 and bright.mean() > 180, (name, edge)
   # Nothing partial on disk.
   assert not [f for _, _, fs in os.walk(out) for f in fs if f.endswith(".tmp")]
 
