@@ -90,11 +90,14 @@ def save_statistics(stats: DataStatistics, path: str | os.PathLike) -> None:
 
 
 def load_statistics(path: str | os.PathLike) -> DataStatistics:
+  """A statistics.npz (a local path or an object-store URL, `fileio`)."""
+  import io
+
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(f"statistics file not found: {path}")
   try:
-    with np.load(path) as data:
+    with np.load(io.BytesIO(fileio.read_bytes(path))) as data:
       fields = {name: data[name] for name in data.files}
   except Exception as e:
     raise ValueError(f"cannot read statistics file {path}: {e}") from e

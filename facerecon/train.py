@@ -361,13 +361,29 @@ def synthetic_statistics(model, size: int, count: int, seed: int, prior=None):
   return accumulator.result()
 
 
-def model_and_statistics(config):
-  """(the morphable model of config.model, its data set's statistics
-  (`_statistics`)): what every CoarseNet run, loader and predictor needs."""
+STATISTICS_FILE = "statistics.npz"
+
+
+def model_and_statistics(config, workdir: str | None = None, save: bool = False):
+  """(the morphable model of config.model, the statistics its labels are
+  normalised by): what every CoarseNet run, loader and predictor needs.
+
+  A run keeps the statistics it trained with in <workdir>/statistics.npz
+  (written when `save`, by training), and everything that later reads the
+  run uses those: a changed config.data (prior, samples, statistics path)
+  at resume, FineNet or --mode=reconstruct would otherwise silently
+  denormalise with other statistics. Without that file they come from
+  config (`_statistics`)."""
   from facerecon import morphable
 
   model = morphable.load(config.model)
-  return model, _statistics(config, model)
+  path = None if workdir is None else os.path.join(workdir, STATISTICS_FILE)
+  if path is not None and fileio.exists(path):
+    return model, normalization.load_statistics(path)
+  statistics = _statistics(config, model)
+  if save and path is not None and jax.process_index() == 0:
+    normalization.save_statistics(statistics, path)
+  return model, statistics
 
 
 def _statistics(config, model):
@@ -553,12 +569,13 @@ class Training(NamedTuple):
   step_fn: Callable     # the jitted train step (state, batch, rng, context)
 
 
-def build_training(config) -> Training:
+def build_training(config, workdir: str | None = None) -> Training:
   """The mesh, face model, data, network, optimizer, initial state and
-  jitted step of `config` (shared by train_and_evaluate and the benchmark)."""
+  jitted step of `config` (shared by train_and_evaluate and the benchmark);
+  with a `workdir`, the run's statistics are kept there."""
   mesh = make_mesh()
   check_batch_sizes(config)
-  model, statistics = model_and_statistics(config)
+  model, statistics = model_and_statistics(config, workdir, save=True)
   train_data = _open_data(config, model, statistics, "train",
                           config.batch_size // jax.process_count())
   context = jax.device_put((model, statistics), replicated(mesh))
@@ -581,7 +598,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   fileio.makedirs(workdir)
   mesh, model, statistics, context, net, train_data, state, tx, schedule, step_fn = (
-      build_training(config))
+      build_training(config, workdir))
   logging.info("CoarseNet: %d devices (%s) in %d process(es); global batch %d", mesh.size,
                jax.devices()[0].platform, jax.process_count(), config.batch_size)
   evaluate = _eval_fn(net, config, mesh)

@@ -235,7 +235,7 @@ def load_coarse(config, coarse_workdir: str, mesh):
         f"no trained CoarseNet in {os.path.join(coarse_workdir, 'best')}: train it first "
         f"(python main.py --config=... --workdir={coarse_workdir}) or set "
         "config.fine.coarse_workdir")
-  model, statistics = train.model_and_statistics(config)
+  model, statistics = train.model_and_statistics(config, coarse_workdir)
   net = train.make_coarse_net(config, mesh)
   like = jax.eval_shape(lambda: train.init_coarse_variables(net, config, mesh, model,
                                                             statistics))

@@ -224,6 +224,23 @@ def test_synthetic_splits_must_not_share_a_seed():
     train.synthetic_split_seed(config, "val", "config.fine.seed")
 
 
+def test_a_run_keeps_the_statistics_it_trained_with(tmp_path):
+  """Statistics saved by training are the ones a later reader of the run
+  gets, even with another config.data (here fewer statistics samples)."""
+  from configs import default
+
+  config = default.get_config()
+  config.model, config.image_size, config.data.statistics_samples = "embedded:25", 32, 64
+  _, trained = train.model_and_statistics(config, str(tmp_path), save=True)
+  assert (tmp_path / train.STATISTICS_FILE).is_file()
+  config.data.statistics_samples = 16
+  _, other = train.model_and_statistics(config)
+  assert not np.array_equal(other.param_mean, trained.param_mean)
+  _, read = train.model_and_statistics(config, str(tmp_path))
+  for a, b in zip(jax.tree.leaves(read), jax.tree.leaves(trained)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_sigterm_sets_the_preemption_flag():
   flag = train.PreemptionFlag()
   try:
