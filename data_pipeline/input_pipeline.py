@@ -288,11 +288,16 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, train: bool = True,
 
   Training shuffles (seeded, differently each epoch), repeats (forever by
   default), augments and drops the last partial batch; evaluation does
-  none of these. `batch_size` is per host. `num_threads` prepare batches in
+  none of these. `batch_size` is per host; each of `process_count` hosts
+  reads its own equal share of the examples. `num_threads` prepare batches in
   each process (default: the cores per process; decoding and warping release
   the GIL, and more threads than cores only contend).
   """
   dataset = grain.MapDataset.source(source)
+  # Every host gets the same number of examples (the last len % hosts are
+  # left out): evaluation runs a collective per batch, and a host with one
+  # more full batch than the others would wait for them forever.
+  dataset = dataset[:len(dataset) - len(dataset) % process_count]
   dataset = dataset[process_index::process_count]
   if train:
     dataset = dataset.shuffle(seed=seed).repeat(num_epochs)

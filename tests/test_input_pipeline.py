@@ -164,6 +164,10 @@ def test_epochs_reshuffle_and_hosts_partition(dataset):
   assert not set(hosts[0]) & set(hosts[1])
   everything = [source[i]["params"][3] for i in range(len(source))]
   np.testing.assert_array_equal(np.sort(np.concatenate(hosts)), np.sort(everything))
+  # 12 examples over 5 hosts: 2 each (2 left out), never 3 on some and 2 on others.
+  shares = [sum(len(b["params"]) for b in ip.make_dataset(
+      source, batch_size=2, train=False, process_index=i, process_count=5)) for i in range(5)]
+  assert shares == [2] * 5
 
 
 @pytest.mark.slow
