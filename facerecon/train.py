@@ -484,7 +484,9 @@ def initial_coarse_variables(net, config, mesh, model, statistics):
 def batch_loss_fn(config, mesh=None):
   """batch_loss(estimates, target, landmarks, model, statistics) -> (loss,
   terms): the mean over CoarseNet's iterations (a tuple of normalised
-  estimates [B, P]) of `losses.total_loss`, each device on its examples."""
+  estimates [B, P]) of `losses.total_loss`, each device on its examples.
+  `terms` (logged as train/<term>, their weighted sum as train/total) are
+  the last iteration's, the network's output; train/loss is the mean."""
   from facerecon import losses
 
   weights = losses.LossWeights(**config.loss)
