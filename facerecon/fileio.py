@@ -72,6 +72,22 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return f.read()
 
 
+def _umask() -> int:
+  """The process's umask. Linux reports it; elsewhere os.umask must set it
+  to read it, and a file another thread (orbax's savers) creates in between
+  would get the wrong permissions."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  umask = os.umask(0o077)  # (the safer setting while it is out)
+  os.umask(umask)
+  return umask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
   """Yields a file object whose contents replace `path` only on success."""
@@ -90,9 +106,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
       dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
   try:
     # mkstemp makes the file 0600; give it the permissions open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    os.chmod(tmp_path, 0o666 & ~_umask())
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
