@@ -219,3 +219,28 @@ def test_read_photo_names_a_missing_or_undecodable_file(tmp_path):
   (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
   with pytest.raises(ValueError, match="broken.png: cannot decode"):
     ip.read_photo(str(tmp_path / "broken.png"))
+
+
+def test_dataset_statistics_of_a_tfds_train_split(dataset, tmp_path):
+  """The command that gives a tfds data set (300W-LP's mat_folders) its
+  statistics reproduces, on the synthetic set, those `splits` wrote from the
+  shards (the same train split; images through the encoded copies)."""
+  import subprocess
+  import sys
+
+  from conftest import ROOT
+
+  output = tmp_path / "statistics.npz"
+  result = subprocess.run(
+      [sys.executable, "-m", "data_pipeline.dataset_statistics",
+       "--name=facerecon_faces/synthetic", f"--data_dir={dataset[0]}", f"--image_size={SIZE}",
+       f"--output={output}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "statistics of 12 train examples" in result.stdout
+  got, want = normalization.load_statistics(output), dataset[1]
+  assert int(got.count) == int(want.count) == 12
+  np.testing.assert_allclose(got.param_mean, want.param_mean, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got.param_std, want.param_std, rtol=1e-4, atol=1e-5)
+  assert got.mean_image.shape == want.mean_image.shape == (SIZE, SIZE, 3)
+  difference = np.abs(np.asarray(got.mean_image) - np.asarray(want.mean_image))
+  assert difference.mean() < 1 / 255 and difference.max() < 8 / 255  # (JPEG's losses)
