@@ -25,7 +25,14 @@ Backends (`rasterize(..., backend=)`; None picks `default_backend()`):
 - 'reference': pure JAX (every pixel against every triangle, in chunks):
   slow, simple, runs anywhere; the oracle the others are tested against.
 All backends share one set of formulas (`triangle_setup`), evaluated in the
-same order, so they agree exactly.
+same order, but not bit for bit: the 'cpu' kernel is built without FMA
+contraction, while XLA contracts a * b + c into FMAs as it fuses (per fusion,
+so even two pure-JAX backends may round differently). Triangle ids therefore
+agree except at pixels whose centre lies within float32 rounding of a
+triangle's coverage threshold (on an edge or at a vertex), or where two
+triangles' depths tie within rounding; barycentrics and depth agree to
+rounding. That is what the tests check (`_assert_same_raster` in
+tests/test_render_backends.py).
 """
 
 import ctypes
@@ -144,12 +151,16 @@ def _covers(bary, z, valid):
 
 
 def _vary_like(tree, like):
-  """Under shard_map, make fresh constants vary over the mesh axes of `like`
-  (scan carries and scatter targets must match the data's type)."""
-  varying = tuple(jax.typeof(like).manual_axis_type.varying)
-  if not varying:
-    return tree
-  return jax.tree.map(lambda x: jax.lax.pcast(x, varying, to="varying"), tree)
+  """Under shard_map, make values vary over the mesh axes of `like` (scan
+  carries, scatter targets and custom-VJP inputs must match the data's
+  type); axes a value already varies over are left as they are."""
+  varying = jax.typeof(like).manual_axis_type.varying
+
+  def cast(x):
+    missing = tuple(a for a in varying if a not in jax.typeof(x).manual_axis_type.varying)
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+  return jax.tree.map(cast, tree)
 
 
 def _nearest_in_block(setup, box, ids, px, py, best):
@@ -275,7 +286,9 @@ def _merge_nearest(z_a, id_a, z_b, id_b):
   best_z = jnp.maximum(z_a, z_b)
   best_id = jnp.minimum(jnp.where(z_a == best_z, id_a, _NO_TRIANGLE),
                         jnp.where(z_b == best_z, id_b, _NO_TRIANGLE))
-  return jnp.where(best_z > -jnp.inf, best_id, -1)
+  # A depth without an id (passes that disagreed on a pixel within rounding of
+  # an edge) is background too, never the sentinel as an id.
+  return jnp.where((best_z > -jnp.inf) & (best_id != _NO_TRIANGLE), best_id, -1)
 
 
 def _scatter_small_triangles(vertices, triangles, height, width):
@@ -302,15 +315,22 @@ def _scatter_small_triangles(vertices, triangles, height, width):
            & (offsets[None, :, None] < num_rows[:, None, None]))
   bary, z = _barycentrics(jax.tree.map(lambda a: a[:, None, None], setup),
                           cols.astype(jnp.float32), rows.astype(jnp.float32))
-  inside = _covers(bary, z, valid)
-  z = jnp.where(inside, z, -jnp.inf).reshape(-1)
-  inside = inside.reshape(-1)
-  pixel = jnp.where(inside, (rows * width + cols).reshape(-1), 0)
-  triangle = jnp.repeat(jnp.arange(num_triangles, dtype=jnp.int32), window * window)
+  # The float coverage test is evaluated once and materialised: XLA may
+  # otherwise recompute it in each pass's fusion, contracting a * b + c into
+  # FMAs differently, so the passes could disagree on pixels within rounding
+  # of an edge (a depth written with no id).
+  z = jax.lax.optimization_barrier(jnp.where(_covers(bary, z, valid), z, -jnp.inf).reshape(-1))
+  covered = z > -jnp.inf
+  # Writes are routed by integer bounds only; entries outside them go to a
+  # pixel past the image and are dropped.
   num_pixels = height * width
-  small_z = _vary_like(jnp.full(num_pixels, -jnp.inf, jnp.float32), vertices).at[pixel].max(z)
+  pixel = jnp.where(valid.reshape(-1), (rows * width + cols).reshape(-1), num_pixels)
+  triangle = jnp.repeat(jnp.arange(num_triangles, dtype=jnp.int32), window * window)
+  small_z = _vary_like(jnp.full(num_pixels, -jnp.inf, jnp.float32), vertices).at[pixel].max(
+      z, mode="drop")
+  nearest = covered & (z == small_z.at[pixel].get(mode="fill", fill_value=-jnp.inf))
   small_id = _vary_like(jnp.full(num_pixels, _NO_TRIANGLE, jnp.int32), vertices).at[pixel].min(
-      jnp.where(inside & (z == small_z[pixel]), triangle, _NO_TRIANGLE))
+      jnp.where(nearest, triangle, _NO_TRIANGLE), mode="drop")
   return (small_z, small_id) + _large_first(setup, box, ~small)
 
 
@@ -511,7 +531,7 @@ def rasterize(vertices, triangles, height: int, width: int,
 @functools.partial(jax.jit, static_argnames=("height", "width", "backend"))
 def _rasterize(vertices, triangles, height, width, backend):
   flat, batch = _flatten_batch(vertices, 2)
-  if triangles.shape[0] == 0:
+  if triangles.shape[0] == 0 or flat.shape[0] == 0:  # nothing to draw, or no images
     empty = batch + (height, width)
     return Raster(jnp.full(empty, -1, jnp.int32), jnp.zeros(empty + (3,)),
                   jnp.full(empty, BACKGROUND_DEPTH), jnp.zeros(empty, bool))
@@ -572,6 +592,16 @@ def _pixel_barycentrics(corners):
   return jnp.stack(bary, axis=-1), depth
 
 
+def _interpolate_dtype(vertices, backend):
+  """What `interpolate` and `interpolate_depth` compute and return in:
+  float32 (the 'cpu' kernels' type; bfloat16 cannot even hold the pixel grid,
+  257 rounds to 256), or float64 for float64 inputs on the pure-JAX paths
+  (the gradient checks' oracle)."""
+  if backend == "cpu":
+    return jnp.float32
+  return jnp.promote_types(jnp.result_type(vertices), jnp.float32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _interpolate(attributes, vertices, triangle_id, triangles, backend):
   """attributes [B, N, C], vertices [B, N, 3], ids [B, H, W] -> [B, H, W, C]."""
@@ -624,7 +654,7 @@ def _interpolate_bwd(backend, residuals, grad_out):
                 + num_vertices * jnp.arange(batch, dtype=jnp.int32)[:, None, None, None])
   summed = jax.ops.segment_sum(per_corner.reshape(-1, per_corner.shape[-1]),
                                flat_index.reshape(-1), num_segments=batch * num_vertices)
-  summed = summed.reshape(batch, num_vertices, -1)
+  summed = summed.reshape(batch, num_vertices, per_corner.shape[-1])  # (no -1: batch may be 0)
   return (summed[..., 3:].astype(attributes.dtype),
           summed[..., :3].astype(vertices.dtype), None, None)
 
@@ -641,23 +671,24 @@ def interpolate(attributes, raster: Raster, vertices, triangles,
   flow to vertex x, y, z (through the barycentrics, visibility held fixed)
   and to the attributes. Background pixels get 0. Attributes without the
   batch dims are shared by the batch. `backend` as for `rasterize`: 'cpu'
-  runs forward and backward as FFI kernels (float32), 'reference' in pure
-  JAX; both compute the same function and gradient.
+  runs forward and backward as FFI kernels, 'reference' in pure JAX; both
+  compute the same function and gradient, in float32 whatever the input
+  dtype (float64 stays float64 on the pure-JAX backends).
   """
   backend = backend or default_backend()
   if backend not in BACKENDS:
     raise ValueError(f"unknown interpolate backend '{backend}'")
-  vertices = jnp.asarray(vertices)
+  dtype = _interpolate_dtype(vertices, backend)
+  vertices = jnp.asarray(vertices, dtype)
   triangles = jnp.asarray(triangles, jnp.int32)
-  attributes = jnp.broadcast_to(
-      jnp.asarray(attributes, vertices.dtype),
-      vertices.shape[:-1] + (jnp.shape(attributes)[-1],))
+  attributes = jnp.broadcast_to(jnp.asarray(attributes, dtype),
+                                vertices.shape[:-1] + (jnp.shape(attributes)[-1],))
+  # Shared attributes get the vertices' type under shard_map, so the
+  # backward's per-device gradient matches it (pvary's transpose sums them).
+  attributes = _vary_like(attributes, vertices)
   flat_vertices, batch = _flatten_batch(vertices, 2)
   flat_attributes, _ = _flatten_batch(attributes, 2)
   flat_ids, _ = _flatten_batch(raster.triangle_id, 2)
-  if backend == "cpu":  # The kernels take float32.
-    flat_attributes = flat_attributes.astype(jnp.float32)
-    flat_vertices = flat_vertices.astype(jnp.float32)
   values = _interpolate(flat_attributes, flat_vertices, flat_ids, triangles, backend)
   return values.reshape(batch + values.shape[1:])
 
@@ -698,20 +729,18 @@ def interpolate_depth(raster: Raster, vertices, triangles, backend: str | None =
   (z interpolated over each pixel's visible triangle, 0 off the mask) and has
   the same gradient, but the value is the raster's depth (no second pass) and
   the backward is one kernel on 'cpu' that writes the z and the x, y terms
-  together. This is what depth losses should call.
+  together. This is what depth losses should call. Float32 as `interpolate`.
   """
   backend = backend or default_backend()
   if backend not in BACKENDS:
     raise ValueError(f"unknown interpolate backend '{backend}'")
-  vertices = jnp.asarray(vertices)
+  vertices = jnp.asarray(vertices, _interpolate_dtype(vertices, backend))
   flat_vertices, batch = _flatten_batch(vertices, 2)
-  if backend == "cpu":  # The kernel takes float32.
-    flat_vertices = flat_vertices.astype(jnp.float32)
   flat_ids, _ = _flatten_batch(raster.triangle_id, 2)
   flat_depth, _ = _flatten_batch(raster.depth, 2)
   depth = _depth(flat_vertices, flat_depth.astype(flat_vertices.dtype), flat_ids,
                  jnp.asarray(triangles, jnp.int32), backend)
-  return depth.reshape(batch + depth.shape[1:]).astype(vertices.dtype)
+  return depth.reshape(batch + depth.shape[1:])
 
 
 # --- Shading ------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def rasterize_ids(vertices, triangles, height: int, width: int, interpret: bool 
   kernel's semantics on another platform (the CPU tests).
   """
   batch = vertices.shape[0]
-  if triangles.shape[0] == 0:
+  if triangles.shape[0] == 0 or batch == 0:  # nothing to draw, or no images (no empty grid)
     return jnp.full((batch, height, width), -1, jnp.int32)
   data, ids, chunk_start, setup, box, large = jax.vmap(
       lambda v: render._bin_triangles(v, triangles, height, width, TILE, CHUNK))(vertices)

@@ -1,7 +1,9 @@
 // Depth rasterizer core: plain C++, no XLA, so sanitizer drivers can call it.
 //
-// Semantics (identical to facerecon.render's pure-JAX reference, including
-// the order of floating-point operations, so triangle ids agree exactly):
+// Semantics (those of facerecon.render's pure-JAX reference, with the same
+// floating-point operations in the same order; but this file is built without
+// FMA contraction and XLA contracts, so triangle ids can differ from the
+// reference's at pixels within float rounding of an edge or of a depth tie):
 // - pixel (row i, column j) is sampled at x = j, y = i;
 // - a triangle covers a pixel when the pixel centre lies in its bounding box
 //   widened by kBoxMargin and all three barycentrics are >= -kTolerance
@@ -75,7 +77,10 @@ inline void Barycentrics(const TriangleSetup& s, float px, float py, float* b,
 }
 
 // Monotone map of finite floats to uint32; never 0, which marks background.
+// -0 is first made +0 (z + 0 is +0 for either zero, z otherwise), so equal
+// depths tie and go to the lower index, as in the other backends.
 inline uint32_t OrderedBits(float z) {
+  z += 0.0f;
   uint32_t bits;
   std::memcpy(&bits, &z, sizeof(bits));
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
@@ -596,8 +601,9 @@ FACERECON_AVX2_FN inline void CandidateKeysAvx2(const float* vertices, int64_t n
     covered = _mm256_and_ps(
         covered, _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), r.z), inf, _CMP_LT_OQ));
     const __m256i mask = _mm256_castps_si256(covered);
-    // OrderedBits: flip all bits of negatives, set the sign bit of the rest.
-    const __m256i bits = _mm256_castps_si256(r.z);
+    // OrderedBits: -0 to +0, then flip all bits of negatives, set the sign
+    // bit of the rest.
+    const __m256i bits = _mm256_castps_si256(_mm256_add_ps(r.z, _mm256_setzero_ps()));
     const __m256i ordered = _mm256_xor_si256(
         bits, _mm256_or_si256(_mm256_srai_epi32(bits, 31), _mm256_set1_epi32(INT32_MIN)));
     const __m256i high = _mm256_and_si256(ordered, mask);

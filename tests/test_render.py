@@ -196,3 +196,74 @@ def test_spherical_harmonics_shading():
   # Lambertian: a light straight at a normal gives ambient + diffuse.
   shaded = render.lambertian(jnp.ones((1, 1, 3)), jnp.array([[[0.0, 0.0, 1.0]]]), [0, 0, 2.0])
   np.testing.assert_allclose(np.asarray(shaded), 1.0, atol=1e-6)
+
+
+def test_exact_depth_ties_between_signed_zeros_go_to_the_lower_index(backend):
+  """z = -0.0 and z = +0.0 are equal depths, so the lower index wins on every
+  backend (the CPU kernel once put -0.0 behind +0.0). Triangles 0 (larger
+  than a pixel) and 1-10 (one pixel each, enough for the CPU kernel's
+  8-candidate vector pass) have z = -0.0 and a first corner on a pixel
+  centre; triangle 11, at z = +0.0, covers the image."""
+  # All four barycentric coefficients are negative, so at the first corner b1
+  # and b2 are -0.0 and z = z0 + b1 dz1 + b2 dz2 stays -0.0 (elsewhere +0.0).
+  shapes = [[(0, 0), (-3, 1), (1, -3)]] + [[(0, 0), (-0.5, 0.25), (0.25, -0.5)]] * 10
+  corners = [(2, 2)] + [(1 + k % 5, 5 + k // 5) for k in range(10)]  # (column, row)
+  vertices = [[col + dx, row + dy, -0.0] for (col, row), shape in zip(corners, shapes)
+              for dx, dy in shape]
+  vertices += [[-20, -20, 0.0], [40, -20, 0.0], [-20, 40, 0.0]]
+  vertices = jnp.asarray(np.asarray(vertices, np.float32))
+  triangles = jnp.arange(36, dtype=jnp.int32).reshape(12, 3)
+  raster = render.rasterize(vertices, triangles, 8, 8, backend=backend)
+  expected = np.full((8, 8), 11)
+  expected[_brute_force_coverage(vertices[:3], 8, 8)] = 0
+  for k, (col, row) in enumerate(corners):
+    expected[row, col] = k
+  np.testing.assert_array_equal(np.asarray(raster.triangle_id), expected)
+  assert str(float(raster.depth[2, 2])) == "-0.0"  # the tie was at -0.0 vs +0.0
+
+
+def test_empty_batch(backend):
+  """A batch of no images rasterizes, interpolates and differentiates to
+  correctly shaped empty arrays."""
+  triangles = TRIANGLE
+  for shape in [(0, 3, 3), (2, 0, 3, 3)]:
+    vertices = jnp.zeros(shape)
+    raster = render.rasterize(vertices, triangles, 5, 6, backend=backend)
+    assert raster.triangle_id.shape == shape[:-2] + (5, 6)
+    assert raster.barycentric.shape == shape[:-2] + (5, 6, 3)
+
+    def loss(v, attributes):
+      values = render.interpolate(attributes, raster, v, triangles, backend=backend)
+      return (jnp.sum(values)
+              + jnp.sum(render.interpolate_depth(raster, v, triangles, backend=backend)))
+
+    shared = jnp.ones((3, 2))  # attributes shared by the (empty) batch
+    assert render.interpolate(shared, raster, vertices, triangles,
+                              backend=backend).shape == shape[:-2] + (5, 6, 2)
+    grad_vertices, grad_shared = jax.grad(loss, argnums=(0, 1))(vertices, shared)
+    assert grad_vertices.shape == shape and grad_shared.shape == (3, 2)
+    assert not np.asarray(grad_shared).any()
+
+
+def test_interpolate_computes_in_float32_for_bfloat16_inputs(backend):
+  """bfloat16 vertices and attributes are interpolated in float32: in
+  bfloat16 the pixel grid itself rounds (257 -> 256) on a 300-pixel row."""
+  vertices = jnp.array([[258.0, 2.0, 1.0], [298.0, 2.0, 3.0], [258.0, 38.0, 2.0]])  # exact in bf16
+  attributes = jnp.array([[0.0], [1.0], [0.0]])  # interpolates to (column - 258) / 40
+  raster = render.rasterize(vertices, TRIANGLE, 40, 300, backend=backend)
+  assert int(raster.mask.sum()) > 500
+  half = lambda x: x.astype(jnp.bfloat16)
+
+  def depth_loss(v):
+    return jnp.sum(render.interpolate_depth(raster, v, TRIANGLE, backend=backend) ** 2)
+
+  values = render.interpolate(half(attributes), raster, half(vertices), TRIANGLE, backend=backend)
+  expected = render.interpolate(attributes, raster, vertices, TRIANGLE, backend=backend)
+  np.testing.assert_allclose(np.asarray(values, np.float32), np.asarray(expected), atol=1e-6)
+  assert values.dtype == jnp.float32
+  # Gradients come back in the inputs' dtype, from a float32 computation.
+  grad = jax.grad(depth_loss)(half(vertices))
+  assert grad.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(grad, np.float32),
+                             np.asarray(half(jax.grad(depth_loss)(vertices)), np.float32),
+                             rtol=1e-6)
