@@ -294,8 +294,9 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("backend_name", render.BACKENDS)
 def test_data_parallel_gradient_scale_on_four_devices(backend_name):
   """Each of 4 devices rasterizes its own images; gradients of a replicated
-  parameter equal the single-device ones (not 4x: see DEVELOPERS.md), also
-  through attributes shared by the batch."""
+  parameter equal the single-device ones (not 4x, as when a kernel's output
+  is typed device-invariant and the backward sums it over the devices),
+  also through attributes shared by the batch."""
   if backend_name not in render.available_backends():
     pytest.skip(f"backend '{backend_name}' is not available here")
   if backend_name == "triton":

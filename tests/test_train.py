@@ -66,7 +66,9 @@ def _run(state, step_fn, batches, mesh, losses=None):
   step = train.jit_train_step(step_fn, mesh)
   for batch in batches:
     state, metrics = step(state, train.shard_batch(batch, mesh), jax.random.PRNGKey(0), None)
-    jax.block_until_ready(metrics)  # one step in flight (see DEVELOPERS pitfalls)
+    # One step in flight: several async multi-device steps on a 2-core CPU
+    # can stall XLA's rendezvous.
+    jax.block_until_ready(metrics)
     if losses is not None:
       losses.append(float(metrics["loss"]))
   return state, metrics
