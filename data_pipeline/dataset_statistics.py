@@ -53,7 +53,8 @@ def main(argv):
   try:
     stats = dataset_statistics(FLAGS.name, data_dir, FLAGS.image_size)
   except KeyError as e:  # e.g. vggface: photos without labels
-    raise app.UsageError(f"--name={FLAGS.name}: {e.args[0]}") from None
+    raise app.UsageError(f"--name={FLAGS.name}: statistics need the labels (params, "
+                         f"landmarks): {e.args[0]}") from None
   normalization.save_statistics(stats, FLAGS.output)
   print(f"statistics of {int(stats.count)} train examples of {FLAGS.name} at "
         f"{FLAGS.image_size}x{FLAGS.image_size} written to {FLAGS.output}")

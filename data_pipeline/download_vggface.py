@@ -158,7 +158,9 @@ def crop_face(body: bytes, box, options: Options) -> bytes:
   if min(right, width) - max(left, 0) < 2 or min(bottom, height) - max(top, 0) < 2:
     raise DownloadError("bad box (outside the image)")
   # Framed like a detection in --mode=reconstruct, so CoarseNet sees these
-  # faces (FineNet's training photos) at the size it was trained on.
+  # faces (FineNet's training photos) framed about as in training. (The
+  # rule's constants were measured on OpenCV's cascade boxes; VGG Face's
+  # boxes come from another detector.)
   square = cropping.square_from_detection((left, top, right - left, bottom - top))
   square = square._replace(side=square.side * (1.0 + 2.0 * options.margin))
   crop = cropping.crop(image, square, options.size)

@@ -225,16 +225,32 @@ class PreemptionFlag:
 
   def __init__(self):
     self._event = threading.Event()
-    self._multihost = jax.process_count() > 1
+    self._multihost, self._service_off = jax.process_count() > 1, False
     self._previous = None if self._multihost else signal.signal(
         signal.SIGTERM, lambda signum, frame: self._event.set())
 
   def reached(self, step: int) -> bool:
-    if self._multihost:
-      from jax.experimental import multihost_utils
+    if not self._multihost:
+      return self._event.is_set()
+    if self._service_off:
+      return False
+    from jax.experimental import multihost_utils
 
+    try:
       return multihost_utils.reached_preemption_sync_point(step)
-    return self._event.is_set()
+    except RuntimeError:  # jax_enable_preemption_service=False: SIGTERM just kills
+      from absl import logging
+
+      logging.warning("JAX's preemption service is off (jax_enable_preemption_service): "
+                      "a SIGTERM will stop this run without a checkpoint")
+      self._service_off = True
+      return False
+
+  def signalled(self) -> bool:
+    """Whether this process got a SIGTERM (one process only: with several,
+    JAX's service holds the signal, and it ends a stage at the agreed step
+    only, which may lie past the stage's last step)."""
+    return not self._multihost and self._event.is_set()
 
   def restore_handler(self):
     if self._previous is not None:
@@ -364,24 +380,35 @@ def synthetic_statistics(model, size: int, count: int, seed: int, prior=None):
 STATISTICS_FILE = "statistics.npz"
 
 
-def model_and_statistics(config, workdir: str | None = None, save: bool = False):
+def model_and_statistics(config, workdir: str | None = None, training: bool = False):
   """(the morphable model of config.model, the statistics its labels are
   normalised by): what every CoarseNet run, loader and predictor needs.
 
-  A run keeps the statistics it trained with in <workdir>/statistics.npz
-  (written when `save`, by training), and everything that later reads the
-  run uses those: a changed config.data (prior, samples, statistics path)
-  at resume, FineNet or --mode=reconstruct would otherwise silently
-  denormalise with other statistics. Without that file they come from
-  config (`_statistics`)."""
+  A run keeps the statistics it trained with in <workdir>/statistics.npz,
+  and everything that later reads the run uses those: a changed
+  config.data (prior, samples, statistics path) at resume, FineNet or
+  --mode=reconstruct would otherwise silently denormalise with other
+  statistics. Without that file they come from config (`_statistics`).
+  `training` a run from its start (no checkpoint yet) takes them from
+  config and writes the file, replacing one left by an attempt that never
+  reached a checkpoint (perhaps with the wrong config)."""
+  from absl import logging
   from facerecon import morphable
 
   model = morphable.load(config.model)
   path = None if workdir is None else os.path.join(workdir, STATISTICS_FILE)
-  if path is not None and fileio.exists(path):
-    return model, normalization.load_statistics(path)
+  starting = training and path is not None and not ocp.utils.checkpoint_steps(
+      fileio.absolute(os.path.join(workdir, "checkpoints")))
+  if path is not None and not starting and fileio.exists(path):
+    statistics = normalization.load_statistics(path)
+    if statistics.param_mean.shape != (model.layout.size,):
+      raise ValueError(f"{path}: statistics of {statistics.param_mean.shape[0]} parameters, but "
+                       f"config.model ({config.model}) has {model.layout.size}: this run was "
+                       "trained with another face model")
+    logging.info("label statistics of the run: %s", path)
+    return model, statistics
   statistics = _statistics(config, model)
-  if save and path is not None and jax.process_index() == 0:
+  if starting and jax.process_index() == 0:
     normalization.save_statistics(statistics, path)
   return model, statistics
 
@@ -577,7 +604,7 @@ def build_training(config, workdir: str | None = None) -> Training:
   with a `workdir`, the run's statistics are kept there."""
   mesh = make_mesh()
   check_batch_sizes(config)
-  model, statistics = model_and_statistics(config, workdir, save=True)
+  model, statistics = model_and_statistics(config, workdir, training=True)
   train_data = _open_data(config, model, statistics, "train",
                           config.batch_size // jax.process_count())
   context = jax.device_put((model, statistics), replicated(mesh))
@@ -710,6 +737,8 @@ def run_train_loop(stage, workdir: str, *, seed: int, state: TrainState, step_fn
     best.close()
     writer.close()
     preempted.restore_handler()
+  if preempted.signalled():  # during the last step or the saves: stop all the same
+    raise Preempted(int(state.step))
   return metrics
 
 

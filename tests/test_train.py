@@ -2,7 +2,9 @@
 non-finite steps, data-parallel equivalence on 4 fake devices, orbax
 checkpoints that resume exactly, the SIGTERM flag."""
 
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from facerecon import normalization
 from facerecon import train
 
 
@@ -228,19 +231,38 @@ def test_synthetic_splits_must_not_share_a_seed():
 
 def test_a_run_keeps_the_statistics_it_trained_with(tmp_path):
   """Statistics saved by training are the ones a later reader of the run
-  gets, even with another config.data (here fewer statistics samples)."""
+  and a resumed run get, even with another config.data (here fewer
+  statistics samples); a run that restarts before any checkpoint replaces
+  them; statistics of another parameter layout are refused."""
+  import orbax.checkpoint as ocp
   from configs import default
 
+  def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+  workdir = str(tmp_path)
   config = default.get_config()
-  config.model, config.image_size, config.data.statistics_samples = "embedded:25", 32, 64
-  _, trained = train.model_and_statistics(config, str(tmp_path), save=True)
-  assert (tmp_path / train.STATISTICS_FILE).is_file()
+  config.model, config.image_size, config.data.statistics_samples = "embedded:25", 32, 16
+  _, first = train.model_and_statistics(config, workdir, training=True)
+  config.data.statistics_samples = 64  # (the first attempt's config was wrong)
+  _, trained = train.model_and_statistics(config, workdir, training=True)
+  assert not same(first, trained) and (tmp_path / train.STATISTICS_FILE).is_file()
+  manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))  # it reaches step 5
+  manager.save(5, args=ocp.args.StandardSave({"w": np.zeros(2)}))
+  manager.wait_until_finished()
+  manager.close()
+
   config.data.statistics_samples = 16
   _, other = train.model_and_statistics(config)
-  assert not np.array_equal(other.param_mean, trained.param_mean)
-  _, read = train.model_and_statistics(config, str(tmp_path))
-  for a, b in zip(jax.tree.leaves(read), jax.tree.leaves(trained)):
-    np.testing.assert_array_equal(a, b)
+  assert not same(other, trained)
+  assert same(train.model_and_statistics(config, workdir)[1], trained)  # FineNet, reconstruct
+  assert same(train.model_and_statistics(config, workdir, training=True)[1], trained)  # resume
+
+  normalization.save_statistics(dataclasses.replace(
+      trained, param_mean=trained.param_mean[:10], param_std=trained.param_std[:10]),
+      tmp_path / train.STATISTICS_FILE)
+  with pytest.raises(ValueError, match="statistics of 10 parameters, but config.model"):
+    train.model_and_statistics(config, workdir)
 
 
 def test_sigterm_sets_the_preemption_flag():
@@ -289,9 +311,10 @@ def test_train_loop_stops_at_sigterm_with_a_checkpoint(tmp_path):
       os.kill(os.getpid(), signal.SIGTERM)
     return state, metrics
 
-  def loop(state, step_fn):
+  def loop(state, step_fn, train_data=None):
     return train.run_train_loop(
-        stage, str(tmp_path), seed=0, state=state, step_fn=step_fn, train_data=_Stream(),
+        stage, str(tmp_path), seed=0, state=state, step_fn=step_fn,
+        train_data=train_data or _Stream(),
         make_batch=lambda host: train.shard_batch(host, mesh), context=None,
         schedule=lambda step: 0.05, evaluate=lambda state, step, writer: {"mse": 1.0})
 
@@ -303,9 +326,22 @@ def test_train_loop_stops_at_sigterm_with_a_checkpoint(tmp_path):
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
 
   steps_run.clear()
+  resumed = jax.tree.map(jnp.copy, template)
   metrics = loop(template, lambda *args: step_then_sigterm(*args, kill_at=None))
   assert metrics == {"mse": 1.0} and steps_run == list(range(4, 11))
   assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints")) == [8, 10]
+
+  class SignalledWhileSaving(_Stream):  # after the last step's preemption check
+    def get_state(self):
+      if self.position == 10:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return super().get_state()
+
+  shutil.rmtree(tmp_path / "checkpoints")
+  stage.checkpoint_every = 5
+  with pytest.raises(train.Preempted, match="at step 10"):
+    loop(resumed, lambda *args: step_then_sigterm(*args, kill_at=None), SignalledWhileSaving())
+  assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints")) == [5, 10]
 
 
 def test_best_checkpoint_keeps_the_lowest_and_survives_reopening(tmp_path):

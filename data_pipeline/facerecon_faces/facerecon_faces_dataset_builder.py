@@ -61,8 +61,12 @@ def _labelled_features():
 class Builder(tfds.core.GeneratorBasedBuilder):
   """Face images with 3DMM parameter labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "1.1.0": "mat_folders: split by source photo (300W-LP's views and _Flip copies "
+               "share a split); landmarks from pt2d where there is no pt3d_68 (300W-LP).",
+  }
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="synthetic", description="Rendered faces, exact labels."),
       tfds.core.BuilderConfig(name="vggface", description="VGG Face crops, no labels."),
