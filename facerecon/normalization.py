@@ -94,10 +94,12 @@ def load_statistics(path: str | os.PathLike) -> DataStatistics:
   import io
 
   path = os.fspath(path)
-  if not fileio.exists(path):
-    raise FileNotFoundError(f"statistics file not found: {path}")
   try:
-    with np.load(io.BytesIO(fileio.read_bytes(path))) as data:
+    contents = fileio.read_bytes(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"statistics file not found: {path}") from None
+  try:
+    with np.load(io.BytesIO(contents)) as data:
       fields = {name: data[name] for name in data.files}
   except Exception as e:
     raise ValueError(f"cannot read statistics file {path}: {e}") from e

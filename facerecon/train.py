@@ -396,11 +396,16 @@ def model_and_statistics(config, workdir: str | None = None, training: bool = Fa
   from facerecon import morphable
 
   model = morphable.load(config.model)
-  path = None if workdir is None else os.path.join(workdir, STATISTICS_FILE)
-  starting = training and path is not None and not ocp.utils.checkpoint_steps(
+  if workdir is None:
+    return model, _statistics(config, model)
+  path = os.path.join(workdir, STATISTICS_FILE)
+  starting = training and not ocp.utils.checkpoint_steps(
       fileio.absolute(os.path.join(workdir, "checkpoints")))
-  if path is not None and not starting and fileio.exists(path):
-    statistics = normalization.load_statistics(path)
+  if not starting:
+    try:
+      statistics = normalization.load_statistics(path)
+    except FileNotFoundError:  # a run from before runs kept them
+      return model, _statistics(config, model)
     if statistics.param_mean.shape != (model.layout.size,):
       raise ValueError(f"{path}: statistics of {statistics.param_mean.shape[0]} parameters, but "
                        f"config.model ({config.model}) has {model.layout.size}: this run was "
@@ -408,7 +413,7 @@ def model_and_statistics(config, workdir: str | None = None, training: bool = Fa
     logging.info("label statistics of the run: %s", path)
     return model, statistics
   statistics = _statistics(config, model)
-  if starting and jax.process_index() == 0:
+  if jax.process_index() == 0:
     normalization.save_statistics(statistics, path)
   return model, statistics
 
