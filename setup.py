@@ -28,7 +28,7 @@ class BuildKernels(build_ext):
 setuptools.setup(
     ext_modules=[
         setuptools.Extension(
-            "facerecon._rasterize_cpu",
+            "facerecon.render._rasterize_cpu",
             sources=["kernels/rasterize_cpu.cc"],
             include_dirs=["kernels"],
             depends=["kernels/rasterize.h"],
@@ -36,7 +36,7 @@ setuptools.setup(
             # No FMA contraction: every product is rounded as written, so the
             # scalar and AVX2 passes agree bit for bit. (XLA does contract, so
             # the pure-JAX backends may differ at pixels within rounding of
-            # an edge; see facerecon/render.py.)
+            # an edge; see facerecon/render/raster.py.)
             extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=off", "-w"],
         )
     ],

@@ -6,7 +6,7 @@ On the BFM-scale embedded face (grid 253: 53,605 vertices, 106,324
 triangles), three-quarter view filling the image. For each backend, image
 size and batch: `rasterize` alone, and forward+backward of a depth-image loss
 (rasterize, `interpolate_depth`, squared error to a target over the mask,
-gradient w.r.t. the vertices: what losses.depth_render runs), jitted, median
+gradient w.r.t. the vertices: what face_render.render_depth runs), jitted, median
 of --repeats calls ('cpu': FFI kernels; others: pure JAX). The pure-JAX
 reference is the in-run baseline (batch 1 only: it takes seconds per image).
 Batch 1 runs on one thread; larger batches spread images over XLA's CPU

@@ -132,6 +132,7 @@ def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
   import jax
   import jax.numpy as jnp
 
+  from facerecon import face_render
   from facerecon import losses
   from facerecon import normalization
   from facerecon import train
@@ -140,8 +141,8 @@ def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
   mesh = train.make_mesh()
   net, variables, model, statistics = train_fine.load_coarse(config, workdir, mesh)
   size = config.image_size
-  landmarks_of = jax.jit(lambda estimate, model, statistics: losses.project_landmarks(
-      normalization.denormalize_params(estimate, statistics), model, size))
+  landmarks_of = jax.jit(lambda estimate, model, statistics: face_render.project_landmarks(
+      model, normalization.denormalize_params(estimate, statistics), size))
   context = jax.device_put((model, statistics), train.replicated(mesh))
   # The baseline's estimate is 0 for every face: one mean face, projected once.
   baseline = np.asarray(landmarks_of(jnp.zeros_like(statistics.param_mean)[None], *context))

@@ -18,7 +18,7 @@ import numpy as np
 
 from facerecon import normalization
 from facerecon import parallel
-from facerecon import render
+from facerecon import face_render
 
 
 class FaceFits(NamedTuple):
@@ -47,8 +47,8 @@ def _predict_fn(coarse_net, fine_net, config, mesh):
   size = config.image_size
 
   def render_fit(params, model):
-    face = render.render_face(model, params, None, size, size, config.render_backend)
-    landmarks = jnp.take(face.image_vertices, model.landmark_indices, axis=-2)[..., :2]
+    face = face_render.render_face(model, params, None, size, size, config.render_backend)
+    landmarks = face_render.image_landmarks(model, face.image_vertices)
     return face.vertices, face.depth, face.mask, landmarks
 
   render_fit = parallel.map_per_device(render_fit, mesh, num_batched=1)

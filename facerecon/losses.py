@@ -38,11 +38,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from facerecon import camera
+from facerecon import face_render
 from facerecon import morphable
 from facerecon import normalization
 from facerecon import params as params_lib
-from facerecon import render
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,24 +133,6 @@ def aligned_vertex_error(pred_params, target_params, model: morphable.MorphableM
                           ) / face_size(model)
 
 
-def depth_render(params, model: morphable.MorphableModel, height: int, width: int,
-                 backend: str | None = None):
-  """Depth [..., H, W] (image z, pixels, larger = nearer; 0 off the face) and
-  mask [..., H, W] of raw parameter vectors [..., P].
-
-  What `render.render_face` computes for depth, without normals, PNCC and
-  albedo: one rasterization (its depth is the value; `interpolate_depth`
-  gives the gradient), so gradients reach pose,
-  shape and expression through the visible triangles' vertices.
-  """
-  face = params_lib.split(params, model.layout)
-  vertices = morphable.vertices(model, face.shape, face.expression)
-  image_vertices = camera.project_scaled_orthographic(vertices, face.pose, height)
-  raster = render.rasterize(image_vertices, model.triangles, height, width, backend)
-  depth = render.interpolate_depth(raster, image_vertices, model.triangles, backend)
-  return depth, raster.mask
-
-
 def depth_loss(pred_depth, pred_mask, target_depth, target_mask, height: int):
   """Mean absolute depth difference over the union of the masks, in units of
   `height`, with uncovered pixels on the back plane (see the module doc).
@@ -178,17 +159,10 @@ def render_loss(pred_params, target_params, model: morphable.MorphableModel,
                 height: int, width: int, backend: str | None = None):
   """Depth-map loss between renders of raw parameter vectors [..., P]
   (see `depth_loss`); gradients reach `pred_params` only."""
-  pred_depth, pred_mask = depth_render(pred_params, model, height, width, backend)
-  target_depth, target_mask = depth_render(jax.lax.stop_gradient(target_params), model,
-                                           height, width, backend)
+  pred_depth, pred_mask = face_render.render_depth(model, pred_params, height, width, backend)
+  target_depth, target_mask = face_render.render_depth(
+      model, jax.lax.stop_gradient(target_params), height, width, backend)
   return depth_loss(pred_depth, pred_mask, target_depth, target_mask, height)
-
-
-def project_landmarks(params, model: morphable.MorphableModel, height: int):
-  """Image (x, y) [..., 68, 2] of the landmarks of raw parameter vectors [..., P]."""
-  face = params_lib.split(params, model.layout)
-  vertices = morphable.vertices(model, face.shape, face.expression)
-  return camera.project_landmarks(vertices, model.landmark_indices, face.pose, height)
 
 
 def landmark_loss(pred_params, target_landmarks, model: morphable.MorphableModel,
@@ -197,7 +171,7 @@ def landmark_loss(pred_params, target_landmarks, model: morphable.MorphableModel
   vectors [..., P] and `target_landmarks` [..., 68, 2] (image x, y in
   pixels), divided by sqrt(height * width); width defaults to height."""
   width = height if width is None else width
-  pred = project_landmarks(pred_params, model, height)
+  pred = face_render.project_landmarks(model, pred_params, height)
   return jnp.mean(_norm3(pred - target_landmarks)) / jnp.sqrt(float(height * width))
 
 
@@ -229,7 +203,7 @@ def total_loss(pred, target, model: morphable.MorphableModel,
       terms["render"] = render_loss(pred_raw, target_raw, model, height, width, backend)
     if weights.landmark:
       if target_landmarks is None:
-        target_landmarks = project_landmarks(target_raw, model, height)
+        target_landmarks = face_render.project_landmarks(model, target_raw, height)
       terms["landmark"] = landmark_loss(pred_raw, target_landmarks, model, height, width)
     for name, weight in geometric.items():
       if weight:

@@ -1,6 +1,7 @@
-"""Shape from shading on depth maps: normals from depth, first-order
-spherical-harmonics lighting solved by least squares, and the terms of
-FineNet's unsupervised loss (Richardson et al. 2017, section 4).
+"""Shading: luminance, Lambertian and spherical-harmonics lighting of normal
+maps, and shape from shading on depth maps (normals from depth, first-order
+SH lighting solved by least squares, the terms of FineNet's unsupervised
+loss; Richardson et al. 2017, section 4).
 
 Depth maps are image-space z [..., H, W] in pixels (larger = nearer, the
 renderer's convention) with a mask of the pixels on the face. Normals are in
@@ -17,8 +18,10 @@ flat grey and empty images give finite values and gradients.
 
 import jax.numpy as jnp
 
-from facerecon import render
-
+# Rec. 601 luma weights (OpenCV's RGB -> grey): the one luminance everywhere
+# (network inputs, colour jitter, the synthetic faces' colour transform, the
+# shading loss).
+LUMINANCE = (0.299, 0.587, 0.114)
 # Pixels this bright are left out of the shading fit: clipped highlights
 # say nothing about the normal.
 SATURATED = 0.98
@@ -84,9 +87,55 @@ def laplacian(depth, mask):
   return jnp.where(interior, total, 0.0), interior
 
 
-def grey(image):
-  """Luminance [..., H, W] of RGB [..., H, W, 3] (written out: fast on XLA's CPU)."""
-  return 0.299 * image[..., 0] + 0.587 * image[..., 1] + 0.114 * image[..., 2]
+def luminance(image, keepdims: bool = False):
+  """Luminance [..., H, W] (or [..., H, W, 1] with `keepdims`) of RGB
+  [..., H, W, 3] with the `LUMINANCE` weights (written out: a reduction over
+  a trailing axis of 3 is slow on XLA's CPU)."""
+  channel = (lambda c: image[..., c:c + 1]) if keepdims else (lambda c: image[..., c])
+  return (LUMINANCE[0] * channel(0) + LUMINANCE[1] * channel(1)
+          + LUMINANCE[2] * channel(2))
+
+
+def lambertian(albedo, normals, light_direction, ambient=0.35, diffuse=0.65):
+  """Shaded colour: albedo * (ambient + diffuse * max(n . l, 0)).
+
+  `normals` and `light_direction` in the same (camera, y-up) frame; the
+  light direction points from the surface towards the light.
+  """
+  light = jnp.asarray(light_direction, jnp.float32)
+  light = light / jnp.linalg.norm(light, axis=-1, keepdims=True)
+  cosine = jnp.maximum(jnp.sum(normals * light, axis=-1, keepdims=True), 0.0)
+  return albedo * (ambient + diffuse * cosine)
+
+
+def sh_irradiance(normals, coefficients):
+  """l . [1, nx, ny, nz] per pixel: normals [..., H, W, 3], one grey light
+  per image [..., 4] -> [..., H, W] (written out: fast on every backend)."""
+  c = coefficients[..., None, None, :]
+  return (c[..., 0] + c[..., 1] * normals[..., 0] + c[..., 2] * normals[..., 1]
+          + c[..., 3] * normals[..., 2])
+
+
+def sh_basis(normals):
+  """First-order spherical-harmonics basis [1, nx, ny, nz]: [..., 3] -> [..., 4]."""
+  return jnp.concatenate([jnp.ones_like(normals[..., :1]), normals], axis=-1)
+
+
+def sh_shading(albedo, normals, coefficients):
+  """albedo * (l . [1, nx, ny, nz]) with 4 lighting coefficients per image
+  ([..., 4], shared by the channels) or per channel ([..., C, 4]).
+
+  albedo [..., H, W, C], normals [..., H, W, 3]; coefficients' leading dims
+  are the images' batch dims.
+  """
+  coefficients = jnp.asarray(coefficients)
+  if coefficients.ndim == albedo.ndim - 2:  # [..., 4]: one grey light
+    return albedo * sh_irradiance(normals, coefficients)[..., None]
+  # [..., C, 4]: a light per channel.
+  channels = [sh_irradiance(normals, coefficients[..., c, :])
+              for c in range(coefficients.shape[-2])]
+  return albedo * jnp.stack(channels, axis=-1)
+
 
 
 def solve_lighting(intensity, albedo, normals, weights):
@@ -97,7 +146,7 @@ def solve_lighting(intensity, albedo, normals, weights):
   ridge (relative to the system's trace) keeps empty or black images finite:
   their light comes out 0.
   """
-  basis = render.sh_basis(normals) * albedo[..., None]                  # [..., H, W, 4]
+  basis = sh_basis(normals) * albedo[..., None]                  # [..., H, W, 4]
   weighted = basis * weights[..., None]
   gram = jnp.einsum("...hwi,...hwj->...ij", weighted, basis)
   rhs = jnp.einsum("...hwi,...hw->...i", weighted, intensity)
@@ -125,7 +174,7 @@ def shading_fit(depth, mask, intensity, albedo, robust_scale=None):
   normals, interior = depth_normals(depth, mask)
   weights = (interior & (intensity < SATURATED)).astype(depth.dtype)
   light = solve_lighting(intensity, albedo, normals, weights)
-  shaded = albedo * render.sh_irradiance(normals, light)
+  shaded = albedo * sh_irradiance(normals, light)
   return _masked_mean(robust_square(shaded - intensity, robust_scale), weights), light, shaded
 
 

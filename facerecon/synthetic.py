@@ -30,15 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from facerecon import camera
+from facerecon import face_render
 from facerecon import morphable
 from facerecon import params as params_lib
-from facerecon import render
 from facerecon import shading
 
-LUMINANCE = (0.3, 0.59, 0.11)  # AFLW2000-3D's colour model
 # Bumped whenever the same (seed, index) would give another face, so a data
 # set is never resumed with different code (data_pipeline.synthesize).
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 DETAIL_WAVES = 8  # plane waves summed into each face's displacement
 
 
@@ -144,9 +143,7 @@ def colour_transform(image, colour):
   with M's rows the luminance weights. image [..., H, W, 3], colour [..., 7]."""
   gain, offset, contrast = colour[..., None, None, 0:3], colour[..., None, None, 3:6], \
       colour[..., None, None, 6:7]
-  # Written out: a reduction over a trailing axis of 3 is slow on XLA's CPU.
-  grey = (LUMINANCE[0] * image[..., 0:1] + LUMINANCE[1] * image[..., 1:2]
-          + LUMINANCE[2] * image[..., 2:3])
+  grey = shading.luminance(image, keepdims=True)
   return gain * (contrast * image + (1.0 - contrast) * grey) + offset
 
 
@@ -239,7 +236,7 @@ def render_sample(model: morphable.MorphableModel, sample: FaceSample, backgroun
                   noise=None) -> SyntheticBatch:
   """Renders a batch of drawn faces over backgrounds [B, H, W, 3] in [0, 1];
   `noise` [B, H, W, 3] (or None) is added before quantising to uint8."""
-  face = render.render_face(model, sample.params, sample.texture, height, width, backend)
+  face = face_render.render_face(model, sample.params, sample.texture, height, width, backend)
   # The face's width in pixels: f times the model's x extent (the PNCC's u
   # runs across it).
   extent = jnp.max(model.mean_shape[:, 0]) - jnp.min(model.mean_shape[:, 0])
@@ -252,13 +249,13 @@ def render_sample(model: morphable.MorphableModel, sample: FaceSample, backgroun
       [-d_col, d_row, jnp.zeros_like(d_col)], axis=-1)
   normals = normals * jax.lax.rsqrt(jnp.maximum(
       normals[..., 0:1] ** 2 + normals[..., 1:2] ** 2 + normals[..., 2:3] ** 2, 1e-12))
-  irradiance = jnp.maximum(render.sh_irradiance(normals, sample.lighting), 0.0)
+  irradiance = jnp.maximum(shading.sh_irradiance(normals, sample.lighting), 0.0)
   shaded = colour_transform(face.albedo * irradiance[..., None], sample.colour)
   image = jnp.where(face.mask[..., None], shaded, background)
   if noise is not None:
     image = image + noise
   image = jnp.round(jnp.clip(image, 0.0, 1.0) * 255.0).astype(jnp.uint8)
-  landmarks = jnp.take(face.image_vertices, model.landmark_indices, axis=-2)[..., :2]
+  landmarks = face_render.image_landmarks(model, face.image_vertices)
   return SyntheticBatch(image, sample.params, sample.texture, sample.lighting, sample.colour,
                         face.depth, face.depth + displacement, face.mask, face.pncc, landmarks)
 

@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facerecon import face_render
 from facerecon import fileio
 from facerecon import normalization
 from facerecon import parallel
-from facerecon import render
 from facerecon import shading
 from facerecon import train
 
@@ -87,8 +87,8 @@ def _coarse_fit_fn(coarse_net, config, mesh):
 
   def render_fit(estimate, model, statistics):
     params = normalization.denormalize_params(estimate, statistics)
-    face = render.render_face(model, params, None, size, size, config.render_backend)
-    return CoarseFit(face.depth, face.mask, shading.grey(face.albedo))
+    face = face_render.render_face(model, params, None, size, size, config.render_backend)
+    return CoarseFit(face.depth, face.mask, shading.luminance(face.albedo))
 
   render_fit = parallel.map_per_device(render_fit, mesh, num_batched=1)
 
@@ -106,7 +106,7 @@ def _photos(batch, statistics):
   images = input_pipeline.device_photometric(batch["image"], None,
                                              input_pipeline.Augmentation(), statistics,
                                              train=False)
-  return images, shading.grey(batch["image"].astype(jnp.float32) / 255.0)
+  return images, shading.luminance(batch["image"].astype(jnp.float32) / 255.0)
 
 
 def _split_params(params, end_to_end: bool, coarse_variables):

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facerecon import face_render
 from facerecon import morphable
-from facerecon import render
+from facerecon import shading
 
 DEFAULT_LIGHT = (0.3, 0.4, 1.0)  # camera frame, y up: upper right, in front
 BACKGROUND = 0.12
@@ -17,10 +18,10 @@ BACKGROUND = 0.12
 def _shade_and_depth(model: morphable.MorphableModel, params, texture, height: int,
                      width: int, light=DEFAULT_LIGHT):
   """One render: (shaded RGB, landmarks, depth, mask); see `shade_faces`."""
-  face = render.render_face(model, params, texture, height, width)
-  shaded = jnp.clip(render.lambertian(face.albedo, face.normals, light), 0.0, 1.0)
+  face = face_render.render_face(model, params, texture, height, width)
+  shaded = jnp.clip(shading.lambertian(face.albedo, face.normals, light), 0.0, 1.0)
   shaded = jnp.where(face.mask[..., None], shaded, BACKGROUND)
-  landmarks = jnp.take(face.image_vertices, model.landmark_indices, axis=-2)[..., :2]
+  landmarks = face_render.image_landmarks(model, face.image_vertices)
   return shaded, landmarks, face.depth, face.mask
 
 
@@ -124,11 +125,8 @@ def shade_depth(depth, mask, light=DEFAULT_LIGHT) -> np.ndarray:
   """A depth map [H, W] shown as a grey Lambertian render of its normals
   (`shading.depth_normals`): the detail that a grey depth map hides shows up.
   uint8 [H, W, 3], BACKGROUND off the mask."""
-  from facerecon import render
-  from facerecon import shading
-
   normals, _ = shading.depth_normals(jnp.asarray(depth), jnp.asarray(mask))
-  shaded = render.lambertian(jnp.full(normals.shape[:-1] + (1,), 0.85), normals, light)
+  shaded = shading.lambertian(jnp.full(normals.shape[:-1] + (1,), 0.85), normals, light)
   image = np.where(np.asarray(mask)[..., None], np.asarray(shaded), BACKGROUND)
   return to_uint8(np.repeat(image, 3, axis=-1))
 

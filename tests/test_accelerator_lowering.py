@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from facerecon.render import pallas_tpu
+from facerecon.render import pallas_triton
 
 # The custom call each accelerator backend lowers to, by (backend, platform).
 KERNEL_CALLS = {("pallas", "tpu"): "tpu_custom_call",
@@ -39,10 +41,7 @@ def _operand_types(line: str) -> str:
 def test_kernel_lowers_for_its_accelerator(backend, platform):
   """Each kernel lowers for its platform to one kernel call on float32
   vertex data, for a batch of two images with large and small triangles."""
-  from facerecon import render_pallas
-  from facerecon import render_triton
-
-  kernel = {"pallas": render_pallas, "triton": render_triton}[backend]
+  kernel = {"pallas": pallas_tpu, "triton": pallas_triton}[backend]
   rng = np.random.default_rng(0)
   vertices = jnp.asarray(np.stack([rng.uniform(-4, 36, (2, 50)), rng.uniform(-4, 28, (2, 50)),
                                    rng.normal(size=(2, 50))], -1), jnp.float32)

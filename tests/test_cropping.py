@@ -7,7 +7,7 @@ import pytest
 
 from facerecon import camera
 from facerecon import cropping
-from facerecon import losses
+from facerecon import face_render
 from facerecon import morphable
 from facerecon import synthetic
 from facerecon import train
@@ -79,7 +79,7 @@ def test_poses_and_landmarks_map_between_photo_and_crop(synthetic_faces):
     crop_pose = np.asarray(camera.pose_after_image_similarity(
         params[:7].astype(np.float64), scale, offset, 200, new_height=size))
     crop_params = np.concatenate([crop_pose, params[7:]]).astype(np.float32)
-    in_crop = np.asarray(losses.project_landmarks(crop_params, model, size))
+    in_crop = np.asarray(face_render.project_landmarks(model, crop_params, size))
     np.testing.assert_allclose(in_crop, scale * landmarks + offset, atol=1e-2)
     np.testing.assert_allclose(cropping.to_photo(in_crop, square, size), landmarks, atol=1e-2)
     photo_pose = cropping.pose_to_photo(crop_pose, square, size, 200)

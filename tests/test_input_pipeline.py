@@ -15,7 +15,7 @@ from facerecon import camera
 from facerecon import morphable
 from facerecon import normalization
 from facerecon import params as params_lib
-from facerecon import render
+from facerecon import face_render
 
 MODEL = "embedded:25"
 SIZE = 32
@@ -120,7 +120,7 @@ def test_augmentation_keeps_labels_consistent(dataset):
     warped = example["mask"]
 
     def iou_with(params):
-      rendered = np.asarray(render.render_face(model, jnp.asarray(params)[None], None,
+      rendered = np.asarray(face_render.render_face(model, jnp.asarray(params)[None], None,
                                                SIZE, SIZE).mask[0])
       return (rendered & warped).sum() / max((rendered | warped).sum(), 1)
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from facerecon import face_render
 from facerecon import losses
 from facerecon import morphable
 from facerecon import normalization
@@ -180,7 +181,7 @@ def test_render_loss_backends_agree(model, faces):
 
 
 def test_landmark_loss(model, faces):
-  target = losses.project_landmarks(faces, model, SIZE)
+  target = face_render.project_landmarks(model, faces, SIZE)
   assert target.shape == (3, 68, 2)
   assert float(losses.landmark_loss(faces, target, model, SIZE)) < 1e-6
   # A shift of (3, 4) pixels moves every landmark by 5 pixels.
@@ -231,7 +232,7 @@ def test_total_loss_jit_weights_and_gradients(model, faces, stats):
   assert set(params_only) == {"total", "pose", "shape", "expression"}
 
   # Given landmarks are used instead of the target parameters'.
-  landmarks = losses.project_landmarks(faces, model, SIZE)
+  landmarks = face_render.project_landmarks(model, faces, SIZE)
   _, with_landmarks = loss_fn(pred, target, model, stats, weights=ALL, height=SIZE,
                               width=SIZE, target_landmarks=landmarks + 1.0)
   assert float(with_landmarks["landmark"]) != pytest.approx(float(terms["landmark"]))

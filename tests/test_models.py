@@ -14,7 +14,7 @@ import pytest
 from facerecon import camera
 from facerecon import morphable
 from facerecon import normalization
-from facerecon import render
+from facerecon import face_render
 from facerecon.models import backbones
 from facerecon.models import coarse_net
 
@@ -283,7 +283,7 @@ def test_start_estimate_renders_a_face(setup):
 
   @jax.jit
   def start_inputs(model, params, images):
-    face = render.render_face(model, params, None, SIZE, SIZE)
+    face = face_render.render_face(model, params, None, SIZE, SIZE)
     return face, coarse_net.input_channels(images, face)
 
   face, inputs = start_inputs(model, stats.param_mean[None], images[:1])

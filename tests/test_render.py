@@ -8,6 +8,7 @@ import pytest
 
 from facerecon import camera
 from facerecon import render
+from facerecon import shading
 
 TRIANGLE = jnp.array([[0, 1, 2]], jnp.int32)
 
@@ -186,15 +187,15 @@ def test_spherical_harmonics_shading():
   grey = rng.normal(size=(2, 4))
   basis = np.concatenate([np.ones((2, 3, 4, 1)), normals], axis=-1)
   expected = albedo * np.einsum("bhwk,bk->bhw", basis, grey)[..., None]
-  np.testing.assert_allclose(np.asarray(render.sh_shading(albedo, normals, grey)), expected,
+  np.testing.assert_allclose(np.asarray(shading.sh_shading(albedo, normals, grey)), expected,
                              rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(render.sh_basis(jnp.asarray(normals))), basis, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(shading.sh_basis(jnp.asarray(normals))), basis, atol=1e-6)
   per_channel = rng.normal(size=(2, 3, 4))
   expected = albedo * np.einsum("bhwk,bck->bhwc", basis, per_channel)
-  np.testing.assert_allclose(np.asarray(render.sh_shading(albedo, normals, per_channel)),
+  np.testing.assert_allclose(np.asarray(shading.sh_shading(albedo, normals, per_channel)),
                              expected, rtol=1e-5, atol=1e-6)
   # Lambertian: a light straight at a normal gives ambient + diffuse.
-  shaded = render.lambertian(jnp.ones((1, 1, 3)), jnp.array([[[0.0, 0.0, 1.0]]]), [0, 0, 2.0])
+  shaded = shading.lambertian(jnp.ones((1, 1, 3)), jnp.array([[[0.0, 0.0, 1.0]]]), [0, 0, 2.0])
   np.testing.assert_allclose(np.asarray(shaded), 1.0, atol=1e-6)
 
 

@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from facerecon import camera
+from facerecon import face_render
 from facerecon import render
+from facerecon.render import _tiles
+from facerecon.render import pallas_tpu
+from facerecon.render import pallas_triton
+from facerecon.render import raster
 
 from conftest import ROOT
 
@@ -101,7 +106,7 @@ def _assert_same_raster(fast, reference, vertices, triangles, label=""):
 def _raster_of_ids(vertices, triangles, ids):
   """The Raster a pure-JAX backend returns with triangle ids [B, H, W] found
   for vertices [B, N, 3]: the other fields come from the common code."""
-  return render.Raster(ids, *render._raster_fields(vertices, triangles, ids))
+  return render.Raster(ids, *raster.raster_fields(vertices, triangles, ids))
 
 
 # A sliver whose corner v1 lies exactly on pixel centre (row 7, column 6), in an
@@ -116,13 +121,12 @@ def test_sliver_with_a_corner_on_a_pixel_centre():
   once put its depth at pixel (0, 0) with the no-triangle sentinel as id
   when its passes disagreed on the corner pixel."""
   from jax.experimental.pallas import tpu as pltpu
-  from facerecon import render_pallas
 
   vertices, triangles = jnp.asarray(_SLIVER)[None], jnp.array([[0, 1, 2]], jnp.int32)
   reference = render.rasterize(vertices, triangles, 18, 21, backend="reference")
   rasters = {b: render.rasterize(vertices, triangles, 18, 21, backend=b)
              for b in render.available_backends()}
-  rasters["pallas (interpreted)"] = _raster_of_ids(vertices, triangles, render_pallas.rasterize_ids(
+  rasters["pallas (interpreted)"] = _raster_of_ids(vertices, triangles, pallas_tpu.rasterize_ids(
       vertices, triangles, 18, 21, interpret=pltpu.InterpretParams()))
   rasters["triton (interpreted)"] = _triton_interpret_raster(vertices, triangles, height=18,
                                                              width=21)
@@ -233,7 +237,7 @@ def test_face_render_gradients_match_reference(fast_backend, small_model):
   target = jnp.asarray(rng.normal(size=(1, 40, 40)), jnp.float32)
 
   def loss(p, backend):
-    face = render.render_face(small_model, p, None, 40, 40, backend=backend)
+    face = face_render.render_face(small_model, p, None, 40, 40, backend=backend)
     return jnp.sum(jnp.where(face.mask, (face.depth - target) ** 2, 0.0))
 
   value_fast, grad_fast = jax.value_and_grad(loss)(params, fast_backend)
@@ -316,12 +320,11 @@ def test_pallas_kernel_in_tpu_interpret_mode(seed, small_model):
   the reference: random meshes (with large triangles, which take the dense
   path) and a batch of faces."""
   from jax.experimental.pallas import tpu as pltpu
-  from facerecon import render_pallas
 
   rng = np.random.default_rng(seed)
   vertices, triangles = _random_mesh(rng, 30, 120, 21, 30)
   interpret = pltpu.InterpretParams()
-  ids = render_pallas.rasterize_ids(vertices[None], triangles, 21, 30, interpret=interpret)
+  ids = pallas_tpu.rasterize_ids(vertices[None], triangles, 21, 30, interpret=interpret)
   reference = render.rasterize(vertices[None], triangles, 21, 30, backend="reference")
   _assert_same_raster(_raster_of_ids(vertices[None], triangles, ids), reference, vertices[None],
                       triangles)
@@ -332,7 +335,7 @@ def test_pallas_kernel_in_tpu_interpret_mode(seed, small_model):
     faces.append(camera.project_scaled_orthographic(small_model.mean_shape, pose, 18))
   faces = jnp.stack(faces)
   triangles = jnp.asarray(small_model.triangles)
-  ids = render_pallas.rasterize_ids(faces, triangles, 18, 26, interpret=interpret)
+  ids = pallas_tpu.rasterize_ids(faces, triangles, 18, 26, interpret=interpret)
   reference = render.rasterize(faces, triangles, 18, 26, backend="reference")
   _assert_same_raster(_raster_of_ids(faces, triangles, ids), reference, faces, triangles)
 
@@ -341,9 +344,8 @@ def test_pallas_kernel_in_tpu_interpret_mode(seed, small_model):
 def _triton_interpret_raster(vertices, triangles, height, width):
   """The Triton kernel's Raster for vertices [B, N, 3], run with interpret=True
   on the CPU; the other fields come from the backends' common code."""
-  from facerecon import render_triton
 
-  return _raster_of_ids(vertices, triangles, render_triton.rasterize_ids(
+  return _raster_of_ids(vertices, triangles, pallas_triton.rasterize_ids(
       vertices, triangles, height, width, interpret=True))
 
 
@@ -359,14 +361,13 @@ def test_triton_kernel_in_interpret_mode_on_random_meshes(seed):
   """The Triton (GPU) kernel, interpreted on the CPU, agrees with the
   reference on a batch of random meshes (one launch, grid over the batch):
   tiles with several chunks, and large triangles that take the dense path."""
-  from facerecon import render_triton
 
   rng = np.random.default_rng(seed)
   vertices, triangles = _random_mesh(rng, 60, 800, 20, 28)
   batch = jnp.stack([vertices, vertices + jnp.asarray(rng.normal(size=vertices.shape), jnp.float32),
                      vertices * jnp.array([0.7, 1.2, -1.0])])
-  _, _, chunk_start, _, _, large = render._bin_triangles(
-      vertices, triangles, 20, 28, render_triton.TILE, render_triton.CHUNK)
+  _, _, chunk_start, _, _, large = _tiles.bin_triangles(
+      vertices, triangles, 20, 28, pallas_triton.TILE, pallas_triton.CHUNK)
   assert 0 < int(large.sum()) < triangles.shape[0]
   assert int(jnp.max(jnp.diff(chunk_start))) >= 2  # the chunk loop runs more than once
   reference = _assert_triton_interpret_agrees(batch, triangles, 20, 28)
@@ -387,7 +388,6 @@ def test_triton_kernel_in_interpret_mode_on_edge_cases():
   """Triangles partly off-screen, degenerate and non-finite ones, a triangle
   larger than the image (dense path), exact depth ties between the kernel and
   the dense path and across chunks, 1x1 and empty renders (no triangles, no images)."""
-  from facerecon import render_triton
 
   nan, inf = float("nan"), float("inf")
   corners = [
@@ -402,8 +402,8 @@ def test_triton_kernel_in_interpret_mode_on_edge_cases():
   ] + [[[16, 4, 3], [22, 4, 3], [16, 10, 3]]] * 40    # 8-47: copies tying with 2, in tile 1
   vertices = jnp.asarray(np.asarray(corners, np.float32).reshape(-1, 3))
   triangles = jnp.arange(vertices.shape[0], dtype=jnp.int32).reshape(-1, 3)
-  _, _, chunk_start, _, _, large = render._bin_triangles(
-      vertices, triangles, 20, 28, render_triton.TILE, render_triton.CHUNK)
+  _, _, chunk_start, _, _, large = _tiles.bin_triangles(
+      vertices, triangles, 20, 28, pallas_triton.TILE, pallas_triton.CHUNK)
   assert bool(large[1]) and not bool(large[2]) and int(chunk_start[2] - chunk_start[1]) == 2
 
   reference = _assert_triton_interpret_agrees(vertices[None], triangles, 20, 28)
@@ -414,11 +414,11 @@ def test_triton_kernel_in_interpret_mode_on_edge_cases():
   assert np.all(ids >= 0)
   _assert_triton_interpret_agrees(vertices[None], triangles, 1, 1)
   # No triangles at all.
-  empty = render_triton.rasterize_ids(vertices[None], jnp.zeros((0, 3), jnp.int32), 20, 28,
+  empty = pallas_triton.rasterize_ids(vertices[None], jnp.zeros((0, 3), jnp.int32), 20, 28,
                                       interpret=True)
   np.testing.assert_array_equal(np.asarray(empty), -1)
   # No images (no empty launch grid).
-  assert render_triton.rasterize_ids(vertices[None][:0], triangles, 20, 28,
+  assert pallas_triton.rasterize_ids(vertices[None][:0], triangles, 20, 28,
                                      interpret=True).shape == (0, 20, 28)
 
 

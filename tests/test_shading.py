@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from facerecon import morphable
-from facerecon import render
+from facerecon import face_render
 from facerecon import shading
 from facerecon import synthetic
 
@@ -40,7 +40,7 @@ def test_depth_normals_agree_with_the_renderers_normals():
   keys = synthetic.sample_keys(0, 0, 4)
   prior = synthetic.FacePrior(yaw=(-45.0, 45.0), pitch=(-30.0, 30.0), detail=(0.0, 0.0))
   faces = synthetic.generate_jit(model, keys, prior, 96, 96)
-  face = render.render_face(model, faces.params, None, 96, 96)
+  face = face_render.render_face(model, faces.params, None, 96, 96)
   normals, interior = shading.depth_normals(face.depth, face.mask)
   angle = shading.normal_angle(normals, face.normals, interior.astype(jnp.float32))
   assert float(angle) < 4.0
@@ -62,7 +62,7 @@ def test_lighting_least_squares_recovers_the_light():
   normals, interior = shading.depth_normals(depth, mask)
   light = jnp.array([0.4, 0.2, -0.3, 0.5])
   albedo = jnp.where(mask, 0.3 + 0.5 * jnp.linspace(0, 1, 32)[None, :], 0.0)
-  intensity = albedo * render.sh_irradiance(normals, light)
+  intensity = albedo * shading.sh_irradiance(normals, light)
   solved = shading.solve_lighting(intensity, albedo, normals, interior.astype(jnp.float32))
   np.testing.assert_allclose(np.asarray(solved), np.asarray(light), atol=1e-3)
   loss, fitted, shaded = shading.shading_fit(depth, mask, intensity, albedo)
@@ -99,7 +99,7 @@ def _normals_and_weights(depth, mask, intensity):
 
 def _fit_with_light(depth, mask, intensity, albedo, light):
   normals, weights = _normals_and_weights(depth, mask, intensity)
-  shaded = albedo * render.sh_irradiance(normals, light)
+  shaded = albedo * shading.sh_irradiance(normals, light)
   return jnp.sum((shaded - intensity) ** 2 * weights) / jnp.sum(weights)
 
 
@@ -141,8 +141,8 @@ def test_the_shading_fit_prefers_the_true_detailed_surface():
   model = morphable.load("embedded")
   prior = synthetic.FacePrior(yaw=(-45.0, 45.0), pitch=(-30.0, 30.0))
   faces = synthetic.generate_jit(model, synthetic.sample_keys(0, 0, 8), prior, 64, 64)
-  albedo = shading.grey(render.render_face(model, faces.params, None, 64, 64).albedo)
-  intensity = shading.grey(faces.image.astype(jnp.float32) / 255.0)
+  albedo = shading.luminance(face_render.render_face(model, faces.params, None, 64, 64).albedo)
+  intensity = shading.luminance(faces.image.astype(jnp.float32) / 255.0)
   fine = shading.shading_fit(faces.fine_depth, faces.mask, intensity, albedo)[0]
   smooth = shading.shading_fit(faces.depth, faces.mask, intensity, albedo)[0]
   assert float(fine) < 0.6 * float(smooth)

@@ -7,6 +7,7 @@ import numpy as np
 from facerecon import camera
 from facerecon import morphable
 from facerecon import params as params_lib
+from facerecon import shading
 from facerecon import synthetic
 
 PRIOR = synthetic.FacePrior()
@@ -76,7 +77,7 @@ def test_colour_transform():
   np.testing.assert_allclose(np.asarray(synthetic.colour_transform(image, identity)),
                              np.asarray(image), atol=1e-6)
   grey = synthetic.colour_transform(image, jnp.array([1, 1, 1, 0.1, 0.1, 0.1, 0.0]))
-  expected = np.asarray(image) @ np.array(synthetic.LUMINANCE) + 0.1
+  expected = np.asarray(image) @ np.array(shading.LUMINANCE) + 0.1
   np.testing.assert_allclose(np.asarray(grey), np.repeat(expected[..., None], 3, -1), atol=1e-6)
 
 

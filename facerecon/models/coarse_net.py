@@ -45,24 +45,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facerecon import face_render
 from facerecon import normalization
 from facerecon import parallel
-from facerecon import render
-from facerecon import synthetic
+from facerecon import shading
 from facerecon.models import backbones
 
 Dtype = Any
 NUM_INPUT_CHANNELS = 10  # for 3-channel images
 
 
-def input_channels(images, face: render.FaceRender):
+def input_channels(images, face: face_render.FaceRender):
   """The network input [B, H, W, C + 7]: image, masked grey image, PNCC,
   normals. `images` are normalised (image minus the mean image)."""
   if images.shape[-1] == 3:
-    # Written out: reductions over a trailing axis of 3 are slow on XLA's CPU.
-    weights = synthetic.LUMINANCE
-    grey = (weights[0] * images[..., 0:1] + weights[1] * images[..., 1:2]
-            + weights[2] * images[..., 2:3])
+    grey = shading.luminance(images, keepdims=True)
   elif images.shape[-1] == 1:
     grey = images
   else:
@@ -76,16 +73,16 @@ def estimate_inputs(estimate, images, model, statistics: normalization.DataStati
   """The network input for normalised estimates [B, P]: their renders at the
   images' size, stacked with the images (`input_channels`)."""
   params = normalization.denormalize_params(estimate, statistics)
-  face = render.render_face(model, params, None, images.shape[-3], images.shape[-2], backend)
+  face = face_render.render_face(model, params, None, images.shape[-3], images.shape[-2], backend)
   return input_channels(images, face)
 
 
 def render_start(model, statistics: normalization.DataStatistics, height: int, width: int,
-                 backend: str | None = None) -> render.FaceRender:
+                 backend: str | None = None) -> face_render.FaceRender:
   """The render of the start estimate (the data's mean parameters), batch 1."""
   start = normalization.denormalize_params(
       jnp.zeros((1, statistics.param_mean.shape[-1])), statistics)
-  return render.render_face(model, start, None, height, width, backend)
+  return face_render.render_face(model, start, None, height, width, backend)
 
 
 class CoarseIteration(nn.Module):
@@ -129,7 +126,7 @@ class CoarseNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, model, statistics: normalization.DataStatistics,
-               train: bool = False, start_face: render.FaceRender | None = None):
+               train: bool = False, start_face: face_render.FaceRender | None = None):
     """`start_face`: `render_start(model, statistics, H, W)`, when the caller
     keeps it (it depends on neither the images nor the weights)."""
     if images.ndim != 4:

@@ -1,13 +1,13 @@
 """The Pallas rasterizer for GPUs (Triton lowering): tile-binned pixel x
 triangle blocks.
 
-Same coverage and depth-test rules as `facerecon.render`, and the same
-binning as the TPU kernel (render_pallas.py): `render._bin_triangles` cuts
+Same coverage and depth-test rules as `facerecon.render.raster`, and the same
+binning as the TPU kernel (pallas_tpu.py): `_tiles.bin_triangles` cuts
 each image into TILE x TILE pixel tiles and gives every tile a list of the
 triangles whose candidate boxes touch it, padded to whole chunks of CHUNK
 triangles. One program per (image, tile) loops over its tile's chunks,
 evaluating a [TILE * TILE pixels, CHUNK triangles] block with the shared
-`render._nearest_in_block`, and keeps the nearest depth and, on ties, the
+`_tiles.nearest_in_block`, and keeps the nearest depth and, on ties, the
 lowest triangle index. The rare triangles larger than a tile take the
 dense path of the pure-JAX backends and are merged per pixel.
 
@@ -28,7 +28,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 import jax.numpy as jnp
 
-from facerecon import render
+from facerecon.render import _sharding
+from facerecon.render import _tiles
 
 # Block sizes (Triton needs powers of two), chosen for register pressure; not
 # yet tuned on a GPU. A program evaluates a [TILE * TILE, CHUNK] = [256, 32]
@@ -56,18 +57,18 @@ def _tile_kernel(chunk_start_ref, data_ref, ids_ref, z_ref, id_ref, *, tiles_x):
   pixel = jax.lax.broadcasted_iota(jnp.int32, (TILE * TILE, 1), 0)
   px = ((tile % tiles_x) * TILE + pixel % TILE).astype(jnp.float32)
   py = ((tile // tiles_x) * TILE + pixel // TILE).astype(jnp.float32)
-  num_setup = len(render.TriangleSetup._fields)
+  num_setup = len(_tiles.TriangleSetup._fields)
 
   def chunk(c, best):
     lanes = pl.ds(pl.multiple_of(c * CHUNK, CHUNK), CHUNK)
-    row = [data_ref[image, k, lanes][None, :] for k in range(len(render.BIN_FIELDS))]
-    setup = render.TriangleSetup(*row[:num_setup])
+    row = [data_ref[image, k, lanes][None, :] for k in range(len(_tiles.BIN_FIELDS))]
+    setup = _tiles.TriangleSetup(*row[:num_setup])
     box = tuple(row[num_setup:])
     ids = ids_ref[image, 0, lanes][None, :]
-    return render._nearest_in_block(setup, box, ids, px, py, best)
+    return _tiles.nearest_in_block(setup, box, ids, px, py, best)
 
   init = (jnp.full((TILE * TILE, 1), -jnp.inf, jnp.float32),
-          jnp.full((TILE * TILE, 1), render._NO_TRIANGLE, jnp.int32))
+          jnp.full((TILE * TILE, 1), _tiles.NO_TRIANGLE, jnp.int32))
   first, end = chunk_start_ref[image, tile], chunk_start_ref[image, tile + 1]
   best_z, best_id = jax.lax.fori_loop(first, end, chunk, init)
   z_ref[...] = best_z[:, 0]
@@ -85,25 +86,25 @@ def rasterize_ids(vertices, triangles, height: int, width: int, interpret: bool 
   if triangles.shape[0] == 0 or batch == 0:  # nothing to draw, or no images (no empty grid)
     return jnp.full((batch, height, width), -1, jnp.int32)
   data, ids, chunk_start, setup, box, large = jax.vmap(
-      lambda v: render._bin_triangles(v, triangles, height, width, TILE, CHUNK))(vertices)
+      lambda v: _tiles.bin_triangles(v, triangles, height, width, TILE, CHUNK))(vertices)
   tiles_x, tiles_y = pl.cdiv(width, TILE), pl.cdiv(height, TILE)
   num_tiles = tiles_x * tiles_y
   out_block = pl.BlockSpec((None, None, TILE * TILE), lambda image, tile: (image, tile, 0))
   tile_z, tile_id = pl.pallas_call(
       functools.partial(_tile_kernel, tiles_x=tiles_x),
-      out_shape=(render.output_like(vertices, (batch, num_tiles, TILE * TILE), jnp.float32),
-                 render.output_like(vertices, (batch, num_tiles, TILE * TILE), jnp.int32)),
+      out_shape=(_sharding.output_like(vertices, (batch, num_tiles, TILE * TILE), jnp.float32),
+                 _sharding.output_like(vertices, (batch, num_tiles, TILE * TILE), jnp.int32)),
       grid=(batch, num_tiles),
       # No in_specs: each input is one whole-array block, read with explicit indices.
       out_specs=(out_block, out_block),
       compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS),
       interpret=interpret,
   )(chunk_start, data, ids)
-  tile_z = render._untile(tile_z, height, width, TILE)
-  tile_id = render._untile(tile_id, height, width, TILE)
+  tile_z = _tiles.untile(tile_z, height, width, TILE)
+  tile_id = _tiles.untile(tile_id, height, width, TILE)
 
-  setup, box, order, num_large = jax.vmap(render._large_first)(setup, box, large)
-  large_z, large_id = render._large_triangles_nearest_batch(setup, box, order, num_large,
+  setup, box, order, num_large = jax.vmap(_tiles.large_first)(setup, box, large)
+  large_z, large_id = _tiles.large_triangles_nearest_batch(setup, box, order, num_large,
                                                             height, width, vertices)
-  return render._merge_nearest(tile_z, tile_id, large_z, large_id).reshape(
+  return _tiles.merge_nearest(tile_z, tile_id, large_z, large_id).reshape(
       batch, height, width)

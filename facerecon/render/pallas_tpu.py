@@ -1,11 +1,11 @@
 """The Pallas rasterizer (Mosaic, for TPU): tile-binned pixel x triangle blocks.
 
-Same coverage and depth-test rules as `facerecon.render` (it uses the same
+Same coverage and depth-test rules as `facerecon.render.raster` (it uses the same
 setup formulas). The image is cut into TILE x TILE pixel tiles. A triangle
 whose candidate box fits in TILE pixels a side touches at most 2 x 2 tiles
 and is binned into each. Each tile's list is padded to CHUNK triangles
-(padding never covers anything); the binning (`render._bin_triangles`) is
-shared with the GPU kernel in render_triton.py. One program per tile loops
+(padding never covers anything); the binning (`_tiles.bin_triangles`) is
+shared with the GPU kernel in pallas_triton.py. One program per tile loops
 over its chunks, evaluating a [TILE * TILE pixels (sublanes), CHUNK
 triangles (lanes)] block and keeping the nearest depth and, on ties, the
 lowest triangle index. So the cost grows with pixels x triangles per tile,
@@ -23,7 +23,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 import jax.numpy as jnp
 
-from facerecon import render
+from facerecon.render import _sharding
+from facerecon.render import _tiles
 
 TILE = 8     # pixels per tile side: 64 pixels, the sublane dim of a block
 CHUNK = 128  # triangles per block, the lane dim
@@ -42,13 +43,13 @@ def _tile_kernel(chunk_start_ref, data_hbm, ids_hbm, z_ref, id_ref, data_vmem, i
   def chunk(c, best):
     pltpu.sync_copy(data_hbm.at[:, pl.ds(c * CHUNK, CHUNK)], data_vmem)
     pltpu.sync_copy(ids_hbm.at[:, pl.ds(c * CHUNK, CHUNK)], ids_vmem)
-    row = [data_vmem[k:k + 1, :] for k in range(len(render.BIN_FIELDS))]
-    setup = render.TriangleSetup(*row[:len(render.TriangleSetup._fields)])
-    box = tuple(row[len(render.TriangleSetup._fields):])
-    return render._nearest_in_block(setup, box, ids_vmem[...], px, py, best)
+    row = [data_vmem[k:k + 1, :] for k in range(len(_tiles.BIN_FIELDS))]
+    setup = _tiles.TriangleSetup(*row[:len(_tiles.TriangleSetup._fields)])
+    box = tuple(row[len(_tiles.TriangleSetup._fields):])
+    return _tiles.nearest_in_block(setup, box, ids_vmem[...], px, py, best)
 
   init = (jnp.full((TILE * TILE, 1), -jnp.inf, jnp.float32),
-          jnp.full((TILE * TILE, 1), render._NO_TRIANGLE, jnp.int32))
+          jnp.full((TILE * TILE, 1), _tiles.NO_TRIANGLE, jnp.int32))
   best_z, best_id = jax.lax.fori_loop(chunk_start_ref[tile], chunk_start_ref[tile + 1], chunk,
                                       init)
   z_ref[0] = best_z
@@ -56,7 +57,7 @@ def _tile_kernel(chunk_start_ref, data_hbm, ids_hbm, z_ref, id_ref, data_vmem, i
 
 
 def _rasterize_image(vertices, triangles, height, width, interpret):
-  data, ids, chunk_start, setup, box, large = render._bin_triangles(
+  data, ids, chunk_start, setup, box, large = _tiles.bin_triangles(
       vertices, triangles, height, width, TILE, CHUNK)
   tiles_x, tiles_y = pl.cdiv(width, TILE), pl.cdiv(height, TILE)
   num_tiles = tiles_x * tiles_y
@@ -64,21 +65,21 @@ def _rasterize_image(vertices, triangles, height, width, interpret):
                            lambda ty, tx, starts: (ty * tiles_x + tx, 0, 0))
   tile_z, tile_id = pl.pallas_call(
       functools.partial(_tile_kernel, tiles_x=tiles_x),
-      out_shape=(render.output_like(vertices, (num_tiles, TILE * TILE, 1), jnp.float32),
-                 render.output_like(vertices, (num_tiles, TILE * TILE, 1), jnp.int32)),
+      out_shape=(_sharding.output_like(vertices, (num_tiles, TILE * TILE, 1), jnp.float32),
+                 _sharding.output_like(vertices, (num_tiles, TILE * TILE, 1), jnp.int32)),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=1, grid=(tiles_y, tiles_x),
           in_specs=[pl.BlockSpec(memory_space=pl.ANY), pl.BlockSpec(memory_space=pl.ANY)],
           out_specs=(out_block, out_block),
-          scratch_shapes=[pltpu.VMEM((len(render.BIN_FIELDS), CHUNK), jnp.float32),
+          scratch_shapes=[pltpu.VMEM((len(_tiles.BIN_FIELDS), CHUNK), jnp.float32),
                           pltpu.VMEM((1, CHUNK), jnp.int32)]),
       interpret=interpret,
   )(chunk_start, data, ids)
 
-  tile_z = render._untile(tile_z[..., 0], height, width, TILE)
-  tile_id = render._untile(tile_id[..., 0], height, width, TILE)
-  large_z, large_id = render._large_triangles_nearest(setup, box, large, height, width, vertices)
-  return render._merge_nearest(tile_z, tile_id, large_z, large_id).reshape(height, width)
+  tile_z = _tiles.untile(tile_z[..., 0], height, width, TILE)
+  tile_id = _tiles.untile(tile_id[..., 0], height, width, TILE)
+  large_z, large_id = _tiles.large_triangles_nearest(setup, box, large, height, width, vertices)
+  return _tiles.merge_nearest(tile_z, tile_id, large_z, large_id).reshape(height, width)
 
 
 def rasterize_ids(vertices, triangles, height: int, width: int, interpret=None):
