@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmarks import timing
 from facerecon import camera
+from facerecon import face_models
 from facerecon import morphable
 from facerecon import params as params_lib
 
@@ -61,7 +62,7 @@ def main(argv):
                              argnums=1))
   for grid in map(int, _GRIDS.value):
     start = time.perf_counter()
-    model = morphable.embedded_model(grid_size=grid)
+    model = face_models.embedded(grid_size=grid)
     build_s = time.perf_counter() - start
     print(f"\nembedded model grid {grid}: {model.num_vertices} vertices, "
           f"{model.num_triangles} triangles, built in {build_s:.1f} s")

@@ -37,7 +37,7 @@ from benchmarks import timing
 from facerecon import memory
 from facerecon import camera
 from facerecon import embedded_face
-from facerecon import morphable
+from facerecon import face_models
 from facerecon import render
 
 _SIZES = flags.DEFINE_list("sizes", ["200", "224"], "Square image sizes.")
@@ -73,7 +73,7 @@ def _kernel_only(image, triangles, size, repeats):
 def main(argv):
   del argv
   memory.retain_freed_memory()  # as main.py does
-  model = morphable.embedded_model(grid_size=_GRID.value)
+  model = face_models.embedded(grid_size=_GRID.value)
   backends = _BACKENDS.value or list(render.available_backends())
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores; "
         f"mesh: {model.num_vertices} vertices, {model.num_triangles} triangles")

@@ -19,7 +19,7 @@ from absl import flags
 import jax
 
 from facerecon import memory
-from facerecon import morphable
+from facerecon import face_models
 from facerecon import synthetic
 
 _SIZE = flags.DEFINE_integer("size", 200, "Square image size.")
@@ -31,7 +31,7 @@ _GRID = flags.DEFINE_integer("grid", None, "Embedded model grid (default: the de
 def main(argv):
   del argv
   memory.retain_freed_memory()  # as data_pipeline.synthesize does
-  model = jax.device_put(morphable.embedded_model(grid_size=_GRID.value))
+  model = jax.device_put(face_models.embedded(grid_size=_GRID.value))
   prior = synthetic.FacePrior()
   size, batch = _SIZE.value, _BATCH.value
   run = lambda start: synthetic.generate_jit(

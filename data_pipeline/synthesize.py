@@ -158,9 +158,9 @@ _MODEL_CACHE = {}
 def _worker_model(source: str):
   if source not in _MODEL_CACHE:
     import jax
-    from facerecon import morphable
+    from facerecon import face_models
 
-    _MODEL_CACHE[source] = jax.device_put(morphable.load(source))
+    _MODEL_CACHE[source] = jax.device_put(face_models.load(source))
   return _MODEL_CACHE[source]
 
 
@@ -207,7 +207,7 @@ def define_flags():
   flags.DEFINE_integer("shard_size", 1000, "Faces per shard file.")
   flags.DEFINE_integer("batch_size", 16,
                        "Faces rendered per step (16 ran faster than 64 on 2 cores).")
-  flags.DEFINE_string("model", "embedded", "Morphable model (see morphable.load).")
+  flags.DEFINE_string("model", "embedded", "Face model source (see facerecon.face_models).")
   flags.DEFINE_string("backgrounds_dir", None,
                                          "Folder of photos for backgrounds (optional).")
   flags.DEFINE_integer("workers", 1, "Worker processes (each takes whole shards).")

@@ -367,7 +367,7 @@ def _nearest_front_vertices(vertices_mm: np.ndarray, targets: np.ndarray) -> np.
 @functools.lru_cache(maxsize=4)
 def build(grid_size: int = DEFAULT_GRID, num_shape: int = 199,
           num_expression: int = 29, num_texture: int = 199
-          ) -> "morphable.MorphableModel":
+          ) -> morphable.MorphableModel:
   """Builds the procedural model (cached: the same arguments give the same object)."""
   u, v, triangles = _grid(grid_size)
   neutral = _surface(u, v, Anatomy())

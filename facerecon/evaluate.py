@@ -133,7 +133,6 @@ def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
   import jax.numpy as jnp
 
   from facerecon import face_render
-  from facerecon import losses
   from facerecon import normalization
   from facerecon import train
   from facerecon import train_fine

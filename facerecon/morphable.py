@@ -31,7 +31,7 @@ NUM_LANDMARKS = 68
 
 # Field name -> (rank, dtype) of the model file; shapes are cross-checked in
 # `validate`.
-_FIELDS = {
+FIELDS = {
     "mean_shape": (2, np.float32),
     "shape_basis": (3, np.float32),
     "shape_std": (1, np.float32),
@@ -79,7 +79,7 @@ def validate(model: MorphableModel, source: str = "model") -> MorphableModel:
 
   Errors name `source` (a file path, usually) and the offending field.
   """
-  for name, (rank, dtype) in _FIELDS.items():
+  for name, (rank, dtype) in FIELDS.items():
     value = getattr(model, name)
     if np.ndim(value) != rank:
       raise ValueError(f"{source}: field '{name}' has rank {np.ndim(value)} "
@@ -109,7 +109,7 @@ def validate(model: MorphableModel, source: str = "model") -> MorphableModel:
     if index.size and (index.min() < 0 or index.max() >= n):
       raise ValueError(f"{source}: field '{name}' has indices in "
                        f"[{index.min()}, {index.max()}], outside [0, {n})")
-  for name in _FIELDS:
+  for name in FIELDS:
     value = np.asarray(getattr(model, name))
     if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
       raise ValueError(f"{source}: field '{name}' contains NaN or inf")
@@ -179,7 +179,7 @@ def landmarks(model: MorphableModel, vertices):
 def save_model(model: MorphableModel, path: str | os.PathLike) -> None:
   """Writes the model file (an uncompressed .npz), atomically."""
   validate(model, os.fspath(path))
-  arrays = {name: np.asarray(getattr(model, name)) for name in _FIELDS}
+  arrays = {name: np.asarray(getattr(model, name)) for name in FIELDS}
   with fileio.atomic_write(path) as f:
     np.savez(f, format_version=np.int32(FORMAT_VERSION), **arrays)
 
@@ -198,38 +198,7 @@ def load_model(path: str | os.PathLike) -> MorphableModel:
   if version is None or int(version) != FORMAT_VERSION:
     raise ValueError(f"{path}: not a facerecon model file of format version "
                      f"{FORMAT_VERSION} (format_version={version})")
-  missing = [name for name in _FIELDS if name not in contents]
+  missing = [name for name in FIELDS if name not in contents]
   if missing:
     raise KeyError(f"{path}: missing field(s) {', '.join(missing)}")
-  return validate(MorphableModel(**{k: contents[k] for k in _FIELDS}), path)
-
-
-def embedded_model(grid_size: int | None = None, num_shape: int = 199,
-                   num_expression: int = 29, num_texture: int = 199
-                   ) -> MorphableModel:
-  """The built-in procedural face model (no data files; deterministic).
-
-  `grid_size` sets the resolution: the default gives about 3,500 vertices for
-  fast CPU work; `facerecon.embedded_face.BFM_SCALE_GRID` gives the BFM's
-  scale (about 53k vertices and 106k triangles). Basis sizes default to the
-  BFM's, so the 235-d parameter layout holds.
-  """
-  from facerecon import embedded_face  # Deferred: it imports this module.
-
-  return embedded_face.build(
-      grid_size=embedded_face.DEFAULT_GRID if grid_size is None else grid_size,
-      num_shape=num_shape, num_expression=num_expression,
-      num_texture=num_texture)
-
-
-def load(source: str) -> MorphableModel:
-  """'embedded', 'embedded:GRID' (e.g. 'embedded:251') or a model file path."""
-  if source == "embedded":
-    return embedded_model()
-  if source.startswith("embedded:"):
-    try:
-      grid = int(source.split(":", 1)[1])
-    except ValueError:
-      raise ValueError(f"model source '{source}': expected 'embedded:<grid size>'")
-    return embedded_model(grid_size=grid)
-  return load_model(source)
+  return validate(MorphableModel(**{k: contents[k] for k in FIELDS}), path)

@@ -14,6 +14,7 @@ import numpy as np
 
 from facerecon import camera
 from facerecon import fileio
+from facerecon import face_models
 from facerecon import morphable
 from facerecon import params as params_lib
 from facerecon import visualize
@@ -76,7 +77,7 @@ def sample_faces(model: morphable.MorphableModel, config: ml_collections.ConfigD
 
 def write_preview(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Runs the preview; returns the picture's path."""
-  model = morphable.load(config.model)
+  model = face_models.load(config.model)
   fileio.makedirs(workdir)
   morphable.save_model(model, os.path.join(workdir, "model.npz"))
   names, params, texture = sample_faces(model, config)

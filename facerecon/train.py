@@ -393,9 +393,9 @@ def model_and_statistics(config, workdir: str | None = None, training: bool = Fa
   config and writes the file, replacing one left by an attempt that never
   reached a checkpoint (perhaps with the wrong config)."""
   from absl import logging
-  from facerecon import morphable
+  from facerecon import face_models
 
-  model = morphable.load(config.model)
+  model = face_models.load(config.model)
   if workdir is None:
     return model, _statistics(config, model)
   path = os.path.join(workdir, STATISTICS_FILE)

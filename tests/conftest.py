@@ -41,17 +41,17 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def small_model():
   """A small embedded model with few modes, for fast tests."""
-  from facerecon import morphable
+  from facerecon import face_models
 
-  return morphable.embedded_model(grid_size=SMALL_GRID, num_shape=12,
+  return face_models.embedded(grid_size=SMALL_GRID, num_shape=12,
                                   num_expression=6, num_texture=10)
 
 
 @pytest.fixture(scope="session")
 def default_model():
-  from facerecon import morphable
+  from facerecon import face_models
 
-  return morphable.embedded_model()
+  return face_models.embedded()
 
 
 @pytest.fixture(params=["reference", "scatter", "cpu"])

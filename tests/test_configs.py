@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from facerecon import models
-from facerecon import morphable
+from facerecon import face_models
 from facerecon import normalization
 from facerecon import train
 
@@ -21,7 +21,7 @@ def test_config_builds_its_network(name):
   assert config.batch_size > 0 and config.num_train_steps >= 0
   tx, schedule = train.make_optimizer(config)
   assert float(schedule(config.warmup_steps)) == pytest.approx(config.learning_rate)
-  model = morphable.load("embedded:25")
+  model = face_models.load("embedded:25")
   size = model.layout.size
   stats = normalization.DataStatistics(
       param_mean=jnp.zeros(size), param_std=jnp.ones(size),

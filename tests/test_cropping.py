@@ -8,7 +8,7 @@ import pytest
 from facerecon import camera
 from facerecon import cropping
 from facerecon import face_render
-from facerecon import morphable
+from facerecon import face_models
 from facerecon import synthetic
 from facerecon import train
 
@@ -24,7 +24,7 @@ def astronaut_photo():
 
 @pytest.fixture(scope="module")
 def synthetic_faces():
-  model = morphable.load("embedded")
+  model = face_models.load("embedded")
   stream = train.SyntheticStream(model, 200, 64, 0, synthetic.FacePrior(), per_host=False)
   return model, next(stream)
 

@@ -12,6 +12,7 @@ from data_pipeline import input_pipeline as ip
 from data_pipeline import splits
 from data_pipeline import synthesize
 from facerecon import camera
+from facerecon import face_models
 from facerecon import morphable
 from facerecon import normalization
 from facerecon import params as params_lib
@@ -70,7 +71,7 @@ def test_batches_and_normalisation(dataset):
   statistics = dataset[1]
   batch = next(iter(ip.make_dataset(source, batch_size=5, statistics=statistics)))
   assert batch["image"].shape == (5, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
-  assert batch["params"].shape == (5, morphable.load(MODEL).layout.size)
+  assert batch["params"].shape == (5, face_models.load(MODEL).layout.size)
   np.testing.assert_allclose(
       batch["params_normalized"],
       np.asarray(normalization.normalize_params(batch["params"], statistics)), rtol=1e-5)
@@ -107,7 +108,7 @@ def test_augmentation_keeps_labels_consistent(dataset):
   rendered from the new label covers the warped stored mask, and the new
   landmarks are the new label's projected landmarks."""
   source = _source(dataset, features=("image", "params", "landmarks", "mask"))
-  model = morphable.load(MODEL)
+  model = face_models.load(MODEL)
   augmentation = ip.Augmentation(scale=0.25, shift=0.15)
   rng = np.random.default_rng(0)
   gains = []
@@ -189,7 +190,7 @@ def test_photos_of_another_size_are_cropped_from_their_landmarks(dataset):
   import cv2
 
   source = _source(dataset, features=("image", "params", "landmarks", "mask"))
-  model = morphable.load(MODEL)
+  model = face_models.load(MODEL)
   example = dict(source[0])
   photo = ip.decode_image(example["image"])
   # The stored face placed into a larger, off-centre photo by a known similarity.

@@ -10,6 +10,7 @@ import pytest
 
 from facerecon import face_render
 from facerecon import losses
+from facerecon import face_models
 from facerecon import morphable
 from facerecon import normalization
 from facerecon import params as params_lib
@@ -20,7 +21,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def model():
-  return morphable.load("embedded:25")
+  return face_models.load("embedded:25")
 
 
 @pytest.fixture(scope="module")

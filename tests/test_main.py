@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from facerecon import face_models
 from facerecon import morphable
 from facerecon import preview
 
@@ -37,7 +38,7 @@ def test_main_preview_writes_model_faces_and_picture(tmp_path):
     assert skin.mean() > 0.5
 
   model = morphable.load_model(workdir / "model.npz")
-  assert model.num_vertices == morphable.embedded_model().num_vertices
+  assert model.num_vertices == face_models.embedded().num_vertices
   with np.load(workdir / "faces.npz") as data:
     assert data["params"].shape == (faces, model.layout.size)
     assert list(data["names"][:views]) == [v[0] for v in preview.VIEWS]

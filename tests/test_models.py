@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from facerecon import camera
-from facerecon import morphable
+from facerecon import face_models
 from facerecon import normalization
 from facerecon import face_render
 from facerecon.models import backbones
@@ -228,7 +228,7 @@ def test_make_backbone_rejects_unknown_names():
 def setup():
   """The embedded:25 model, statistics of faces framed in SIZE x SIZE images,
   normalised images, and one CoarseNet initialisation."""
-  model = morphable.load("embedded:25")
+  model = face_models.load("embedded:25")
   layout = model.layout
   rng = np.random.default_rng(0)
   n = 16

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from facerecon import embedded_face
+from facerecon import face_models
 from facerecon import morphable
 from facerecon import params as params_lib
 
@@ -48,7 +49,7 @@ def test_embedded_grid_sets_resolution():
 
 def test_embedded_model_is_deterministic(small_model):
   embedded_face.build.cache_clear()
-  again = morphable.embedded_model(grid_size=25, num_shape=12, num_expression=6,
+  again = face_models.embedded(grid_size=25, num_shape=12, num_expression=6,
                                    num_texture=10)
   assert again is not small_model
   for field in dataclasses.fields(morphable.MorphableModel):
@@ -227,7 +228,7 @@ def test_save_load_round_trip(small_model, tmp_path):
   for field in dataclasses.fields(morphable.MorphableModel):
     np.testing.assert_array_equal(getattr(loaded, field.name),
                                   getattr(small_model, field.name))
-  assert morphable.load(str(path)).num_vertices == small_model.num_vertices
+  assert face_models.load(str(path)).num_vertices == small_model.num_vertices
 
 
 def _arrays(model):
@@ -279,6 +280,6 @@ def test_load_errors_name_file_and_field(small_model, tmp_path):
 
 
 def test_load_source_strings(small_model):
-  assert morphable.load("embedded:25").num_vertices == morphable.embedded_model(25).num_vertices
+  assert face_models.load("embedded:25").num_vertices == face_models.embedded(25).num_vertices
   with pytest.raises(ValueError, match="embedded:<grid size>"):
-    morphable.load("embedded:big")
+    face_models.load("embedded:big")

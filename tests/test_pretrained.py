@@ -93,10 +93,10 @@ def _fake_slim_arrays(variables, scope, seed=0):
 
 
 def _coarse_net_variables(config):
-  from facerecon import morphable
+  from facerecon import face_models
   from facerecon import normalization
 
-  model = morphable.load(config.model)
+  model = face_models.load(config.model)
   size = model.layout.size
   stats = normalization.DataStatistics(
       param_mean=jnp.zeros(size), param_std=jnp.ones(size),

@@ -16,6 +16,7 @@ from facerecon import camera
 from facerecon import evaluate
 from facerecon import export
 from facerecon import inference
+from facerecon import face_models
 from facerecon import morphable
 from facerecon import reconstruct
 from facerecon import train
@@ -63,7 +64,7 @@ def test_reconstruct_writes_every_output_and_reports_failures(run_dir, photo_fol
       ("wall.png", "no face found")]
   with open(os.path.join(out, "summary.json")) as f:
     assert len(json.load(f)["failed"]) == 3
-  model = morphable.load(config.model)
+  model = face_models.load(config.model)
   for stem, size in (("astronaut", 512), ("more/grey16", 512), ("more/rgba", 512),
                      ("more/huge", 3000)):
     base = os.path.join(out, stem + "_face0")
@@ -108,7 +109,7 @@ def test_reconstruct_fits_whole_batches_and_photos_split_between_them(tmp_path, 
   padded batch mid-run); a photo whose faces span two batches is written
   once, whole, as with any batch size."""
   config = _tiny_config()
-  model = morphable.load(config.model)
+  model = face_models.load(config.model)
   size = config.image_size
   calls = []
 
@@ -177,7 +178,7 @@ def test_predictions_do_not_depend_on_the_batching(run_dir):
 def _write_aflw_style(folder, count: int, seed: int):
   """Synthetic faces saved as AFLW2000-3D saves its photos: <stem>.jpg and
   a .mat with 1-based MATLAB pixel coordinates. Returns their yaws."""
-  model = morphable.load("embedded:25")
+  model = face_models.load("embedded:25")
   batch = next(train.SyntheticStream(model, 120, count, seed, per_host=False))
   for k in range(count):
     params = batch["params"][k].astype(np.float64)
@@ -221,7 +222,7 @@ def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
     truth_of_crop[cropping.crop(photo, square, size).tobytes()] = scale * landmarks[k] + offset
 
   class Oracle:
-    model = morphable.load("embedded:25")
+    model = face_models.load("embedded:25")
 
     def __init__(self, *args):
       pass

@@ -130,9 +130,9 @@ def test_sliver_with_a_corner_on_a_pixel_centre():
       vertices, triangles, 18, 21, interpret=pltpu.InterpretParams()))
   rasters["triton (interpreted)"] = _triton_interpret_raster(vertices, triangles, height=18,
                                                              width=21)
-  for name, raster in rasters.items():
-    assert not bool(raster.mask[0, 0, 0]), name
-    _assert_same_raster(raster, reference, vertices, triangles, label=name)
+  for name, result in rasters.items():
+    assert not bool(result.mask[0, 0, 0]), name
+    _assert_same_raster(result, reference, vertices, triangles, label=name)
 
 
 def test_raster_comparison_allows_rounding_only():
@@ -251,10 +251,9 @@ def test_face_render_gradients_match_reference(fast_backend, small_model):
 _SHARDED_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from facerecon import camera, morphable, render
+    from facerecon import camera, face_models, render
     assert jax.device_count() == 4, jax.devices()
-    model = morphable.embedded_model(grid_size=25, num_shape=12, num_expression=6,
-                                     num_texture=10)
+    model = face_models.embedded(grid_size=25, num_shape=12, num_expression=6, num_texture=10)
     rng = np.random.default_rng(0)
     images = []
     for _ in range(8):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facerecon import morphable
+from facerecon import face_models
 from facerecon import face_render
 from facerecon import shading
 from facerecon import synthetic
@@ -36,7 +36,7 @@ def test_normals_of_a_plane_are_exact_everywhere_on_the_mask():
 def test_depth_normals_agree_with_the_renderers_normals():
   """The depth map of a rendered face gives the renderer's (mesh) normals:
   the sign conventions (rows down, y up, z towards the camera) match."""
-  model = morphable.load("embedded")
+  model = face_models.load("embedded")
   keys = synthetic.sample_keys(0, 0, 4)
   prior = synthetic.FacePrior(yaw=(-45.0, 45.0), pitch=(-30.0, 30.0), detail=(0.0, 0.0))
   faces = synthetic.generate_jit(model, keys, prior, 96, 96)
@@ -138,7 +138,7 @@ def test_the_shading_fit_prefers_the_true_detailed_surface():
   """On synthetic faces with fine detail, the SfS term (light solved, mean
   texture as albedo, as FineNet's loss uses it) is lower for the true
   detailed depth than for the smooth 3DMM depth."""
-  model = morphable.load("embedded")
+  model = face_models.load("embedded")
   prior = synthetic.FacePrior(yaw=(-45.0, 45.0), pitch=(-30.0, 30.0))
   faces = synthetic.generate_jit(model, synthetic.sample_keys(0, 0, 8), prior, 64, 64)
   albedo = shading.luminance(face_render.render_face(model, faces.params, None, 64, 64).albedo)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import synthesize
-from facerecon import morphable
+from facerecon import face_models
 from facerecon import params as params_lib
 
 from conftest import ROOT
@@ -38,7 +38,7 @@ def test_writes_shards_and_resumes(tmp_path):
   shards = [_load(synthesize.shard_path(out, s)) for s in range(3)]
   np.testing.assert_array_equal(np.concatenate([s["index"] for s in shards]), np.arange(10))
   last = shards[2]
-  model = morphable.load(MODEL)
+  model = face_models.load(MODEL)
   assert last["image"].shape == (2, 32, 32, 3) and last["image"].dtype == np.uint8
   assert last["params"].shape == (2, model.layout.size)
   assert last["pncc"].dtype == np.uint8 and last["mask"].dtype == bool
@@ -109,7 +109,7 @@ def test_command_line(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "5 faces in 1 new shard(s)" in result.stdout
   shard = _load(out / "shard-00000.npz")
-  face = params_lib.split(shard["params"], morphable.load(MODEL).layout)
+  face = params_lib.split(shard["params"], face_models.load(MODEL).layout)
   assert np.all(np.isfinite(face.pose))
   bad = subprocess.run(
       [sys.executable, "-m", "data_pipeline.synthesize", f"--output_dir={out}",

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from facerecon import camera
+from facerecon import face_models
 from facerecon import morphable
 from facerecon import params as params_lib
 from facerecon import shading
@@ -103,7 +104,7 @@ def test_uniform_noise_statistics():
 
 
 def test_fine_detail_is_a_displacement_on_the_face_seen_in_the_shading():
-  model = morphable.load("embedded")
+  model = face_models.load("embedded")
   keys = synthetic.sample_keys(5, 0, 4)
   prior = synthetic.FacePrior(yaw=(-30.0, 30.0), pitch=(-20.0, 20.0))
   faces = synthetic.generate_jit(model, keys, prior, 64, 64)
