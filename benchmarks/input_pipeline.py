@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import timing
+from facerecon.data import preprocessing
 from facerecon import memory
 
 _FACES = flags.DEFINE_integer("faces", 512, "Faces in the temporary data set.")
@@ -33,10 +34,10 @@ def main(argv):
   del argv
   memory.retain_freed_memory()  # as main.py does
   from data_pipeline import build_dataset
-  from data_pipeline import input_pipeline
+  from facerecon.data import input_pipeline
   from data_pipeline import splits
   from data_pipeline import synthesize
-  from facerecon import normalization
+  from facerecon.data import normalization
 
   with tempfile.TemporaryDirectory() as tmp:
     source = os.path.join(tmp, "synthetic")
@@ -61,8 +62,7 @@ def main(argv):
     import jax
 
     batch = next(iter(input_pipeline.make_dataset(data, batch_size=32, statistics=statistics)))
-    photometric = jax.jit(lambda x, k: input_pipeline.device_photometric(
-        x, k, input_pipeline.Augmentation(), statistics))
+    photometric = jax.jit(lambda x, k: preprocessing.network_images(x, statistics, k))
     seconds = timing.call_seconds(photometric, batch["image"], jax.random.PRNGKey(0),
                                   repeats=_BATCHES.value)
     rate = 32 * _BATCHES.value / seconds.sum()

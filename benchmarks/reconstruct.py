@@ -29,6 +29,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from benchmarks import timing
+from facerecon.data import photos
 from facerecon import memory
 
 config_flags.DEFINE_config_file("config", "configs/mobile.py", "The network's config.")
@@ -41,8 +42,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed runs of each part.")
 def main(argv):
   del argv
   memory.retain_freed_memory()
-  from data_pipeline import input_pipeline
-  from facerecon import cropping
+  from facerecon.data import cropping
   from facerecon import detect
   from facerecon import inference
   from facerecon import morphable
@@ -54,7 +54,7 @@ def main(argv):
     import skimage
 
     path = os.path.join(os.path.dirname(skimage.__file__), "data", "astronaut.png")
-  photo = input_pipeline.read_photo(path)
+  photo = photos.read_photo(path)
   repeats, size = _REPEATS.value, config.image_size
   detector = detect.FaceDetector()
   boxes = detector.detect(photo)

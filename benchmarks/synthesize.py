@@ -20,7 +20,7 @@ import jax
 
 from facerecon import memory
 from facerecon import face_models
-from facerecon import synthetic
+from facerecon.data import synthetic
 
 _SIZE = flags.DEFINE_integer("size", 200, "Square image size.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Faces per batch (the synthesize default).")

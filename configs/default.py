@@ -4,7 +4,7 @@ import dataclasses
 
 import ml_collections
 
-from facerecon import synthetic
+from facerecon.data import synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -18,13 +18,13 @@ import os
 from absl import app
 from absl import flags
 
-from facerecon import normalization
+from facerecon.data import normalization
 
 
 def dataset_statistics(name: str, data_dir: str | None, image_size: int,
                        batch_size: int = 64) -> normalization.DataStatistics:
   """The statistics of the train split of tfds data set `name` at `image_size`."""
-  from data_pipeline import input_pipeline
+  from facerecon.data import input_pipeline
 
   source = input_pipeline.open_source(name, "train", data_dir)
   accumulator = normalization.StatisticsAccumulator()

@@ -36,7 +36,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from facerecon import cropping
+from facerecon.data import cropping
 from facerecon import fileio
 
 

@@ -18,7 +18,7 @@ from absl import flags
 import numpy as np
 
 from facerecon import fileio
-from facerecon import normalization
+from facerecon.data import normalization
 
 SPLITS = ("train", "val", "test")
 

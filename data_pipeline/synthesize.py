@@ -32,9 +32,9 @@ import numpy as np
 
 from facerecon import fileio
 from facerecon import memory
+from facerecon.data import photos
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,16 +62,16 @@ def list_backgrounds(backgrounds_dir: str | None) -> tuple[str, ...]:
   if not os.path.isdir(backgrounds_dir):
     raise FileNotFoundError(f"--backgrounds_dir {backgrounds_dir} is not a folder")
   names = sorted(name for name in os.listdir(backgrounds_dir)
-                 if name.lower().endswith(IMAGE_SUFFIXES))
+                 if photos.is_photo(name))
   if not names:
-    raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {backgrounds_dir}")
+    raise FileNotFoundError(f"no images ({', '.join(photos.IMAGE_SUFFIXES)}) in {backgrounds_dir}")
   return tuple(names)
 
 
 def check_metadata(output_dir: str, settings: Settings) -> None:
   """Writes metadata.json, or checks that an existing one matches."""
   path = os.path.join(output_dir, "metadata.json")
-  from facerecon import synthetic  # Deferred: keeps --help fast.
+  from facerecon.data import synthetic  # Deferred: keeps --help fast.
 
   wanted = {"settings": dataclasses.asdict(settings),
             "prior": dataclasses.asdict(synthetic.FacePrior()),
@@ -126,7 +126,7 @@ def render_shard(settings: Settings, shard: int, output_dir: str,
                  backgrounds_dir: str | None, batch_size: int) -> int:
   """Renders and writes one shard; returns its number of faces."""
   import jax
-  from facerecon import synthetic
+  from facerecon.data import synthetic
 
   model = _worker_model(settings.model)
   prior = synthetic.FacePrior()

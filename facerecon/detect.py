@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from facerecon import cropping
+from facerecon.data import cropping
 
 FRONTAL = "haarcascade_frontalface_default.xml"
 PROFILE = "haarcascade_profileface.xml"

@@ -3,7 +3,7 @@
     python main.py --mode=evaluate --config=... --workdir=RUN --input=AFLW2000/
     python main.py --mode=evaluate --config=... --workdir=RUN --input=synthetic
 
-AFLW2000-3D-style folders (<stem>.jpg + <stem>.mat, `data_pipeline.mat_folders`),
+AFLW2000-3D-style folders (<stem>.jpg + <stem>.mat, `facerecon.data.mat_folders`),
 the protocol of 3DDFA and later papers:
 - NME (%): the mean 2-D distance of the 68 landmarks (pt3d_68) to the
   predicted ones, divided by sqrt(w * h) of the ground-truth landmarks'
@@ -61,7 +61,7 @@ def yaw_table(nme, yaw_degrees) -> dict:
 
 def _detected_square(detector, photo, truth):
   """The crop square of the detected face over the true landmarks, or None."""
-  from facerecon import cropping
+  from facerecon.data import cropping
 
   low, high = truth.min(axis=0), truth.max(axis=0)
   for x, y, w, h in detector.detect(photo):
@@ -79,9 +79,9 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   'skipped' and left out."""
   import tqdm
 
-  from data_pipeline import input_pipeline
-  from data_pipeline import mat_folders
-  from facerecon import cropping
+  from facerecon.data import photos
+  from facerecon.data import mat_folders
+  from facerecon.data import cropping
   from facerecon import inference
 
   pairs = mat_folders.find_pairs(folder)
@@ -95,7 +95,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
     for image_path, mat_path in pairs[start:start + CHUNK]:
       try:
         labels = mat_folders.read_labels(mat_path, layout)
-        photo = input_pipeline.read_photo(image_path)
+        photo = photos.read_photo(image_path)
       except (ValueError, KeyError, OSError) as e:
         skipped.append({"file": image_path, "reason": str(e)})
         continue
@@ -133,7 +133,7 @@ def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
   import jax.numpy as jnp
 
   from facerecon import face_render
-  from facerecon import normalization
+  from facerecon.data import normalization
   from facerecon import train
   from facerecon import train_fine
 

@@ -15,7 +15,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from facerecon import normalization
+from facerecon.data import preprocessing
+from facerecon.data import normalization
 from facerecon import parallel
 from facerecon import face_render
 
@@ -33,10 +34,8 @@ def regress(coarse_net, coarse_variables, crops, model, statistics, start_face):
   """(the networks' input: crops normalised as in evaluation, raw parameters
   [n, P] of CoarseNet's last iteration) of uint8 crops [n, S, S, 3].
   `start_face`: CoarseNet's first input render (`coarse_net.render_start`)."""
-  from data_pipeline import input_pipeline
 
-  images = input_pipeline.device_photometric(crops, None, input_pipeline.Augmentation(),
-                                             statistics, train=False)
+  images = preprocessing.network_images(crops, statistics)
   estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False,
                                start_face=start_face)
   return images, normalization.denormalize_params(estimates[-1], statistics)

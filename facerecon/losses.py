@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from facerecon import face_render
 from facerecon import morphable
-from facerecon import normalization
+from facerecon.data import normalization
 from facerecon import params as params_lib
 
 

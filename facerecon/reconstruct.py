@@ -37,8 +37,9 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from facerecon.data import photos
 from facerecon import camera
-from facerecon import cropping
+from facerecon.data import cropping
 from facerecon import export
 
 OVERLAY_RENDER_SIZE = 256  # the shaded mesh is rendered at this size, then warped
@@ -77,25 +78,6 @@ class _FittedFace(NamedTuple):
   overlay_mask: np.ndarray   # [R, R]
 
 
-def find_photos(input_path: str) -> list[str]:
-  """The photo files of `--input`: the file itself, or every image below
-  the folder (sorted)."""
-  from data_pipeline import input_pipeline
-
-  if os.path.isfile(input_path):
-    return [input_path]
-  if not os.path.isdir(input_path):
-    raise FileNotFoundError(f"--input {input_path} does not exist")
-  found = []
-  for directory, _, names in os.walk(input_path):
-    found += [os.path.join(directory, n) for n in names
-              if n.lower().endswith(input_pipeline.IMAGE_SUFFIXES)]
-  if not found:
-    raise FileNotFoundError(f"--input {input_path} holds no image files "
-                            f"({', '.join(input_pipeline.IMAGE_SUFFIXES)})")
-  return sorted(found)
-
-
 def _output_stems(paths: list[str], input_path: str, output_dir: str) -> list[str]:
   base = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
   stems = [os.path.splitext(os.path.relpath(p, base))[0] for p in paths]
@@ -109,9 +91,8 @@ def _output_stems(paths: list[str], input_path: str, output_dir: str) -> list[st
 def _load(path: str, stem: str, detector, size: int, max_faces: int) -> _Photo:
   """Reads, detects and crops one photo (runs in a worker thread; OpenCV
   releases the GIL). Raises ValueError saying why a photo is skipped."""
-  from data_pipeline import input_pipeline
 
-  photo = input_pipeline.read_photo(path)
+  photo = photos.read_photo(path)
   height, width = photo.shape[:2]
   if detector is None:  # the photo is a face crop already
     boxes = np.zeros((0, 4))
@@ -231,7 +212,7 @@ def reconstruct(config, workdir: str, input_path: str, output_dir: str, *,
 
   if isinstance(detector, str):
     detector = detect.from_name(detector)
-  paths = find_photos(input_path)
+  paths = photos.find_photos(input_path)
   stems = _output_stems(paths, input_path, output_dir)
   predictor = inference.Predictor(config, workdir, batch_size)
   size = config.image_size

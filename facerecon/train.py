@@ -30,8 +30,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from facerecon.data import input_pipeline
+from facerecon.data import preprocessing
 from facerecon import fileio
-from facerecon import normalization
+from facerecon.data import normalization
 from facerecon.parallel import DATA_AXIS  # noqa: F401 (re-exported)
 from facerecon.parallel import batch_sharding
 from facerecon.parallel import check_batch_sizes
@@ -323,7 +325,7 @@ class SyntheticStream:
 
   def __init__(self, model, size: int, batch_size: int, seed: int, prior=None,
                per_host: bool = True, fields=("image", "params", "landmarks")):
-    from facerecon import synthetic  # Deferred: only this source needs it.
+    from facerecon.data import synthetic  # Deferred: only this source needs it.
 
     self._synthetic = synthetic
     self._model, self._size, self._batch, self._seed = model, size, batch_size, seed
@@ -354,7 +356,7 @@ class SyntheticStream:
 
 def synthetic_prior(config):
   """The FacePrior of config.data.prior (its fields override the defaults)."""
-  from facerecon import synthetic
+  from facerecon.data import synthetic
 
   fields = {f.name for f in dataclasses.fields(synthetic.FacePrior)}
   overrides = dict(config.data.prior)
@@ -444,7 +446,6 @@ def _open_data(config, model, statistics, split: str, batch_size: int):
   if data.source == "synthetic":
     return SyntheticStream(model, config.image_size, batch_size,
                            synthetic_split_seed(config, split), synthetic_prior(config))
-  from data_pipeline import input_pipeline
 
   source = input_pipeline.open_source(data.name, split, data.data_dir)
   return iter(input_pipeline.make_dataset(
@@ -538,14 +539,12 @@ def batch_loss_fn(config, mesh=None):
 
 
 def _loss_fn(net, config, mesh=None):
-  from data_pipeline import input_pipeline
 
   batch_loss = batch_loss_fn(config, mesh)
 
   def loss_fn(params, batch_stats, batch, rng, context):
     model, statistics = context
-    images = input_pipeline.device_photometric(batch["image"], rng,
-                                               input_pipeline.Augmentation(), statistics)
+    images = preprocessing.network_images(batch["image"], statistics, rng)
     estimates, updates = net.apply({"params": params, "batch_stats": batch_stats}, images,
                                    model, statistics, train=True, mutable=["batch_stats"])
     total, terms = batch_loss(tuple(estimates), batch["params_normalized"], batch["landmarks"],
@@ -558,7 +557,6 @@ def _loss_fn(net, config, mesh=None):
 def _eval_fn(net, config, mesh=None):
   """Metrics of the last iteration's estimate and of the mean-face baseline
   (the start estimate) on one batch."""
-  from data_pipeline import input_pipeline
   from facerecon import losses
 
   size = config.image_size
@@ -576,9 +574,7 @@ def _eval_fn(net, config, mesh=None):
   metrics = mean_per_device(metrics, mesh, num_batched=3)  # the depth error renders
 
   def evaluate(variables, batch, model, statistics):
-    images = input_pipeline.device_photometric(batch["image"], None,
-                                               input_pipeline.Augmentation(), statistics,
-                                               train=False)
+    images = preprocessing.network_images(batch["image"], statistics)
     estimates = net.apply(variables, images, model, statistics, train=False)
     labels = (batch["params_normalized"], batch["landmarks"], model, statistics)
     out = metrics(estimates[-1], *labels)

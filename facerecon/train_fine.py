@@ -29,9 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facerecon.data import input_pipeline
+from facerecon.data import preprocessing
 from facerecon import face_render
 from facerecon import fileio
-from facerecon import normalization
+from facerecon.data import normalization
 from facerecon import parallel
 from facerecon import shading
 from facerecon import train
@@ -101,11 +103,8 @@ def _coarse_fit_fn(coarse_net, config, mesh):
 
 def _photos(batch, statistics):
   """(normalised images for the networks, grey intensity 0..1 for the loss)."""
-  from data_pipeline import input_pipeline
 
-  images = input_pipeline.device_photometric(batch["image"], None,
-                                             input_pipeline.Augmentation(), statistics,
-                                             train=False)
+  images = preprocessing.network_images(batch["image"], statistics)
   return images, shading.luminance(batch["image"].astype(jnp.float32) / 255.0)
 
 
@@ -190,7 +189,6 @@ def _open_data(config, model, split: str, batch_size: int, evaluation: bool = Fa
     seed = train.synthetic_split_seed(config, split, "config.fine.seed")
     return train.SyntheticStream(model, config.image_size, batch_size,
                                  seed, train.synthetic_prior(config), fields=fields)
-  from data_pipeline import input_pipeline
 
   if data.source == "tfds":
     source = input_pipeline.open_source(data.name, split, data.data_dir, features=("image",))

@@ -9,7 +9,7 @@ import pytest
 
 from facerecon import models
 from facerecon import face_models
-from facerecon import normalization
+from facerecon.data import normalization
 from facerecon import train
 
 CONFIGS = ("default", "synthetic", "resnet", "vgg", "mobile")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from facerecon import camera
-from facerecon import cropping
+from facerecon.data import cropping
 from facerecon import face_render
 from facerecon import face_models
-from facerecon import synthetic
+from facerecon.data import synthetic
 from facerecon import train
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import download_vggface as dl
-from facerecon import cropping
+from facerecon.data import cropping
 
 from conftest import ROOT
 

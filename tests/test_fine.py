@@ -202,7 +202,7 @@ def _write_photos(folder, count=12):
 
 
 def test_folder_source_crops_and_resizes_any_photo(tmp_path):
-  from data_pipeline import input_pipeline
+  from facerecon.data import input_pipeline
 
   _write_photos(str(tmp_path))
   (tmp_path / "notes.txt").write_text("not an image")

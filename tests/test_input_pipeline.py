@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from data_pipeline import build_dataset
-from data_pipeline import input_pipeline as ip
+from facerecon.data import photos
+from facerecon.data import preprocessing
+from facerecon.data import input_pipeline as ip
 from data_pipeline import splits
 from data_pipeline import synthesize
 from facerecon import camera
 from facerecon import face_models
 from facerecon import morphable
-from facerecon import normalization
+from facerecon.data import normalization
 from facerecon import params as params_lib
 from facerecon import face_render
 
@@ -78,11 +80,10 @@ def test_batches_and_normalisation(dataset):
   # Evaluation: every example once, in order, unaugmented.
   evaluation = list(ip.make_dataset(source, batch_size=5, train=False, statistics=statistics))
   assert [len(b["image"]) for b in evaluation] == [5, 5, 2]
-  np.testing.assert_array_equal(evaluation[0]["image"][0], ip.decode_image(source[0]["image"]))
+  np.testing.assert_array_equal(evaluation[0]["image"][0], photos.decode_image(source[0]["image"]))
   np.testing.assert_array_equal(evaluation[0]["params"][0], source[0]["params"])
   # On the device: image / 255 - mean image.
-  images = ip.device_photometric(evaluation[0]["image"], jax.random.PRNGKey(0),
-                                 ip.Augmentation(), statistics, train=False)
+  images = preprocessing.network_images(evaluation[0]["image"], statistics)
   np.testing.assert_allclose(np.asarray(images[0]),
                              evaluation[0]["image"][0] / 255.0 - statistics.mean_image,
                              atol=1e-6)
@@ -92,14 +93,14 @@ def test_device_photometric_jitters_each_image(dataset):
   statistics = dataset[1]
   images = np.stack([np.full((SIZE, SIZE, 3), 120, np.uint8)] * 4)
   images[:, :, :SIZE // 2] = (200, 80, 40)
-  jitter = jax.jit(lambda x, k: ip.device_photometric(x, k, ip.Augmentation(), statistics))
+  jitter = jax.jit(lambda x, k: preprocessing.network_images(x, statistics, k))
   out = np.asarray(jitter(images, jax.random.PRNGKey(1)))
   again = np.asarray(jitter(images, jax.random.PRNGKey(1)))
   np.testing.assert_array_equal(out, again)  # deterministic given the key
   assert out.dtype == np.float32 and np.all(np.isfinite(out))
   assert len({float(np.round(o.mean(), 5)) for o in out}) == 4  # each image its own jitter
-  plain = np.asarray(ip.device_photometric(images, jax.random.PRNGKey(1), ip.NO_AUGMENTATION,
-                                           statistics))
+  plain = np.asarray(preprocessing.network_images(images, statistics, jax.random.PRNGKey(1),
+                                                  preprocessing.NO_AUGMENTATION))
   np.testing.assert_allclose(plain, images / 255.0 - statistics.mean_image, atol=1e-6)
 
 
@@ -109,7 +110,7 @@ def test_augmentation_keeps_labels_consistent(dataset):
   landmarks are the new label's projected landmarks."""
   source = _source(dataset, features=("image", "params", "landmarks", "mask"))
   model = face_models.load(MODEL)
-  augmentation = ip.Augmentation(scale=0.25, shift=0.15)
+  augmentation = preprocessing.Augmentation(scale=0.25, shift=0.15)
   rng = np.random.default_rng(0)
   gains = []
   for k in range(4):
@@ -155,7 +156,7 @@ def test_iterator_state_resumes_exactly(dataset):
 def test_epochs_reshuffle_and_hosts_partition(dataset):
   source = _source(dataset)
   iterator = iter(ip.make_dataset(source, batch_size=12, seed=1,
-                                  augmentation=ip.NO_AUGMENTATION))
+                                  augmentation=preprocessing.NO_AUGMENTATION))
   first, second = next(iterator)["params"], next(iterator)["params"]
   assert not np.array_equal(first, second)  # another order
   np.testing.assert_array_equal(np.sort(first[:, 3]), np.sort(second[:, 3]))  # same faces
@@ -192,7 +193,7 @@ def test_photos_of_another_size_are_cropped_from_their_landmarks(dataset):
   source = _source(dataset, features=("image", "params", "landmarks", "mask"))
   model = face_models.load(MODEL)
   example = dict(source[0])
-  photo = ip.decode_image(example["image"])
+  photo = photos.decode_image(example["image"])
   # The stored face placed into a larger, off-centre photo by a known similarity.
   scale, offset = 3.0, np.array([40.0, 17.0])
   big = cv2.warpAffine(photo, np.array([[scale, 0, offset[0]], [0, scale, offset[1]]]),
@@ -202,7 +203,7 @@ def test_photos_of_another_size_are_cropped_from_their_landmarks(dataset):
       example["params"][:7].astype(np.float64), scale, offset, SIZE, new_height=130),
       example["params"][7:]]).astype(np.float32)
   example["landmarks"] = scale * example["landmarks"] + offset
-  out = ip.prepare_example(example, None, ip.Augmentation(), None, image_size=24)
+  out = ip.prepare_example(example, None, preprocessing.Augmentation(), None, image_size=24)
   assert out["image"].shape == (24, 24, 3) and "mask" not in out
   face = params_lib.split(jnp.asarray(out["params"]), model.layout)
   vertices = morphable.vertices(model, face.shape, face.expression)
@@ -210,16 +211,16 @@ def test_photos_of_another_size_are_cropped_from_their_landmarks(dataset):
   np.testing.assert_allclose(np.asarray(landmarks), out["landmarks"], atol=2e-3)
   assert out["landmarks"].min() > 0 and out["landmarks"].max() < 24
   # The same size passes through untouched.
-  same = ip.prepare_example(dict(source[0]), None, ip.Augmentation(), None, image_size=SIZE)
-  np.testing.assert_array_equal(same["image"], ip.decode_image(source[0]["image"]))
+  same = ip.prepare_example(dict(source[0]), None, preprocessing.Augmentation(), None, image_size=SIZE)
+  np.testing.assert_array_equal(same["image"], photos.decode_image(source[0]["image"]))
 
 
 def test_read_photo_names_a_missing_or_undecodable_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
-    ip.read_photo(str(tmp_path / "nowhere.jpg"))
+    photos.read_photo(str(tmp_path / "nowhere.jpg"))
   (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
   with pytest.raises(ValueError, match="broken.png: cannot decode"):
-    ip.read_photo(str(tmp_path / "broken.png"))
+    photos.read_photo(str(tmp_path / "broken.png"))
 
 
 def test_dataset_statistics_of_a_tfds_train_split(dataset, tmp_path):

@@ -12,9 +12,9 @@ from facerecon import face_render
 from facerecon import losses
 from facerecon import face_models
 from facerecon import morphable
-from facerecon import normalization
+from facerecon.data import normalization
 from facerecon import params as params_lib
-from facerecon import synthetic
+from facerecon.data import synthetic
 
 SIZE = 32
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from data_pipeline import mat_folders
+from facerecon.data import mat_folders
 
 # 68 distinct 1-based (x, y) points, as MATLAB writes them.
 POINTS = np.vstack([np.arange(68) + 1.0, np.arange(68) * 2.0 + 5.0])

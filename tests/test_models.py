@@ -13,7 +13,7 @@ import pytest
 
 from facerecon import camera
 from facerecon import face_models
-from facerecon import normalization
+from facerecon.data import normalization
 from facerecon import face_render
 from facerecon.models import backbones
 from facerecon.models import coarse_net

@@ -94,7 +94,7 @@ def _fake_slim_arrays(variables, scope, seed=0):
 
 def _coarse_net_variables(config):
   from facerecon import face_models
-  from facerecon import normalization
+  from facerecon.data import normalization
 
   model = face_models.load(config.model)
   size = model.layout.size

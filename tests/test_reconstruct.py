@@ -12,6 +12,7 @@ import pytest
 import scipy.io
 
 from conftest import ROOT
+from facerecon.data import photos
 from facerecon import camera
 from facerecon import evaluate
 from facerecon import export
@@ -209,14 +210,13 @@ def test_nme_and_yaw_bins_follow_the_protocol():
 def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
   """The protocol's bookkeeping (crop, fit, map back, NME) end to end, with
   a predictor that knows each crop's true landmarks: NME 0."""
-  from data_pipeline import input_pipeline
-  from facerecon import cropping
+  from facerecon.data import cropping
 
   size = _tiny_config().image_size
   _, landmarks = _write_aflw_style(str(tmp_path), 4, seed=5)
   truth_of_crop = {}
   for k in range(4):
-    photo = input_pipeline.read_photo(str(tmp_path / f"image{k:05d}.jpg"))
+    photo = photos.read_photo(str(tmp_path / f"image{k:05d}.jpg"))
     square = cropping.square_from_landmarks(landmarks[k])
     scale, offset = cropping.crop_transform(square, size)
     truth_of_crop[cropping.crop(photo, square, size).tobytes()] = scale * landmarks[k] + offset

@@ -9,7 +9,7 @@ import pytest
 from facerecon import face_models
 from facerecon import face_render
 from facerecon import shading
-from facerecon import synthetic
+from facerecon.data import synthetic
 
 
 def _grid(size):

@@ -6,7 +6,7 @@ import pytest
 
 from data_pipeline import splits
 from data_pipeline import synthesize
-from facerecon import normalization
+from facerecon.data import normalization
 
 
 def test_split_indices_partition_deterministically():

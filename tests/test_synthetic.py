@@ -9,7 +9,7 @@ from facerecon import face_models
 from facerecon import morphable
 from facerecon import params as params_lib
 from facerecon import shading
-from facerecon import synthetic
+from facerecon.data import synthetic
 
 PRIOR = synthetic.FacePrior()
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from facerecon import normalization
+from facerecon.data import normalization
 from facerecon import train
 
 

@@ -33,10 +33,10 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipeline import mat_folders
 from data_pipeline import splits as splits_lib
+from facerecon.data import mat_folders
+from facerecon.data import photos
 
-IMAGE_SUFFIXES = mat_folders.IMAGE_SUFFIXES
 # Rendered faces are stored as JPEG like the photos: it decodes 3x faster
 # than PNG, which bounds the input pipeline's throughput; the labels stay
 # exact. Full-resolution chroma (4:4:4) keeps the colours the shading loss
@@ -156,7 +156,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     items = sorted((name, file_name) for name in os.listdir(source)
                    if os.path.isdir(os.path.join(source, name))
                    for file_name in os.listdir(os.path.join(source, name))
-                   if file_name.lower().endswith(IMAGE_SUFFIXES))
+                   if photos.is_photo(file_name))
     if not items:
       raise FileNotFoundError(f"no <Name>/<id>.jpg images in {source}")
     groups = splits_lib.split_by_group([name for name, _ in items])

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from facerecon import face_render
-from facerecon import normalization
+from facerecon.data import normalization
 from facerecon import parallel
 from facerecon import shading
 from facerecon.models import backbones

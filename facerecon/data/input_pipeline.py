@@ -1,51 +1,34 @@
-"""Grain input pipeline: facerecon_faces (tfds array_record) -> training batches.
+"""Grain input pipeline: facerecon_faces (tfds array_record) or folders of
+photos -> host batches.
 
 On the host (`make_dataset`), per host: its shard of the examples, seeded
 shuffle, repeat, decode, the geometric augmentation that must update the
 labels (scale/shift jitter moves f, t3d, the landmarks and the
 depth/mask/PNCC maps with the image), label normalisation, batching and
-optional worker processes. Images stay uint8, a quarter of the bytes to move.
-On the device (`device_photometric`, jitted inside the train step): colour
-jitter and image normalisation with the data set's mean image, which are
-pixel-wise float work the accelerator does for free.
+optional worker processes. Images stay uint8, a quarter of the bytes to
+move; colour jitter and image normalisation run on the device
+(`facerecon.data.preprocessing`).
 
 The iterator's state (`get_state` / `set_state`) is what a checkpoint
-stores, so a resumed run continues exactly where it stopped. No TensorFlow
-involved.
+stores, so a resumed run continues exactly where it stopped. Reading needs
+no TensorFlow.
 """
 
-import dataclasses
 import functools
 import os
 
 from absl import flags
+import cv2
 import grain
-import jax
-import jax.numpy as jnp
 import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.proto import tf_example_pb2
 
 from facerecon import camera
-from facerecon import fileio
-from facerecon import normalization
-
-
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-  """Ranges of the random changes (0 switches one off)."""
-  scale: float = 0.1        # image scale s in [1 - scale, 1 + scale]
-  shift: float = 0.05       # centre shift, fraction of the image side
-  brightness: float = 0.2   # multiply by [1 - b, 1 + b]
-  contrast: float = 0.2     # mix with the image mean
-  saturation: float = 0.2   # mix with the grey image
-
-  @property
-  def geometric(self) -> bool:
-    """Whether the host has work to do (colour jitter runs on the device)."""
-    return bool(self.scale or self.shift)
-
-
-NO_AUGMENTATION = Augmentation(0.0, 0.0, 0.0, 0.0, 0.0)
-
+from facerecon.data import cropping
+from facerecon.data import normalization
+from facerecon.data import photos
+from facerecon.data.preprocessing import Augmentation
 
 # What training reads by default: the render loss renders depth from the
 # labels, so the stored depth/mask/PNCC maps are only for evaluation.
@@ -62,8 +45,6 @@ def open_source(name: str, split: str, data_dir: str | None = None,
   0.4 ms each, a third of the host's time per image). Other features (the
   zlib-compressed maps) go through `tfds.data_source` with the rest skipped.
   """
-  import tensorflow_datasets as tfds
-
   builder = tfds.builder(name, data_dir=data_dir)
   keys = tuple(k for k in builder.info.features if k in features)
   missing = sorted(set(features) - set(builder.info.features))
@@ -96,8 +77,6 @@ class _ExampleFeatures:
     return len(self._records)
 
   def __getitem__(self, index):
-    from tensorflow_datasets.proto import tf_example_pb2
-
     feature_map = tf_example_pb2.Example.FromString(self._records[index]).features.feature
     out = {}
     for key, (dtype, shape) in self._features.items():
@@ -125,9 +104,6 @@ class _SelectedFeatures:
     return {k: example[k] for k in self._keys}
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
 class FolderSource:
   """A random-access source of the face photos in a folder (any sizes, grey
   or colour): each becomes a centred square crop resized to `size` x `size`
@@ -138,13 +114,13 @@ class FolderSource:
   def __init__(self, folder: str, size: int, split: str = "train", val_every: int = 10):
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"photo folder {folder} does not exist")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
+    names = sorted(n for n in os.listdir(folder) if photos.is_photo(n))
     if split not in ("train", "val"):
       raise ValueError(f"FolderSource: unknown split '{split}' (use 'train' or 'val')")
     picked = [n for i, n in enumerate(names) if (i % val_every == val_every - 1) == (split == "val")]
     if not picked:
       raise ValueError(f"photo folder {folder} has no {split} images ({len(names)} image "
-                       f"files of {', '.join(IMAGE_SUFFIXES)})")
+                       f"files of {', '.join(photos.IMAGE_SUFFIXES)})")
     self._paths = [os.path.join(folder, n) for n in picked]
     self._size = size
 
@@ -152,9 +128,7 @@ class FolderSource:
     return len(self._paths)
 
   def __getitem__(self, index):
-    import cv2
-
-    image = read_photo(self._paths[index])
+    image = photos.read_photo(self._paths[index])
     height, width = image.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
@@ -163,37 +137,7 @@ class FolderSource:
     return {"image": cv2.resize(crop, (self._size, self._size), interpolation=interpolation)}
 
 
-def decode_image(data: bytes, channels: int = 3) -> np.ndarray:
-  """Encoded bytes -> RGB (channels=3) or RGBA (4, opaque) uint8 [H, W, C]
-  (OpenCV, no TensorFlow)."""
-  import cv2
-
-  image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-  if image is None:
-    raise ValueError("undecodable image in the data set")
-  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB if channels == 3 else cv2.COLOR_BGR2RGBA)
-
-
-def read_photo(path: str) -> np.ndarray:
-  """A photo file -> RGB uint8 [H, W, 3]: grey, RGBA (alpha dropped) and
-  16-bit files are converted, EXIF rotation applied. Errors name the file: a
-  missing one FileNotFoundError, an unreadable or undecodable one ValueError.
-  `path` may be a URL (gs://, `facerecon.fileio`)."""
-  try:
-    data = fileio.read_bytes(path)
-  except FileNotFoundError:
-    raise
-  except OSError as e:
-    raise ValueError(f"{path}: cannot read the file ({e.strerror or e})") from e
-  try:
-    return decode_image(data)
-  except ValueError as e:
-    raise ValueError(f"{path}: cannot decode the image") from e
-
-
 def _warp(array, matrix, size, nearest=False):
-  import cv2
-
   return cv2.warpAffine(array, matrix, (size[1], size[0]),
                         flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
                         borderMode=cv2.BORDER_CONSTANT if nearest else cv2.BORDER_REFLECT_101)
@@ -214,8 +158,6 @@ def _crop_to_size(image: np.ndarray, labels: dict, size: int) -> np.ndarray:
   """The `size` x `size` network crop of a photo of another size: from its
   landmarks (`facerecon.cropping`, the rule reconstruct and evaluate use),
   labels mapped with it; unlabelled photos: the centred square."""
-  from facerecon import cropping
-
   height, width = image.shape[:2]
   if "landmarks" in labels:
     square = cropping.square_from_landmarks(labels["landmarks"])
@@ -235,15 +177,13 @@ def prepare_example(example: dict, rng: np.random.Generator | None,
   label normalised (numpy; runs in workers). The image stays uint8. With
   `image_size`, images of another size (e.g. 300W-LP's 450x450 photos) are
   first cropped to it (`_crop_to_size`); their per-pixel maps are dropped."""
-  import cv2
-
   warp = rng is not None and augmentation.geometric
   # OpenCV warps four channels about twice as fast as three (SIMD).
   image = example["image"]
   if isinstance(image, np.ndarray):  # decoded already (FolderSource)
     image = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA) if warp else image
   else:
-    image = decode_image(image, channels=4 if warp else 3)
+    image = photos.decode_image(image, channels=4 if warp else 3)
   height, width = image.shape[:2]
   out = {}
   labelled = "params" in example
@@ -272,7 +212,7 @@ def prepare_example(example: dict, rng: np.random.Generator | None,
   if statistics is not None and labelled:
     out["params_normalized"] = np.asarray(
         normalization.normalize_params(out["params"], statistics), np.float32)
-  out["image"] = np.ascontiguousarray(image)  # uint8; see device_photometric
+  out["image"] = np.ascontiguousarray(image)  # uint8; see facerecon.data.preprocessing
   out.update({k: v.astype(np.float32) if k == "depth" else v for k, v in maps.items()})
   return out
 
@@ -321,26 +261,3 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, train: bool = True,
       flags.FLAGS.mark_as_parsed()
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iterable
-
-
-def device_photometric(images, key, augmentation: Augmentation,
-                       statistics: normalization.DataStatistics | None, train: bool = True):
-  """uint8 images [B, H, W, 3] -> float32, colour-jittered (when training)
-  and centred on the mean image. Jittable; call it inside the train step so
-  the pixel work runs on the accelerator. `key` gives each image its own
-  brightness, contrast and saturation."""
-  images = images.astype(jnp.float32) / 255.0
-  if train and (augmentation.brightness or augmentation.contrast or augmentation.saturation):
-    amounts = jax.random.uniform(key, (images.shape[0], 3), minval=-1.0, maxval=1.0)
-    saturation = (amounts[:, 0] * augmentation.saturation)[:, None, None, None]
-    contrast = (amounts[:, 1] * augmentation.contrast)[:, None, None, None]
-    brightness = (amounts[:, 2] * augmentation.brightness)[:, None, None, None]
-    # Written out: a reduction over a trailing axis of 3 is slow on XLA's CPU.
-    grey = (0.299 * images[..., 0:1] + 0.587 * images[..., 1:2] + 0.114 * images[..., 2:3])
-    images = images * (1.0 - saturation) + grey * saturation
-    mean = jnp.mean(images, axis=(1, 2, 3), keepdims=True)
-    images = mean + (images - mean) * (1.0 + contrast)
-    images = jnp.clip(images * (1.0 + brightness), 0.0, 1.0)
-  if statistics is not None:
-    images = images - statistics.mean_image
-  return images

@@ -17,8 +17,7 @@ import numpy as np
 
 from facerecon import fileio
 from facerecon import params as params_lib
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from facerecon.data import photos
 
 
 class Labels(NamedTuple):
@@ -35,7 +34,7 @@ def find_pairs(folder: str) -> list[tuple[str, str]]:
     names = set(file_names)
     for file_name in file_names:
       stem, suffix = os.path.splitext(file_name)
-      if suffix.lower() in IMAGE_SUFFIXES and stem + ".mat" in names:
+      if photos.is_photo(file_name) and stem + ".mat" in names:
         pairs.append((os.path.join(directory, file_name), os.path.join(directory, stem + ".mat")))
   if not pairs:
     raise FileNotFoundError(f"no <stem>.jpg + <stem>.mat pairs below {folder}")

@@ -7,6 +7,7 @@ sigmoid ranges; images are centred on the mean image.
 """
 
 import dataclasses
+import io
 import os
 
 import jax
@@ -30,10 +31,13 @@ class DataStatistics:
 
 
 def normalize_params(params, stats: DataStatistics):
+  """Parameter vectors [..., P] -> normalised units (numpy in, numpy out with
+  numpy statistics; the one label normalisation of every data path)."""
   return (params - stats.param_mean) / stats.param_std
 
 
 def denormalize_params(normalized, stats: DataStatistics):
+  """The inverse of `normalize_params`."""
   return normalized * stats.param_std + stats.param_mean
 
 
@@ -91,8 +95,6 @@ def save_statistics(stats: DataStatistics, path: str | os.PathLike) -> None:
 
 def load_statistics(path: str | os.PathLike) -> DataStatistics:
   """A statistics.npz (a local path or an object-store URL, `fileio`)."""
-  import io
-
   path = os.fspath(path)
   try:
     contents = fileio.read_bytes(path)

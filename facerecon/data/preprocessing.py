@@ -1,0 +1,69 @@
+"""The networks' input: uint8 photos -> normalised float images.
+
+Every path into CoarseNet and FineNet (training, evaluation, FineNet's
+photos, reconstruction) goes through `network_images`: pixels to [0, 1],
+colour jitter when training (a key is given), then the data set's mean
+image subtracted (`normalization.normalize_image`). It is jit-able and runs
+on the device inside the train step: the pixel-wise float work is free
+there, and the host moves uint8 images, a quarter of the bytes.
+
+The geometric augmentation, which must move the labels with the image,
+runs on the host (`facerecon.data.input_pipeline`); `Augmentation` holds
+the ranges of both.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from facerecon import shading
+from facerecon.data import normalization
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Ranges of the random changes (0 switches one off)."""
+  scale: float = 0.1        # image scale s in [1 - scale, 1 + scale]
+  shift: float = 0.05       # centre shift, fraction of the image side
+  brightness: float = 0.2   # multiply by [1 - b, 1 + b]
+  contrast: float = 0.2     # mix with the image mean
+  saturation: float = 0.2   # mix with the grey image
+
+  @property
+  def geometric(self) -> bool:
+    """Whether the host has work to do (colour jitter runs on the device)."""
+    return bool(self.scale or self.shift)
+
+  @property
+  def photometric(self) -> bool:
+    return bool(self.brightness or self.contrast or self.saturation)
+
+
+NO_AUGMENTATION = Augmentation(0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def colour_jitter(images, key, augmentation: Augmentation):
+  """Images [B, H, W, 3] in [0, 1], each with its own saturation, contrast and
+  brightness change drawn from `key`; clipped to [0, 1]."""
+  amounts = jax.random.uniform(key, (images.shape[0], 3), minval=-1.0, maxval=1.0)
+  saturation = (amounts[:, 0] * augmentation.saturation)[:, None, None, None]
+  contrast = (amounts[:, 1] * augmentation.contrast)[:, None, None, None]
+  brightness = (amounts[:, 2] * augmentation.brightness)[:, None, None, None]
+  images = images * (1.0 - saturation) + shading.luminance(images, keepdims=True) * saturation
+  mean = jnp.mean(images, axis=(1, 2, 3), keepdims=True)
+  images = mean + (images - mean) * (1.0 + contrast)
+  return jnp.clip(images * (1.0 + brightness), 0.0, 1.0)
+
+
+def network_images(images, statistics: normalization.DataStatistics | None, key=None,
+                   augmentation: Augmentation = Augmentation()):
+  """uint8 images [B, H, W, 3] -> float32 network input: colour-jittered
+  when `key` is given (training), centred on the statistics' mean image
+  (none with `statistics` None)."""
+  images = jnp.asarray(images).astype(jnp.float32) / 255.0
+  if key is not None and augmentation.photometric:
+    images = colour_jitter(images, key, augmentation)
+  if statistics is not None:
+    images = normalization.normalize_image(images, statistics)
+  return images
