@@ -1,18 +1,18 @@
 r"""facerecon's entry point.
 
     python main.py --config=configs/synthetic.py --workdir=runs/quickstart
+    python main.py --mode=reconstruct --workdir=runs/quickstart --input=photos/ --output=out/
 
 Every config field can be overridden on the command line, e.g.
-`--config.model=embedded:253 --config.preview.tile_size=256`.
+`--config.model=embedded:253 --config.coarse.batch_size=64`.
 
 Modes (--mode):
-  train     (the default) train CoarseNet (facerecon.train.train_and_evaluate): checkpoints,
-            TensorBoard events and pictures in --workdir; resumes from there. Then,
-            if config.fine.num_train_steps > 0, FineNet on top of it
-            (facerecon.train_fine) in --workdir/fine. A SIGTERM saves a
-            checkpoint and exits with status 143 (as if killed by it, so
-            schedulers retry); the same command then resumes
-  preview   build the morphable model, sample faces, write preview.png
+  train     (the default) train CoarseNet, then FineNet over it when
+            config.fine.num_train_steps > 0 (facerecon.training): the config,
+            checkpoints, TensorBoard events and pictures go in --workdir, and
+            the same command resumes. A SIGTERM saves a checkpoint and exits
+            with status 143 (as if killed by it, so schedulers retry)
+  preview   build the face model, sample faces, write preview.png
   reconstruct
             3D faces from the photos in --input (a file or folder) with the
             networks trained in --workdir, written to --output
@@ -20,24 +20,40 @@ Modes (--mode):
   evaluate  AFLW2000-3D-style NME by yaw on the folder --input, or the
             synthetic test split with --input=synthetic (facerecon.evaluate);
             prints the table and writes <workdir>/evaluation_<name>.json
+
+reconstruct and evaluate read the run's config from --workdir; a --config
+given as well must describe the same networks.
+
+Logs: progress, evaluations and warnings. --verbosity=0 (or -v 0) shows
+every library's INFO log too (orbax's checkpointing, absl's).
 """
 
+import logging as pylogging
+import os
 import signal
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
+from facerecon import config_checks
+from facerecon import detect
+from facerecon import evaluate
 from facerecon import memory
 from facerecon import preview
+from facerecon import reconstruct
+from facerecon import rundir
+from facerecon import training
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all outputs.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory (local or gs://).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "preview", "reconstruct", "evaluate"],
                           "What to run.")
 config_flags.DEFINE_config_file(
-    "config", None, "A config file defining get_config().", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+    "config", None, "A config file defining get_config(); reconstruct and evaluate read the "
+    "run's own from --workdir.", lock_config=True)
+flags.mark_flags_as_required(["workdir"])
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
     "Multi-host runs: host:port of process 0's coordinator (with --num_processes and "
@@ -60,11 +76,18 @@ _MULTIHOST = flags.DEFINE_bool(
     "(Cloud TPU pods, SLURM, ...).")
 
 
+def _quiet_logs():
+  """Libraries' INFO logs off unless --verbosity was given: facerecon's own
+  (progress, evaluations) stay on. absl's verbosity sets the root logger's
+  level, which orbax and absl log through."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+    pylogging.getLogger("facerecon").setLevel(pylogging.INFO)
+
+
 def _initialize_distributed():
   """jax.distributed for multi-host runs: every process then sees every
   device, and the train step's mesh spans them all."""
-  import jax
-
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
@@ -77,64 +100,63 @@ def _initialize_distributed():
     jax.distributed.initialize()
 
 
+def _checked(config):
+  try:
+    config_checks.check(config)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  return config
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = flags.FLAGS.config
+  _quiet_logs()
   memory.retain_freed_memory()
-  logging.info("config:\n%s", config)
-  if _MODE.value == "preview":
-    path = preview.write_preview(config, _WORKDIR.value)
-    print(f"wrote {path}")
-  elif _MODE.value in ("reconstruct", "evaluate"):
+  config = flags.FLAGS.config
+  if _MODE.value in ("reconstruct", "evaluate"):
     return _apply_trained(config)
-  elif _MODE.value == "train":
-    _initialize_distributed()
-    from facerecon import train  # Deferred: preview needs none of it.
-
-    try:
-      if config.num_train_steps > 0:
-        metrics = train.train_and_evaluate(config, _WORKDIR.value)
-        _print_metrics("CoarseNet", metrics)
-      if config.fine.num_train_steps > 0:
-        import os
-
-        from facerecon import train_fine
-
-        metrics = train_fine.train_and_evaluate(config, os.path.join(_WORKDIR.value, "fine"),
-                                                config.fine.coarse_workdir or _WORKDIR.value)
-        _print_metrics("FineNet", metrics)
-    except train.Preempted as preempted:
-      # Not a finished run: FineNet must not start on a half-trained
-      # CoarseNet, and a scheduler should see the job as interrupted.
-      print(preempted)
-      return 128 + signal.SIGTERM.value
+  if config is None:
+    raise app.UsageError(f"--mode={_MODE.value} needs --config")
+  config = _checked(config)
+  if _MODE.value == "preview":
+    print(f"wrote {preview.write_preview(config, _WORKDIR.value)}")
+    return 0
+  _initialize_distributed()
+  try:
+    metrics = training.train_and_evaluate(config, _WORKDIR.value)
+  except training.Preempted as preempted:
+    # Not a finished run: FineNet must not start on a half-trained
+    # CoarseNet, and a scheduler should see the job as interrupted.
+    print(preempted)
+    return 128 + signal.SIGTERM.value
+  for stage, name in (("coarse", "CoarseNet"), ("fine", "FineNet")):
+    if stage in metrics:
+      print(f"{name} final evaluation: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics[stage].items())))
+  return 0
 
 
-def _apply_trained(config) -> int:
+def _apply_trained(explicit_config) -> int:
   """--mode=reconstruct / evaluate; the exit status."""
-  import os
-
-  from facerecon import detect
-  from facerecon import fileio
-
   if not _INPUT.value:
     raise app.UsageError(f"--mode={_MODE.value} needs --input")
   if _INPUT.value != "synthetic" and not os.path.exists(_INPUT.value):
     raise app.UsageError(f"--input {_INPUT.value} does not exist")
-  if not fileio.exists(os.path.join(_WORKDIR.value, "best", "best.json")):
-    raise app.UsageError(f"--workdir {_WORKDIR.value} has no trained CoarseNet (best/): "
-                         "train one there first with --mode=train")
+  run = rundir.RunDir(_WORKDIR.value)
+  if not (run.has_best() or run.fine.has_best()):
+    raise app.UsageError(f"--workdir {_WORKDIR.value} has no trained networks: train them "
+                         "there first with --mode=train")
+  try:
+    config = _checked(rundir.resolve_config(run, explicit_config))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   # Built only where photos are detected in (not the synthetic test split).
   detector = None if _INPUT.value == "synthetic" else detect.from_name(_DETECTOR.value)
   if _MODE.value == "evaluate":
-    from facerecon import evaluate
-
     table, _ = evaluate.run(config, _WORKDIR.value, _INPUT.value, detector, _BATCH.value)
     print(table)
     return 0
-  from facerecon import reconstruct
-
   if not _OUTPUT.value:
     raise app.UsageError("--mode=reconstruct needs --output")
   summary = reconstruct.reconstruct(config, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
@@ -145,11 +167,6 @@ def _apply_trained(config) -> int:
   for path, reason in summary.failures:
     print(f"  failed: {path}: {reason}")
   return 1 if summary.failures else 0
-
-
-def _print_metrics(name, metrics):
-  print(f"{name} final evaluation: "
-        + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 r"""Reconstruction latency on this machine: per photo and per face.
 
-    python benchmarks/reconstruct.py --config=configs/mobile.py [--workdir=runs/mobile]
+    python benchmarks/reconstruct.py [--workdir=runs/mobile] [--config=configs/mobile.py]
 
 Times, as medians over --repeats runs after a warm-up, on a real photo (the
 astronaut in scikit-image's data, one face, 512x512; or --photo):
 - detect: facerecon.detect.FaceDetector on the photo;
-- crop: facerecon.cropping.crop of the face;
+- crop: facerecon.data.cropping.crop of the face;
 - regression: CoarseNet alone (`inference.regress`, jitted) per face, at batch 1 and at
   --batch faces per call;
 - dense mesh: the model-space vertices from the parameters, batch 1;
@@ -13,7 +13,7 @@ astronaut in scikit-image's data, one face, 512x512; or --photo):
   mesh, depth map, landmarks; FineNet where the run has one);
 - end to end: detect + crop + network call + the mesh posed in the photo.
 Without --workdir the networks are freshly initialised (the timings do not
-depend on the weights). The goal (issue 7) is 3DDFA_V2's figures on this
+depend on the weights). The goal is 3DDFA_V2's figures on this
 machine class: detector 8 to 16 ms per photo, regression under 1 ms per face.
 """
 
@@ -29,8 +29,14 @@ import numpy as np
 from ml_collections import config_flags
 
 from benchmarks import timing
-from facerecon.data import photos
+from facerecon import detect
+from facerecon import inference
 from facerecon import memory
+from facerecon import morphable
+from facerecon import reconstruct
+from facerecon import rundir
+from facerecon.data import cropping
+from facerecon.data import photos
 
 config_flags.DEFINE_config_file("config", "configs/mobile.py", "The network's config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (default: random weights).")
@@ -42,16 +48,13 @@ _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed runs of each part.")
 def main(argv):
   del argv
   memory.retain_freed_memory()
-  from facerecon.data import cropping
-  from facerecon import detect
-  from facerecon import inference
-  from facerecon import morphable
-  from facerecon import reconstruct
-
   config = flags.FLAGS.config
+  if _WORKDIR.value:  # the run's own config (a --config given must agree with it)
+    explicit = config if flags.FLAGS["config"].present else None
+    config = rundir.resolve_config(rundir.RunDir(_WORKDIR.value), explicit)
   path = _PHOTO.value
   if path is None:
-    import skimage
+    import skimage  # (a test extra: only this default photo needs it)
 
     path = os.path.join(os.path.dirname(skimage.__file__), "data", "astronaut.png")
   photo = photos.read_photo(path)
@@ -92,8 +95,8 @@ def main(argv):
       "network call (per face)": timing.median_ms(predictor, one, repeats=repeats),
       "end to end (per photo)": timing.median_ms(end_to_end, repeats=repeats),
   }
-  print(f"{config.backbone} {dict(config.backbone_kwargs)}, {size}x{size}, "
-        f"{config.num_iterations} iteration(s), {model.num_vertices} vertices, "
+  print(f"{config.coarse.backbone} {dict(config.coarse.backbone_kwargs)}, {size}x{size}, "
+        f"{config.coarse.num_iterations} iteration(s), {model.num_vertices} vertices, "
         f"{'trained' if _WORKDIR.value else 'random'} weights, FineNet: "
         f"{predictor.has_fine}; {os.cpu_count()} cores; photo {photo.shape[1]}x{photo.shape[0]}")
   for name, ms in figures.items():

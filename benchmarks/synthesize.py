@@ -2,10 +2,10 @@ r"""Synthetic training faces per second on this machine.
 
     python benchmarks/synthesize.py [--size=200] [--batch=16] [--grid=65]
 
-Draws and renders batches with `facerecon.synthetic.generate` (jitted,
+Draws and renders batches with `facerecon.data.synthetic.generate` (jitted,
 procedural backgrounds, the default CPU rasterizer) and prints faces per
-second over --batches batches after a warm-up. The issue's goal is at least
-300 faces/s at 200x200 with the embedded model on 2 cores.
+second over --batches batches after a warm-up. The goal is at least 300
+faces/s at 200x200 with the embedded model on 2 cores.
 """
 
 import os

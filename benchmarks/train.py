@@ -1,7 +1,7 @@
 r"""Training throughput of CoarseNet's train step, and where its time goes.
 
     python benchmarks/train.py [--config=configs/synthetic.py] [--steps=20]
-        [--batch_sizes=32,64,128] [--config.backbone=small --config.image_size=64 ...]
+        [--batch_sizes=32,64,128] [--config.coarse.backbone=small --config.image_size=64 ...]
 
 Builds the config's network, optimizer and data (synthetic faces rendered
 on the fly by default), compiles the step, then times --steps steps: the
@@ -14,8 +14,8 @@ the optimizer. On an accelerator it also prints the peak device memory.
 --batch_sizes repeats everything for each global batch size and reports a
 batch that does not fit in device memory as such (the largest that fits is
 the last one reported with figures). On a GPU, run it with configs/resnet.py
-plus --config.data.source=synthetic --config.dtype=bfloat16 for the paper's
-network.
+plus --config.coarse.data.source=synthetic --config.dtype=bfloat16 for the
+paper's network.
 """
 
 import functools
@@ -35,8 +35,8 @@ import numpy as np
 from benchmarks import timing
 from facerecon import memory
 from facerecon import parallel
-from facerecon import train
 from facerecon.models import coarse_net
+from facerecon.training import coarse
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", [], "Global batch sizes to measure, in "
@@ -50,7 +50,7 @@ def renderer_and_loss(config, run):
   statistics) -> (input renders of iterations 2..K, (loss, its gradient with
   respect to the estimates)). Iteration 1's input is the start render, one
   for the whole batch."""
-  batch_loss = train.batch_loss_fn(config, run.mesh)
+  batch_loss = coarse.batch_loss_fn(config, run.mesh)
   input_render = parallel.map_per_device(
       functools.partial(coarse_net.estimate_inputs, backend=config.render_backend), run.mesh,
       num_batched=2)
@@ -66,12 +66,12 @@ def renderer_and_loss(config, run):
 
 
 def measure(config) -> None:
-  run = train.build_training(config)
-  mesh, state, step, data = run.mesh, run.state, run.step_fn, run.train_data
+  run = coarse.build(config)
+  state, step, data = run.state, run.step_fn, run.train_data
   size = config.image_size
 
   def next_batch():
-    return train.shard_batch(train._with_normalized_labels(next(data), run.statistics), mesh)
+    return coarse.make_batch(next(data), run.statistics, run.mesh)
 
   batch = next_batch()
   start = time.perf_counter()
@@ -88,20 +88,21 @@ def measure(config) -> None:
     state, metrics = step(state, batch, jax.random.PRNGKey(i), run.context)
     jax.block_until_ready(metrics)
     step_seconds += time.perf_counter() - start
-  steps, images = _STEPS.value, _STEPS.value * config.batch_size
-  print(f"{jax.device_count()} x {jax.devices()[0].device_kind}; backbone {config.backbone}, "
-        f"{config.num_iterations} iterations, {size}x{size}, global batch {config.batch_size}, "
+  stage = config.coarse
+  steps, images = _STEPS.value, _STEPS.value * stage.batch_size
+  print(f"{jax.device_count()} x {jax.devices()[0].device_kind}; backbone {stage.backbone}, "
+        f"{stage.num_iterations} iterations, {size}x{size}, global batch {stage.batch_size}, "
         f"{config.dtype}; first step (compile) {compile_seconds:.1f} s")
   print(f"train step: {steps / step_seconds:.2f} steps/s, {images / step_seconds:.1f} images/s")
-  print(f"data ({config.data.source}): {images / data_seconds:.1f} images/s")
+  print(f"data ({stage.data.source}): {images / data_seconds:.1f} images/s")
   print(f"together: {images / (step_seconds + data_seconds):.1f} images/s "
         f"(final loss {float(np.asarray(metrics['loss'])):.4f})")
 
   # Estimates near the labels, as a trained network's would be.
-  noise = jax.random.normal(jax.random.PRNGKey(1), (config.num_iterations,) +
+  noise = jax.random.normal(jax.random.PRNGKey(1), (stage.num_iterations,) +
                             batch["params_normalized"].shape)
   estimates = tuple(batch["params_normalized"] + 0.3 * noise[k]
-                    for k in range(config.num_iterations))
+                    for k in range(stage.num_iterations))
   outside = float(np.mean(timing.call_seconds(renderer_and_loss(config, run), estimates,
                                                batch, *run.context, repeats=steps)))
   per_step, per_batch = step_seconds / steps, data_seconds / steps
@@ -122,14 +123,14 @@ def main(argv):
   del argv
   memory.retain_freed_memory()  # as main.py does
   config = flags.FLAGS.config
-  for batch_size in _BATCH_SIZES.value or [config.batch_size]:
-    config.batch_size = int(batch_size)
+  for batch_size in _BATCH_SIZES.value or [config.coarse.batch_size]:
+    config.coarse.batch_size = int(batch_size)
     try:
       measure(config)
     except Exception as e:  # XLA reports a batch too large as a runtime error.
       if not _out_of_memory(e):
         raise
-      print(f"global batch {config.batch_size}: does not fit in device memory")
+      print(f"global batch {config.coarse.batch_size}: does not fit in device memory")
       break
     jax.clear_caches()
 

@@ -1,11 +1,12 @@
 """CoarseNet with VGG-16 backbones (the conv layers of TF-slim's vgg_16),
 otherwise as configs/resnet.py.
 
-    python main.py --mode=train --config=configs/vgg.py --workdir=runs/vgg \
-        --config.data.data_dir=... --config.data.statistics=... --config.model=...
+    python main.py --config=configs/vgg.py --workdir=runs/vgg \
+        --config.coarse.data.data_dir=... --config.coarse.data.statistics=... \
+        --config.model=...
 
-ImageNet initialisation: `--config.pretrained=pretrained/vgg_16.npz` (from
-TF-slim's vgg_16.ckpt by `python -m data_pipeline.convert_slim`).
+ImageNet initialisation: `--config.coarse.pretrained=pretrained/vgg_16.npz`
+(from TF-slim's vgg_16.ckpt by `python -m data_pipeline.convert_slim`).
 """
 
 from configs import resnet
@@ -13,5 +14,5 @@ from configs import resnet
 
 def get_config():
   config = resnet.get_config()
-  config.backbone = "vgg_16"
+  config.coarse.backbone = "vgg_16"
   return config

@@ -12,7 +12,8 @@ format (`--checkpoint` is its prefix: `resnet_v1_101.ckpt` for
 variable under its slim name (`resnet_v1_101/conv1/weights`, ...), without
 the training-only ones (global step, optimizer slots, moving-average
 shadows); training then reads it without TensorFlow
-(`--config.pretrained=...`, see `facerecon.models.pretrained`).
+(`--config.coarse.pretrained=...` or `--config.fine.pretrained=...`, see
+`facerecon.models.pretrained`).
 """
 
 import os

@@ -5,9 +5,9 @@ r"""The label statistics of a labelled tfds data set's train split.
 
 CoarseNet regresses parameters normalised by the train split's mean and
 standard deviation and sees images less the mean image
-(`facerecon.normalization`): pass the file to training as
-`--config.data.statistics`. The examples are taken as training reads them
-(`input_pipeline.make_dataset`, without augmentation): photos of another
+(`facerecon.data.normalization`): pass the file to training as
+`--config.coarse.data.statistics`. The examples are taken as training reads them
+(`facerecon.data.input_pipeline.make_dataset`, without augmentation): photos of another
 size (300W-LP's 450x450) are first cropped to `--image_size` by the shared
 landmark rule, and their labels moved with them. (For synthetic shards,
 `data_pipeline.splits` writes the same statistics when it splits them.)
@@ -18,14 +18,13 @@ import os
 from absl import app
 from absl import flags
 
+from facerecon.data import input_pipeline
 from facerecon.data import normalization
 
 
 def dataset_statistics(name: str, data_dir: str | None, image_size: int,
                        batch_size: int = 64) -> normalization.DataStatistics:
   """The statistics of the train split of tfds data set `name` at `image_size`."""
-  from facerecon.data import input_pipeline
-
   source = input_pipeline.open_source(name, "train", data_dir)
   accumulator = normalization.StatisticsAccumulator()
   for batch in input_pipeline.make_dataset(source, batch_size=batch_size, train=False,

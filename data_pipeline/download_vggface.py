@@ -34,10 +34,12 @@ import urllib.request
 
 from absl import app
 from absl import flags
+import cv2
 import numpy as np
+import tqdm
 
-from facerecon.data import cropping
 from facerecon import fileio
+from facerecon.data import cropping
 
 
 USER_AGENT = "facerecon-downloader/1.0 (research; VGG Face)"
@@ -146,8 +148,6 @@ def fetch(url: str, options: Options) -> bytes:
 
 def crop_face(body: bytes, box, options: Options) -> bytes:
   """Decodes the image, crops the face box's square (`cropping`), re-encodes."""
-  import cv2
-
   image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
   if image is None:
     raise DownloadError("not an image")
@@ -196,9 +196,7 @@ def download_all(tasks: list[Task], output_dir: str, options: Options, workers: 
   lock = threading.Lock()
   bar = None
   if progress:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=None)
+    bar = tqdm.tqdm(total=len(todo), unit="img", file=sys.stderr, disable=None)
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
     futures = {pool.submit(download_one, t, output_dir, options): t for t in todo}
     for future in concurrent.futures.as_completed(futures):

@@ -28,11 +28,15 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import cv2
+import jax
 import numpy as np
 
+from facerecon import face_models
 from facerecon import fileio
 from facerecon import memory
 from facerecon.data import photos
+from facerecon.data import synthetic
 
 
 
@@ -71,7 +75,6 @@ def list_backgrounds(backgrounds_dir: str | None) -> tuple[str, ...]:
 def check_metadata(output_dir: str, settings: Settings) -> None:
   """Writes metadata.json, or checks that an existing one matches."""
   path = os.path.join(output_dir, "metadata.json")
-  from facerecon.data import synthetic  # Deferred: keeps --help fast.
 
   wanted = {"settings": dataclasses.asdict(settings),
             "prior": dataclasses.asdict(synthetic.FacePrior()),
@@ -97,8 +100,6 @@ def check_metadata(output_dir: str, settings: Settings) -> None:
 
 
 def _load_photo(path: str) -> np.ndarray:
-  import cv2
-
   image = cv2.imread(path, cv2.IMREAD_COLOR)
   if image is None:
     raise ValueError(f"cannot read background photo {path}")
@@ -108,8 +109,6 @@ def _load_photo(path: str) -> np.ndarray:
 def photo_backgrounds(backgrounds_dir, names, seed, indices, size) -> np.ndarray:
   """A random square crop of a random photo per sample index, [n, S, S, 3] in
   [0, 1]; each depends only on (seed, index)."""
-  import cv2
-
   out = np.empty((len(indices), size, size, 3), np.float32)
   for k, index in enumerate(indices):
     rng = np.random.default_rng((seed, int(index), 1))
@@ -125,9 +124,6 @@ def photo_backgrounds(backgrounds_dir, names, seed, indices, size) -> np.ndarray
 def render_shard(settings: Settings, shard: int, output_dir: str,
                  backgrounds_dir: str | None, batch_size: int) -> int:
   """Renders and writes one shard; returns its number of faces."""
-  import jax
-  from facerecon.data import synthetic
-
   model = _worker_model(settings.model)
   prior = synthetic.FacePrior()
   size = settings.image_size
@@ -157,9 +153,6 @@ _MODEL_CACHE = {}
 
 def _worker_model(source: str):
   if source not in _MODEL_CACHE:
-    import jax
-    from facerecon import face_models
-
     _MODEL_CACHE[source] = jax.device_put(face_models.load(source))
   return _MODEL_CACHE[source]
 

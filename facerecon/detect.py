@@ -22,6 +22,7 @@ import dataclasses
 import os
 import threading
 
+import cv2
 import numpy as np
 
 from facerecon.data import cropping
@@ -31,8 +32,6 @@ PROFILE = "haarcascade_profileface.xml"
 
 
 def _cascade(name: str):
-  import cv2
-
   path = os.path.join(cv2.data.haarcascades, name)
   try:
     cascade = cv2.CascadeClassifier(path)
@@ -83,8 +82,6 @@ class FaceDetector:
   def detect(self, image: np.ndarray) -> np.ndarray:
     """Face boxes [F, 4] (x, y, w, h; float, photo pixels) in an RGB or grey
     uint8 image, largest first; [0, 4] when there is none."""
-    import cv2
-
     grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     grey, shrink = cropping.shrink_to_side(grey, self.detect_side)
     grey = cv2.equalizeHist(grey) if self.equalize else grey

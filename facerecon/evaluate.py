@@ -1,7 +1,7 @@
 """`--mode=evaluate`: the field's benchmark and the synthetic test split.
 
-    python main.py --mode=evaluate --config=... --workdir=RUN --input=AFLW2000/
-    python main.py --mode=evaluate --config=... --workdir=RUN --input=synthetic
+    python main.py --mode=evaluate --workdir=RUN --input=AFLW2000/
+    python main.py --mode=evaluate --workdir=RUN --input=synthetic
 
 AFLW2000-3D-style folders (<stem>.jpg + <stem>.mat, `facerecon.data.mat_folders`),
 the protocol of 3DDFA and later papers:
@@ -17,9 +17,9 @@ the protocol of 3DDFA and later papers:
   lies inside the landmark box, largest first). Photos where the detector
   finds no such face are counted as missed and left out of its NME.
 
-The synthetic test split (config.data.source 'synthetic': faces from
-config.data.test_seed, a seed neither training nor validation uses; 'tfds':
-the data set's 'test' split): parameter error (normalised units), mean
+The synthetic test split (config.coarse.data.source 'synthetic': faces from
+config.synthetic.test_seed, a seed neither training nor validation uses;
+'tfds': the data set's 'test' split): parameter error (normalised units), mean
 vertex distance (raw and after similarity alignment, / face size), depth
 error, landmark NME (image-size and, as on AFLW2000-3D, box-normalised),
 each against the mean-face baseline.
@@ -29,7 +29,22 @@ The table is printed and written as `<workdir>/evaluation_<name>.json`.
 
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import tqdm
+
+from facerecon import export
+from facerecon import face_render
+from facerecon import networks
+from facerecon import parallel
+from facerecon import rundir
+from facerecon.data import cropping
+from facerecon.data import mat_folders
+from facerecon.data import normalization
+from facerecon.data import photos
+from facerecon import inference
+from facerecon.training import coarse
 
 YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 CHUNK = 64  # photos read and fitted at a time
@@ -61,8 +76,6 @@ def yaw_table(nme, yaw_degrees) -> dict:
 
 def _detected_square(detector, photo, truth):
   """The crop square of the detected face over the true landmarks, or None."""
-  from facerecon.data import cropping
-
   low, high = truth.min(axis=0), truth.max(axis=0)
   for x, y, w, h in detector.detect(photo):
     centre = np.array([x + w / 2, y + h / 2])
@@ -77,13 +90,6 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   `detector` (a `facerecon.detect.FaceDetector` or None) adds the detector
   crops. Unreadable photos and malformed .mat files are reported in
   'skipped' and left out."""
-  import tqdm
-
-  from facerecon.data import photos
-  from facerecon.data import mat_folders
-  from facerecon.data import cropping
-  from facerecon import inference
-
   pairs = mat_folders.find_pairs(folder)
   predictor = inference.Predictor(config, workdir, batch_size)
   size = config.image_size
@@ -128,21 +134,14 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
 
 def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
   """Metrics of the run's best CoarseNet on `num_batches` test batches of
-  config.eval_batch_size synthetic faces, against the mean-face baseline."""
-  import jax
-  import jax.numpy as jnp
-
-  from facerecon import face_render
-  from facerecon.data import normalization
-  from facerecon import train
-  from facerecon import train_fine
-
-  mesh = train.make_mesh()
-  net, variables, model, statistics = train_fine.load_coarse(config, workdir, mesh)
+  config.coarse.eval_batch_size synthetic faces, against the mean-face baseline."""
+  mesh = parallel.make_mesh()
+  net, variables, model, statistics = networks.load_coarse(
+      config, networks.coarse_run(config, rundir.RunDir(workdir)), mesh)
   size = config.image_size
   landmarks_of = jax.jit(lambda estimate, model, statistics: face_render.project_landmarks(
       model, normalization.denormalize_params(estimate, statistics), size))
-  context = jax.device_put((model, statistics), train.replicated(mesh))
+  context = jax.device_put((model, statistics), parallel.replicated(mesh))
   # The baseline's estimate is 0 for every face: one mean face, projected once.
   baseline = np.asarray(landmarks_of(jnp.zeros_like(statistics.param_mean)[None], *context))
   nme = {"": [], "baseline_": []}
@@ -153,13 +152,13 @@ def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
     nme["baseline_"].append(landmark_nme(
         np.broadcast_to(baseline, host["landmarks"].shape), host["landmarks"]))
 
-  sums, count = train.sum_evaluation(config, model, statistics,
-                                     train._eval_fn(net, config, mesh), variables, mesh,
-                                     context, "test", num_batches, add_nme)
+  sums, count = coarse.sum_evaluation(config, model, statistics,
+                                      coarse.evaluation_fn(net, config, mesh), variables, mesh,
+                                      context, "test", num_batches, add_nme)
   out = {key: value / count for key, value in sums.items()}
   for name, values in nme.items():
     out[f"{name}landmark_nme_box_percent"] = 100.0 * float(np.mean(np.concatenate(values)))
-  out["faces"] = count * config.eval_batch_size
+  out["faces"] = count * config.coarse.eval_batch_size
   return out
 
 
@@ -197,15 +196,12 @@ def run(config, workdir: str, input_path: str, detector=None,
         batch_size: int = 32) -> tuple[str, dict]:
   """Evaluates on `input_path` (a folder, or 'synthetic'); writes and returns
   (table text, results)."""
-  from facerecon import export
-
   if input_path == "synthetic":
     name, results = "synthetic_test", evaluate_synthetic(config, workdir)
   else:
     name = os.path.basename(os.path.normpath(input_path))
     results = evaluate_folder(config, workdir, input_path, detector, batch_size)
-  path = os.path.join(workdir, f"evaluation_{name}.json")
-  export.write_json(path, _json_safe(results))
+  export.write_json(rundir.RunDir(workdir).evaluation(name), _json_safe(results))
   return format_table(name, results), results
 
 

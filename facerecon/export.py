@@ -10,8 +10,9 @@ Meshes are written twice, with the same content:
        (`property list uchar int vertex_indices`, always 3 entries).
 
 Both store vertices at float32 precision, so the two files describe the same
-mesh (OBJ colours keep 6 significant digits, PLY's 8 bits); `read_obj` and
-`read_ply` read what the writers write.
+mesh (OBJ colours keep 6 significant digits, PLY's 8 bits). Both open in
+trimesh, Blender and MeshLab; the tests read them back with trimesh (OBJ) and
+plyfile (PLY).
 
 Depth maps are written as a float32 .npy (NaN off the face) and as a 16-bit
 PNG for viewing and compact storage: 0 = no face, and face pixels map
@@ -119,45 +120,6 @@ def write_obj(path, vertices, triangles, colours=None) -> None:
     f.write(text.getvalue())
 
 
-def read_obj(path):
-  """Reads an OBJ as `write_obj` writes it.
-
-  Returns (vertices float32 [N, 3], triangles int32 [T, 3] 0-based,
-  colours float32 [N, 3] or None). Faces may be written "i/j/k" (only the
-  vertex index is used); lines other than "v" and "f" are ignored.
-  """
-  path = os.fspath(path)
-  vertices, faces = [], []
-  with open(path, "r") as f:
-    for line_number, line in enumerate(f, start=1):
-      fields = line.split()
-      if not fields:
-        continue
-      try:
-        if fields[0] == "v":
-          if len(fields) not in (4, 7):
-            raise ValueError(f"'v' needs 3 or 6 numbers, got {len(fields) - 1}")
-          vertices.append([float(x) for x in fields[1:]])
-        elif fields[0] == "f":
-          if len(fields) != 4:
-            raise ValueError(f"only triangles are supported, got a face with "
-                             f"{len(fields) - 1} vertices")
-          faces.append([int(x.split("/", 1)[0]) for x in fields[1:]])
-      except ValueError as e:
-        raise ValueError(f"{path}:{line_number}: {e}") from e
-  widths = {len(v) for v in vertices}
-  if len(widths) > 1:
-    raise ValueError(f"{path}: some vertices have colours and some do not")
-  width = widths.pop() if widths else 3
-  table = np.array(vertices, np.float64).reshape(len(vertices), width)
-  triangles = np.array(faces, np.int64).reshape(-1, 3) - 1
-  if triangles.size and (triangles.min() < 0 or triangles.max() >= len(table)):
-    # Negative (relative) OBJ indices are valid OBJ but write_obj never uses them.
-    raise ValueError(f"{path}: face indices outside [1, {len(table)}]")
-  colours = table[:, 3:].astype(np.float32) if table.shape[1] == 6 else None
-  return table[:, :3].astype(np.float32), triangles.astype(np.int32), colours
-
-
 def write_ply(path, vertices, triangles, colours=None) -> None:
   """Writes a binary little-endian PLY: vertices [N, 3], 0-based triangles
   [T, 3], and optional per-vertex colours [N, 3] in [0, 1] (stored as uchar)."""
@@ -183,80 +145,6 @@ def write_ply(path, vertices, triangles, colours=None) -> None:
   data = ("\n".join(header) + "\n").encode("ascii")
   fileio.write_bytes_atomic(
       path, data + vertex_table.tobytes() + face_table.tobytes())
-
-
-def read_ply(path):
-  """Reads a PLY as `write_ply` writes it.
-
-  Returns (vertices float32 [N, 3], triangles int32 [T, 3], colours uint8
-  [N, 3] or None). Raises ValueError naming the file for any other layout
-  (ASCII or big-endian PLY, other properties, non-triangle faces).
-  """
-  path = os.fspath(path)
-  with open(path, "rb") as f:
-    data = f.read()
-  end = data.find(b"end_header\n")
-  if not data.startswith(b"ply\n") or end < 0:
-    raise ValueError(f"{path}: not a PLY file (no 'ply' ... 'end_header')")
-  body_start = end + len(b"end_header\n")
-  try:
-    header = data[:end].decode("ascii")
-  except UnicodeDecodeError as e:
-    raise ValueError(f"{path}: PLY header is not ASCII") from e
-  lines = [line.strip() for line in header.splitlines()[1:]
-           if line.strip() and not line.startswith("comment")]
-
-  def unsupported(why):
-    return ValueError(f"{path}: unsupported PLY layout ({why}); only the "
-                      "binary little-endian files write_ply writes can be read")
-
-  if not lines or lines[0] != _PLY_FORMAT_LINE:
-    raise unsupported(f"format line {lines[0] if lines else None!r}")
-  lines = lines[1:]
-  try:
-    vertex_kind, vertex_name, num_vertices = lines[0].split()
-    num_vertices = int(num_vertices)
-  except (IndexError, ValueError):
-    raise unsupported("expected 'element vertex N'") from None
-  if (vertex_kind, vertex_name) != ("element", "vertex"):
-    raise unsupported("expected 'element vertex N' first")
-  xyz = [f"property float {name}" for name, _ in _PLY_XYZ]
-  rgb = [f"property uchar {name}" for name, _ in _PLY_RGB]
-  has_colours = lines[4:7] == rgb
-  properties = xyz + rgb if has_colours else xyz
-  if lines[1:1 + len(properties)] != properties:
-    raise unsupported("vertex properties are not float x y z [uchar red green blue]")
-  rest = lines[1 + len(properties):]
-  try:
-    face_kind, face_name, num_faces = rest[0].split()
-    num_faces = int(num_faces)
-  except (IndexError, ValueError):
-    raise unsupported("expected 'element face T'") from None
-  if ((face_kind, face_name) != ("element", "face")
-      or rest[1:] != ["property list uchar int vertex_indices"]):
-    raise unsupported("face element is not 'property list uchar int vertex_indices'")
-  if num_vertices < 0 or num_faces < 0:
-    raise unsupported("negative element count")
-
-  vertex_dtype = np.dtype(_PLY_XYZ + (_PLY_RGB if has_colours else []))
-  expected = body_start + num_vertices * vertex_dtype.itemsize + num_faces * _PLY_FACE.itemsize
-  if len(data) != expected:
-    raise ValueError(f"{path}: PLY body is {len(data) - body_start} bytes, "
-                     f"expected {expected - body_start} for {num_vertices} vertices "
-                     f"and {num_faces} triangles")
-  vertex_table = np.frombuffer(data, vertex_dtype, num_vertices, body_start)
-  face_table = np.frombuffer(data, _PLY_FACE, num_faces,
-                             body_start + num_vertices * vertex_dtype.itemsize)
-  if np.any(face_table["count"] != 3):
-    raise unsupported("faces that are not triangles")
-  vertices = np.stack([vertex_table[name] for name, _ in _PLY_XYZ], axis=1)
-  triangles = face_table["indices"].astype(np.int32)
-  if triangles.size and (triangles.min() < 0 or triangles.max() >= num_vertices):
-    raise ValueError(f"{path}: face indices outside [0, {num_vertices - 1}]")
-  colours = None
-  if has_colours:
-    colours = np.stack([vertex_table[name] for name, _ in _PLY_RGB], axis=1)
-  return vertices.astype(np.float32), triangles, colours
 
 
 def _check_depth(where, depth, mask):

@@ -1,24 +1,26 @@
 """Trained networks applied to face crops: the functional core of
 `--mode=reconstruct` and `--mode=evaluate`.
 
-`Predictor(config, workdir)` loads the best CoarseNet of a training run
-(`<workdir>/best`) and, when stage 2 ran (`<workdir>/fine/best`), its
-FineNet; calling it on uint8 crops [n, S, S, 3] (S = config.image_size,
-cropped by `facerecon.cropping`) returns a `FaceFits` of numpy arrays, all
-in the crop's frame. One jitted function does the whole batch; batches are
-padded to `batch_size` so it compiles once.
+`Predictor(config, workdir)` loads the best CoarseNet of a training run and,
+when the run trained one, its FineNet (`networks.load_trained`); calling it
+on uint8 crops [n, S, S, 3] (S = config.image_size, cropped by
+`facerecon.data.cropping`) returns a `FaceFits` of numpy arrays, all in the
+crop's frame. One jitted function does the whole batch; batches are padded
+to `batch_size` so it compiles once. Nothing here imports the training code.
 """
 
-import os
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
-from facerecon.data import preprocessing
-from facerecon.data import normalization
-from facerecon import parallel
 from facerecon import face_render
+from facerecon import networks
+from facerecon import parallel
+from facerecon import rundir
+from facerecon.data import normalization
+from facerecon.data import preprocessing
+from facerecon.models import coarse_net as coarse_net_lib
 
 
 class FaceFits(NamedTuple):
@@ -34,7 +36,6 @@ def regress(coarse_net, coarse_variables, crops, model, statistics, start_face):
   """(the networks' input: crops normalised as in evaluation, raw parameters
   [n, P] of CoarseNet's last iteration) of uint8 crops [n, S, S, 3].
   `start_face`: CoarseNet's first input render (`coarse_net.render_start`)."""
-
   images = preprocessing.network_images(crops, statistics)
   estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False,
                                start_face=start_face)
@@ -46,8 +47,8 @@ def _predict_fn(coarse_net, fine_net, config, mesh):
 
   def render_fit(params, model):
     face = face_render.render_face(model, params, None, size, size, config.render_backend)
-    landmarks = face_render.image_landmarks(model, face.image_vertices)
-    return face.vertices, face.depth, face.mask, landmarks
+    return (face.vertices, face.depth, face.mask,
+            face_render.image_landmarks(model, face.image_vertices))
 
   render_fit = parallel.map_per_device(render_fit, mesh, num_batched=1)
 
@@ -67,44 +68,27 @@ class Predictor:
 
   def __init__(self, config, workdir: str | None, batch_size: int = 16):
     """`workdir` None: CoarseNet freshly initialised, no FineNet (for timings)."""
-    from facerecon import train
-    from facerecon import train_fine
-
-    self.mesh = train.make_mesh()
+    self.mesh = parallel.make_mesh()
     devices = self.mesh.size
     self.batch_size = -(-max(1, batch_size) // devices) * devices  # a multiple of the devices
     self.size = config.image_size
-    if workdir is None:
-      self.model, self.statistics = train.model_and_statistics(config)
-      coarse_net = train.make_coarse_net(config, self.mesh)
-      coarse_variables = train.initial_coarse_variables(coarse_net, config, self.mesh,
-                                                        self.model, self.statistics)
-      fine = None
-    else:
-      coarse_net, coarse_variables, self.model, self.statistics = train_fine.load_coarse(
-          config, workdir, self.mesh)
-      fine = train_fine.load_fine(config, os.path.join(workdir, "fine"), coarse_variables)
-    fine_net, fine_params = None, None
-    if fine is not None:
-      fine_net, fine_params, coarse_variables = fine
-    self.has_fine = fine is not None
-    self.coarse_net = coarse_net
-    replicated = train.replicated(self.mesh)
-    self._arguments = jax.device_put((coarse_variables, fine_params), replicated)
+    trained = (networks.fresh(config, self.mesh) if workdir is None
+               else networks.load_trained(config, rundir.RunDir(workdir), self.mesh))
+    self.model, self.statistics = trained.model, trained.statistics
+    self.coarse_net = trained.coarse_net
+    self.has_fine = trained.fine_net is not None
+    replicated = parallel.replicated(self.mesh)
+    self._arguments = jax.device_put((trained.coarse_variables, trained.fine_params), replicated)
     self.coarse_variables = self._arguments[0]
-    from facerecon.models import coarse_net as coarse_net_lib
-
     # CoarseNet's first input render is the same for every face: made once here.
     start_face = jax.jit(coarse_net_lib.render_start, static_argnums=(2, 3, 4))(
         self.model, self.statistics, self.size, self.size, config.render_backend)
     self._context = jax.device_put((self.model, self.statistics, start_face), replicated)
     self.start_face = self._context[2]
-    self._predict = _predict_fn(coarse_net, fine_net, config, self.mesh)
+    self._predict = _predict_fn(trained.coarse_net, trained.fine_net, config, self.mesh)
 
   def __call__(self, crops: np.ndarray) -> FaceFits:
     """FaceFits of uint8 crops [n, S, S, 3], any n (run `batch_size` at a time)."""
-    from facerecon import train
-
     crops = np.asarray(crops)
     if crops.ndim != 4 or crops.shape[1:] != (self.size, self.size, 3):
       raise ValueError(f"crops must be [n, {self.size}, {self.size}, 3], got {crops.shape}")
@@ -113,7 +97,7 @@ class Predictor:
       chunk = crops[start:start + self.batch_size]
       padded = np.zeros((self.batch_size,) + crops.shape[1:], np.uint8)
       padded[:len(chunk)] = chunk
-      fits = self._predict(*self._arguments, train.shard_batch(padded, self.mesh),
+      fits = self._predict(*self._arguments, parallel.shard_batch(padded, self.mesh),
                            *self._context)
       parts.append(jax.tree.map(lambda x, n=len(chunk): np.asarray(x)[:n], fits))
     if not parts:

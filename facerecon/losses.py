@@ -1,4 +1,7 @@
-"""CoarseNet's training losses: pure, jit-able functions of parameter vectors.
+"""The training losses: pure, jit-able functions.
+
+CoarseNet's are functions of parameter vectors; FineNet's (`fine_loss`, at
+the end) of depth maps and photos.
 
 Networks predict parameters in normalised units (`facerecon.normalization`);
 `parameter_loss` compares those directly, the geometric losses take raw
@@ -30,18 +33,20 @@ The terms:
   and the true ones, divided by sqrt(H * W) (the image size).
 
 Weight decay is not a loss term here: the optimizer applies it
-(`facerecon.train.make_optimizer`, decoupled, kernels only).
+(`facerecon.training.state.make_optimizer`, decoupled, kernels only).
 """
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from facerecon import face_render
 from facerecon import morphable
-from facerecon.data import normalization
 from facerecon import params as params_lib
+from facerecon import shading
+from facerecon.data import normalization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,4 +214,46 @@ def total_loss(pred, target, model: morphable.MorphableModel,
       if weight:
         total = total + weight * terms[name]
   terms["total"] = total
+  return total, terms
+
+
+# --- FineNet: shape from shading ----------------------------------------------------
+
+REFERENCE_SIZE = 200  # loss depths are in pixels of an image this size
+# The shading residual is in 0..255 grey levels, the original's image
+# units: with intensities in 0..1 the paper's fidelity weight outweighs the
+# shading term 70 to 1 on the synthetic faces' true detail, and no detail is
+# learnt.
+INTENSITY_SCALE = 255.0
+# Shading residuals beyond 5 grey levels count linearly (shading.robust_square):
+# on the synthetic faces this kept FineNet from bending the face to explain
+# the coarse fit's misplaced features, where plain squares did not.
+ROBUST_SCALE = 5.0 / 255.0
+
+
+class FineLossWeights(NamedTuple):
+  sfs: float = 1.0
+  fidelity: float = 2.0
+  smoothness: float = 1.0
+
+
+def fine_loss(fine_depth, coarse_depth, mask, intensity, albedo, weights: FineLossWeights):
+  """(total, terms) of FineNet's unsupervised loss on depth maps [B, H, W]
+  (pixels of this image) against grey photos `intensity` with grey `albedo`
+  (0..1):
+
+      sfs * shading_fit(fine) + fidelity * |fine - coarse|^2
+          + smoothness * |laplacian(fine)|^2
+
+  (`facerecon.shading`; the first-order SH light is solved per image inside
+  the graph). Depths are measured in pixels of a REFERENCE_SIZE image (the
+  paper's size) and the shading residual in grey levels 0..255, so the
+  paper's weights mean the same at every image size."""
+  unit = fine_depth.shape[-2] / REFERENCE_SIZE  # this image's pixels per 200-image pixel
+  sfs, _, _ = shading.shading_fit(fine_depth, mask, intensity, albedo, ROBUST_SCALE)
+  terms = {"sfs": sfs * INTENSITY_SCALE ** 2,
+           "fidelity": shading.fidelity(fine_depth, coarse_depth, mask) / unit ** 2,
+           # A Laplacian (1/pixel) in 200-image units is the value times `unit`.
+           "smoothness": shading.smoothness(fine_depth, mask) * unit ** 2}
+  total = sum(getattr(weights, name) * value for name, value in terms.items())
   return total, terms

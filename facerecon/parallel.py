@@ -47,14 +47,14 @@ def shard_batch(batch, mesh: Mesh):
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
-def check_batch_sizes(stage, field_prefix: str = "config."):
-  """ValueError naming the field unless `stage`'s batch_size and
-  eval_batch_size split evenly over the devices of all hosts (checked at the
-  start, not at the first evaluation a thousand steps in)."""
-  for name in ("batch_size", "eval_batch_size"):
-    if stage[name] % jax.device_count():
-      raise ValueError(f"{field_prefix}{name} ({stage[name]}) must be a multiple of the "
-                       f"{jax.device_count()} devices")
+def check_batch_sizes(sizes: dict) -> None:
+  """ValueError naming the field unless every batch size of `sizes` (config
+  field name -> value) splits evenly over the devices of all hosts (checked
+  at the start, not at the first evaluation a thousand steps in)."""
+  for field, size in sizes.items():
+    if size % jax.device_count():
+      raise ValueError(f"{field} ({size}) must be a multiple of the {jax.device_count()} "
+                       "devices")
 
 
 def _specs(num_batched: int, num_args: int):

@@ -30,10 +30,10 @@ def sample_faces(model: morphable.MorphableModel, config: ml_collections.ConfigD
   """The preview's faces: named views, random identities, expressions.
 
   Returns (names, params [B, P], texture [B, Kt]), drawn from
-  `config.seed`; random coefficients are N(0, std^2) per mode.
+  `config.preview.seed`; random coefficients are N(0, std^2) per mode.
   """
   layout = model.layout
-  rng = np.random.default_rng(config.seed)
+  rng = np.random.default_rng(config.preview.seed)
   size = config.preview.tile_size
   names, shapes, expressions, textures, angles = [], [], [], [], []
 

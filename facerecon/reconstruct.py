@@ -1,7 +1,6 @@
 """`--mode=reconstruct`: 3D faces from photos.
 
-    python main.py --mode=reconstruct --config=configs/synthetic.py --workdir=runs/quickstart \
-        --input=photos/ --output=out/
+    python main.py --mode=reconstruct --workdir=runs/quickstart --input=photos/ --output=out/
 
 For every photo (a file, or every image below a folder): detect the faces
 (`facerecon.detect`), crop each as the training data was cropped
@@ -34,13 +33,20 @@ import itertools
 import os
 from typing import NamedTuple
 
+import cv2
 import jax
 import numpy as np
+import tqdm
 
-from facerecon.data import photos
 from facerecon import camera
-from facerecon.data import cropping
+from facerecon import detect
 from facerecon import export
+from facerecon import fileio
+from facerecon import params as params_lib
+from facerecon import visualize
+from facerecon.data import cropping
+from facerecon.data import photos
+from facerecon import inference
 
 OVERLAY_RENDER_SIZE = 256  # the shaded mesh is rendered at this size, then warped
 PREVIEW_SIDE = 1024        # overlays and vertex colours use the photo shrunk to this
@@ -117,9 +123,6 @@ _posed_mesh = jax.jit(camera.transform_scaled_orthographic)
 
 def _fit_batch(faces: list, predictor, size: int) -> list[_FittedFace]:
   """Fits and shades faces, (photo, k) pairs, at most a batch of them."""
-  from facerecon import params as params_lib
-  from facerecon import visualize
-
   fits = predictor(np.stack([photo.crops[k] for photo, k in faces]))
   # The overlay render is each crop drawn at render_size: a render_size crop
   # of the face's square (`cropping.to_photo_matrix` puts it in the photo).
@@ -139,11 +142,6 @@ def _fit_batch(faces: list, predictor, size: int) -> list[_FittedFace]:
 def _write_face(photo: _Photo, k: int, face: _FittedFace, model, size: int,
                 model_name: str, has_fine: bool) -> np.ndarray:
   """Writes one face's files; returns its photo-frame landmarks."""
-  import cv2
-
-  from facerecon import fileio
-  from facerecon import params as params_lib
-
   square = photo.squares[k]
   stem = f"{photo.stem}_face{k}"
   fit = face.fit
@@ -185,9 +183,6 @@ def _write_face(photo: _Photo, k: int, face: _FittedFace, model, size: int,
 
 def _write_photo(photo: _Photo, model, size: int, model_name: str, has_fine: bool) -> None:
   """Writes the files of a photo whose faces are all fitted."""
-  from facerecon import fileio
-  from facerecon import visualize
-
   overlay = photo.preview
   for k, face in enumerate(photo.fitted):
     landmarks = _write_face(photo, k, face, model, size, model_name, has_fine)
@@ -205,11 +200,6 @@ def reconstruct(config, workdir: str, input_path: str, output_dir: str, *,
   `facerecon.detect.FaceDetector`, 'haar', 'haar_profile', or None (each
   photo is a face crop already). Returns the Summary (also written as
   `<output_dir>/summary.json`)."""
-  import tqdm
-
-  from facerecon import detect
-  from facerecon import inference
-
   if isinstance(detector, str):
     detector = detect.from_name(detector)
   paths = photos.find_photos(input_path)

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import cv2
 import numpy as np
 
 from facerecon import face_render
@@ -38,8 +39,6 @@ def to_uint8(image) -> np.ndarray:
 
 def draw_landmarks(image: np.ndarray, points, colour=(40, 230, 90)) -> np.ndarray:
   """Draws points [L, 2] (x, y pixels) on a copy of an RGB uint8 image."""
-  import cv2
-
   out = image.copy()
   radius = max(1, round(min(image.shape[:2]) / 160))
   for x, y in np.asarray(points):
@@ -51,8 +50,6 @@ def draw_landmarks(image: np.ndarray, points, colour=(40, 230, 90)) -> np.ndarra
 
 def label(image: np.ndarray, text: str) -> np.ndarray:
   """Writes `text` in the top-left corner of a copy of an RGB uint8 image."""
-  import cv2
-
   out = image.copy()
   scale = image.shape[0] / 400.0
   cv2.putText(out, text, (4, int(16 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX,
@@ -88,8 +85,6 @@ def reconstruction_panel(model: morphable.MorphableModel, images, predicted, tar
   and true (red) landmarks | true depth | predicted depth], each tile
   `tile` pixels. images [K, S, S, 3] uint8; predicted and target raw
   parameter vectors [K, P] (target may be None: no true-depth column)."""
-  import cv2
-
   images = np.asarray(images)
   count, size = images.shape[0], images.shape[1]
   both = predicted if target is None else jnp.concatenate([predicted, target])
@@ -137,8 +132,6 @@ def fine_panel(images, coarse_depth, fine_depth, mask, true_depth=None,
   fine shaded (| true shaded)], `tile` pixels each. images [K, S, S, 3]
   uint8; depths and mask [K, S, S]; true_depth (synthetic faces' detailed
   depth) on the same mask as given, or None."""
-  import cv2
-
   up = lambda a: cv2.resize(np.asarray(a), (tile, tile), interpolation=cv2.INTER_NEAREST)
   rows = []
   for k in range(len(images)):
@@ -172,8 +165,6 @@ def overlay_on_photo(photo: np.ndarray, render_rgb, render_mask, to_photo_matrix
   """The photo with a face render blended in and landmarks drawn.
   `to_photo_matrix` [2, 3] maps render pixels to photo pixels; `landmarks`
   [L, 2] are photo pixels. RGB uint8."""
-  import cv2
-
   height, width = photo.shape[:2]
   matrix = np.asarray(to_photo_matrix, np.float64)
   face = cv2.warpAffine(to_uint8(render_rgb), matrix, (width, height), flags=cv2.INTER_LINEAR)

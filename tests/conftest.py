@@ -31,6 +31,18 @@ def _share_compiled_programs() -> str | None:
 _COMPILATION_CACHE = _share_compiled_programs()
 
 
+def pytest_ignore_collect(collection_path, config):
+  """tests/multidevice runs in a pytest process of its own (its conftest
+  sets the CPU device count before JAX starts): only when asked for by
+  name, `pytest tests/multidevice`."""
+  if collection_path.name == "multidevice" and collection_path.parent.name == "tests":
+    asked = [os.path.abspath(str(arg).split("::")[0]) for arg in config.args]
+    if not any(path == str(collection_path) or path.startswith(str(collection_path) + os.sep)
+               for path in asked):
+      return True
+  return None
+
+
 def pytest_unconfigure(config):
   if _COMPILATION_CACHE is not None:
     import shutil

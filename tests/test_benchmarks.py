@@ -23,8 +23,9 @@ def test_call_seconds_times_each_call_after_a_warm_up():
 def test_train_benchmark_breaks_the_step_down():
   result = subprocess.run(
       [sys.executable, "benchmarks/train.py", "--steps=2", "--batch_sizes=4,8",
-       "--config.model=embedded:25", "--config.image_size=32", "--config.num_iterations=2",
-       "--config.backbone_kwargs.widths=(8,16)", "--config.data.statistics_samples=64"],
+       "--config.model=embedded:25", "--config.image_size=32",
+       "--config.coarse.num_iterations=2", "--config.coarse.backbone_kwargs.widths=(8,16)",
+       "--config.synthetic.statistics_samples=64"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = [l for l in result.stdout.splitlines() if l.startswith("per step:")]

@@ -10,7 +10,7 @@ from facerecon.data import cropping
 from facerecon import face_render
 from facerecon import face_models
 from facerecon.data import synthetic
-from facerecon import train
+from facerecon.data import sources
 
 
 def astronaut_photo():
@@ -25,7 +25,7 @@ def astronaut_photo():
 @pytest.fixture(scope="module")
 def synthetic_faces():
   model = face_models.load("embedded")
-  stream = train.SyntheticStream(model, 200, 64, 0, synthetic.FacePrior(), per_host=False)
+  stream = sources.SyntheticStream(model, 200, 64, 0, synthetic.FacePrior(), per_host=False)
   return model, next(stream)
 
 

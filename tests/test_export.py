@@ -1,9 +1,15 @@
+"""The per-face output files: meshes read back with third-party readers
+(trimesh for OBJ, plyfile for PLY, as users would open them), depth maps,
+JSON, and the writers' input checks."""
+
 import json
 import os
 
 import cv2
 import numpy as np
+import plyfile
 import pytest
+import trimesh
 
 from facerecon import export
 
@@ -13,6 +19,8 @@ TETRA_VERTICES = np.array([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [0.0, 2.25, 0.0],
 TETRA_TRIANGLES = np.array([[0, 1, 2], [0, 3, 1], [1, 3, 2], [2, 3, 0]], np.int32)
 TETRA_COLOURS = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.2, 0.4, 0.6],
                           [0.5, 0.25, 0.75]])
+# trimesh and PLY hold colours as uint8: each is within half a step of the float.
+HALF_STEP = 0.5 / 255 + 1e-9
 
 
 def _no_temporaries(directory):
@@ -20,62 +28,99 @@ def _no_temporaries(directory):
   assert not leftovers, leftovers
 
 
+def _load_obj(path):
+  """The OBJ as trimesh reads it, unprocessed. maintain_order keeps vertices
+  no triangle uses (trimesh's OBJ loader drops them otherwise), so indices
+  and vertex count stay those written."""
+  mesh = trimesh.load(path, process=False, maintain_order=True)
+  assert isinstance(mesh, trimesh.Trimesh), type(mesh)
+  return mesh
+
+
+def _obj_colours_as_written(path):
+  """The r g b numbers of the OBJ's "v" lines: trimesh rounds them to uint8,
+  so this is how the file's own precision (6 significant digits) is checked."""
+  return np.array([line.split()[4:] for line in path.read_text().splitlines()
+                   if line.startswith("v ")], np.float64)
+
+
+def _load_ply(path):
+  """(PlyData, vertices [N, 3], triangles [T, 3], colours uint8 [N, 3] or
+  None) as plyfile reads them, keeping the dtypes stored in the file."""
+  data = plyfile.PlyData.read(path)
+  vertex = data["vertex"]
+  vertices = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1)
+  triangles = np.stack(data["face"]["vertex_indices"]).reshape(-1, 3)
+  names = [prop.name for prop in vertex.properties]
+  colours = None
+  if "red" in names:
+    colours = np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1)
+  return data, vertices, triangles, colours
+
+
 @pytest.mark.parametrize("with_colours", [False, True])
 def test_obj_round_trip(tmp_path, with_colours):
+  """trimesh reads back the exact float32 vertices, the 0-based triangles and
+  the per-vertex colours (or finds none); the file keeps colours to 1e-6."""
   path = tmp_path / "mesh.obj"
   colours = TETRA_COLOURS if with_colours else None
   export.write_obj(path, TETRA_VERTICES, TETRA_TRIANGLES, colours)
-  vertices, triangles, read_colours = export.read_obj(path)
-  np.testing.assert_array_equal(vertices, TETRA_VERTICES)
-  np.testing.assert_array_equal(triangles, TETRA_TRIANGLES)
-  assert triangles.dtype == np.int32
+  mesh = _load_obj(path)
+  # %.9g text parses (as float64) back to the same float32 values.
+  np.testing.assert_array_equal(mesh.vertices.astype(np.float32), TETRA_VERTICES)
+  np.testing.assert_array_equal(mesh.faces, TETRA_TRIANGLES)
   if with_colours:
-    np.testing.assert_allclose(read_colours, TETRA_COLOURS, atol=1e-6)
+    assert mesh.visual.kind == "vertex"
+    rgba = mesh.visual.vertex_colors
+    assert rgba.dtype == np.uint8 and rgba.shape == (4, 4)
+    assert np.all(rgba[:, 3] == 255)
+    np.testing.assert_allclose(rgba[:, :3] / 255.0, TETRA_COLOURS, atol=HALF_STEP)
+    np.testing.assert_allclose(_obj_colours_as_written(path), TETRA_COLOURS, atol=1e-6)
   else:
-    assert read_colours is None
+    assert mesh.visual.kind is None  # no colours in the file
+    assert _obj_colours_as_written(path).shape == (4, 0)
   _no_temporaries(tmp_path)
 
 
 def test_obj_text_is_one_based(tmp_path):
+  """OBJ indices start at 1; integral coordinates are written without noise."""
   path = tmp_path / "square.obj"
   square = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float32)
   export.write_obj(path, square, np.array([[0, 1, 2], [0, 2, 3]]))
   lines = path.read_text().splitlines()
   assert "f 1 2 3" in lines and "f 1 3 4" in lines
   assert "v 1 1 0" in lines
+  np.testing.assert_array_equal(_load_obj(path).faces, [[0, 1, 2], [0, 2, 3]])
 
 
 def test_obj_colours_are_clipped_and_written_per_vertex(tmp_path):
+  """Colours outside [0, 1] are clipped, per vertex, before writing."""
   path = tmp_path / "mesh.obj"
   colours = TETRA_COLOURS.copy()
   colours[0] = [1.5, -0.5, 0.5]
   export.write_obj(path, TETRA_VERTICES, TETRA_TRIANGLES, colours)
   assert "v 0 0 0 1 0 0.5" in path.read_text().splitlines()
-  _, _, read_colours = export.read_obj(path)
-  np.testing.assert_allclose(read_colours[0], [1.0, 0.0, 0.5])
-
-
-def test_read_obj_takes_vertex_part_of_slash_indices(tmp_path):
-  path = tmp_path / "other.obj"
-  path.write_text("# another writer\no thing\nv 0 0 0\nv 1 0 0\nv 0 1 0\n"
-                  "vt 0 0\nvn 0 0 1\nf 1/1/1 2/1/1 3//1\n")
-  vertices, triangles, colours = export.read_obj(path)
-  assert vertices.shape == (3, 3) and colours is None
-  np.testing.assert_array_equal(triangles, [[0, 1, 2]])
+  rgba = _load_obj(path).visual.vertex_colors
+  np.testing.assert_allclose(rgba[0, :3] / 255.0, [1.0, 0.0, 0.5], atol=HALF_STEP)
+  np.testing.assert_allclose(rgba[1:, :3] / 255.0, TETRA_COLOURS[1:], atol=HALF_STEP)
 
 
 @pytest.mark.parametrize("with_colours", [False, True])
 def test_ply_round_trip(tmp_path, with_colours):
+  """plyfile reads a binary little-endian file with float32 x y z (exactly the
+  vertices given, float64 in), int32 triangles and uchar colours rounded to
+  the nearest of 255 steps (or no colour properties)."""
   path = tmp_path / "mesh.ply"
   colours = TETRA_COLOURS if with_colours else None
   export.write_ply(path, TETRA_VERTICES.astype(np.float64), TETRA_TRIANGLES, colours)
-  vertices, triangles, read_colours = export.read_ply(path)
+  data, vertices, triangles, read_colours = _load_ply(path)
+  assert not data.text and data.byte_order == "<"
   assert vertices.dtype == np.float32 and triangles.dtype == np.int32
   np.testing.assert_array_equal(vertices, TETRA_VERTICES)
   np.testing.assert_array_equal(triangles, TETRA_TRIANGLES)
   if with_colours:
     assert read_colours.dtype == np.uint8
-    np.testing.assert_allclose(read_colours / 255.0, TETRA_COLOURS, atol=1 / 255)
+    np.testing.assert_allclose(read_colours / 255.0, TETRA_COLOURS, atol=HALF_STEP)
   else:
     assert read_colours is None
   _no_temporaries(tmp_path)
@@ -83,6 +128,8 @@ def test_ply_round_trip(tmp_path, with_colours):
 
 @pytest.mark.parametrize("with_colours", [False, True])
 def test_ply_header_and_size(tmp_path, with_colours):
+  """The exact layout: the header, packed records (12 or 15 bytes a vertex,
+  13 a triangle) and nothing after them, and the property types plyfile sees."""
   path = tmp_path / "mesh.ply"
   export.write_ply(path, TETRA_VERTICES, TETRA_TRIANGLES,
                    TETRA_COLOURS if with_colours else None)
@@ -96,39 +143,35 @@ def test_ply_header_and_size(tmp_path, with_colours):
   vertex_size = 15 if with_colours else 12
   assert len(data) == header_size + 4 * vertex_size + 4 * 13
 
-
-def test_read_ply_rejects_other_formats(tmp_path):
-  path = tmp_path / "ascii.ply"
-  path.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\n"
-                   b"property float y\nproperty float z\nelement face 0\n"
-                   b"property list uchar int vertex_indices\nend_header\n")
-  with pytest.raises(ValueError, match="ascii.ply"):
-    export.read_ply(path)
-  not_ply = tmp_path / "mesh.obj.ply"
-  not_ply.write_text("v 0 0 0\n")
-  with pytest.raises(ValueError, match="mesh.obj.ply"):
-    export.read_ply(not_ply)
-
-
-def test_read_ply_rejects_truncated_file(tmp_path):
-  path = tmp_path / "mesh.ply"
-  export.write_ply(path, TETRA_VERTICES, TETRA_TRIANGLES)
-  path.write_bytes(path.read_bytes()[:-5])
-  with pytest.raises(ValueError, match="mesh.ply"):
-    export.read_ply(path)
+  ply = plyfile.PlyData.read(path)
+  expected = [("x", "f4"), ("y", "f4"), ("z", "f4")]
+  if with_colours:
+    expected += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+  assert [(p.name, p.val_dtype) for p in ply["vertex"].properties] == expected
+  (face,) = ply["face"].properties
+  assert isinstance(face, plyfile.PlyListProperty)
+  assert (face.name, face.len_dtype, face.val_dtype) == ("vertex_indices", "u1", "i4")
 
 
 def test_face_sized_mesh(tmp_path):
-  # The size of the BFM's dense mesh; written once to check nothing breaks.
+  """The size of the BFM's dense mesh: both files hold the same mesh, as
+  written (random triangles leave some vertices unused)."""
   rng = np.random.default_rng(0)
   vertices = rng.normal(size=(53_000, 3)).astype(np.float32) * 100
   triangles = rng.integers(0, 53_000, size=(106_000, 3))
   colours = rng.uniform(size=(53_000, 3))
   export.write_obj(tmp_path / "big.obj", vertices, triangles, colours)
   export.write_ply(tmp_path / "big.ply", vertices, triangles, colours)
-  read_vertices, read_triangles, _ = export.read_ply(tmp_path / "big.ply")
-  np.testing.assert_array_equal(read_vertices, vertices)
-  np.testing.assert_array_equal(read_triangles, triangles)
+  _, ply_vertices, ply_triangles, ply_colours = _load_ply(tmp_path / "big.ply")
+  np.testing.assert_array_equal(ply_vertices, vertices)
+  np.testing.assert_array_equal(ply_triangles, triangles)
+  np.testing.assert_allclose(ply_colours / 255.0, colours, atol=HALF_STEP)
+  mesh = _load_obj(tmp_path / "big.obj")
+  np.testing.assert_array_equal(mesh.vertices.astype(np.float32), vertices)
+  np.testing.assert_array_equal(mesh.faces, triangles)
+  # trimesh rounds the OBJ's 6-digit colours, so a half-step tie may go either way.
+  np.testing.assert_allclose(mesh.visual.vertex_colors[:, :3] / 255.0, colours,
+                             atol=HALF_STEP + 1e-6)
   assert (tmp_path / "big.obj").read_text().count("\nf ") == 106_000
 
 
@@ -259,6 +302,6 @@ def test_writes_replace_existing_files(tmp_path):
   path = tmp_path / "mesh.ply"
   export.write_ply(path, TETRA_VERTICES, TETRA_TRIANGLES, TETRA_COLOURS)
   export.write_ply(path, TETRA_VERTICES[:3], TETRA_TRIANGLES[:1])
-  vertices, triangles, colours = export.read_ply(path)
+  _, vertices, triangles, colours = _load_ply(path)
   assert vertices.shape == (3, 3) and triangles.shape == (1, 3) and colours is None
   assert os.listdir(tmp_path) == ["mesh.ply"]

@@ -1,20 +1,31 @@
-"""FineNet, its loss and its training stage (facerecon.train_fine) on tiny
-configs: starts as the identity, ImageNet vgg_16 names, outputs and resume,
-end-to-end mode, photo folders, and clear errors."""
+"""FineNet, its loss and its training stage (facerecon.training.fine) on
+tiny configs: starts as the identity, ImageNet vgg_16 names, outputs and
+resume, end-to-end mode, photo folders, and clear errors (4 devices:
+tests/multidevice)."""
 
+import json
 import os
+import re
+import subprocess
+import sys
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from configs import synthetic as synthetic_config
-from facerecon import tensorboard
-from facerecon import train
-from facerecon import train_fine
+import events
+import tiny
+from conftest import ROOT
+from facerecon import losses
+from facerecon.data import input_pipeline
+from facerecon.data import sources
 from facerecon.models import fine
 from facerecon.models import pretrained
+from facerecon.training import coarse
+from facerecon.training import fine as fine_stage
 
 
 def _net_inputs(batch=2, size=16):
@@ -101,76 +112,62 @@ def test_fine_loss_weights_balance_at_every_image_size():
     coarse = jnp.asarray(size * 0.2 * np.ones((size, size)), jnp.float32)
     mask = jnp.ones((size, size), bool)
     grey = jnp.full((size, size), 0.5)
-    return train_fine.fine_loss(depth[None], coarse[None], mask[None], grey[None], grey[None],
-                                train_fine.FineLossWeights())[1]
+    return losses.fine_loss(depth[None], coarse[None], mask[None], grey[None], grey[None],
+                            losses.FineLossWeights())[1]
 
   small, large = terms(100), terms(400)
   assert float(small["fidelity"]) == pytest.approx(float(large["fidelity"]), rel=0.01)
   assert float(small["smoothness"]) == pytest.approx(float(large["smoothness"]), rel=0.02)
 
 
-def _tiny_config(tmp_path=None, **fine_overrides):
-  config = synthetic_config.get_config()
-  config.model = "embedded:25"
-  config.image_size = 32
-  config.backbone_kwargs.widths = (8, 16)
-  config.batch_size = 8
-  config.num_train_steps = 2
-  config.eval_every = 2
-  config.eval_batches = 1
-  config.eval_batch_size = 8
-  config.checkpoint_every = 2
-  config.data.statistics_samples = 64
-  config.fine.update(num_train_steps=4, widths=(4, 8, 8), head=(8,), batch_size=8,
-                     eval_batch_size=8, eval_batches=1, eval_every=2, checkpoint_every=2,
-                     log_every=2, schedule="constant", warmup_steps=1, keep_checkpoints=2)
-  config.fine.update(fine_overrides)
-  return config
+def _config(coarse_workdir, **fine_overrides):
+  """The tiny config's FineNet stage, 4 steps, over the CoarseNet in
+  `coarse_workdir`."""
+  fine = {"num_train_steps": 4, "coarse_workdir": coarse_workdir, **fine_overrides}
+  return tiny.config(**{f"fine__{k}": v for k, v in fine.items()})
 
 
 @pytest.fixture(scope="module")
 def coarse_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("coarse"))
-  train.train_and_evaluate(_tiny_config(), workdir)
+  coarse.train_and_evaluate(tiny.config(coarse__num_train_steps=2, coarse__eval_every=2),
+                            workdir)
   return workdir
 
 
-def _best_variables(workdir):
-  import json
-
-  import orbax.checkpoint as ocp
-
-  with open(os.path.join(workdir, "best", "best.json")) as f:
+def _best_variables(run):
+  with open(os.path.join(run, "best", "best.json")) as f:
     step = json.load(f)["step"]
-  return ocp.StandardCheckpointer().restore(os.path.join(workdir, "best", str(step), "default"))
+  return ocp.StandardCheckpointer().restore(os.path.join(run, "best", str(step), "default"))
 
 
 @pytest.mark.slow
 def test_fine_stage_writes_outputs(coarse_workdir, tmp_path):
   """Checkpoints, the best checkpoint (FineNet's variables only: CoarseNet
-  is frozen), TensorBoard, the picture, and every metric. Resuming is the
-  shared train loop's (train.run_train_loop), tested with CoarseNet."""
-  workdir = str(tmp_path / "fine")
-  metrics = train_fine.train_and_evaluate(_tiny_config(), workdir, coarse_workdir)
+  is frozen), TensorBoard, the picture, the run's config, and every metric.
+  Resuming is the shared train loop's (training.loop), tested with CoarseNet."""
+  workdir = str(tmp_path / "run")
+  metrics = fine_stage.train_and_evaluate(_config(coarse_workdir), workdir)
   for name in ("loss", "sfs", "fidelity", "smoothness", "depth_error", "normal_error",
                "coarse_depth_error", "coarse_normal_error"):
     assert np.isfinite(metrics[name]), name
   assert metrics["fidelity"] > 0  # FineNet moved off the coarse depth
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-  assert sorted(_best_variables(workdir)["params"]) == ["detail", "head_1", "vgg_16"]
-  assert os.path.getsize(os.path.join(workdir, "fine_reconstructions.png")) > 0
-  (events,) = os.listdir(os.path.join(workdir, "tensorboard"))
-  tags = {v.tag for e in tensorboard.read_events(os.path.join(workdir, "tensorboard", events))
-          for v in e.values or ()}
-  assert {"train/sfs", "eval/normal_error", "eval/fine_reconstructions"} <= tags
+  stage = os.path.join(workdir, "fine")
+  assert sorted(os.listdir(os.path.join(stage, "checkpoints"))) == ["2", "4"]
+  assert sorted(_best_variables(stage)["params"]) == ["detail", "head_1", "vgg_16"]
+  assert os.path.getsize(os.path.join(stage, "fine_reconstructions.png")) > 0
+  assert {"train/sfs", "eval/normal_error", "eval/fine_reconstructions"} <= events.tags(
+      os.path.join(stage, "tensorboard"))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["config"]["fine"]["coarse_workdir"] == coarse_workdir
 
 
 @pytest.mark.slow
 def test_end_to_end_mode_fine_tunes_coarsenet_too(coarse_workdir, tmp_path):
   workdir = str(tmp_path / "joint")
-  train_fine.train_and_evaluate(_tiny_config(num_train_steps=2, end_to_end=True), workdir,
-                                coarse_workdir)
-  joint = _best_variables(workdir)
+  fine_stage.train_and_evaluate(_config(coarse_workdir, num_train_steps=2, end_to_end=True),
+                                workdir)
+  joint = _best_variables(os.path.join(workdir, "fine"))
   assert sorted(joint["params"]) == ["coarse", "fine"]
   before = jax.tree.leaves(_best_variables(coarse_workdir)["params"])
   after = jax.tree.leaves(joint["params"]["coarse"])
@@ -179,8 +176,6 @@ def test_end_to_end_mode_fine_tunes_coarsenet_too(coarse_workdir, tmp_path):
 
 
 def _write_photos(folder, count=12):
-  import cv2
-
   os.makedirs(folder, exist_ok=True)
   rng = np.random.default_rng(3)
   kinds = ["colour.jpg", "grey.png", "rgba.png", "deep.png", "large.jpg", "small.png"]
@@ -202,8 +197,6 @@ def _write_photos(folder, count=12):
 
 
 def test_folder_source_crops_and_resizes_any_photo(tmp_path):
-  from facerecon.data import input_pipeline
-
   _write_photos(str(tmp_path))
   (tmp_path / "notes.txt").write_text("not an image")
   train_source = input_pipeline.FolderSource(str(tmp_path), 24, "train")
@@ -225,45 +218,39 @@ def test_folder_source_crops_and_resizes_any_photo(tmp_path):
 def test_fine_stage_trains_on_a_folder_of_photos(coarse_workdir, tmp_path):
   photos = str(tmp_path / "photos")
   _write_photos(photos, 20)
-  config = _tiny_config(num_train_steps=2, eval_batch_size=2, best_metric="loss")
+  config = _config(coarse_workdir, num_train_steps=2, eval_batch_size=2, best_metric="loss")
   config.fine.data.source = "folder"
   config.fine.data.folder = photos
-  metrics = train_fine.train_and_evaluate(config, str(tmp_path / "run"), coarse_workdir)
+  metrics = fine_stage.train_and_evaluate(config, str(tmp_path / "run"))
   assert np.isfinite(metrics["loss"]) and "normal_error" not in metrics
 
 
 def test_fine_stage_errors_name_the_problem(tmp_path):
   with pytest.raises(FileNotFoundError, match="no trained CoarseNet"):
-    train_fine.train_and_evaluate(_tiny_config(), str(tmp_path / "f"), str(tmp_path / "none"))
-  config = _tiny_config()
+    fine_stage.train_and_evaluate(_config(str(tmp_path / "none")), str(tmp_path / "f"))
+  config = _config(None)
   config.fine.data.source = "folder"
   with pytest.raises(ValueError, match="config.fine.data.folder"):
-    train_fine._open_data(config, None, "train", 8)
+    sources.open_photos(config, None, "train", 8)
   config.fine.data.source = "web"
   with pytest.raises(ValueError, match="config.fine.data.source"):
-    train_fine._open_data(config, None, "train", 8)
+    sources.open_photos(config, None, "train", 8)
 
 
 @pytest.mark.slow
 def test_main_trains_coarsenet_then_finenet(tmp_path):
   """The README's command shape: one main.py run trains both stages."""
-  import subprocess
-  import sys
-
-  from conftest import ROOT
-  from test_train_e2e import _TINY_FLAGS
-
-  flags = [f for f in _TINY_FLAGS if not f.startswith("--config.fine.num_train_steps")]
-  flags += ["--config.num_train_steps=2", "--config.eval_every=2",
-            "--config.fine.num_train_steps=2", "--config.fine.widths=(4,8,8)",
-            "--config.fine.head=(8,)", "--config.fine.batch_size=8",
-            "--config.fine.eval_batch_size=8", "--config.fine.eval_batches=1",
-            "--config.fine.eval_every=2", "--config.fine.checkpoint_every=2"]
+  flags = tiny.flags(coarse__num_train_steps=2, coarse__eval_every=2, fine__num_train_steps=2)
   result = subprocess.run([sys.executable, "main.py", f"--workdir={tmp_path}", *flags],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = [l for l in result.stdout.splitlines() if "final evaluation:" in l]
   assert [l.split(" ")[0] for l in lines] == ["CoarseNet", "FineNet"]
+  # The log: a progress line per log_every steps; no library INFO chatter.
+  assert re.search(r"CoarseNet step 2/2: loss [\d.e+-]+, \d+ images/s, ETA 0m00s",
+                   result.stderr), result.stderr[-3000:]
+  assert "FineNet step 2/2" in result.stderr
+  assert not [l for l in result.stderr.splitlines() if "orbax" in l or "checkpoint_manager" in l]
   assert "normal_error" in lines[1]
   assert (tmp_path / "reconstructions.png").exists()
   assert (tmp_path / "fine" / "fine_reconstructions.png").exists()
@@ -283,84 +270,12 @@ def test_fine_stage_trains_on_the_images_of_a_tfds_data_set(coarse_workdir, tmp_
                                             model="embedded:25", backgrounds=()), source)
   splits.write_splits_and_statistics(source, (0.6, 0.2, 0.2), seed=0)
   build_dataset.build("synthetic", source, str(tmp_path / "tfds"))
-  config = _tiny_config(num_train_steps=2, batch_size=4, eval_batch_size=4,
-                        best_metric="loss")
+  config = _config(coarse_workdir, num_train_steps=2, batch_size=4, eval_batch_size=4,
+                   best_metric="loss")
   config.fine.data.update(source="tfds", name="facerecon_faces/synthetic",
                           data_dir=str(tmp_path / "tfds"))
-  metrics = train_fine.train_and_evaluate(config, str(tmp_path / "run"), coarse_workdir)
+  metrics = fine_stage.train_and_evaluate(config, str(tmp_path / "run"))
   assert np.isfinite(metrics["loss"]) and "normal_error" not in metrics
   config.fine.update(eval_batch_size=8, num_train_steps=4, eval_every=4)  # val holds 4
   with pytest.raises(ValueError, match=r"fewer than config.fine.eval_batch_size \(8\)"):
-    train_fine.train_and_evaluate(config, str(tmp_path / "run"), coarse_workdir)
-
-
-def loss_and_gradient(coarse_workdir):
-  """FineNet's loss terms and gradient on one training batch, with the
-  output layer moved off zero (so every layer has a gradient), on however
-  many devices this process has."""
-  config = _tiny_config()
-  mesh = train.make_mesh()
-  coarse_net, coarse_variables, model, statistics = train_fine.load_coarse(
-      config, coarse_workdir, mesh)
-  net = train_fine.make_fine_net(config)
-  zeros = jnp.zeros((1, 32, 32))
-  params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), zeros, zeros > 0)
-  params = jax.tree_util.tree_map_with_path(
-      lambda path, x: x + 0.01 if "detail" in str(path) else x, params["params"])
-  host = next(train_fine._open_data(config, model, "train", 8))
-  batch = train.shard_batch({"image": np.asarray(host["image"])}, mesh)
-  loss_fn = train_fine._loss_fn(net, train_fine._coarse_fit_fn(coarse_net, config, mesh),
-                                config, mesh)
-  context = jax.device_put((model, statistics, coarse_variables), train.replicated(mesh))
-  (loss, (_, terms)), grads = jax.jit(jax.value_and_grad(
-      lambda p: loss_fn(p, {}, batch, None, context), has_aux=True))(params)
-  out = {name: float(value) for name, value in terms.items()}
-  out["loss"] = float(loss)
-  for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
-    out[jax.tree_util.keystr(path)] = float(jnp.linalg.norm(leaf))
-  return out
-
-
-_FOUR_DEVICE_FINE = """
-import sys, jax
-sys.path.insert(0, {tests!r})
-import test_fine
-from facerecon import train_fine
-assert jax.device_count() == 4
-print("GRADIENT", test_fine.loss_and_gradient({coarse!r}))
-metrics = train_fine.train_and_evaluate(test_fine._tiny_config(num_train_steps=1), {workdir!r},
-                                        {coarse!r})
-print("METRICS", {{k: float(v) for k, v in metrics.items()}})
-"""
-
-
-@pytest.mark.slow
-def test_fine_stage_on_four_devices_matches_one(coarse_workdir, tmp_path):
-  """Each of 4 fake CPU devices renders its own coarse fits and computes
-  the loss on its 2 photos: the loss and the gradient of every FineNet
-  variable are those of one device (not 4x: see the known pitfall of FFI
-  calls under shard_map), and a run completes with the same coarse metrics.
-  (Trained parameters are not compared: Adam's first steps are nearly
-  sign(gradient), so float summation order decides tiny gradients' steps.)"""
-  import ast
-  import subprocess
-  import sys
-
-  from conftest import ROOT
-
-  one = loss_and_gradient(coarse_workdir)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  code = _FOUR_DEVICE_FINE.format(tests=os.path.join(ROOT, "tests"),
-                                  workdir=str(tmp_path / "four"), coarse=coarse_workdir)
-  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  lines = {l.split(" ", 1)[0]: ast.literal_eval(l.split(" ", 1)[1])
-           for l in result.stdout.splitlines() if l.startswith(("GRADIENT ", "METRICS "))}
-  four = lines["GRADIENT"]
-  assert sorted(four) == sorted(one) and len(one) > 10
-  for name in one:
-    assert four[name] == pytest.approx(one[name], rel=1e-4, abs=1e-7), name
-  assert all(np.isfinite(v) for v in lines["METRICS"].values())
-  assert "normal_error" in lines["METRICS"]
+    fine_stage.train_and_evaluate(config, str(tmp_path / "run"))

@@ -39,7 +39,7 @@ def _launch(tmp_path, *args, describe_status=1):
 
 ARGS = ["--name=pod", "--zone=us-central2-b", "--accelerator-type=v4-32",
         "--config=configs/resnet.py", "--workdir=gs://bucket/runs/resnet", "--",
-        "--config.batch_size=256", "--config.data.prior.yaw=(-45.0, 45.0)"]
+        "--config.coarse.batch_size=256", "--config.synthetic.prior.yaw=(-45.0, 45.0)"]
 
 
 def test_creates_ships_installs_and_trains_on_every_worker(tmp_path):
@@ -58,11 +58,11 @@ def test_creates_ships_installs_and_trains_on_every_worker(tmp_path):
   words = shlex.split(train["--command"])
   assert words[:3] == ["cd", "facerecon", "&&"]
   assert words[3:] == ["python3", "main.py", "--multihost", "--config=configs/resnet.py",
-                       "--workdir=gs://bucket/runs/resnet", "--config.batch_size=256",
-                       "--config.data.prior.yaw=(-45.0, 45.0)"]
+                       "--workdir=gs://bucket/runs/resnet", "--config.coarse.batch_size=256",
+                       "--config.synthetic.prior.yaw=(-45.0, 45.0)"]
   with tarfile.open(tmp_path / "shipped.tar.gz") as archive:
     names = set(archive.getnames())
-  assert {"main.py", "setup.cfg", "facerecon/train.py", "launch_tpu.sh"} <= names
+  assert {"main.py", "setup.cfg", "facerecon/training/loop.py", "launch_tpu.sh"} <= names
   assert not any(n.startswith((".venv", "runs/")) for n in names)
 
 
@@ -81,7 +81,7 @@ def test_dry_run_prints_every_command_and_runs_none(tmp_path):
              if line.startswith("+ ")]
   assert [p[4] for p in printed] == ["describe", "create", "scp", "ssh", "ssh"]
   assert all("--project=proj" in p for p in printed)
-  assert "--config.batch_size=256" in printed[-1][-1]
+  assert "--config.coarse.batch_size=256" in printed[-1][-1]
 
 
 @pytest.mark.parametrize("args, message", [

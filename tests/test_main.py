@@ -7,11 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from facerecon import face_models
 from facerecon import morphable
 from facerecon import preview
-
-from conftest import ROOT
 
 
 @pytest.mark.slow
@@ -70,3 +69,11 @@ def test_main_rejects_bad_flags(tmp_path):
        "--mode=reconstruct", f"--input={tmp_path}/no_photos", "--output=out"], cwd=ROOT,
       capture_output=True, text=True, timeout=120)
   assert missing_input.returncode != 0 and "no_photos does not exist" in missing_input.stderr
+  zero_batch = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/synthetic.py", f"--workdir={tmp_path}",
+       "--config.coarse.batch_size=0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert zero_batch.returncode != 0
+  assert "config.coarse.batch_size is 0; it must be a positive integer" in zero_batch.stderr
+  no_config = subprocess.run([sys.executable, "main.py", f"--workdir={tmp_path}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+  assert no_config.returncode != 0 and "--mode=train needs --config" in no_config.stderr

@@ -5,12 +5,15 @@ there and ends like the same run in a local directory."""
 
 import os
 import socket
+import tempfile
 
 import numpy as np
 import pytest
 
+import events
+import tiny
 from facerecon import fileio
-from facerecon import tensorboard
+from facerecon.training import tensorboard
 
 BUCKET = "facerecon-test"
 
@@ -66,6 +69,16 @@ def gcs():
   server.stop()
 
 
+def _events(url: str) -> list:
+  """The events of an event file in the bucket, read by TensorBoard's loader
+  from a local copy."""
+  with tempfile.TemporaryDirectory() as local:
+    path = os.path.join(local, os.path.basename(url))
+    with open(path, "wb") as f:
+      f.write(fileio.read_bytes(url))
+    return events.events(path)
+
+
 def _env(url: str) -> dict:
   return dict(os.environ, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS="cpu",
               TENSORSTORE_GCS_HTTP_URL=url,  # orbax's arrays go through tensorstore
@@ -106,7 +119,7 @@ def test_summary_writer_uploads_on_flush_and_rolls_files(gcs):
   assert not fileio.exists(writer.path)  # nothing uploaded before a flush
   writer.flush()
   first = writer.path
-  assert [e.step for e in tensorboard.read_events(first)] == [0, 1]
+  assert [e.step for e in _events(first)] == [0, 1]
   noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
   writer.image("picture", noise, step=2)  # a PNG of noise: the file passes 300 bytes
   writer.flush()
@@ -116,8 +129,7 @@ def test_summary_writer_uploads_on_flush_and_rolls_files(gcs):
   names = sorted(p.name for p in epath.Path(logdir).iterdir())
   assert names == sorted([os.path.basename(first), os.path.basename(writer.path)])
   assert names[0] == os.path.basename(first)  # name order is write order
-  steps = [e.step for name in names for e in tensorboard.read_events(f"{logdir}/{name}")
-           if e.values]
+  steps = [e.step for name in names for e in _events(f"{logdir}/{name}") if e.summary.value]
   assert steps == [1, 2, 3]
   with pytest.raises(ValueError, match="closed"):
     writer.scalar("loss", 1.0, step=4)
@@ -135,17 +147,15 @@ def test_main_trains_and_resumes_in_a_gs_workdir(gcs, tmp_path):
 
   from conftest import ROOT
   from etils import epath
-  from test_train_e2e import _TINY_FLAGS
   from test_cropping import astronaut_photo
   from test_train_e2e import _final_metrics
 
   workdir = f"gs://{BUCKET}/run"
-  flags = [*_TINY_FLAGS, "--config.eval_every=4"]
 
   def main(workdir, steps, *more):
     result = subprocess.run(
-        [sys.executable, "main.py", f"--workdir={workdir}", *flags,
-         f"--config.num_train_steps={steps}", *more],
+        [sys.executable, "main.py", f"--workdir={workdir}", *more,
+         *tiny.flags(coarse__num_train_steps=steps)],
         cwd=ROOT, env=_env(gcs), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -163,10 +173,10 @@ def test_main_trains_and_resumes_in_a_gs_workdir(gcs, tmp_path):
   assert {p.name for p in (run / "checkpoints").iterdir()} >= {"8"}
   assert fileio.exists(f"{workdir}/best/best.json")
   assert fileio.read_bytes(f"{workdir}/reconstructions.png").startswith(b"\x89PNG")
-  events = [e for p in sorted((run / "tensorboard").iterdir())
-            for e in tensorboard.read_events(os.fspath(p)) if e.values]
-  tags = {v.tag for e in events for v in e.values}
-  assert "eval/vertex_error" in tags and max(e.step for e in events) == 8
+  written = [e for p in sorted((run / "tensorboard").iterdir())
+             for e in _events(os.fspath(p)) if e.summary.value]
+  tags = {v.tag for e in written for v in e.summary.value}
+  assert "eval/vertex_error" in tags and max(e.step for e in written) == 8
 
   photo = tmp_path / "astronaut.png"
   fileio.write_png_atomic(photo, astronaut_photo())

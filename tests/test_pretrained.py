@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from facerecon import train
+from configs import default
+from facerecon import face_models
+from facerecon import networks
+from facerecon.data import normalization
 from facerecon.models import backbones
 from facerecon.models import pretrained
 
@@ -67,14 +70,12 @@ def test_every_backbone_variable_has_its_slim_name(backbone, kwargs, expected):
 
 
 def _tiny_config():
-  from configs import default
-
   config = default.get_config()
   config.model = "embedded:25"
   config.image_size = 32
-  config.backbone = "resnet_v1_50"
-  config.backbone_kwargs.width = 4
-  config.num_iterations = 2
+  config.coarse.backbone = "resnet_v1_50"
+  config.coarse.backbone_kwargs.width = 4
+  config.coarse.num_iterations = 2
   return config
 
 
@@ -92,16 +93,18 @@ def _fake_slim_arrays(variables, scope, seed=0):
   return arrays
 
 
-def _coarse_net_variables(config):
-  from facerecon import face_models
-  from facerecon.data import normalization
-
+def _model_and_statistics(config):
   model = face_models.load(config.model)
   size = model.layout.size
   stats = normalization.DataStatistics(
       param_mean=jnp.zeros(size), param_std=jnp.ones(size),
       mean_image=jnp.zeros((32, 32, 3)), count=jnp.array(1))
-  net = train.make_coarse_net(config)
+  return model, stats
+
+
+def _coarse_net_variables(config):
+  model, stats = _model_and_statistics(config)
+  net = networks.coarse_net(config)
   return dict(net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), model, stats))
 
 
@@ -147,16 +150,18 @@ def test_init_from_slim_rejects_another_networks_weights():
 
 
 def test_training_starts_from_the_pretrained_weights(tmp_path):
+  """config.coarse.pretrained: the variables a CoarseNet run starts from."""
   config = _tiny_config()
   variables = _coarse_net_variables(config)
   arrays = _fake_slim_arrays(variables, "resnet_v1_50")
   path = str(tmp_path / "resnet_v1_50.npz")
   np.savez(path, **arrays)
-  config.pretrained = path
-  config.data.statistics_samples = 16
-  training = train.build_training(config)
+  config.coarse.pretrained = path
+  model, stats = _model_and_statistics(config)
+  start = networks.initial_coarse_variables(networks.coarse_net(config), config, None, model,
+                                            stats)
   np.testing.assert_array_equal(
-      training.state.params["iteration_2"]["resnet_v1_50"]["block1"]["unit_2"]
+      start["params"]["iteration_2"]["resnet_v1_50"]["block1"]["unit_2"]
       ["bottleneck_v1"]["conv1"]["weights"],
       arrays["resnet_v1_50/block1/unit_2/bottleneck_v1/conv1/weights"])
 

@@ -1,5 +1,6 @@
 """--mode=reconstruct and --mode=evaluate on a tiny trained run: every output
-file, failures reported, AFLW2000-3D-style folders, the synthetic test split."""
+file, failures reported, the run's recorded config, AFLW2000-3D-style
+folders, the synthetic test split."""
 
 import json
 import os
@@ -8,32 +9,52 @@ import sys
 
 import cv2
 import numpy as np
+import plyfile
 import pytest
 import scipy.io
+import trimesh
 
+import tiny
 from conftest import ROOT
-from facerecon.data import photos
 from facerecon import camera
 from facerecon import evaluate
 from facerecon import export
-from facerecon import inference
 from facerecon import face_models
+from facerecon import inference
 from facerecon import morphable
 from facerecon import reconstruct
-from facerecon import train
-from facerecon import train_fine
+from facerecon import training
+from facerecon.data import cropping
+from facerecon.data import photos
+from facerecon.data import sources
 from test_cropping import astronaut_photo
-from test_fine import _tiny_config
+
+# The run the tests reconstruct with: 2 CoarseNet steps, then 2 FineNet steps.
+CONFIG = dict(coarse__num_train_steps=2, coarse__eval_every=2, fine__num_train_steps=2)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   """A tiny CoarseNet + FineNet run (2 steps each)."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = _tiny_config(num_train_steps=2)
-  train.train_and_evaluate(config, workdir)
-  train_fine.train_and_evaluate(config, os.path.join(workdir, "fine"), workdir)
+  training.train_and_evaluate(tiny.config(**CONFIG), workdir)
   return workdir
+
+
+def _read_obj(path):
+  """(vertices, triangles, colours in [0, 1]) as trimesh reads them."""
+  mesh = trimesh.load(path, process=False, maintain_order=True)
+  colours = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
+  return np.asarray(mesh.vertices), np.asarray(mesh.faces), colours
+
+
+def _read_ply(path):
+  """(vertices, triangles, colours in [0, 1]) as plyfile reads them."""
+  data = plyfile.PlyData.read(path)
+  vertex = data["vertex"]
+  vertices = np.stack([vertex["x"], vertex["y"], vertex["z"]], -1)
+  colours = np.stack([vertex["red"], vertex["green"], vertex["blue"]], -1) / 255.0
+  return vertices, np.stack(data["face"]["vertex_indices"]), colours
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +76,7 @@ def photo_folder(tmp_path_factory):
 
 
 def test_reconstruct_writes_every_output_and_reports_failures(run_dir, photo_folder, tmp_path):
-  config = _tiny_config()
+  config = tiny.config(**CONFIG)
   out = str(tmp_path / "out")
   summary = reconstruct.reconstruct(config, run_dir, photo_folder, out, batch_size=2,
                                     progress=False)
@@ -82,9 +103,8 @@ def test_reconstruct_writes_every_output_and_reports_failures(run_dir, photo_fol
     np.testing.assert_allclose(projected, landmarks, atol=0.01 * size)
     # Both meshes hold the fit, photo pixels with y up: the landmark vertices
     # are the landmarks.
-    for vertices, triangles, colours in (export.read_obj(base + ".obj"),
-                                         export.read_ply(base + ".ply")):
-      assert vertices.shape == (model.num_vertices, 3) and colours is not None
+    for vertices, triangles, colours in (_read_obj(base + ".obj"), _read_ply(base + ".ply")):
+      assert vertices.shape == (model.num_vertices, 3) and colours.shape == vertices.shape
       np.testing.assert_array_equal(triangles, np.asarray(model.triangles))
       marks = vertices[np.asarray(model.landmark_indices)]
       np.testing.assert_allclose(np.stack([marks[:, 0], size - 1 - marks[:, 1]], -1),
@@ -104,12 +124,11 @@ def test_reconstruct_writes_every_output_and_reports_failures(run_dir, photo_fol
   assert not [n for n in os.listdir(out) if n.startswith(".")]  # no partial files
 
 
-
 def test_reconstruct_fits_whole_batches_and_photos_split_between_them(tmp_path, monkeypatch):
   """Faces go to the networks `batch_size` at a time (never more, so no
   padded batch mid-run); a photo whose faces span two batches is written
   once, whole, as with any batch size."""
-  config = _tiny_config()
+  config = tiny.config()
   model = face_models.load(config.model)
   size = config.image_size
   calls = []
@@ -164,8 +183,9 @@ def test_reconstruct_fits_whole_batches_and_photos_split_between_them(tmp_path, 
     assert np.abs(overlay_4.astype(int) - overlay_16).max() <= 1
     assert (overlay_4 != 120).any()  # the face is drawn in
 
+
 def test_predictions_do_not_depend_on_the_batching(run_dir):
-  config = _tiny_config()
+  config = tiny.config(**CONFIG)
   crops = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
   one = inference.Predictor(config, run_dir, batch_size=1)(crops)
   four = inference.Predictor(config, run_dir, batch_size=4)(crops)
@@ -180,7 +200,7 @@ def _write_aflw_style(folder, count: int, seed: int):
   """Synthetic faces saved as AFLW2000-3D saves its photos: <stem>.jpg and
   a .mat with 1-based MATLAB pixel coordinates. Returns their yaws."""
   model = face_models.load("embedded:25")
-  batch = next(train.SyntheticStream(model, 120, count, seed, per_host=False))
+  batch = next(sources.SyntheticStream(model, 120, count, seed, per_host=False))
   for k in range(count):
     params = batch["params"][k].astype(np.float64)
     pose = params[:7].copy()
@@ -210,9 +230,7 @@ def test_nme_and_yaw_bins_follow_the_protocol():
 def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
   """The protocol's bookkeeping (crop, fit, map back, NME) end to end, with
   a predictor that knows each crop's true landmarks: NME 0."""
-  from facerecon.data import cropping
-
-  size = _tiny_config().image_size
+  size = tiny.config().image_size
   _, landmarks = _write_aflw_style(str(tmp_path), 4, seed=5)
   truth_of_crop = {}
   for k in range(4):
@@ -232,26 +250,23 @@ def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
       return inference.FaceFits(None, points, None, None, None, None)
 
   monkeypatch.setattr(inference, "Predictor", Oracle)
-  results = evaluate.evaluate_folder(_tiny_config(), "unused", str(tmp_path))
+  results = evaluate.evaluate_folder(tiny.config(), "unused", str(tmp_path))
   assert results["ground_truth_crops"]["all"] == pytest.approx(0.0, abs=1e-4)
   assert sum(results["ground_truth_crops"][f"count {b}"]
              for b in ("[0,30]", "[30,60]", "[60,90]")) == 4
 
 
 def test_evaluate_on_aflw_style_folder_and_synthetic_test_split(run_dir, tmp_path):
-  """main.py --mode=evaluate: the yaw table printed and written as JSON; a
-  corrupt .mat is reported and skipped. Then the synthetic test split."""
+  """main.py --mode=evaluate with the run's own config: the yaw table
+  printed and written as JSON; a corrupt .mat is reported and skipped.
+  Then the synthetic test split."""
   folder = tmp_path / "AFLW2000"
   folder.mkdir()
-  yaws, _ = _write_aflw_style(str(folder), 6, seed=7)
+  _write_aflw_style(str(folder), 6, seed=7)
   (folder / "image99999.jpg").write_bytes((folder / "image00000.jpg").read_bytes())
   (folder / "image99999.mat").write_bytes(b"corrupt")
   result = subprocess.run(
-      [sys.executable, "main.py", "--mode=evaluate", "--config=configs/synthetic.py",
-       f"--workdir={run_dir}", f"--input={folder}", "--config.model=embedded:25",
-       "--config.image_size=32", "--config.backbone_kwargs.widths=(8,16)",
-       "--config.fine.widths=(4,8,8)", "--config.fine.head=(8,)",
-       "--config.data.statistics_samples=64"],
+      [sys.executable, "main.py", "--mode=evaluate", f"--workdir={run_dir}", f"--input={folder}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "ground-truth crops" in result.stdout and "detector crops" in result.stdout
@@ -263,7 +278,7 @@ def test_evaluate_on_aflw_style_folder_and_synthetic_test_split(run_dir, tmp_pat
   assert [os.path.basename(s["file"]) for s in results["skipped"]] == ["image99999.jpg"]
   assert results["detector_crops"]["missed"] <= 6
 
-  text, synthetic = evaluate.run(_tiny_config(), run_dir, "synthetic")
+  text, synthetic = evaluate.run(tiny.config(**CONFIG), run_dir, "synthetic")
   for key in ("param_error", "vertex_error", "depth_error", "landmark_nme",
               "landmark_nme_box_percent"):
     assert np.isfinite(synthetic[key]) and np.isfinite(synthetic["baseline_" + key]), key
@@ -271,24 +286,49 @@ def test_evaluate_on_aflw_style_folder_and_synthetic_test_split(run_dir, tmp_pat
   assert os.path.exists(os.path.join(run_dir, "evaluation_synthetic_test.json"))
 
 
+def test_a_config_that_differs_from_the_run_is_refused(run_dir, tmp_path):
+  """An explicit --config must describe the run's networks: another face
+  model (both have 235 parameters) is refused, naming the field; one that
+  differs only in what does not shape the networks is fine."""
+  flags = tiny.flags(**CONFIG)
+  other_model = subprocess.run(
+      [sys.executable, "main.py", "--mode=evaluate", f"--workdir={run_dir}", "--input=synthetic",
+       *flags, "--config.model=embedded"], cwd=ROOT, capture_output=True, text=True,
+      timeout=600)
+  assert other_model.returncode != 0
+  assert "config.model: the run in" in other_model.stderr
+  assert "'embedded:25'" in other_model.stderr
+  with pytest.raises(ValueError, match="config.coarse.backbone_kwargs"):
+    inference.Predictor(tiny.config(**CONFIG, coarse__backbone_kwargs__widths=(8, 8)), run_dir)
+
+
+def test_the_reconstruct_path_imports_no_training_code():
+  """Loading trained networks and reconstructing needs neither the training
+  modules nor the data pipeline's Grain and tfds."""
+  code = ("import sys, facerecon.reconstruct; print(sorted(m for m in sys.modules if "
+          "m.startswith(('facerecon.training', 'grain', 'tensorflow_datasets'))))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip() == "[]"
+
+
 def test_main_reconstruct_exits_non_zero_when_a_photo_fails(run_dir, tmp_path):
-  photos = tmp_path / "in"
-  photos.mkdir()
-  cv2.imwrite(str(photos / "face.png"), cv2.cvtColor(astronaut_photo(), cv2.COLOR_RGB2BGR))
-  (photos / "broken.png").write_bytes(b"\x89PNG broken")
-  flags = ["--config.model=embedded:25", "--config.image_size=32",
-           "--config.backbone_kwargs.widths=(8,16)", "--config.fine.widths=(4,8,8)",
-           "--config.fine.head=(8,)", "--config.data.statistics_samples=64"]
+  """--mode=reconstruct needs only the run directory (its config.json)."""
+  photos_in = tmp_path / "in"
+  photos_in.mkdir()
+  cv2.imwrite(str(photos_in / "face.png"), cv2.cvtColor(astronaut_photo(), cv2.COLOR_RGB2BGR))
+  (photos_in / "broken.png").write_bytes(b"\x89PNG broken")
   result = subprocess.run(
-      [sys.executable, "main.py", "--mode=reconstruct", "--config=configs/synthetic.py",
-       f"--workdir={run_dir}", f"--input={photos}", f"--output={tmp_path / 'out'}", *flags],
+      [sys.executable, "main.py", "--mode=reconstruct", f"--workdir={run_dir}",
+       f"--input={photos_in}", f"--output={tmp_path / 'out'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 1, result.stderr[-3000:]
   assert "reconstructed 1 faces from 1 of 2 photos" in result.stdout
   assert "broken.png: cannot decode the image" in result.stdout
   assert (tmp_path / "out" / "face_face0.obj").exists()
   missing = subprocess.run(
-      [sys.executable, "main.py", "--mode=reconstruct", "--config=configs/synthetic.py",
-       f"--workdir={tmp_path / 'nothing'}", f"--input={photos}", "--output=x", *flags],
+      [sys.executable, "main.py", "--mode=reconstruct", f"--workdir={tmp_path / 'nothing'}",
+       f"--input={photos_in}", "--output=x"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert missing.returncode != 0 and "no trained CoarseNet" in missing.stderr
+  assert missing.returncode != 0 and "has no trained networks" in missing.stderr

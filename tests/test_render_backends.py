@@ -2,10 +2,6 @@
 (jit, vmap, grad, shard_map) the training code relies on."""
 
 import functools
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +16,6 @@ from facerecon.render import pallas_tpu
 from facerecon.render import pallas_triton
 from facerecon.render import raster
 
-from conftest import ROOT
 
 FAST_BACKENDS = [b for b in render.BACKENDS if b != "reference"]
 
@@ -246,71 +241,6 @@ def test_face_render_gradients_match_reference(fast_backend, small_model):
   np.testing.assert_allclose(np.asarray(grad_fast), np.asarray(grad_ref), rtol=1e-3, atol=1e-6)
   assert np.all(np.isfinite(np.asarray(grad_fast)))
   assert np.abs(np.asarray(grad_fast)[0, :7]).min() > 0  # every pose entry
-
-
-_SHARDED_SCRIPT = textwrap.dedent("""
-    import jax, jax.numpy as jnp, numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from facerecon import camera, face_models, render
-    assert jax.device_count() == 4, jax.devices()
-    model = face_models.embedded(grid_size=25, num_shape=12, num_expression=6, num_texture=10)
-    rng = np.random.default_rng(0)
-    images = []
-    for _ in range(8):
-      angles = jnp.asarray(rng.uniform(-0.5, 0.5, 3), jnp.float32)
-      pose = camera.framing_pose(model.mean_shape, angles, 32, 32)
-      images.append(camera.project_scaled_orthographic(model.mean_shape, pose, 32))
-    vertices = jnp.stack(images)
-    target = jnp.asarray(rng.normal(size=(8, 32, 32)), jnp.float32)
-
-    def local_loss(offset, v, t):
-      # A replicated parameter (a shift of every mesh), per-device data.
-      moved = v + offset
-      raster = render.rasterize(moved, model.triangles, 32, 32, backend="{backend}")
-      depth = render.interpolate(moved[..., 2:], raster, moved, model.triangles,
-                                 backend="{backend}")[..., 0]
-      fused = render.interpolate_depth(raster, moved, model.triangles, backend="{backend}")
-      # Attributes without the batch dims, shared by the images (as render_face
-      # passes the mean texture), here depending on the parameter too.
-      shared = render.interpolate(model.texture_mean / 255.0 + offset, raster, moved,
-                                  model.triangles, backend="{backend}")[..., 0]
-      return jnp.sum(jnp.where(raster.mask,
-                               (depth - t) ** 2 + (fused + t) ** 2 + shared * t, 0.0))
-
-    offset = jnp.array([0.3, -0.2, 0.5])
-    single = jax.grad(local_loss)(offset, vertices, target)
-
-    mesh = jax.make_mesh((4,), ("data",))
-    shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
-    def data_parallel(offset, v, t):
-      return jax.lax.psum(local_loss(offset, v, t), "data")
-    loss = jax.shard_map(data_parallel, mesh=mesh, in_specs=(P(), P("data"), P("data")),
-                         out_specs=P())
-    sharded = jax.jit(jax.grad(loss))(offset, shard(vertices), shard(target))
-    ratio = np.asarray(sharded) / np.asarray(single)
-    print("ratio", ratio)
-    np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), rtol=1e-4)
-    print("OK")
-""")
-
-
-@pytest.mark.parametrize("backend_name", render.BACKENDS)
-def test_data_parallel_gradient_scale_on_four_devices(backend_name):
-  """Each of 4 devices rasterizes its own images; gradients of a replicated
-  parameter equal the single-device ones (not 4x, as when a kernel's output
-  is typed device-invariant and the backward sums it over the devices),
-  also through attributes shared by the batch."""
-  if backend_name not in render.available_backends():
-    pytest.skip(f"backend '{backend_name}' is not available here")
-  if backend_name == "triton":
-    pytest.skip("the script runs on 4 forced CPU devices, where the Triton kernel cannot")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run(
-      [sys.executable, "-c", _SHARDED_SCRIPT.replace("{backend}", backend_name)],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0 and "OK" in result.stdout, (
-      result.stdout[-2000:] + result.stderr[-4000:])
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -30,6 +30,7 @@ import json
 import os
 
 from absl import logging
+import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -126,8 +127,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             for name in splits_lib.SPLITS}
 
   def _synthetic_examples(self, files, wanted):
-    import cv2
-
     for path in files:
       try:
         with np.load(path) as shard:
@@ -216,8 +215,6 @@ def skipped() -> list[tuple[str, str]]:
 
 def _read_image_bytes(path: str) -> bytes | None:
   """The file's bytes if they decode as an image; else reported and None."""
-  import cv2
-
   try:
     with open(path, "rb") as f:
       data = f.read()

@@ -30,7 +30,10 @@ by their centred square (`centred_square`).
 
 from typing import NamedTuple
 
+import cv2
 import numpy as np
+
+from facerecon import camera
 
 CROP_SCALE = 1.0 / 0.52
 CROP_SHIFT = 0.145
@@ -88,8 +91,6 @@ def crop(image: np.ndarray, square: Square, size: int) -> np.ndarray:
   """The `size` x `size` crop of `square` from an image [H, W, C] (uint8):
   bilinear, area-averaged when shrinking; outside the photo the edge
   pixels repeat (no black bars, which the training faces never have)."""
-  import cv2
-
   scale, offset = crop_transform(square, size)
   height, width = image.shape[:2]
   # Only the part of the photo the crop sees (plus a margin for the filter).
@@ -133,8 +134,6 @@ def to_photo_matrix(square: Square, size: int) -> np.ndarray:
 def shrink_to_side(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
   """(image, factor): the image (area-averaged) shrunk by `factor` so its
   longer side is at most `max_side`; itself and 1.0 when it fits already."""
-  import cv2
-
   height, width = image.shape[:2]
   factor = min(1.0, max_side / max(height, width))
   if factor == 1.0:
@@ -147,8 +146,6 @@ def pose_to_photo(pose, square: Square, size: int, photo_height: int) -> np.ndar
   """A pose [7] fitted in the crop -> the same face's pose in the photo, so
   `camera.project_scaled_orthographic(v, pose, photo_height)` lands on the
   photo's pixels."""
-  from facerecon import camera
-
   scale, offset = crop_transform(square, size)
   pose = np.asarray(pose, np.float64)
   photo_pose = camera.pose_after_image_similarity(pose, 1.0 / scale, -offset / scale, size,
