@@ -6,7 +6,7 @@
 #
 #   bash launch_tpu.sh --name=facerecon-v4 --zone=us-central2-b \
 #       --accelerator-type=v4-32 --config=configs/resnet.py \
-#       --workdir=gs://BUCKET/runs/resnet -- --config.batch_size=256
+#       --workdir=gs://BUCKET/runs/resnet -- --config.coarse.batch_size=256
 #
 # Everything after `--` goes to main.py unchanged (absl overrides). The
 # workdir must be shared by all workers (a gs:// path). --dry-run prints

@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
-from facerecon import memory
 from facerecon import camera
 from facerecon import embedded_face
 from facerecon import face_models
+from facerecon import memory
 from facerecon import render
 
 _SIZES = flags.DEFINE_list("sizes", ["200", "224"], "Square image sizes.")

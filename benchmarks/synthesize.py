@@ -18,8 +18,8 @@ from absl import app
 from absl import flags
 import jax
 
-from facerecon import memory
 from facerecon import face_models
+from facerecon import memory
 from facerecon.data import synthetic
 
 _SIZE = flags.DEFINE_integer("size", 200, "Square image size.")

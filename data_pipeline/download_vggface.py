@@ -9,7 +9,7 @@ fetched (bounded worker pool, per-request timeout, retries with exponential
 backoff for transient failures: timeouts, connection errors, 5xx, truncated
 bodies), checked to decode as an image, and cropped to --size x --size around
 its face box by the detector-box rule every path into CoarseNet shares
-(`facerecon.cropping.square_from_detection`; --margin widens the square by
+(`facerecon.data.cropping.square_from_detection`; --margin widens the square by
 that fraction of its side on each side). Where the square runs off the
 photo its edge pixels repeat, so the face is never stretched.
 It is written atomically as `<output_dir>/<Name>/<id>.jpg`. Images already
@@ -40,7 +40,6 @@ import tqdm
 
 from facerecon import fileio
 from facerecon.data import cropping
-
 
 USER_AGENT = "facerecon-downloader/1.0 (research; VGG Face)"
 

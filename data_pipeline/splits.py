@@ -5,7 +5,7 @@ r"""Deterministic train/val/test splits and training-set statistics.
 For a folder of synthetic shards (data_pipeline.synthesize): writes
 DIR/splits.json (sample indices of each split) and DIR/statistics.npz
 (per-parameter mean/std and the mean image of the train split; see
-facerecon.normalization). For data with identities (VGG Face), use
+facerecon.data.normalization). For data with identities (VGG Face), use
 `split_by_group` so that no person is in two splits.
 """
 

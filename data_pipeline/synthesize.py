@@ -39,8 +39,6 @@ from facerecon.data import photos
 from facerecon.data import synthetic
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """What defines the data set; stored as metadata.json."""

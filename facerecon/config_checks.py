@@ -65,20 +65,21 @@ def _require(ok: bool, field: str, value, what: str) -> None:
 
 
 def _choice(config, field: str, choices) -> None:
-  value = _get(config, field)
+  value = get_field(config, field)
   _require(value in choices, field, value, "one of " + ", ".join(map(repr, choices)))
 
 
-def _get(config, field: str):
+def get_field(config, dotted: str):
+  """config['a']['b'] for 'a.b' (a ConfigDict or the dicts of a recorded one)."""
   node = config
-  for key in field.split("."):
+  for key in dotted.split("."):
     node = node[key]
   return node
 
 
 def _check_stage(config, name: str) -> None:
   for field, (ok, what) in _STAGE_FIELDS.items():
-    value = _get(config, f"{name}.{field}")
+    value = get_field(config, f"{name}.{field}")
     _require(ok(value), f"{name}.{field}", value, what)
   _choice(config, f"{name}.schedule", SCHEDULES)
   for field, value in config[name].loss.items():
@@ -87,7 +88,7 @@ def _check_stage(config, name: str) -> None:
 
 
 def _check_widths(config, field: str) -> None:
-  value = _get(config, field)
+  value = get_field(config, field)
   ok = (isinstance(value, (list, tuple)) and len(value) > 0
         and all(_is_int(v) and v > 0 for v in value))
   _require(ok, field, value, "a non-empty sequence of positive integers")

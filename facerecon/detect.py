@@ -6,7 +6,7 @@ photo shrunk so its longer side is `detect_side` pixels (detection cost
 grows with the pixel count; faces smaller than `min_face` of that side are
 not looked for); with `profiles`, OpenCV's profile cascade runs on the copy
 and on its mirror image too (it finds left-facing profiles only), and boxes
-that overlap a frontal one are merged away. `facerecon.cropping` turns a
+that overlap a frontal one are merged away. `facerecon.data.cropping` turns a
 box into the network's crop.
 
 Speed and recall on 2 cores (the 512x512 astronaut photo; 64 synthetic

@@ -36,6 +36,7 @@ import tqdm
 
 from facerecon import export
 from facerecon import face_render
+from facerecon import inference
 from facerecon import networks
 from facerecon import parallel
 from facerecon import rundir
@@ -43,7 +44,6 @@ from facerecon.data import cropping
 from facerecon.data import mat_folders
 from facerecon.data import normalization
 from facerecon.data import photos
-from facerecon import inference
 from facerecon.training import coarse
 
 YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))

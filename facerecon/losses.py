@@ -3,7 +3,7 @@
 CoarseNet's are functions of parameter vectors; FineNet's (`fine_loss`, at
 the end) of depth maps and photos.
 
-Networks predict parameters in normalised units (`facerecon.normalization`);
+Networks predict parameters in normalised units (`facerecon.data.normalization`);
 `parameter_loss` compares those directly, the geometric losses take raw
 (denormalised) parameters in the `facerecon.params` layout. `total_loss`
 does the bookkeeping for a train step. Every function accepts any leading

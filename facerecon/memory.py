@@ -3,7 +3,7 @@
 XLA's CPU runtime allocates its output and temporary buffers with malloc on
 every call. glibc serves large blocks (over 128 KiB to 32 MiB, adapting)
 with fresh mmaps and returns them on free, so each call page-faults its
-buffers in again: on the virtual machines this project is measured on a
+buffers in again: on the 2-core virtual machines the benchmarks ran on a
 fault costs 2-3 us, and a [64, 200, 200, 10] float buffer took 0.86 ms per
 image to fault in, more than the kernel that fills it. Raising glibc's mmap
 and trim thresholds keeps freed blocks in the heap for reuse. The cost is

@@ -13,8 +13,8 @@ import ml_collections
 import numpy as np
 
 from facerecon import camera
-from facerecon import fileio
 from facerecon import face_models
+from facerecon import fileio
 from facerecon import morphable
 from facerecon import params as params_lib
 from facerecon import visualize

@@ -4,7 +4,7 @@
 
 For every photo (a file, or every image below a folder): detect the faces
 (`facerecon.detect`), crop each as the training data was cropped
-(`facerecon.cropping`), fit CoarseNet (and FineNet when the run trained
+(`facerecon.data.cropping`), fit CoarseNet (and FineNet when the run trained
 one) in batches (`facerecon.inference`), and write per face, next to the
 photo's relative path in `--output`:
 
@@ -42,11 +42,11 @@ from facerecon import camera
 from facerecon import detect
 from facerecon import export
 from facerecon import fileio
+from facerecon import inference
 from facerecon import params as params_lib
 from facerecon import visualize
 from facerecon.data import cropping
 from facerecon.data import photos
-from facerecon import inference
 
 OVERLAY_RENDER_SIZE = 256  # the shaded mesh is rendered at this size, then warped
 PREVIEW_SIDE = 1024        # overlays and vertex colours use the photo shrunk to this

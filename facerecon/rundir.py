@@ -30,6 +30,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from facerecon import config_checks
 from facerecon import face_models
 from facerecon import fileio
 from facerecon import morphable
@@ -132,13 +133,6 @@ def _tuples(value):
   return value
 
 
-def _field(config, dotted: str):
-  node = config
-  for key in dotted.split("."):
-    node = node[key]
-  return node
-
-
 def model_record(source: str, model: morphable.MorphableModel) -> dict:
   """What config.json says of the face model."""
   layout = model.layout
@@ -162,14 +156,6 @@ def read_record(run: RunDir) -> dict | None:
   return record
 
 
-def saved_config(run: RunDir) -> ml_collections.ConfigDict | None:
-  """The config the run was trained with, or None when it recorded none."""
-  record = read_record(run)
-  if record is None:
-    return None
-  return ml_collections.ConfigDict(_tuples(record["config"]))
-
-
 def check_same_networks(config, record: dict, where: str,
                         fields=NETWORK_FIELDS) -> None:
   """ValueError naming the first of `fields` in which `config` differs from a
@@ -177,10 +163,10 @@ def check_same_networks(config, record: dict, where: str,
   saved = record["config"]
   for name in fields:
     try:
-      recorded = _field(saved, name)
+      recorded = config_checks.get_field(saved, name)
     except KeyError:
       raise ValueError(f"{where}: its config.json has no field {name}") from None
-    given = _plain(_field(config, name))
+    given = _plain(config_checks.get_field(config, name))
     if given != recorded:
       raise ValueError(f"config.{name}: {where} was trained with {recorded!r}, but the config "
                        f"given says {given!r}")
@@ -226,7 +212,7 @@ def resolve_config(run: RunDir, explicit=None):
                        "with (--config)")
     return explicit
   if explicit is None:
-    return ml_collections.ConfigDict(_tuples(record["config"]))
+    return ml_collections.ConfigDict(_tuples(record["config"]))  # as the run recorded it
   check_same_networks(explicit, record, f"the run in {run.path}",
                       trained_fields(run, RunDir.has_best))
   return explicit

@@ -2,9 +2,9 @@
 
 import functools
 
+import cv2
 import jax
 import jax.numpy as jnp
-import cv2
 import numpy as np
 
 from facerecon import face_render

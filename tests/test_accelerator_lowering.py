@@ -15,8 +15,8 @@ import pytest
 
 from facerecon.render import pallas_tpu
 from facerecon.render import pallas_triton
-from lowering import KERNEL_CALLS
 from lowering import custom_call_lines
+from lowering import KERNEL_CALLS
 from lowering import operand_types
 
 

@@ -1,6 +1,6 @@
 import jax
-import jax.numpy as jnp
 from jax import test_util
+import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -17,8 +17,8 @@ from facerecon import models
 from facerecon import networks
 from facerecon.data import normalization
 from facerecon.data import synthetic
-from facerecon.training.state import Stage
 from facerecon.training.state import make_optimizer
+from facerecon.training.state import Stage
 
 CONFIGS = ("default", "synthetic", "resnet", "vgg", "mobile", "finenet")
 

@@ -1,4 +1,4 @@
-"""Face crops (facerecon.cropping) and the face detector (facerecon.detect)."""
+"""Face crops (facerecon.data.cropping) and the face detector (facerecon.detect)."""
 
 import os
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from facerecon import camera
-from facerecon.data import cropping
-from facerecon import face_render
 from facerecon import face_models
-from facerecon.data import synthetic
+from facerecon import face_render
+from facerecon.data import cropping
 from facerecon.data import sources
+from facerecon.data import synthetic
 
 
 def astronaut_photo():

@@ -18,10 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from data_pipeline import download_vggface as dl
 from facerecon.data import cropping
-
-from conftest import ROOT
 
 IMAGE_W, IMAGE_H = 120, 90
 

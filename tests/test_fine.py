@@ -16,9 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import events
-import tiny
 from conftest import ROOT
+import events
 from facerecon import losses
 from facerecon.data import input_pipeline
 from facerecon.data import sources
@@ -26,6 +25,7 @@ from facerecon.models import fine
 from facerecon.models import pretrained
 from facerecon.training import coarse
 from facerecon.training import fine as fine_stage
+import tiny
 
 
 def _net_inputs(batch=2, size=16):

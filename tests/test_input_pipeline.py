@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 
 from data_pipeline import build_dataset
-from facerecon.data import photos
-from facerecon.data import preprocessing
-from facerecon.data import input_pipeline as ip
 from data_pipeline import splits
 from data_pipeline import synthesize
 from facerecon import camera
 from facerecon import face_models
-from facerecon import morphable
-from facerecon.data import normalization
-from facerecon import params as params_lib
 from facerecon import face_render
+from facerecon import morphable
+from facerecon import params as params_lib
+from facerecon.data import input_pipeline as ip
+from facerecon.data import normalization
+from facerecon.data import photos
+from facerecon.data import preprocessing
 
 MODEL = "embedded:25"
 SIZE = 32
@@ -89,7 +89,7 @@ def test_batches_and_normalisation(dataset):
                              atol=1e-6)
 
 
-def test_device_photometric_jitters_each_image(dataset):
+def test_network_images_jitter_each_image(dataset):
   statistics = dataset[1]
   images = np.stack([np.full((SIZE, SIZE, 3), 120, np.uint8)] * 4)
   images[:, :, :SIZE // 2] = (200, 80, 40)
@@ -186,7 +186,7 @@ def test_worker_processes_give_the_same_batches(dataset):
 
 def test_photos_of_another_size_are_cropped_from_their_landmarks(dataset):
   """300W-LP's photos are 450x450: with image_size the pipeline crops them
-  by the landmark rule (facerecon.cropping), and the label follows: the new
+  by the landmark rule (facerecon.data.cropping), and the label follows: the new
   landmarks are the new parameters' projected landmarks, inside the crop."""
   import cv2
 
@@ -211,7 +211,8 @@ def test_photos_of_another_size_are_cropped_from_their_landmarks(dataset):
   np.testing.assert_allclose(np.asarray(landmarks), out["landmarks"], atol=2e-3)
   assert out["landmarks"].min() > 0 and out["landmarks"].max() < 24
   # The same size passes through untouched.
-  same = ip.prepare_example(dict(source[0]), None, preprocessing.Augmentation(), None, image_size=SIZE)
+  same = ip.prepare_example(dict(source[0]), None, preprocessing.Augmentation(), None,
+                            image_size=SIZE)
   np.testing.assert_array_equal(same["image"], photos.decode_image(source[0]["image"]))
 
 

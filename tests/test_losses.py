@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from facerecon import face_models
 from facerecon import face_render
 from facerecon import losses
-from facerecon import face_models
 from facerecon import morphable
-from facerecon.data import normalization
 from facerecon import params as params_lib
+from facerecon.data import normalization
 from facerecon.data import synthetic
 
 SIZE = 32

@@ -13,8 +13,8 @@ import pytest
 
 from facerecon import camera
 from facerecon import face_models
-from facerecon.data import normalization
 from facerecon import face_render
+from facerecon.data import normalization
 from facerecon.models import backbones
 from facerecon.models import coarse_net
 

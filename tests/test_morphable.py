@@ -2,8 +2,8 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 from jax import test_util
+import jax.numpy as jnp
 import numpy as np
 import pytest
 

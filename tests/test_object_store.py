@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import events
-import tiny
 from facerecon import fileio
 from facerecon.training import tensorboard
+import tiny
 
 BUCKET = "facerecon-test"
 
@@ -145,10 +145,11 @@ def test_main_trains_and_resumes_in_a_gs_workdir(gcs, tmp_path):
   import subprocess
   import sys
 
-  from conftest import ROOT
   from etils import epath
   from test_cropping import astronaut_photo
   from test_train_e2e import _final_metrics
+
+  from conftest import ROOT
 
   workdir = f"gs://{BUCKET}/run"
 

@@ -115,8 +115,8 @@ def test_read_mat_params_errors_name_file_and_field(tmp_path):
 def test_read_labels_loads_each_mat_once(tmp_path, monkeypatch):
   """mat_folders.read_labels: the parameters of `params_from_mat_fields`
   and the landmarks from one load of the file."""
-  from facerecon.data import mat_folders
   from facerecon import fileio
+  from facerecon.data import mat_folders
 
   rng = np.random.default_rng(1)
   pose, shape, expression = rng.normal(size=7), rng.normal(size=199), rng.normal(size=29)

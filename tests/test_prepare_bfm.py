@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import scipy.io
 
+from conftest import ROOT
 from data_pipeline import prepare_bfm
 from facerecon import morphable
-
-from conftest import ROOT
 
 FULL_VERTICES = 40   # BFM has 53,490
 GRID = (5, 6)        # the kept vertices form a 5x6 grid (30 of the 40)

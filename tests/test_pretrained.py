@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
 from configs import default
+from conftest import ROOT
 from facerecon import face_models
 from facerecon import networks
 from facerecon.data import normalization

@@ -12,9 +12,9 @@ import numpy as np
 import plyfile
 import pytest
 import scipy.io
+from test_cropping import astronaut_photo
 import trimesh
 
-import tiny
 from conftest import ROOT
 from facerecon import camera
 from facerecon import evaluate
@@ -27,7 +27,7 @@ from facerecon import training
 from facerecon.data import cropping
 from facerecon.data import photos
 from facerecon.data import sources
-from test_cropping import astronaut_photo
+import tiny
 
 # The run the tests reconstruct with: 2 CoarseNet steps, then 2 FineNet steps.
 CONFIG = dict(coarse__num_train_steps=2, coarse__eval_every=2, fine__num_train_steps=2)

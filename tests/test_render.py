@@ -1,8 +1,8 @@
 """The reference rasterizer and interpolate: the semantics every backend follows."""
 
 import jax
-import jax.numpy as jnp
 from jax import test_util
+import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -16,7 +16,6 @@ from facerecon.render import pallas_tpu
 from facerecon.render import pallas_triton
 from facerecon.render import raster
 
-
 FAST_BACKENDS = [b for b in render.BACKENDS if b != "reference"]
 
 

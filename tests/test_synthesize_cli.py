@@ -9,11 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from data_pipeline import synthesize
 from facerecon import face_models
 from facerecon import params as params_lib
-
-from conftest import ROOT
 
 MODEL = "embedded:25"  # small: fast to build and render
 

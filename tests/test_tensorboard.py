@@ -6,9 +6,9 @@ import os
 import struct
 
 import cv2
+from google.protobuf.internal import decoder
 import numpy as np
 import pytest
-from google.protobuf.internal import decoder
 from tensorboard.backend.event_processing import event_accumulator
 
 import events

@@ -14,7 +14,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-import toy
 from configs import default
 from facerecon import checkpoints
 from facerecon import parallel
@@ -23,6 +22,7 @@ from facerecon.data import normalization
 from facerecon.data import sources
 from facerecon.training import loop
 from facerecon.training import state as state_lib
+import toy
 
 
 def test_training_reduces_the_loss_and_updates_statistics():

@@ -15,13 +15,13 @@ import jax
 import numpy as np
 import pytest
 
-import events
-import tiny
 from conftest import ROOT
+import events
 from facerecon import checkpoints
 from facerecon import networks
 from facerecon import rundir
 from facerecon.training import coarse
+import tiny
 
 
 @pytest.mark.slow

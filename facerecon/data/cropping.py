@@ -108,7 +108,8 @@ def crop(image: np.ndarray, square: Square, size: int) -> np.ndarray:
     new_h = max(1, int(round(region.shape[0] * scale)))
     sx, sy = new_w / region.shape[1], new_h / region.shape[0]
     region = cv2.resize(region, (new_w, new_h), interpolation=cv2.INTER_AREA)
-  # p = (u + 0.5) / s - 0.5 + corner, so p' = scale / s * u + scale * (0.5 / s - 0.5 + corner) + offset.
+  # p = (u + 0.5) / s - 0.5 + corner, so
+  # p' = scale / s * u + scale * (0.5 / s - 0.5 + corner) + offset.
   matrix = np.array(
       [[scale / sx, 0.0, scale * (0.5 / sx - 0.5 + left) + offset[0]],
        [0.0, scale / sy, scale * (0.5 / sy - 0.5 + top) + offset[1]]])

@@ -117,7 +117,8 @@ class FolderSource:
     names = sorted(n for n in os.listdir(folder) if photos.is_photo(n))
     if split not in ("train", "val"):
       raise ValueError(f"FolderSource: unknown split '{split}' (use 'train' or 'val')")
-    picked = [n for i, n in enumerate(names) if (i % val_every == val_every - 1) == (split == "val")]
+    picked = [n for i, n in enumerate(names)
+              if (i % val_every == val_every - 1) == (split == "val")]
     if not picked:
       raise ValueError(f"photo folder {folder} has no {split} images ({len(names)} image "
                        f"files of {', '.join(photos.IMAGE_SUFFIXES)})")
@@ -156,7 +157,7 @@ def _labels_after_similarity(labels: dict, scale, offset, height: int,
 
 def _crop_to_size(image: np.ndarray, labels: dict, size: int) -> np.ndarray:
   """The `size` x `size` network crop of a photo of another size: from its
-  landmarks (`facerecon.cropping`, the rule reconstruct and evaluate use),
+  landmarks (`facerecon.data.cropping`, the rule reconstruct and evaluate use),
   labels mapped with it; unlabelled photos: the centred square."""
   height, width = image.shape[:2]
   if "landmarks" in labels:

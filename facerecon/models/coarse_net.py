@@ -46,9 +46,9 @@ import jax
 import jax.numpy as jnp
 
 from facerecon import face_render
-from facerecon.data import normalization
 from facerecon import parallel
 from facerecon import shading
+from facerecon.data import normalization
 from facerecon.models import backbones
 
 Dtype = Any

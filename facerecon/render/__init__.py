@@ -12,12 +12,12 @@ split the way nvdiffrast splits them. Nothing here knows about faces
 
 from facerecon.render.interpolation import interpolate
 from facerecon.render.interpolation import interpolate_depth
+from facerecon.render.raster import available_backends
 from facerecon.render.raster import BACKENDS
 from facerecon.render.raster import BACKGROUND_DEPTH
-from facerecon.render.raster import Raster
-from facerecon.render.raster import available_backends
 from facerecon.render.raster import check_triangles
 from facerecon.render.raster import default_backend
+from facerecon.render.raster import Raster
 from facerecon.render.raster import rasterize
 
 __all__ = ["BACKENDS", "BACKGROUND_DEPTH", "Raster", "available_backends", "check_triangles",

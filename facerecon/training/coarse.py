@@ -11,8 +11,8 @@ import logging
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
 import optax
@@ -27,11 +27,11 @@ from facerecon.data import normalization
 from facerecon.data import preprocessing
 from facerecon.data import sources
 from facerecon.training import loop
-from facerecon.training.state import Stage
-from facerecon.training.state import TrainState
 from facerecon.training.state import jit_train_step
 from facerecon.training.state import make_optimizer
 from facerecon.training.state import make_train_step
+from facerecon.training.state import Stage
+from facerecon.training.state import TrainState
 
 logger = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from facerecon.data import normalization
 from facerecon.data import preprocessing
 from facerecon.data import sources
 from facerecon.training import loop
-from facerecon.training.state import Stage
-from facerecon.training.state import TrainState
 from facerecon.training.state import jit_train_step
 from facerecon.training.state import make_optimizer
 from facerecon.training.state import make_train_step
+from facerecon.training.state import Stage
+from facerecon.training.state import TrainState
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import flax.struct
 import jax
-from jax.sharding import Mesh
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import ml_collections
 import optax
 

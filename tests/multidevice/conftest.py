@@ -5,6 +5,7 @@ conftest setting the count:
     python -m pytest tests/multidevice
 
 (tests/conftest.py leaves the folder out of every other pytest run.)"""
+# isort: skip_file  (the device count must be set before JAX is imported)
 
 import os
 

@@ -4,8 +4,8 @@ and a run ends with the evaluation of a run on one device."""
 import jax
 import pytest
 
-import tiny
 from facerecon.training import coarse
+import tiny
 
 
 @pytest.mark.slow

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tiny
 from facerecon import networks
 from facerecon import parallel
 from facerecon import rundir
 from facerecon.data import sources
 from facerecon.training import coarse
 from facerecon.training import fine
+import tiny
 
 
 @pytest.fixture(scope="module")

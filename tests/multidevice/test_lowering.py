@@ -7,18 +7,18 @@ import re
 import jax
 import pytest
 
-import tiny
 from facerecon import networks
 from facerecon.training import coarse
 from facerecon.training import fine
-from facerecon.training.state import Stage
-from facerecon.training.state import TrainState
 from facerecon.training.state import jit_train_step
 from facerecon.training.state import make_optimizer
 from facerecon.training.state import make_train_step
-from lowering import KERNEL_CALLS
+from facerecon.training.state import Stage
+from facerecon.training.state import TrainState
 from lowering import custom_call_lines
+from lowering import KERNEL_CALLS
 from lowering import operand_types
+import tiny
 
 
 @pytest.mark.slow

@@ -5,9 +5,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-import toy
 from facerecon import parallel
 from facerecon.training import state as state_lib
+import toy
 
 
 def test_four_devices_match_one_device():
