@@ -8,12 +8,11 @@ file, a tfds data set) is checked by the code that opens it, which also
 names the field.
 """
 
-import dataclasses
 import math
 import numbers
 
 from facerecon import render
-from facerecon.data import synthetic
+from facerecon.data import sources
 from facerecon.models import backbones
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -104,11 +103,7 @@ def check(config) -> None:
   if config.render_backend is not None:
     _choice(config, "render_backend", render.BACKENDS)
 
-  synthetic_fields = {f.name for f in dataclasses.fields(synthetic.FacePrior)}
-  for field in config.synthetic.prior:
-    _require(field in synthetic_fields, f"synthetic.prior.{field}", config.synthetic.prior[field],
-             "absent: FacePrior has no such field (it has "
-             + ", ".join(sorted(synthetic_fields)) + ")")
+  sources.face_prior(config)  # unknown prior fields are named there
   _require(_is_int(config.synthetic.statistics_samples)
            and config.synthetic.statistics_samples > 0, "synthetic.statistics_samples",
            config.synthetic.statistics_samples, "a positive integer")

@@ -103,13 +103,20 @@ def _model_and_statistics(config):
 
 
 def _coarse_net_variables(config):
+  """CoarseNet's initial variables, as a run without pretrained weights starts."""
   model, stats = _model_and_statistics(config)
-  net = networks.coarse_net(config)
-  return dict(net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), model, stats))
+  return dict(networks.initial_coarse_variables(networks.coarse_net(config), config, None,
+                                                model, stats))
 
 
-def test_init_from_slim_fills_every_iteration_and_adapts_the_root_conv():
-  variables = _coarse_net_variables(_tiny_config())
+@pytest.fixture(scope="module")
+def variables():
+  """The tiny config's CoarseNet (ResNet-50 backbones): initialising one
+  takes tens of seconds, so the tests share it."""
+  return _coarse_net_variables(_tiny_config())
+
+
+def test_init_from_slim_fills_every_iteration_and_adapts_the_root_conv(variables):
   scope = "resnet_v1_50"
   arrays = _fake_slim_arrays(variables, scope)
   loaded = pretrained.init_from_slim(variables, arrays, scope)
@@ -135,8 +142,7 @@ def test_init_from_slim_fills_every_iteration_and_adapts_the_root_conv():
                                   variables["params"][iteration]["head"]["kernel"])
 
 
-def test_init_from_slim_rejects_another_networks_weights():
-  variables = _coarse_net_variables(_tiny_config())
+def test_init_from_slim_rejects_another_networks_weights(variables):
   arrays = _fake_slim_arrays(variables, "resnet_v1_50")
   del arrays["resnet_v1_50/block3/unit_2/bottleneck_v1/conv1/weights"]
   with pytest.raises(ValueError, match="not in the pretrained.*block3/unit_2"):
@@ -149,17 +155,14 @@ def test_init_from_slim_rejects_another_networks_weights():
     pretrained.load_slim_arrays("/nonexistent/resnet_v1_101.npz")
 
 
-def test_training_starts_from_the_pretrained_weights(tmp_path):
+def test_training_starts_from_the_pretrained_weights(variables, tmp_path):
   """config.coarse.pretrained: the variables a CoarseNet run starts from."""
-  config = _tiny_config()
-  variables = _coarse_net_variables(config)
   arrays = _fake_slim_arrays(variables, "resnet_v1_50")
   path = str(tmp_path / "resnet_v1_50.npz")
   np.savez(path, **arrays)
+  config = _tiny_config()
   config.coarse.pretrained = path
-  model, stats = _model_and_statistics(config)
-  start = networks.initial_coarse_variables(networks.coarse_net(config), config, None, model,
-                                            stats)
+  start = _coarse_net_variables(config)
   np.testing.assert_array_equal(
       start["params"]["iteration_2"]["resnet_v1_50"]["block1"]["unit_2"]
       ["bottleneck_v1"]["conv1"]["weights"],
@@ -194,9 +197,8 @@ def _tensorflow_python():
 @pytest.mark.slow
 @pytest.mark.skipif(_tensorflow_python() is None,
                     reason="needs TensorFlow here or FACERECON_TF_PYTHON (the [convert] extra)")
-def test_convert_a_slim_checkpoint(tmp_path):
+def test_convert_a_slim_checkpoint(variables, tmp_path):
   python = _tensorflow_python()
-  variables = _coarse_net_variables(_tiny_config())
   arrays = _fake_slim_arrays(variables, "resnet_v1_50", seed=1)
   np.savez(tmp_path / "arrays.npz", **arrays)
   prefix = str(tmp_path / "resnet_v1_50.ckpt")

@@ -21,17 +21,25 @@ from lowering import operand_types
 import tiny
 
 
+@pytest.fixture(scope="module")
+def built():
+  """(config, CoarseNet's training, a global batch) on the CPU devices."""
+  config = tiny.config(coarse__batch_size=4)  # the second iteration renders its estimates
+  training = coarse.build(config)
+  return config, training, coarse.make_batch(next(training.train_data), training.statistics,
+                                             training.mesh)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend,platform", sorted(KERNEL_CALLS))
-def test_bfloat16_steps_lower_for_the_accelerator(backend, platform):
+def test_bfloat16_steps_lower_for_the_accelerator(built, backend, platform):
   """CoarseNet's bf16 train step and evaluation, and FineNet's end-to-end
   step, data-parallel over 4 devices: every render runs per device inside
   shard_map (Mosaic refuses to be partitioned by XLA), no CPU kernel is
   left, the rasterizer's inputs stay float32 and the convolutions are
   bfloat16 (all but FineNet's float32 output layer)."""
-  config = tiny.config(coarse__batch_size=4)  # the second iteration renders its estimates
-  training = coarse.build(config)
-  batch = coarse.make_batch(next(training.train_data), training.statistics, training.mesh)
+  config, training, batch = built
+  config = config.copy_and_resolve_references()
   variables = {"params": training.state.params, "batch_stats": training.state.batch_stats}
   config.render_backend = backend
   config.dtype = "bfloat16"
