@@ -1,7 +1,9 @@
 """Shared fixtures. Tests run on the CPU; the whole suite takes minutes."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -15,16 +17,15 @@ def _share_compiled_programs() -> str | None:
   """Caches compiled XLA programs on disk for this test run: the xdist
   workers and the main.py processes the end-to-end tests start (which
   inherit the environment) compile the same tiny steps many times. A fresh
-  directory per run, so every program is still compiled at least once.
-  Returns the directory this process made (removed when the run ends)."""
-  if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # the user's, or the xdist controller's
-    return None
-  import tempfile
-
-  path = tempfile.mkdtemp(prefix="facerecon-tests-xla-cache-")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  directory per run, so every program is still compiled at least once
+  (.ci/run makes one for both of its pytest calls). Returns the directory
+  this process made (removed when the run ends)."""
   # A size limit turns on JAX's file lock, so concurrent writers are safe.
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # .ci/run's, the user's or the xdist controller's
+    return None
+  path = tempfile.mkdtemp(prefix="facerecon-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
   return path
 
 
@@ -45,9 +46,11 @@ def pytest_ignore_collect(collection_path, config):
 
 def pytest_unconfigure(config):
   if _COMPILATION_CACHE is not None:
-    import shutil
-
     shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+
+
+# facerecon (and so JAX) is imported inside the fixtures below: JAX reads its
+# cache settings from the environment when first imported, after the above.
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +77,11 @@ def backend(request):
   if request.param not in render.available_backends():
     pytest.skip(f"rasterizer backend '{request.param}' is not available here")
   return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+  """The tests marked slow run first. With `-n 2 --dist worksteal` (.ci/run)
+  the two workers then finish together: the last tests left to share out
+  are short ones, not a two-minute end-to-end run that one worker does
+  while the other waits. The order is otherwise that of collection."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
