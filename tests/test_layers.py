@@ -3,8 +3,9 @@ its own layer and those below it (docs/architecture.md has the picture).
 
 Read from the source with `ast` (imports inside functions count too): no
 module imports upwards, the module graph has no cycle, `facerecon` never
-imports `data_pipeline`, and the reconstruct path reaches no training
-module. The checker is itself tested on small made-up graphs, so a cycle or
+imports `data_pipeline`, no module imports another package's private
+modules (`facerecon/render/_tiles.py` is for the render package only), and
+the reconstruct path reaches no training module. The checker is itself tested on small made-up graphs, so a cycle or
 an upward import added to the code fails here."""
 
 import ast
@@ -86,6 +87,13 @@ def layer_of(module: str) -> int | None:
   return None
 
 
+def _private_to_another_package(module: str, target: str) -> bool:
+  """Whether `target` is a private module (`_name`) of a package that
+  `module` is not part of."""
+  package, _, leaf = target.rpartition(".")
+  return leaf.startswith("_") and not (module == package or module.startswith(package + "."))
+
+
 def violations(graph: dict) -> list[str]:
   """What breaks the contract in `graph` ({module: modules it imports})."""
   found = []
@@ -99,6 +107,9 @@ def violations(graph: dict) -> list[str]:
       elif layer_of(target) is not None and layer_of(target) > layer_of(module):
         found.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target}, a layer "
                      f"above ({LAYERS[layer_of(target)][0]})")
+      elif _private_to_another_package(module, target):
+        found.append(f"{module} imports {target}, private to "
+                     f"{target.rpartition('.')[0]}")
   found += [f"import cycle: {' -> '.join(cycle)}" for cycle in cycles(graph)]
   return found
 
@@ -182,6 +193,11 @@ def test_the_checker_finds_cycles_and_upward_imports():
   assert violations(pipeline) == ["facerecon.data.sources imports data_pipeline.splits: "
                                   "facerecon never imports data_pipeline"]
   assert violations({"facerecon.newthing": set()}) == ["facerecon.newthing belongs to no layer"]
+  private = {"facerecon.face_render": {"facerecon.render._tiles"},
+             "facerecon.render.raster": {"facerecon.render._tiles"},
+             "facerecon.render._tiles": set()}
+  assert violations(private) == ["facerecon.face_render imports facerecon.render._tiles, "
+                                 "private to facerecon.render"]
 
 
 def test_relative_and_package_imports_are_resolved(tmp_path):
