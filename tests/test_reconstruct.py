@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import cv2
+import jax
 import numpy as np
 import plyfile
 import pytest
@@ -300,6 +301,14 @@ def test_a_config_that_differs_from_the_run_is_refused(run_dir, tmp_path):
   assert "'embedded:25'" in other_model.stderr
   with pytest.raises(ValueError, match="config.coarse.backbone_kwargs"):
     inference.Predictor(tiny.config(**CONFIG, coarse__backbone_kwargs__widths=(8, 8)), run_dir)
+  # The learning rate and the eval batch shape no network: the run's weights load.
+  loaded = inference.Predictor(
+      tiny.config(**CONFIG, coarse__learning_rate=0.5, coarse__eval_batch_size=4), run_dir)
+  trained = inference.Predictor(tiny.config(**CONFIG), run_dir)
+  assert loaded.has_fine
+  for a, b in zip(jax.tree.leaves(loaded.coarse_variables),
+                  jax.tree.leaves(trained.coarse_variables)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_the_reconstruct_path_imports_no_training_code():
