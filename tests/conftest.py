@@ -22,9 +22,9 @@ def _share_compiled_programs() -> str | None:
   this process made (removed when the run ends)."""
   # A size limit turns on JAX's file lock, so concurrent writers are safe.
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
-  # Every program, not only those that took a second to compile: a main.py
-  # process then spends seconds less on the dozens of small ones.
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  # JAX keeps only programs that took a second or more to compile; caching
+  # every one (JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0) made the suite
+  # far slower: thousands of small entries, each write under the lock.
   if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # .ci/run's, the user's or the xdist controller's
     return None
   path = tempfile.mkdtemp(prefix="facerecon-tests-xla-cache-")
