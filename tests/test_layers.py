@@ -5,8 +5,9 @@ Read from the source with `ast` (imports inside functions count too): no
 module imports upwards, the module graph has no cycle, `facerecon` never
 imports `data_pipeline`, no module imports another package's private
 modules (`facerecon/render/_tiles.py` is for the render package only), and
-the reconstruct path reaches no training module. The checker is itself tested on small made-up graphs, so a cycle or
-an upward import added to the code fails here."""
+the reconstruct path reaches no training module. The checker is itself
+tested on small made-up graphs, so a cycle or an upward import added to the
+code fails here."""
 
 import ast
 import fnmatch
@@ -87,11 +88,12 @@ def layer_of(module: str) -> int | None:
   return None
 
 
-def _private_to_another_package(module: str, target: str) -> bool:
-  """Whether `target` is a private module (`_name`) of a package that
-  `module` is not part of."""
+def _foreign_private_package(module: str, target: str) -> str | None:
+  """The package `target` is private to (a `_name` module in it), when
+  `module` is not part of that package; else None."""
   package, _, leaf = target.rpartition(".")
-  return leaf.startswith("_") and not (module == package or module.startswith(package + "."))
+  inside = module == package or module.startswith(package + ".")
+  return package if leaf.startswith("_") and not inside else None
 
 
 def violations(graph: dict) -> list[str]:
@@ -107,9 +109,8 @@ def violations(graph: dict) -> list[str]:
       elif layer_of(target) is not None and layer_of(target) > layer_of(module):
         found.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target}, a layer "
                      f"above ({LAYERS[layer_of(target)][0]})")
-      elif _private_to_another_package(module, target):
-        found.append(f"{module} imports {target}, private to "
-                     f"{target.rpartition('.')[0]}")
+      elif owner := _foreign_private_package(module, target):
+        found.append(f"{module} imports {target}, private to {owner}")
   found += [f"import cycle: {' -> '.join(cycle)}" for cycle in cycles(graph)]
   return found
 
