@@ -61,10 +61,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.synthetic = ml_collections.ConfigDict()
   # facerecon.data.synthetic.FacePrior's fields (angles in degrees).
   config.synthetic.prior = ml_collections.ConfigDict(dict(
-      shape_sigma=1.0, expression_sigma=1.0, texture_sigma=1.0,
-      pitch=(-75.0, 45.0), yaw=(-90.0, 90.0), roll=(-30.0, 30.0),
-      fill=(0.55, 0.85), shift=0.08, ambient=(0.45, 0.9), directional=(0.0, 0.6),
+      shape_sigma=1.0, expression_sigma=1.0, expression_active=0.15, texture_sigma=1.0,
+      pitch=(-75.0, 45.0), yaw=(-90.0, 90.0), roll=(-30.0, 30.0), frontal_fraction=0.0,
+      fill=(0.55, 0.85), frame_by_landmarks=False, shift=0.08, ambient=(0.45, 0.9),
+      directional=(0.0, 0.6), fill_light=(0.0, 0.0), light_colour=0.0,
+      second_order_light=False, specular=False,
       gain=(0.85, 1.15), offset=(-0.05, 0.05), contrast=(0.6, 1.0), noise=0.01,
+      procedural_albedo=False, hair=1.0, photo_backgrounds=0.0, clutter=0.0, occluders=0.0,
+      blur=0.0, grey=0.0, jpeg=0.0,
       detail=(0.002, 0.006), detail_frequency=(4.0, 10.0)))
   config.synthetic.statistics_samples = 1024  # faces the label statistics come from
   config.synthetic.statistics_seed = 1

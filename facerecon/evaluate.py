@@ -152,7 +152,7 @@ def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
     nme["baseline_"].append(landmark_nme(
         np.broadcast_to(baseline, host["landmarks"].shape), host["landmarks"]))
 
-  sums, count = coarse.sum_evaluation(config, model, statistics,
+  sums, count = coarse.sum_evaluation(config, statistics,
                                       coarse.evaluation_fn(net, config, mesh), variables, mesh,
                                       context, "test", num_batches, add_nme)
   out = {key: value / count for key, value in sums.items()}

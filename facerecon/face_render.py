@@ -29,6 +29,7 @@ class FaceRender(NamedTuple):
   pncc: jax.Array            # [..., H, W, 3] PNCC code
   albedo: jax.Array          # [..., H, W, 3] vertex colours / 255
   vertices: jax.Array        # [..., N, 3] the model-space mesh (shape + expression)
+  extra: jax.Array | None = None  # [..., H, W, C] the `extra` vertex attributes, if any
 
 
 def posed_vertices(model: morphable.MorphableModel, params, height: int):
@@ -55,9 +56,11 @@ def project_landmarks(model: morphable.MorphableModel, params, height: int):
 
 
 def render_face(model: morphable.MorphableModel, params, texture, height: int, width: int,
-                backend: str | None = None) -> FaceRender:
+                backend: str | None = None, colours=None, extra=None) -> FaceRender:
   """Renders faces from parameter vectors [..., P] and texture coefficients
   [..., Kt] (or None for the mean texture) with the scaled-orthographic camera.
+  `colours` [..., N, 3] in [0, 1], if given, replace the texture's; `extra`
+  [..., N, C] are more vertex attributes to interpolate (`FaceRender.extra`).
 
   One rasterization; depth, normals, PNCC and albedo come from one
   interpolation, so gradients reach pose, shape, expression and texture.
@@ -68,12 +71,15 @@ def render_face(model: morphable.MorphableModel, params, texture, height: int, w
   # frame (image rows flip y, normals do not).
   rotation = camera.rotation_matrix(params_lib.split(params, model.layout).angles)
   normals = camera.rotate(rotation, morphable.vertex_normals(vertices, model.triangles))
-  colours = (model.texture_mean if texture is None
-             else morphable.vertex_colors(model, texture)) / 255.0
+  if colours is None:
+    colours = (model.texture_mean if texture is None
+               else morphable.vertex_colors(model, texture)) / 255.0
   pncc = jnp.broadcast_to(model.pncc, vertices.shape)
+  more = [] if extra is None else [jnp.broadcast_to(
+      extra, vertices.shape[:-1] + extra.shape[-1:])]
   attributes = jnp.concatenate(
       [image_vertices[..., 2:], normals, pncc,
-       jnp.broadcast_to(colours, vertices.shape)], axis=-1)
+       jnp.broadcast_to(colours, vertices.shape)] + more, axis=-1)
   values = render.interpolate(attributes, raster, image_vertices, model.triangles, backend)
   normal_image = values[..., 1:4]
   # Written out: reductions over a trailing axis of 3 are slow on XLA's CPU.
@@ -82,7 +88,8 @@ def render_face(model: morphable.MorphableModel, params, texture, height: int, w
   normal_image = jnp.where(raster.mask[..., None],
                            normal_image / jnp.maximum(norm, 1e-6), 0.0)
   return FaceRender(raster, image_vertices, values[..., 0], raster.mask,
-                    normal_image, values[..., 4:7], values[..., 7:10], vertices)
+                    normal_image, values[..., 4:7], values[..., 7:10], vertices,
+                    None if extra is None else values[..., 10:])
 
 
 def render_depth(model: morphable.MorphableModel, params, height: int, width: int,

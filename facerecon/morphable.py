@@ -11,13 +11,24 @@ coefficients are in absolute units with per-mode standard deviations
 counter-clockwise seen from outside, so `vertex_normals` point out of the face.
 Texture values are RGB in [0, 255] like the BFM's.
 
+A model may also say what its vertices are (`parts`): named vertex and
+triangle ranges, each with a role. 'surface' parts (a face mask, or face,
+head and neck) come first and are what the losses, the evaluation and the
+dense mesh output use (`surface`); 'rendered' parts (eyeballs, teeth, mouth
+interior, eyelashes) only appear in rendered photos. A model without parts
+is all surface. Its expression modes are 'gaussian' (coefficients ~ N(0,
+std^2), like the BFM's) or 'blendshape' (weights in [0, 1], mostly zero, like
+ARKit's), with names; `uv` gives texture coordinates per vertex.
+
 All functions take the model as an argument (never close over it inside jit:
 it would be baked into the program as constants) and accept any leading batch
 dims on the coefficients.
 """
 
 import dataclasses
+import functools
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +37,18 @@ import numpy as np
 from facerecon import fileio
 from facerecon import params as params_lib
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 files (no parts, names, kinds, uv) still load
 NUM_LANDMARKS = 68
+SURFACE = "surface"    # used by losses, evaluation and the dense mesh output
+RENDERED = "rendered"  # only drawn in rendered photos
+ROLES = (SURFACE, RENDERED)
+GAUSSIAN = "gaussian"      # expression ~ N(0, std^2)
+BLENDSHAPE = "blendshape"  # expression weights in [0, 1]
+EXPRESSION_KINDS = (GAUSSIAN, BLENDSHAPE)
+# Fields a model file may store in float16 (`save_model(compact=True)`):
+# loading restores float32.
+COMPACT_FIELDS = ("shape_basis", "expression_basis", "texture_basis")
 
 # Field name -> (rank, dtype) of the model file; shapes are cross-checked in
 # `validate`.
@@ -46,7 +67,18 @@ FIELDS = {
 }
 
 
-@jax.tree_util.register_dataclass
+class Part(NamedTuple):
+  """A named piece of the mesh: vertices [start, stop) and triangles [start, stop)."""
+  name: str
+  role: str  # SURFACE or RENDERED
+  vertices: tuple[int, int]
+  triangles: tuple[int, int]
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=list(FIELDS) + ["uv"],
+    meta_fields=["parts", "expression_names", "expression_kind"])
 @dataclasses.dataclass(frozen=True)
 class MorphableModel:
   mean_shape: jax.Array        # [N, 3]
@@ -60,6 +92,10 @@ class MorphableModel:
   triangles: jax.Array         # [T, 3] int32, 0-based, CCW from outside
   landmark_indices: jax.Array  # [68] int32, iBUG order
   pncc: jax.Array              # [N, 3] in [0, 1]: the PNCC vertex code
+  uv: jax.Array | None = None  # [N, 2] texture coordinates; None: the PNCC's (x, y)
+  parts: tuple[Part, ...] = ()  # () : one surface part, the whole mesh
+  expression_names: tuple[str, ...] = ()  # () : unnamed
+  expression_kind: str = GAUSSIAN
 
   @property
   def num_vertices(self) -> int:
@@ -113,7 +149,96 @@ def validate(model: MorphableModel, source: str = "model") -> MorphableModel:
     value = np.asarray(getattr(model, name))
     if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
       raise ValueError(f"{source}: field '{name}' contains NaN or inf")
+  if model.uv is not None:
+    uv = np.asarray(model.uv)
+    if uv.shape != (n, 2) or uv.dtype != np.float32 or not np.all(np.isfinite(uv)):
+      raise ValueError(f"{source}: field 'uv' has shape {uv.shape} and dtype {uv.dtype}, "
+                       f"expected finite float32 ({n}, 2)")
+  if model.expression_kind not in EXPRESSION_KINDS:
+    raise ValueError(f"{source}: expression kind {model.expression_kind!r} is not one of "
+                     f"{EXPRESSION_KINDS}")
+  if model.expression_names and len(model.expression_names) != model.expression_std.shape[0]:
+    raise ValueError(f"{source}: {len(model.expression_names)} expression names for "
+                     f"{model.expression_std.shape[0]} expression modes")
+  _validate_parts(model, source)
   return model
+
+
+def _validate_parts(model: MorphableModel, source: str) -> None:
+  """Parts tile the vertices and triangles in order, surface parts first,
+  and surface triangles use only surface vertices."""
+  vertex_end = triangle_end = 0
+  seen_rendered = False
+  for part in model_parts(model):
+    if part.role not in ROLES:
+      raise ValueError(f"{source}: part {part.name!r} has role {part.role!r}, not one of {ROLES}")
+    if part.role == RENDERED:
+      seen_rendered = True
+    elif seen_rendered:
+      raise ValueError(f"{source}: surface part {part.name!r} comes after a rendered part "
+                       f"(surface parts must come first)")
+    if (part.vertices[0] != vertex_end or part.triangles[0] != triangle_end
+        or part.vertices[1] < part.vertices[0] or part.triangles[1] < part.triangles[0]):
+      raise ValueError(f"{source}: part {part.name!r} has vertices {part.vertices} and "
+                       f"triangles {part.triangles}; parts must tile the mesh in order "
+                       f"(next vertex {vertex_end}, next triangle {triangle_end})")
+    vertex_end, triangle_end = part.vertices[1], part.triangles[1]
+  if (vertex_end, triangle_end) != (model.num_vertices, model.num_triangles):
+    raise ValueError(f"{source}: parts cover {vertex_end} vertices and {triangle_end} "
+                     f"triangles, the mesh has {model.num_vertices} and {model.num_triangles}")
+  num_vertices, num_triangles = surface_size(model)
+  surface_triangles = np.asarray(model.triangles[:num_triangles])
+  if surface_triangles.size and surface_triangles.max() >= num_vertices:
+    raise ValueError(f"{source}: surface triangles use vertex {surface_triangles.max()}, "
+                     f"beyond the {num_vertices} surface vertices")
+  if np.max(np.asarray(model.landmark_indices)) >= num_vertices:
+    raise ValueError(f"{source}: field 'landmark_indices' has vertices beyond the "
+                     f"{num_vertices} surface vertices")
+
+
+def model_parts(model: MorphableModel) -> tuple[Part, ...]:
+  """The model's parts; one surface part for a model that names none."""
+  if model.parts:
+    return model.parts
+  return (Part("face", SURFACE, (0, model.num_vertices), (0, model.num_triangles)),)
+
+
+def surface_size(model: MorphableModel) -> tuple[int, int]:
+  """(vertices, triangles) of the surface parts, which come first."""
+  surface = [part for part in model_parts(model) if part.role == SURFACE]
+  if not surface:
+    return 0, 0
+  return surface[-1].vertices[1], surface[-1].triangles[1]
+
+
+def surface(model: MorphableModel) -> MorphableModel:
+  """The model cut to its surface parts (what losses, evaluation and the
+  dense mesh output use): the same parameter layout and landmarks, fewer
+  vertices. The model itself when it is all surface."""
+  num_vertices, num_triangles = surface_size(model)
+  if (num_vertices, num_triangles) == (model.num_vertices, model.num_triangles):
+    return model
+  cut = lambda a: a[..., :num_vertices, :]
+  return dataclasses.replace(
+      model, mean_shape=cut(model.mean_shape), shape_basis=cut(model.shape_basis),
+      expression_basis=cut(model.expression_basis), texture_mean=cut(model.texture_mean),
+      texture_basis=cut(model.texture_basis), triangles=model.triangles[:num_triangles],
+      pncc=cut(model.pncc), uv=None if model.uv is None else cut(model.uv),
+      parts=tuple(p for p in model_parts(model) if p.role == SURFACE))
+
+
+def vertex_uv(model: MorphableModel):
+  """Texture coordinates [N, 2]: the model's own, or its PNCC's (x, y) (a
+  frontal projection of the mean face, a fine layout for a face mask)."""
+  return model.pncc[:, :2] if model.uv is None else model.uv
+
+
+def part_index(model: MorphableModel) -> np.ndarray:
+  """[N] int32: each vertex's part (the position in `model_parts`)."""
+  index = np.zeros(model.num_vertices, np.int32)
+  for k, part in enumerate(model_parts(model)):
+    index[part.vertices[0]:part.vertices[1]] = k
+  return index
 
 
 def apply_basis(coefficients, basis):
@@ -176,16 +301,34 @@ def landmarks(model: MorphableModel, vertices):
   return jnp.take(vertices, model.landmark_indices, axis=-2)
 
 
-def save_model(model: MorphableModel, path: str | os.PathLike) -> None:
-  """Writes the model file (an uncompressed .npz), atomically."""
+def save_model(model: MorphableModel, path: str | os.PathLike, compact: bool = False) -> None:
+  """Writes the model file (an .npz), atomically. `compact` stores the bases
+  in float16 and compresses the file (for shipped models; loading restores
+  float32); otherwise every array is stored as it is, uncompressed."""
   validate(model, os.fspath(path))
   arrays = {name: np.asarray(getattr(model, name)) for name in FIELDS}
+  if compact:
+    for name in COMPACT_FIELDS:
+      arrays[name] = arrays[name].astype(np.float16)
+  if model.uv is not None:
+    arrays["uv"] = np.asarray(model.uv)
+  parts = model_parts(model)
+  arrays.update(
+      part_names=np.array([p.name for p in parts]),
+      part_roles=np.array([p.role for p in parts]),
+      part_vertices=np.array([p.vertices for p in parts], np.int64).reshape(-1, 2),
+      part_triangles=np.array([p.triangles for p in parts], np.int64).reshape(-1, 2),
+      expression_names=np.array(model.expression_names, dtype=str),
+      expression_kind=np.array(model.expression_kind))
   with fileio.atomic_write(path) as f:
-    np.savez(f, format_version=np.int32(FORMAT_VERSION), **arrays)
+    (np.savez_compressed if compact else np.savez)(
+        f, format_version=np.int32(FORMAT_VERSION), **arrays)
 
 
 def load_model(path: str | os.PathLike) -> MorphableModel:
-  """Reads a model file written by `save_model` (or `prepare_bfm`)."""
+  """Reads a model file written by `save_model` (or `prepare_bfm`,
+  `prepare_ict`); files of format version 1 get the defaults for parts,
+  names, kind and uv."""
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"morphable model file not found: {path}")
@@ -195,10 +338,33 @@ def load_model(path: str | os.PathLike) -> MorphableModel:
   except Exception as e:  # zipfile/ValueError/OSError for corrupt files.
     raise ValueError(f"cannot read morphable model file {path}: {e}") from e
   version = contents.get("format_version")
-  if version is None or int(version) != FORMAT_VERSION:
+  if version is None or int(version) not in READABLE_VERSIONS:
     raise ValueError(f"{path}: not a facerecon model file of format version "
-                     f"{FORMAT_VERSION} (format_version={version})")
+                     f"{'/'.join(map(str, READABLE_VERSIONS))} (format_version={version})")
   missing = [name for name in FIELDS if name not in contents]
   if missing:
     raise KeyError(f"{path}: missing field(s) {', '.join(missing)}")
-  return validate(MorphableModel(**{k: contents[k] for k in FIELDS}), path)
+  fields = {k: contents[k] for k in FIELDS}
+  for name in COMPACT_FIELDS:
+    if fields[name].dtype == np.float16:
+      fields[name] = fields[name].astype(np.float32)
+  # Format 2's optional fields; a file without them gets the defaults.
+  extras = {"uv": contents.get("uv")}
+  try:
+    if "part_names" in contents:
+      extras["parts"] = tuple(
+          Part(str(name), str(role), (int(v[0]), int(v[1])), (int(t[0]), int(t[1])))
+          for name, role, v, t in zip(contents["part_names"], contents["part_roles"],
+                                      contents["part_vertices"], contents["part_triangles"],
+                                      strict=True))
+    if "expression_names" in contents:
+      extras["expression_names"] = tuple(str(x) for x in contents["expression_names"])
+    if "expression_kind" in contents:
+      extras["expression_kind"] = str(contents["expression_kind"])
+  except (KeyError, ValueError, IndexError, TypeError) as e:
+    raise ValueError(f"{path}: bad 'part_*', 'expression_names' or 'expression_kind' "
+                     f"fields: {e}") from e
+  model = MorphableModel(**fields, **extras)
+  if model.parts == model_parts(dataclasses.replace(model, parts=())):
+    model = dataclasses.replace(model, parts=())  # the default, as built in memory
+  return validate(model, path)

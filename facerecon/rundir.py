@@ -222,13 +222,14 @@ def resolve_config(run: RunDir, explicit=None):
 
 
 def load_model(config, run: RunDir | None = None) -> morphable.MorphableModel:
-  """The face model of config.model; with a run that recorded one, checked
-  to be the same model."""
+  """The face model the networks of config.model use: its surface parts
+  (`morphable.surface`; the rendered-only parts are for synthetic photos).
+  With a run that recorded a model, checked to be the same model."""
   model = face_models.load(config.model)
   record = None if run is None else read_record(run)
   if record is not None:
     check_model(record, model_record(config.model, model), f"the run in {run.path}")
-  return model
+  return morphable.surface(model)
 
 
 def statistics(config, model: morphable.MorphableModel, run: RunDir | None = None,
@@ -244,18 +245,18 @@ def statistics(config, model: morphable.MorphableModel, run: RunDir | None = Non
   writes the file, replacing one left by an attempt that never reached a
   checkpoint (perhaps with the wrong config)."""
   if run is None:
-    return sources.label_statistics(config, model)
+    return sources.label_statistics(config)
   if not (training and not run.has_checkpoints()):
     try:
       stats = normalization.load_statistics(run.statistics)
     except FileNotFoundError:  # a run from before runs kept them
-      return sources.label_statistics(config, model)
+      return sources.label_statistics(config)
     if stats.param_mean.shape != (model.layout.size,):
       raise ValueError(f"{run.statistics}: statistics of {stats.param_mean.shape[0]} "
                        f"parameters, but config.model ({config.model}) has "
                        f"{model.layout.size}: this run was trained with another face model")
     return stats
-  stats = sources.label_statistics(config, model)
+  stats = sources.label_statistics(config)
   if jax.process_index() == 0:
     normalization.save_statistics(stats, run.statistics)
   return stats

@@ -116,6 +116,40 @@ def sh_irradiance(normals, coefficients):
           + c[..., 3] * normals[..., 2])
 
 
+def sh9_basis(normals):
+  """Second-order spherical-harmonics basis, unnormalised (the constants go
+  into the coefficients): [1, x, y, z, xy, xz, yz, x^2 - y^2, 3z^2 - 1]
+  of normals [..., 3] -> [..., 9]."""
+  x, y, z = normals[..., 0:1], normals[..., 1:2], normals[..., 2:3]
+  return jnp.concatenate([jnp.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y,
+                          3.0 * z * z - 1.0], axis=-1)
+
+
+def sh9_irradiance(normals, coefficients):
+  """Coloured second-order light: normals [..., H, W, 3] and coefficients
+  [..., 9, C] (one light per image, in the `sh9_basis` terms) -> irradiance
+  [..., H, W, C]."""
+  basis = sh9_basis(normals)                                    # [..., H, W, 9]
+  return jnp.einsum("...hwk,...kc->...hwc", basis, coefficients)
+
+
+def sh9_directional(direction, colour):
+  """The `sh9_basis` coefficients [..., 9, C] of a distant light from unit
+  `direction` [..., 3] of `colour` [..., C] seen by a Lambertian surface:
+  max(n . d, 0) projected on the first nine harmonics (Ramamoorthi and
+  Hanrahan 2001: bands 0, 1, 2 scaled by pi, 2 pi / 3, pi / 4)."""
+  x, y, z = direction[..., 0], direction[..., 1], direction[..., 2]
+  # Y_lm(d) Y_lm(n) summed within each band, written in the basis's terms:
+  # band 0: 1/4; band 1: 3/4 (d . n); band 2: 15/4 (xy, xz, yz), 15/16
+  # (x^2 - y^2), 5/16 (3z^2 - 1); each times the band's factor / pi.
+  terms = jnp.stack([
+      jnp.full_like(x, 0.25),
+      0.5 * x, 0.5 * y, 0.5 * z,                       # 2/3 * 3/4
+      (15.0 / 16.0) * x * y, (15.0 / 16.0) * x * z, (15.0 / 16.0) * y * z,  # 1/4 * 15/4
+      (15.0 / 64.0) * (x * x - y * y), (5.0 / 64.0) * (3.0 * z * z - 1.0)], axis=-1)
+  return terms[..., :, None] * colour[..., None, :]
+
+
 def sh_basis(normals):
   """First-order spherical-harmonics basis [1, nx, ny, nz]: [..., 3] -> [..., 4]."""
   return jnp.concatenate([jnp.ones_like(normals[..., :1]), normals], axis=-1)

@@ -231,10 +231,10 @@ def test_fine_stage_errors_name_the_problem(tmp_path):
   config = _config(None)
   config.fine.data.source = "folder"
   with pytest.raises(ValueError, match="config.fine.data.folder"):
-    sources.open_photos(config, None, "train", 8)
+    sources.open_photos(config, "train", 8)
   config.fine.data.source = "web"
   with pytest.raises(ValueError, match="config.fine.data.source"):
-    sources.open_photos(config, None, "train", 8)
+    sources.open_photos(config, "train", 8)
 
 
 @pytest.mark.slow

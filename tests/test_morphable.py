@@ -232,8 +232,8 @@ def test_save_load_round_trip(small_model, tmp_path):
 
 
 def _arrays(model):
-  return {f.name: np.asarray(getattr(model, f.name))
-          for f in dataclasses.fields(morphable.MorphableModel)}
+  """The required arrays of a model file (format 2's optional fields left out)."""
+  return {name: np.asarray(getattr(model, name)) for name in morphable.FIELDS}
 
 
 def test_load_errors_name_file_and_field(small_model, tmp_path):
@@ -283,3 +283,81 @@ def test_load_source_strings(small_model):
   assert face_models.load("embedded:25").num_vertices == face_models.embedded(25).num_vertices
   with pytest.raises(ValueError, match="embedded:<grid size>"):
     face_models.load("embedded:big")
+
+
+def _with_parts(model, surface_vertices, surface_triangles, **changes):
+  """The model split into a surface part and a rendered part."""
+  parts = (morphable.Part("face", morphable.SURFACE, (0, surface_vertices),
+                          (0, surface_triangles)),
+           morphable.Part("inside", morphable.RENDERED, (surface_vertices, model.num_vertices),
+                          (surface_triangles, model.num_triangles)))
+  return dataclasses.replace(model, parts=parts, **changes)
+
+
+def test_parts_surface_and_format_2_fields(small_model, tmp_path):
+  triangles = np.asarray(small_model.triangles)
+  # The triangles that use only vertices below 300 first, then the rest.
+  inside = triangles.max(axis=1) < 300
+  model = dataclasses.replace(small_model, triangles=np.concatenate(
+      [triangles[inside], triangles[~inside]]).astype(np.int32))
+  landmarks = np.asarray(model.landmark_indices)
+  model = _with_parts(model, 300, int(inside.sum()),
+                      landmark_indices=np.minimum(landmarks, 299).astype(np.int32),
+                      uv=np.asarray(model.pncc[:, :2]),
+                      expression_names=tuple(f"e{k}" for k in range(6)),
+                      expression_kind=morphable.BLENDSHAPE)
+  morphable.validate(model)
+  surface = morphable.surface(model)
+  assert (surface.num_vertices, surface.num_triangles) == (300, int(inside.sum()))
+  assert surface.layout == model.layout
+  assert [p.name for p in surface.parts] == ["face"]
+  np.testing.assert_array_equal(surface.mean_shape, model.mean_shape[:300])
+  assert morphable.surface(small_model) is small_model  # no parts: all surface
+  np.testing.assert_array_equal(morphable.part_index(model)[299:301], [0, 1])
+
+  path = tmp_path / "parts.npz"
+  morphable.save_model(model, path)
+  loaded = morphable.load_model(path)
+  assert (loaded.parts, loaded.expression_names, loaded.expression_kind) == (
+      model.parts, model.expression_names, model.expression_kind)
+  assert face_models.fingerprint(loaded) == face_models.fingerprint(model)
+  assert face_models.fingerprint(model) != face_models.fingerprint(small_model)
+
+  # A model without parts keeps its digest through a file (run directories
+  # recorded before format 2 stay valid).
+  morphable.save_model(small_model, tmp_path / "plain.npz")
+  plain = morphable.load_model(tmp_path / "plain.npz")
+  assert plain.parts == () and plain.uv is None
+  assert face_models.fingerprint(plain) == face_models.fingerprint(small_model)
+  # A format 1 file loads with the defaults.
+  np.savez(tmp_path / "v1.npz", format_version=np.int32(1), **_arrays(small_model))
+  assert face_models.fingerprint(morphable.load_model(tmp_path / "v1.npz")) == \
+      face_models.fingerprint(small_model)
+
+
+def test_bad_parts_are_named(small_model):
+  n, t = small_model.num_vertices, small_model.num_triangles
+  gap = dataclasses.replace(small_model, parts=(
+      morphable.Part("a", morphable.SURFACE, (0, 10), (0, t)),
+      morphable.Part("b", morphable.RENDERED, (11, n), (t, t))))
+  with pytest.raises(ValueError, match="part 'b'.*tile"):
+    morphable.validate(gap)
+  order = dataclasses.replace(small_model, parts=(
+      morphable.Part("a", morphable.RENDERED, (0, 10), (0, 0)),
+      morphable.Part("b", morphable.SURFACE, (10, n), (0, t))))
+  with pytest.raises(ValueError, match="surface part 'b' comes after"):
+    morphable.validate(order)
+  role = dataclasses.replace(small_model, parts=(
+      morphable.Part("a", "hidden", (0, n), (0, t)),))
+  with pytest.raises(ValueError, match="role 'hidden'"):
+    morphable.validate(role)
+  short = dataclasses.replace(small_model, parts=(
+      morphable.Part("a", morphable.SURFACE, (0, n - 1), (0, t)),))
+  with pytest.raises(ValueError, match="parts cover"):
+    morphable.validate(short)
+  with pytest.raises(ValueError, match="expression names"):
+    morphable.validate(dataclasses.replace(small_model, expression_names=("x",)))
+  with pytest.raises(ValueError, match="expression kind"):
+    morphable.validate(dataclasses.replace(small_model, expression_kind="sparse"))
+  with pytest.raises(ValueError, match="'uv'"):
+    morphable.validate(dataclasses.replace(small_model, uv=np.zeros((n, 3), np.float32)))

@@ -120,3 +120,47 @@ def test_fine_detail_is_a_displacement_on_the_face_seen_in_the_shading():
   np.testing.assert_array_equal(np.asarray(smooth.fine_depth), np.asarray(smooth.depth))
   changed = np.abs(np.asarray(faces.image, int) - np.asarray(smooth.image, int)).max(-1) > 0
   assert not changed[~mask].any() and changed[mask].mean() > 0.3
+
+
+def test_photoreal_faces_of_the_ict_head():
+  """configs/real.py's faces: the ICT head with procedural appearance and a
+  host-side scene; labels still exact, faces independent of the batching."""
+  from configs import real
+  from facerecon.data import scenes
+  from facerecon.data import sources
+
+  model = face_models.load("ict")
+  prior = sources.face_prior(real.get_config())
+  assert prior.procedural_albedo and synthetic.has_scene(prior)
+  photos = scenes.background_photos(96)
+  together = synthetic.generate_photos(model, 5, 0, 6, prior, 48, 48, photos)
+  apart = synthetic.generate_photos(model, 5, 3, 2, prior, 48, 48, photos)
+  np.testing.assert_allclose(apart.params, together.params[3:5], rtol=1e-5, atol=1e-5)
+  assert np.abs(apart.image.astype(int) - together.image[3:5]).mean() < 1.0
+  plain = synthetic.generate_jit(model, synthetic.sample_keys(5, 0, 6), prior, 48, 48)
+  assert np.mean(np.asarray(plain.image) != together.image) > 0.2  # the scene was drawn
+
+  surface = morphable.surface(model)
+  face = params_lib.split(together.params, model.layout)
+  vertices = morphable.vertices(surface, face.shape, face.expression)
+  landmarks = camera.project_landmarks(vertices, surface.landmark_indices, face.pose, 48)
+  np.testing.assert_allclose(np.asarray(landmarks), together.landmarks, atol=1e-3)
+  # Framed as photos are cropped: the landmark box's larger side is `fill`
+  # of the image.
+  side = (together.landmarks.max(axis=1) - together.landmarks.min(axis=1)).max(axis=-1) / 48
+  assert np.all((side > prior.fill[0] - 1e-3) & (side < prior.fill[1] + 1e-3))
+
+
+def test_blendshape_prior_is_sparse_and_in_range():
+  model = face_models.load("ict")
+  prior = synthetic.FacePrior(expression_active=0.15)
+  keys = synthetic.sample_keys(0, 0, 200)
+  sample = jax.vmap(lambda k: synthetic.sample_face(k, model, prior, 48, 48))(keys)
+  weights = np.asarray(params_lib.split(sample.params, model.layout).expression)
+  assert weights.min() >= 0 and weights.max() <= 1
+  active = np.mean(weights > 0)
+  assert 0.1 < active < 0.3  # 15%, more where left/right pairs move together
+  left, right = synthetic._pairs(model.expression_names)
+  assert len(left) > 15
+  together = np.mean(np.all(weights[:, left] == weights[:, right], axis=1))
+  assert 0.35 < together < 0.75  # half the faces, plus a few with both zero

@@ -19,7 +19,9 @@ import dataclasses
 import jax
 import numpy as np
 
+from facerecon import face_models
 from facerecon.data import normalization
+from facerecon.data import scenes
 from facerecon.data import synthetic
 
 
@@ -27,13 +29,17 @@ class SyntheticStream:
   """Endless batches of synthetic faces rendered on the fly with exact labels
   (`facerecon.data.synthetic`): batch i holds samples i * global_batch + ...
   of (seed), so the stream is reproducible and its position is its whole
-  state. Each host renders its own part of the global batch."""
+  state. Each host renders its own part of the global batch. `model` is the
+  whole face model, rendered parts (eyes, teeth, ...) included; the streams
+  of a config render `face_models.load(config.model)`."""
 
   def __init__(self, model, size: int, batch_size: int, seed: int, prior=None,
                per_host: bool = True, fields=("image", "params", "landmarks")):
     self._model, self._size, self._batch, self._seed = model, size, batch_size, seed
     self._fields = tuple(fields)  # of SyntheticBatch, copied to the host
     self._prior = prior or synthetic.FacePrior()
+    self._photos = (scenes.background_photos(2 * size) if self._prior.photo_backgrounds > 0
+                    else None)
     # per_host=False: every host gets the same batches (for statistics).
     self._hosts, self._host = ((jax.process_count(), jax.process_index()) if per_host
                                else (1, 0))
@@ -44,10 +50,10 @@ class SyntheticStream:
 
   def __next__(self) -> dict:
     first = (self.position * self._hosts + self._host) * self._batch
-    keys = synthetic.sample_keys(self._seed, first, self._batch)
-    faces = synthetic.generate_jit(self._model, keys, self._prior, self._size, self._size)
+    faces = synthetic.generate_photos(self._model, self._seed, first, self._batch, self._prior,
+                                      self._size, self._size, self._photos)
     self.position += 1
-    return {name: np.asarray(getattr(faces, name)) for name in self._fields}
+    return {name: getattr(faces, name) for name in self._fields}
 
   def get_state(self) -> dict:
     return {"position": self.position}
@@ -97,12 +103,13 @@ def synthetic_statistics(model, size: int, count: int, seed: int,
   return accumulator.result()
 
 
-def label_statistics(config, model) -> normalization.DataStatistics:
+def label_statistics(config) -> normalization.DataStatistics:
   """The statistics of CoarseNet's training labels: computed from synthetic
   faces, or the tfds data set's statistics.npz (config.coarse.data.statistics)."""
   data = config.coarse.data
   if data.source == "synthetic":
-    return synthetic_statistics(model, config.image_size, config.synthetic.statistics_samples,
+    return synthetic_statistics(face_models.load(config.model), config.image_size,
+                                config.synthetic.statistics_samples,
                                 seed=config.synthetic.statistics_seed, prior=face_prior(config))
   if data.source == "tfds":
     if not data.statistics:
@@ -122,12 +129,12 @@ def with_normalized_labels(batch: dict, statistics: normalization.DataStatistics
                                           np.float32)}
 
 
-def open_labelled(config, model, statistics, split: str, batch_size: int):
+def open_labelled(config, statistics, split: str, batch_size: int):
   """An iterator of CoarseNet's host batches of `split` ('train', 'val' or
   'test'): 'image' uint8, 'params', 'landmarks'."""
   data = config.coarse.data
   if data.source == "synthetic":
-    return SyntheticStream(model, config.image_size, batch_size,
+    return SyntheticStream(face_models.load(config.model), config.image_size, batch_size,
                            synthetic_seed(config, split), face_prior(config))
   # Grain and tfds take about a second to import; only these sources need
   # them (reconstruction never does).
@@ -141,14 +148,14 @@ def open_labelled(config, model, statistics, split: str, batch_size: int):
       num_workers=data.num_workers if split == "train" else 0, image_size=config.image_size))
 
 
-def open_photos(config, model, split: str, batch_size: int, evaluation: bool = False):
+def open_photos(config, split: str, batch_size: int, evaluation: bool = False):
   """An iterator of FineNet's host batches of `split` ('train' or 'val'):
   'image' uint8; synthetic evaluation batches also 'fine_depth' and 'mask'
   (the true detailed surface)."""
   data = config.fine.data
   if data.source == "synthetic":
     fields = ("image", "fine_depth", "mask") if evaluation else ("image",)
-    return SyntheticStream(model, config.image_size, batch_size,
+    return SyntheticStream(face_models.load(config.model), config.image_size, batch_size,
                            synthetic_seed(config, split, "fine"), face_prior(config),
                            fields=fields)
   if data.source not in ("tfds", "folder"):

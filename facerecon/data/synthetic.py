@@ -33,31 +33,63 @@ from facerecon import camera
 from facerecon import face_render
 from facerecon import morphable
 from facerecon import params as params_lib
+from facerecon import render
 from facerecon import shading
+from facerecon.data import appearance
+from facerecon.data import cropping
+from facerecon.data import scenes
 
 # Bumped whenever the same (seed, index) would give another face, so a data
 # set is never resumed with different code (data_pipeline.synthesize).
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 DETAIL_WAVES = 8  # plane waves summed into each face's displacement
+GAMMA = 2.2       # shading is linear; photos are gamma-encoded
 
 
 @dataclasses.dataclass(frozen=True)
 class FacePrior:
-  """Ranges of the synthetic faces; angles in degrees."""
+  """Ranges of the synthetic faces; angles in degrees; probabilities in [0, 1]."""
   shape_sigma: float = 1.0       # shape ~ N(0, (shape_sigma * std)^2) per mode
-  expression_sigma: float = 1.0
+  expression_sigma: float = 1.0  # Gaussian expression models, likewise
+  # Blendshape models: each weight is nonzero with this probability (then
+  # uniform in [0, expression_sigma], clipped to 1); left/right pairs
+  # (names ending _L / _R) move together half the time.
+  expression_active: float = 0.15
   texture_sigma: float = 1.0
   pitch: tuple[float, float] = (-75.0, 45.0)   # the original's ranges
   yaw: tuple[float, float] = (-90.0, 90.0)
   roll: tuple[float, float] = (-30.0, 30.0)
+  # This fraction of faces has yaw and pitch drawn from the middle third of
+  # their ranges (most photos are near frontal).
+  frontal_fraction: float = 0.0
   fill: tuple[float, float] = (0.55, 0.85)     # face size / image size
+  # Frame by the 68 landmarks the way photos are cropped
+  # (facerecon.data.cropping): `fill` is then the landmark box's larger
+  # side over the image side (0.52 in the crop rule), its centre
+  # CROP_SHIFT of that side below the image centre. False: by the mesh.
+  frame_by_landmarks: bool = False
   shift: float = 0.08            # centre offset, as a fraction of the image
   ambient: tuple[float, float] = (0.45, 0.9)
   directional: tuple[float, float] = (0.0, 0.6)
+  fill_light: tuple[float, float] = (0.0, 0.0)  # a second directional light
+  light_colour: float = 0.0      # log-range of the lights' colour casts
+  second_order_light: bool = False  # band-2 harmonics: environment light
+  specular: bool = False         # highlights (strength drawn per face)
   gain: tuple[float, float] = (0.85, 1.15)
   offset: tuple[float, float] = (-0.05, 0.05)
   contrast: tuple[float, float] = (0.6, 1.0)   # 1 = full colour, 0 = grey
   noise: float = 0.01            # std of (uniform) pixel noise, image in [0, 1]
+  # Appearance: False paints the texture model's colours; True the
+  # procedural skin, hair, brows, lips, eyes of facerecon.data.appearance.
+  procedural_albedo: bool = False
+  hair: float = 1.0              # the share of faces with hair (procedural albedo)
+  # The scene, applied on the host (facerecon.data.scenes.finish_photo).
+  photo_backgrounds: float = 0.0  # share of backgrounds from photos (when given)
+  clutter: float = 0.0           # probability of each clutter shape
+  occluders: float = 0.0         # probability of each occluder over the face
+  blur: float = 0.0              # largest blur sigma, pixels
+  grey: float = 0.0              # share of grey photos
+  jpeg: float = 0.0              # share of JPEG-compressed photos (quality 20..95)
   # Fine detail: wave height as a fraction of the face's width, and wave
   # frequencies in cycles per face width. (0, 0): smooth faces.
   detail: tuple[float, float] = (0.002, 0.006)
@@ -68,13 +100,88 @@ class FaceSample(NamedTuple):
   """Everything drawn for a batch of faces."""
   params: jax.Array    # [B, 7 + Ks + Ke], the label (facerecon.params layout)
   texture: jax.Array   # [B, Kt]
-  lighting: jax.Array  # [B, 4] first-order SH coefficients [1, nx, ny, nz]
+  lighting: jax.Array  # [B, 4] first-order SH coefficients [1, nx, ny, nz] (grey)
   colour: jax.Array    # [B, 7] gain rgb, offset rgb, contrast
   detail: jax.Array    # [B, DETAIL_WAVES, 4] waves: height, frequency u, frequency v, phase
+  light: jax.Array     # [B, 9, 3] coloured second-order SH light (shading.sh9_basis)
+  highlight: jax.Array  # [B, 4] specular: direction (3), shininess
+  look: appearance.Appearance  # per-face albedo draws
 
 
 def _uniform(key, shape, bounds):
   return jax.random.uniform(key, shape, minval=bounds[0], maxval=bounds[1])
+
+
+def _pairs(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """Indices (left, right) of the expression names that form _L/_R pairs."""
+  index = {name: k for k, name in enumerate(names)}
+  left = [k for k, name in enumerate(names) if name.endswith("_L") and name[:-2] + "_R" in index]
+  right = [index[names[k][:-2] + "_R"] for k in left]
+  return np.asarray(left, np.int32), np.asarray(right, np.int32)
+
+
+def _expression(key, model: morphable.MorphableModel, prior: FacePrior):
+  count = model.layout.num_expression
+  if model.expression_kind != morphable.BLENDSHAPE:
+    return prior.expression_sigma * model.expression_std * jax.random.normal(key, (count,))
+  keys = jax.random.split(key, 3)
+  active = jax.random.uniform(keys[0], (count,)) < prior.expression_active
+  weights = jnp.where(active, jax.random.uniform(keys[1], (count,),
+                                                 maxval=prior.expression_sigma), 0.0)
+  left, right = _pairs(model.expression_names)
+  if left.size:
+    weights = jnp.where(jax.random.uniform(keys[2]) < 0.5,
+                        weights.at[right].set(weights[left]), weights)
+  return jnp.clip(weights, 0.0, 1.0) * model.expression_std
+
+
+def _angles(keys, prior: FacePrior):
+  """(pitch, yaw, roll) in radians from keys [3 + 1]."""
+  frontal = jax.random.uniform(keys[3]) < prior.frontal_fraction
+
+  def draw(k, bounds):
+    if prior.frontal_fraction <= 0:
+      return _uniform(k, (), bounds)
+    third = (bounds[1] - bounds[0]) / 3
+    return jnp.where(frontal, _uniform(jax.random.fold_in(k, 1), (), (bounds[0] + third,
+                                                                      bounds[1] - third)),
+                     _uniform(k, (), bounds))
+
+  return jnp.deg2rad(jnp.stack([draw(keys[0], prior.pitch), draw(keys[1], prior.yaw),
+                                _uniform(keys[2], (), prior.roll)]))
+
+
+def _direction(key, min_z: float):
+  """A unit direction towards the camera side (z >= min_z, roughly)."""
+  direction = jax.random.normal(key, (3,))
+  direction = direction.at[2].set(jnp.abs(direction[2]) + min_z)
+  return direction / jnp.linalg.norm(direction)
+
+
+def _light(keys, extra_key, prior: FacePrior):
+  """(lighting [4]: grey first-order SH, ambient plus one directional light,
+  what the texture-model faces are shaded with; light [9, 3]: the same
+  light as coloured second-order SH plus, as the prior says, a fill light,
+  colour casts and an environment; highlight [4]: direction, shininess).
+  `keys` [3]: direction, ambient, intensity."""
+  main = _direction(keys[0], 0.3)
+  ambient = _uniform(keys[1], (1,), prior.ambient)
+  intensity = _uniform(keys[2], (), prior.directional)
+  lighting = jnp.concatenate([ambient, intensity * main])
+  more = jax.random.split(extra_key, 6)
+  cast = lambda k: jnp.exp(prior.light_colour * jax.random.uniform(k, (3,), minval=-1.0,
+                                                                   maxval=1.0))
+  fill = _direction(more[0], 0.0)
+  fill_colour = _uniform(more[1], (), prior.fill_light) * cast(more[2])
+  light = (shading.sh9_directional(main, intensity * cast(more[3]))
+           + shading.sh9_directional(fill, fill_colour))
+  light = light.at[0].add(ambient * cast(more[4]))
+  if prior.second_order_light:
+    light = light + 0.04 * jax.random.normal(more[5], (9, 3)) * ambient
+  else:
+    light = light.at[4:].set(0.0)
+  shininess = _uniform(jax.random.fold_in(extra_key, 1), (1,), (8.0, 40.0))
+  return lighting, light, jnp.concatenate([main, shininess])
 
 
 def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: int,
@@ -83,35 +190,38 @@ def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: 
   keys = jax.random.split(key, 12)
   layout = model.layout
   shape = prior.shape_sigma * model.shape_std * jax.random.normal(keys[0], (layout.num_shape,))
-  expression = (prior.expression_sigma * model.expression_std
-                * jax.random.normal(keys[1], (layout.num_expression,)))
+  expression = _expression(keys[1], model, prior)
   texture = (prior.texture_sigma * model.texture_std
              * jax.random.normal(keys[2], model.texture_std.shape))
-  angles = jnp.deg2rad(jnp.stack([_uniform(keys[3], (), prior.pitch),
-                                  _uniform(keys[4], (), prior.yaw),
-                                  _uniform(keys[5], (), prior.roll)]))
-  vertices = morphable.vertices(model, shape, expression)
-  pose = camera.framing_pose(vertices, angles, height, width,
-                             fill=_uniform(keys[6], (), prior.fill))
+  angles = _angles([keys[3], keys[4], keys[5], jax.random.fold_in(key, 1004)], prior)
+  vertices = morphable.vertices(morphable.surface(model), shape, expression)
+  if prior.frame_by_landmarks:
+    vertices = morphable.landmarks(model, vertices)
+  fill = _uniform(keys[6], (), prior.fill)
+  pose = camera.framing_pose(vertices, angles, height, width, fill=fill)
+  if prior.frame_by_landmarks:
+    # Rows run down and image y = H - 1 - (f y + t_y): lowering the box
+    # lowers t_y.
+    pose = pose.at[params_lib.TRANSLATION.start + 1].add(
+        -cropping.CROP_SHIFT * fill * height)
   shift = prior.shift * jnp.array([width, height]) * jax.random.uniform(
       keys[7], (2,), minval=-1.0, maxval=1.0)
   pose = pose.at[params_lib.TRANSLATION.start:params_lib.TRANSLATION.start + 2].add(shift)
-  # A light from the front hemisphere (the camera side, +z).
-  direction = jax.random.normal(keys[8], (3,))
-  direction = direction.at[2].set(jnp.abs(direction[2]) + 0.3)
-  direction = direction / jnp.linalg.norm(direction)
-  lighting = jnp.concatenate([_uniform(keys[9], (1,), prior.ambient),
-                              _uniform(keys[10], (), prior.directional) * direction])
+  lighting, light, highlight = _light(keys[8:11], jax.random.fold_in(key, 1005), prior)
   colour_keys = jax.random.split(keys[11], 3)
   colour = jnp.concatenate([_uniform(colour_keys[0], (3,), prior.gain),
                             _uniform(colour_keys[1], (3,), prior.offset),
                             _uniform(colour_keys[2], (1,), prior.contrast)])
   params = params_lib.join(params_lib.FaceParams(pose, shape, expression))
-  # Its own key (not a 13th split), so the draws above stay what they were.
+  # Their own keys (not more splits), so the draws above stay what they were.
   detail = _detail_waves(jax.random.fold_in(key, 1000), prior)
+  look = appearance.sample_appearance(jax.random.fold_in(key, 1001))
+  look = look._replace(hair_amount=look.hair_amount * (
+      jax.random.uniform(jax.random.fold_in(key, 1002)) < prior.hair))
   return FaceSample(params.astype(jnp.float32), texture.astype(jnp.float32),
                     lighting.astype(jnp.float32), colour.astype(jnp.float32),
-                    detail.astype(jnp.float32))
+                    detail.astype(jnp.float32), light.astype(jnp.float32),
+                    highlight.astype(jnp.float32), look)
 
 
 def _detail_waves(key, prior: FacePrior):
@@ -231,12 +341,42 @@ class SyntheticBatch(NamedTuple):
   landmarks: jax.Array  # [B, 68, 2] float32 image (x, y)
 
 
-def render_sample(model: morphable.MorphableModel, sample: FaceSample, background,
-                  height: int, width: int, backend: str | None = None,
-                  noise=None) -> SyntheticBatch:
-  """Renders a batch of drawn faces over backgrounds [B, H, W, 3] in [0, 1];
-  `noise` [B, H, W, 3] (or None) is added before quantising to uint8."""
-  face = face_render.render_face(model, sample.params, sample.texture, height, width, backend)
+def _render_flat(model, params, colours, specular, height: int, width: int, backend):
+  """`face_render.render_face` with per-vertex colours [B, N, 3] and
+  specular weights [B, N], but each pixel's normal its triangle's (flat
+  shading): area-weighted vertex normals are a scatter over every triangle,
+  a third of the generator's time on a CPU for ICT-FaceKit's 51k triangles,
+  and its triangles are about a pixel at the training sizes."""
+  vertices, image_vertices = face_render.posed_vertices(model, params, height)
+  raster = render.rasterize(image_vertices, model.triangles, height, width, backend)
+  # Triangle normals of the image-space mesh; image rows flip y, which
+  # flips the cross product: n = (-cx, cy, -cz) in the y-up camera frame.
+  cross = morphable.face_normals(image_vertices, model.triangles)      # [B, T, 3]
+  cross = cross * jnp.asarray([-1.0, 1.0, -1.0])
+  batch = params.shape[0]
+  index = jnp.maximum(raster.triangle_id, 0).reshape(batch, -1)
+  normals = jnp.take_along_axis(cross, index[..., None], axis=1).reshape(
+      batch, height, width, 3)
+  normals = jnp.where(raster.mask[..., None], normals * jax.lax.rsqrt(jnp.maximum(
+      normals[..., 0:1] ** 2 + normals[..., 1:2] ** 2 + normals[..., 2:3] ** 2, 1e-24)), 0.0)
+  attributes = jnp.concatenate([jnp.broadcast_to(model.pncc, vertices.shape), colours,
+                                specular[..., None]], axis=-1)
+  values = render.interpolate(attributes, raster, image_vertices, model.triangles, backend)
+  depth = jnp.where(raster.mask, raster.depth, 0.0)
+  return face_render.FaceRender(raster, image_vertices, depth, raster.mask, normals,
+                                values[..., 0:3], values[..., 3:6], vertices, values[..., 6:])
+
+
+def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int, backend):
+  """The face render and its shaded colour [B, H, W, 3] in [0, 1] (gamma-encoded)."""
+  if prior.procedural_albedo:
+    regions = appearance.vertex_regions(model)
+    colours, specular = jax.vmap(lambda look: appearance.vertex_albedo(model, regions, look))(
+        sample.look)
+    face = _render_flat(model, sample.params, colours, specular, height, width, backend)
+  else:
+    face = face_render.render_face(model, sample.params, sample.texture, height, width,
+                                   backend)
   # The face's width in pixels: f times the model's x extent (the PNCC's u
   # runs across it).
   extent = jnp.max(model.mean_shape[:, 0]) - jnp.min(model.mean_shape[:, 0])
@@ -249,13 +389,34 @@ def render_sample(model: morphable.MorphableModel, sample: FaceSample, backgroun
       [-d_col, d_row, jnp.zeros_like(d_col)], axis=-1)
   normals = normals * jax.lax.rsqrt(jnp.maximum(
       normals[..., 0:1] ** 2 + normals[..., 1:2] ** 2 + normals[..., 2:3] ** 2, 1e-12))
-  irradiance = jnp.maximum(shading.sh_irradiance(normals, sample.lighting), 0.0)
-  shaded = colour_transform(face.albedo * irradiance[..., None], sample.colour)
+  if prior.procedural_albedo:
+    irradiance = jnp.maximum(shading.sh9_irradiance(normals, sample.light), 0.0)
+    linear = face.albedo * irradiance
+    if prior.specular:
+      # Blinn-Phong with the main light; the viewer looks down -z.
+      half = sample.highlight[:, None, None, :3] + jnp.asarray([0.0, 0.0, 1.0])
+      half = half / jnp.linalg.norm(half, axis=-1, keepdims=True)
+      cosine = jnp.maximum(jnp.sum(normals * half, axis=-1), 0.0)
+      strength = face.extra[..., 0] * jnp.mean(sample.light[:, None, None, 1:4], axis=-1).sum(-1)
+      linear = linear + (strength * cosine ** sample.highlight[:, None, None, 3])[..., None]
+    shaded = jnp.maximum(linear, 0.0) ** (1.0 / GAMMA)
+  else:
+    irradiance = jnp.maximum(shading.sh_irradiance(normals, sample.lighting), 0.0)
+    shaded = face.albedo * irradiance[..., None]
+  return face, displacement, colour_transform(shaded, sample.colour)
+
+
+def render_sample(model: morphable.MorphableModel, sample: FaceSample, background,
+                  height: int, width: int, backend: str | None = None,
+                  noise=None, prior: FacePrior = FacePrior()) -> SyntheticBatch:
+  """Renders a batch of drawn faces over backgrounds [B, H, W, 3] in [0, 1];
+  `noise` [B, H, W, 3] (or None) is added before quantising to uint8."""
+  face, displacement, shaded = _shade(model, sample, prior, height, width, backend)
+  landmarks = face_render.image_landmarks(model, face.image_vertices)
   image = jnp.where(face.mask[..., None], shaded, background)
   if noise is not None:
     image = image + noise
   image = jnp.round(jnp.clip(image, 0.0, 1.0) * 255.0).astype(jnp.uint8)
-  landmarks = face_render.image_landmarks(model, face.image_vertices)
   return SyntheticBatch(image, sample.params, sample.texture, sample.lighting, sample.colour,
                         face.depth, face.depth + displacement, face.mask, face.pncc, landmarks)
 
@@ -270,14 +431,42 @@ def sample_keys(seed: int, start: int, count: int):
 def generate(model: morphable.MorphableModel, keys, prior: FacePrior, height: int,
              width: int, backgrounds=None, backend: str | None = None) -> SyntheticBatch:
   """Draws and renders one face per key. `backgrounds` [B, H, W, 3] in [0, 1],
-  or None for procedural ones. Jit with static prior, sizes and backend."""
+  or None for procedural ones. Jit with static prior, sizes and backend.
+  The prior's scene fields (photo backgrounds, clutter, occluders, blur,
+  grey, JPEG) are applied afterwards on the host (`generate_photos`)."""
   split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
   sample = jax.vmap(lambda k: sample_face(k, model, prior, height, width))(split[:, 0])
   if backgrounds is None:
     backgrounds = jax.vmap(lambda k: procedural_background(k, height, width))(split[:, 1])
   half_width = prior.noise * np.sqrt(3.0)
   noise = jax.vmap(lambda k: uniform_noise(k, (height, width, 3), half_width))(split[:, 2])
-  return render_sample(model, sample, backgrounds, height, width, backend, noise)
+  return render_sample(model, sample, backgrounds, height, width, backend, noise, prior)
 
 
 generate_jit = jax.jit(generate, static_argnames=("prior", "height", "width", "backend"))
+
+
+def has_scene(prior: FacePrior) -> bool:
+  """Whether the prior asks for the host-side scene (`generate_photos`)."""
+  return any(getattr(prior, name) > 0 for name in
+             ("photo_backgrounds", "clutter", "occluders", "blur", "grey", "jpeg"))
+
+
+def generate_photos(model: morphable.MorphableModel, seed: int, start: int, count: int,
+                    prior: FacePrior, height: int, width: int, photos=None,
+                    backend: str | None = None) -> SyntheticBatch:
+  """Samples start .. start + count - 1 of `seed`, rendered (`generate_jit`)
+  and finished on the host (`scenes.finish_photo`: photo backgrounds from
+  `photos` [M, S, S, 3] uint8, clutter, occluders, blur, grey, JPEG), as a
+  SyntheticBatch of numpy arrays. The same faces whatever the batching."""
+  keys = sample_keys(seed, start, count)
+  batch = jax.tree.map(np.asarray, generate_jit(model, keys, prior, height, width,
+                                                backend=backend))
+  if not has_scene(prior):
+    return batch
+  images = batch.image.copy()
+  for k in range(count):
+    rng = np.random.default_rng([GENERATOR_VERSION, seed, start + k])
+    images[k] = scenes.finish_photo(rng, batch.image[k], batch.mask[k], batch.landmarks[k],
+                                    prior, photos)
+  return batch._replace(image=images)

@@ -19,6 +19,7 @@ import optax
 
 from facerecon import face_models
 from facerecon import losses
+from facerecon import morphable
 from facerecon import networks
 from facerecon import parallel
 from facerecon import rundir
@@ -105,7 +106,7 @@ def evaluation_fn(net, config, mesh=None):
   return jax.jit(evaluate)
 
 
-def sum_evaluation(config, model, statistics, evaluate, variables, mesh, context, split: str,
+def sum_evaluation(config, statistics, evaluate, variables, mesh, context, split: str,
                    num_batches: int, on_batch: Callable | None = None) -> tuple[dict, int]:
   """The sums of `evaluate`'s metrics (`evaluation_fn`) over up to
   `num_batches` full batches of config.coarse.eval_batch_size faces of
@@ -116,7 +117,7 @@ def sum_evaluation(config, model, statistics, evaluate, variables, mesh, context
   batch_size = config.coarse.eval_batch_size
   per_host = batch_size // jax.process_count()
   batches = (sources.with_normalized_labels(batch, statistics)
-             for batch in sources.open_labelled(config, model, statistics, split, per_host))
+             for batch in sources.open_labelled(config, statistics, split, per_host))
   name = {"val": "validation"}.get(split, split)
   return loop.sum_metrics(
       batches, num_batches, per_host,
@@ -146,11 +147,14 @@ def build(config, run: rundir.RunDir | None = None, devices=None) -> Training:
   stage = Stage.of(config, "coarse")
   mesh = parallel.make_mesh(devices)
   parallel.check_batch_sizes(stage.batch_sizes())
-  model = face_models.load(config.model)
+  whole_model = face_models.load(config.model)
   if run is not None:
-    rundir.record_config(run, config, model)
+    rundir.record_config(run, config, whole_model)
+  # The networks and losses see the model's surface; the synthetic photos
+  # (sources) render the whole model.
+  model = morphable.surface(whole_model)
   statistics = rundir.statistics(config, model, run, training=True)
-  train_data = sources.open_labelled(config, model, statistics, "train",
+  train_data = sources.open_labelled(config, statistics, "train",
                                      config.coarse.batch_size // jax.process_count())
   replicated = parallel.replicated(mesh)
   context = jax.device_put((model, statistics), replicated)
@@ -213,7 +217,7 @@ def _run_evaluation(config, run: rundir.RunDir, training: Training, evaluate, st
                                                    target))
 
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  sums, count = sum_evaluation(config, training.model, training.statistics, evaluate,
+  sums, count = sum_evaluation(config, training.statistics, evaluate,
                                variables, training.mesh, training.context, "val",
                                coarse.eval_batches, picture_of_first)
   logger.info("CoarseNet eval at step %d over %d faces", step, count * coarse.eval_batch_size)

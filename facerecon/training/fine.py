@@ -170,7 +170,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   step_fn = jit_train_step(make_train_step(loss_fn(fine_net, coarse_fit, config, mesh), tx),
                            mesh)
   evaluate = evaluation_fn(fine_net, coarse_fit, config, mesh)
-  train_data = sources.open_photos(config, model, "train",
+  train_data = sources.open_photos(config, "train",
                                    config.fine.batch_size // jax.process_count())
   logger.info("FineNet: %d devices (%s) in %d process(es); global batch %d%s", mesh.size,
               jax.devices()[0].platform, jax.process_count(), config.fine.batch_size,
@@ -214,7 +214,7 @@ def _run_evaluation(config, run: rundir.RunDir, model, evaluate, state, mesh, co
                                          truth))
 
   sums, count = loop.sum_metrics(
-      sources.open_photos(config, model, "val", per_host, evaluation=True), fine.eval_batches,
+      sources.open_photos(config, "val", per_host, evaluation=True), fine.eval_batches,
       per_host, evaluate_batch, picture_of_first,
       f"the validation data has fewer than config.fine.eval_batch_size "
       f"({fine.eval_batch_size}) images")

@@ -34,7 +34,7 @@ def loss_and_gradient(config, coarse_workdir, devices):
   params = jax.tree_util.tree_map_with_path(
       lambda path, x: x + 0.01 if "detail" in str(path) else x,
       networks.init_fine_params(config, net))
-  host = next(sources.open_photos(config, model, "train", 8))
+  host = next(sources.open_photos(config, "train", 8))
   batch = parallel.shard_batch({"image": np.asarray(host["image"])}, mesh)
   loss_fn = fine.loss_fn(net, fine.coarse_fit_fn(coarse_net, config, mesh), config, mesh)
   context = jax.device_put((model, statistics, coarse_variables), parallel.replicated(mesh))

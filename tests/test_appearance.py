@@ -1,0 +1,110 @@
+"""Procedural albedo (facerecon.data.appearance) and the host-side scene
+(facerecon.data.scenes) of the synthetic faces."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from facerecon import face_models
+from facerecon import shading
+from facerecon.data import appearance
+from facerecon.data import scenes
+from facerecon.data import synthetic
+
+
+def _looks(count, seed=0):
+  keys = synthetic.sample_keys(seed, 0, count)
+  return jax.vmap(appearance.sample_appearance)(keys)
+
+
+def test_ict_albedo_paints_parts_and_regions():
+  model = face_models.load("ict")
+  regions = appearance.vertex_regions(model)
+  looks = _looks(16)
+  albedo, specular = jax.vmap(lambda look: appearance.vertex_albedo(model, regions, look))(looks)
+  albedo, specular = np.asarray(albedo), np.asarray(specular)
+  assert albedo.shape == (16, model.num_vertices, 3) and albedo.min() >= 0 and albedo.max() <= 1
+  assert np.all(specular >= 0)
+  part = {p.name: slice(*p.vertices) for p in model.parts}
+  brightness = albedo.mean(axis=-1)
+  # Teeth are brighter than irises; pupils (the irises' darkest) near black.
+  assert np.all(brightness[:, part["teeth"]].mean(1) > 2 * brightness[:, part["iris_left"]].mean(1))
+  assert np.all(brightness[:, part["iris_left"]].min(1) < 0.02)
+  # Skin tones span light to dark.
+  skin = np.asarray(looks.skin).mean(axis=-1)
+  assert skin.max() > 3 * skin.min()
+  # Where a face has hair, the top of the head is hair-coloured, not skin.
+  top = np.asarray(regions.height) > 1.1
+  hair = np.asarray(looks.hair_amount) > 0.5
+  assert hair.any() and (~hair).any()
+  top_colour = albedo[:, top].mean(axis=1)
+  np.testing.assert_allclose(top_colour[~hair], np.asarray(looks.skin)[~hair], rtol=0.3)
+  hair_colour = np.asarray(looks.hair)[hair]
+  assert np.all(np.abs(top_colour[hair] - hair_colour).mean(-1)
+                < np.abs(top_colour[hair] - np.asarray(looks.skin)[hair]).mean(-1))
+
+
+def test_regions_follow_the_landmarks_of_any_model(small_model):
+  """Model-agnostic: the lips and brows sit at the landmarks of the
+  procedural face too (no parts, no uv)."""
+  regions = appearance.vertex_regions(small_model)
+  mean = np.asarray(small_model.mean_shape)
+  landmarks = mean[np.asarray(small_model.landmark_indices)]
+  lips = np.asarray(regions.lips) > 0.5
+  assert lips.any()
+  centre = mean[lips].mean(axis=0)
+  assert np.linalg.norm(centre - landmarks[48:60].mean(axis=0)) < np.linalg.norm(
+      landmarks[36] - landmarks[45]) * 0.15
+  brow = np.asarray(regions.brow_distance) < 0.05
+  assert mean[brow, 1].min() > landmarks[36:48, 1].max()  # brows above the eyes
+  albedo, _ = appearance.vertex_albedo(small_model, regions, jax.tree.map(lambda x: x[0],
+                                                                         _looks(1)))
+  assert np.all(np.isfinite(np.asarray(albedo)))
+
+
+def test_second_order_light_of_a_distant_source():
+  """sh9_directional approximates max(n . d, 0) as the first nine harmonics
+  do: the same mean, errors under 0.1."""
+  rng = np.random.default_rng(0)
+  normals = rng.normal(size=(4000, 3))
+  normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+  direction = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
+  light = shading.sh9_directional(jnp.asarray(direction), jnp.ones(1))
+  approx = np.asarray(shading.sh9_irradiance(jnp.asarray(normals)[None, None], light))[0, 0, :, 0]
+  exact = np.maximum(normals @ direction, 0.0)
+  assert np.abs(approx - exact).max() < 0.1
+  assert abs(approx.mean() - exact.mean()) < 0.01
+  assert np.abs(approx - exact).mean() < 0.04
+
+
+def test_background_photos_hold_no_faces():
+  photos = scenes.background_photos(64)
+  assert photos.shape[1:] == (64, 64, 3) and photos.dtype == np.uint8
+  assert len(photos) >= 10 * scenes.CROPS_PER_PHOTO
+  names = " ".join(scenes._photo_paths())
+  for face in ("astronaut", "camera.png", "lfw"):
+    assert face not in names
+
+
+def test_finish_photo_keeps_the_face_and_is_deterministic():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+  mask = np.zeros((48, 48), bool)
+  mask[10:38, 12:36] = True
+  landmarks = np.array([[12.0, 10.0], [35.0, 37.0]])
+  photos = scenes.background_photos(96)
+  backgrounds_only = synthetic.FacePrior(photo_backgrounds=1.0)
+  out = scenes.finish_photo(np.random.default_rng(1), image, mask, landmarks,
+                            backgrounds_only, photos)
+  np.testing.assert_array_equal(out[mask], image[mask])
+  assert np.mean(out[~mask] != image[~mask]) > 0.5
+  again = scenes.finish_photo(np.random.default_rng(1), image, mask, landmarks,
+                              backgrounds_only, photos)
+  np.testing.assert_array_equal(out, again)
+  occluded = scenes.finish_photo(np.random.default_rng(2), image, mask, landmarks,
+                                 synthetic.FacePrior(occluders=1.0), photos)
+  assert np.mean(np.any(occluded[mask] != image[mask], axis=-1)) > 0.05
+  grey = scenes.finish_photo(np.random.default_rng(3), image, mask, landmarks,
+                             synthetic.FacePrior(grey=1.0, jpeg=1.0, blur=1.5), photos)
+  assert np.abs(grey[..., 0].astype(int) - grey[..., 1]).max() <= 3  # grey, JPEG-rounded
+  assert grey.std() < image.std()  # blurred
