@@ -93,14 +93,15 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   pairs = mat_folders.find_pairs(folder)
   predictor = inference.Predictor(config, workdir, batch_size)
   size = config.image_size
-  layout = predictor.model.layout
   results = {"truth": ([], []), "detector": ([], [])}  # (nme, yaw) per crop rule
   skipped, missed = [], 0
   for start in tqdm.trange(0, len(pairs), CHUNK, desc="photos", unit="chunk"):
     crops = {"truth": [], "detector": []}
     for image_path, mat_path in pairs[start:start + CHUNK]:
       try:
-        labels = mat_folders.read_labels(mat_path, layout)
+        # Only the pose (the yaw bin) and the landmarks are used: the labels
+        # may come from another model than the run's (AFLW2000-3D: the BFM).
+        labels = mat_folders.read_labels(mat_path, layout=None)
         photo = photos.read_photo(image_path)
       except (ValueError, KeyError, OSError) as e:
         skipped.append({"file": image_path, "reason": str(e)})

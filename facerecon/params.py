@@ -119,13 +119,16 @@ def read_mat_params(path: str | os.PathLike,
 
 
 def params_from_mat_fields(fields: Mapping[str, np.ndarray], path: str,
-                           layout: ParamLayout = BFM_LAYOUT,
+                           layout: ParamLayout | None = BFM_LAYOUT,
                            matlab_pixels: bool = True) -> np.ndarray:
   """`read_mat_params` of the variables of a .mat loaded already
-  (`fileio.load_mat`); `path` names the file in errors."""
+  (`fileio.load_mat`); `path` names the file in errors. `layout` None takes
+  the file's own sizes (for its pose alone, whatever model it was fit with)."""
   pose = fileio.require_field(fields, "Pose_Para", path).reshape(-1)
   shape = fileio.require_field(fields, "Shape_Para", path).reshape(-1)
   expression = fileio.require_field(fields, "Exp_Para", path).reshape(-1)
+  if layout is None:
+    layout = ParamLayout(num_shape=shape.size, num_expression=expression.size)
   for name, value, want in (("Pose_Para", pose, NUM_POSE),
                             ("Shape_Para", shape, layout.num_shape),
                             ("Exp_Para", expression, layout.num_expression)):

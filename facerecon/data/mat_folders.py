@@ -68,9 +68,10 @@ def source_photo(image_path: str, folder: str) -> str:
   return os.path.join(directory, stem).replace(os.sep, "/")
 
 
-def read_labels(mat_path: str, layout: params_lib.ParamLayout = params_lib.BFM_LAYOUT) -> Labels:
+def read_labels(mat_path: str,
+                layout: params_lib.ParamLayout | None = params_lib.BFM_LAYOUT) -> Labels:
   """The labels of one .mat; ValueError naming the file and field if malformed
-  (KeyError if a field is missing)."""
+  (KeyError if a field is missing). `layout` None: the file's own sizes."""
   fields = fileio.load_mat(mat_path)
   params = params_lib.params_from_mat_fields(fields, mat_path, layout)
   name, points = _landmark_field(fields, mat_path)
