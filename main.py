@@ -47,13 +47,14 @@ from facerecon import reconstruct
 from facerecon import rundir
 from facerecon import training
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory (local or gs://).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "The run directory (local or gs://). reconstruct and evaluate without "
+    "it use $FACERECON_RUN or the trained run the package ships.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "preview", "reconstruct", "evaluate"],
                           "What to run.")
 config_flags.DEFINE_config_file(
     "config", None, "A config file defining get_config(); reconstruct and evaluate read the "
     "run's own from --workdir.", lock_config=True)
-flags.mark_flags_as_required(["workdir"])
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
     "Multi-host runs: host:port of process 0's coordinator (with --num_processes and "
@@ -63,7 +64,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process
 _INPUT = flags.DEFINE_string(
     "input", None, "reconstruct: a photo or a folder of photos; evaluate: an AFLW2000-3D "
     "style folder (<stem>.jpg + <stem>.mat) or 'synthetic'.")
-_OUTPUT = flags.DEFINE_string("output", None, "reconstruct: the output folder.")
+_OUTPUT = flags.DEFINE_string("output", None, "reconstruct: the output folder; evaluate: "
+                              "where to write evaluation_<name>.json (default: the run, or "
+                              "the current folder for the shipped run).")
 _DETECTOR = flags.DEFINE_enum(
     "detector", "haar", ["haar", "haar_profile", "none"],
     "reconstruct/evaluate: face detector (OpenCV's cascades; haar_profile adds profile "
@@ -116,6 +119,8 @@ def main(argv):
   config = flags.FLAGS.config
   if _MODE.value in ("reconstruct", "evaluate"):
     return _apply_trained(config)
+  if not _WORKDIR.value:
+    raise app.UsageError(f"--mode={_MODE.value} needs --workdir")
   if config is None:
     raise app.UsageError(f"--mode={_MODE.value} needs --config")
   config = _checked(config)
@@ -143,10 +148,17 @@ def _apply_trained(explicit_config) -> int:
     raise app.UsageError(f"--mode={_MODE.value} needs --input")
   if _INPUT.value != "synthetic" and not os.path.exists(_INPUT.value):
     raise app.UsageError(f"--input {_INPUT.value} does not exist")
-  run = rundir.RunDir(_WORKDIR.value)
-  if not (run.has_best() or run.fine.has_best()):
-    raise app.UsageError(f"--workdir {_WORKDIR.value} has no trained networks: train them "
-                         "there first with --mode=train")
+  if _WORKDIR.value:
+    run = rundir.RunDir(_WORKDIR.value)
+    if not (run.has_best() or run.fine.has_best()):
+      raise app.UsageError(f"--workdir {_WORKDIR.value} has no trained networks: train them "
+                           "there first with --mode=train")
+  else:
+    run = rundir.default_run()
+    if run is None:
+      raise app.UsageError(
+          f"no --workdir, and no trained run in ${rundir.RUN_VARIABLE} or shipped with this "
+          f"install ({rundir.SHIPPED_RUN}): pass the --workdir of a trained run")
   try:
     config = _checked(rundir.resolve_config(run, explicit_config))
   except ValueError as e:
@@ -154,12 +166,15 @@ def _apply_trained(explicit_config) -> int:
   # Built only where photos are detected in (not the synthetic test split).
   detector = None if _INPUT.value == "synthetic" else detect.from_name(_DETECTOR.value)
   if _MODE.value == "evaluate":
-    table, _ = evaluate.run(config, _WORKDIR.value, _INPUT.value, detector, _BATCH.value)
+    # The shipped run may sit in a read-only install: its results go here.
+    results_dir = _OUTPUT.value or (None if _WORKDIR.value else ".")
+    table, _ = evaluate.run(config, run.path, _INPUT.value, detector, _BATCH.value,
+                            results_dir)
     print(table)
     return 0
   if not _OUTPUT.value:
     raise app.UsageError("--mode=reconstruct needs --output")
-  summary = reconstruct.reconstruct(config, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
+  summary = reconstruct.reconstruct(config, run.path, _INPUT.value, _OUTPUT.value,
                                     batch_size=_BATCH.value, detector=detector,
                                     max_faces=_MAX_FACES.value)
   print(f"reconstructed {summary.faces} faces from {summary.photos - len(summary.failures)} "

@@ -194,15 +194,17 @@ def format_table(name: str, results: dict) -> str:
 
 
 def run(config, workdir: str, input_path: str, detector=None,
-        batch_size: int = 32) -> tuple[str, dict]:
-  """Evaluates on `input_path` (a folder, or 'synthetic'); writes and returns
-  (table text, results)."""
+        batch_size: int = 32, results_dir: str | None = None) -> tuple[str, dict]:
+  """Evaluates on `input_path` (a folder, or 'synthetic'); writes the
+  results as evaluation_<name>.json in `results_dir` (default: the run) and
+  returns (table text, results)."""
   if input_path == "synthetic":
     name, results = "synthetic_test", evaluate_synthetic(config, workdir)
   else:
     name = os.path.basename(os.path.normpath(input_path))
     results = evaluate_folder(config, workdir, input_path, detector, batch_size)
-  export.write_json(rundir.RunDir(workdir).evaluation(name), _json_safe(results))
+  out = rundir.RunDir(results_dir or workdir)
+  export.write_json(out.evaluation(name), _json_safe(results))
   return format_table(name, results), results
 
 

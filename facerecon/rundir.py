@@ -115,6 +115,20 @@ class RunDir:
         self.checkpoints) else False
 
 
+# The trained run the package ships (`python -m data_pipeline.ship_run`), which
+# --mode=reconstruct and --mode=evaluate use without --workdir; the
+# environment variable FACERECON_RUN names another.
+SHIPPED_RUN = os.path.join(face_models.ASSETS, "run")
+RUN_VARIABLE = "FACERECON_RUN"
+
+
+def default_run() -> RunDir | None:
+  """The run to use when no --workdir is given: $FACERECON_RUN, or the
+  package's shipped run; None if that has no trained networks."""
+  run = RunDir(os.environ.get(RUN_VARIABLE) or SHIPPED_RUN)
+  return run if (run.has_best() or run.fine.has_best()) else None
+
+
 # --- The recorded config ---------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from test_cropping import astronaut_photo
 import trimesh
 
 from conftest import ROOT
+from data_pipeline import ship_run
 from facerecon import camera
 from facerecon import evaluate
 from facerecon import export
@@ -345,3 +346,36 @@ def test_main_reconstruct_exits_non_zero_when_a_photo_fails(run_dir, tmp_path):
        f"--input={photos_in}", "--output=x"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert missing.returncode != 0 and "has no trained networks" in missing.stderr
+
+
+def test_a_shipped_run_is_used_without_workdir(run_dir, tmp_path):
+  """data_pipeline.ship_run copies a run's config, statistics and best
+  networks; reconstruct and evaluate then need no --workdir (the run named
+  by $FACERECON_RUN here; the package's own by default)."""
+  shipped = str(tmp_path / "shipped")
+  ship_run.ship(run_dir, shipped)
+  ship_run.ship(run_dir, shipped)  # replaces the previous copy
+  assert sorted(os.listdir(shipped)) == ["best", "config.json", "fine", "statistics.npz"]
+  folder = tmp_path / "AFLW2000"
+  folder.mkdir()
+  _write_aflw_style(str(folder), 2, seed=3)
+  env = {**os.environ, "FACERECON_RUN": shipped}
+  result = subprocess.run(
+      [sys.executable, "main.py", "--mode=evaluate", f"--input={folder}",
+       f"--output={tmp_path / 'results'}", "--detector=none"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "ground-truth crops" in result.stdout
+  assert os.path.exists(tmp_path / "results" / "evaluation_AFLW2000.json")
+  assert not os.path.exists(os.path.join(shipped, "evaluation_AFLW2000.json"))
+
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  result = subprocess.run(
+      [sys.executable, "main.py", "--mode=reconstruct", f"--input={folder}",
+       f"--output={tmp_path / 'out'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "FACERECON_RUN": str(empty)})
+  assert result.returncode != 0 and "pass the --workdir of a trained run" in result.stderr
+  with pytest.raises(FileNotFoundError, match="no trained CoarseNet"):
+    ship_run.ship(str(empty), str(tmp_path / "nothing"))
