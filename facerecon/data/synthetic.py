@@ -377,18 +377,21 @@ def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int,
   else:
     face = face_render.render_face(model, sample.params, sample.texture, height, width,
                                    backend)
-  # The face's width in pixels: f times the model's x extent (the PNCC's u
-  # runs across it).
-  extent = jnp.max(model.mean_shape[:, 0]) - jnp.min(model.mean_shape[:, 0])
-  displacement = detail_displacement(sample.detail, face.pncc, face.mask,
-                                     sample.params[:, params_lib.SCALE] * extent)
-  # Normals of depth + displacement: n + n_z (-dd/dcolumn, dd/drow, 0) is
-  # parallel to (-dz/dcolumn, dz/drow, 1) of the detailed surface.
-  d_col, d_row, _ = shading.depth_gradient(displacement, face.mask)
-  normals = face.normals + face.normals[..., 2:3] * jnp.stack(
-      [-d_col, d_row, jnp.zeros_like(d_col)], axis=-1)
-  normals = normals * jax.lax.rsqrt(jnp.maximum(
-      normals[..., 0:1] ** 2 + normals[..., 1:2] ** 2 + normals[..., 2:3] ** 2, 1e-12))
+  if prior.detail == (0.0, 0.0):  # smooth faces: no displacement to compute
+    displacement, normals = jnp.zeros_like(face.depth), face.normals
+  else:
+    # The face's width in pixels: f times the model's x extent (the PNCC's u
+    # runs across it).
+    extent = jnp.max(model.mean_shape[:, 0]) - jnp.min(model.mean_shape[:, 0])
+    displacement = detail_displacement(sample.detail, face.pncc, face.mask,
+                                       sample.params[:, params_lib.SCALE] * extent)
+    # Normals of depth + displacement: n + n_z (-dd/dcolumn, dd/drow, 0) is
+    # parallel to (-dz/dcolumn, dz/drow, 1) of the detailed surface.
+    d_col, d_row, _ = shading.depth_gradient(displacement, face.mask)
+    normals = face.normals + face.normals[..., 2:3] * jnp.stack(
+        [-d_col, d_row, jnp.zeros_like(d_col)], axis=-1)
+    normals = normals * jax.lax.rsqrt(jnp.maximum(
+        normals[..., 0:1] ** 2 + normals[..., 1:2] ** 2 + normals[..., 2:3] ** 2, 1e-12))
   if prior.procedural_albedo:
     irradiance = jnp.maximum(shading.sh9_irradiance(normals, sample.light), 0.0)
     linear = face.albedo * irradiance
