@@ -133,11 +133,12 @@ def test_photoreal_faces_of_the_ict_head():
   prior = sources.face_prior(real.get_config())
   assert prior.procedural_albedo and synthetic.has_scene(prior)
   photos = scenes.background_photos(96)
-  together = synthetic.generate_photos(model, 5, 0, 6, prior, 48, 48, photos)
-  apart = synthetic.generate_photos(model, 5, 3, 2, prior, 48, 48, photos)
-  np.testing.assert_allclose(apart.params, together.params[3:5], rtol=1e-5, atol=1e-5)
-  assert np.abs(apart.image.astype(int) - together.image[3:5]).mean() < 1.0
-  plain = synthetic.generate_jit(model, synthetic.sample_keys(5, 0, 6), prior, 48, 48)
+  # Faces 2 and 3 in two batches (of one size: one compilation).
+  together = synthetic.generate_photos(model, 5, 0, 4, prior, 48, 48, photos)
+  apart = synthetic.generate_photos(model, 5, 2, 4, prior, 48, 48, photos)
+  np.testing.assert_array_equal(apart.params[:2], together.params[2:])
+  np.testing.assert_array_equal(apart.image[:2], together.image[2:])
+  plain = synthetic.generate_jit(model, synthetic.sample_keys(5, 0, 4), prior, 48, 48)
   assert np.mean(np.asarray(plain.image) != together.image) > 0.2  # the scene was drawn
 
   surface = morphable.surface(model)
@@ -155,8 +156,7 @@ def test_blendshape_prior_is_sparse_and_in_range():
   model = face_models.load("ict")
   prior = synthetic.FacePrior(expression_active=0.15)
   keys = synthetic.sample_keys(0, 0, 200)
-  sample = jax.vmap(lambda k: synthetic.sample_face(k, model, prior, 48, 48))(keys)
-  weights = np.asarray(params_lib.split(sample.params, model.layout).expression)
+  weights = np.asarray(jax.vmap(lambda k: synthetic._expression(k, model, prior))(keys))
   assert weights.min() >= 0 and weights.max() <= 1
   active = np.mean(weights > 0)
   assert 0.1 < active < 0.3  # 15%, more where left/right pairs move together
