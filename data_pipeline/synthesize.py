@@ -2,7 +2,7 @@ r"""Renders synthetic training faces with exact labels into shards.
 
     python -m data_pipeline.synthesize --output_dir=DIR [--num_faces=100000]
         [--seed=0] [--image_size=200] [--shard_size=1000] [--model=embedded]
-        [--backgrounds_dir=PHOTOS] [--workers=2]
+        [--backgrounds_dir=PHOTOS] [--workers=2] [--config=configs/real.py]
 
 Writes DIR/metadata.json (what the data set is) and DIR/shard-XXXXX.npz, each
 holding `shard_size` faces: image uint8 [n, H, W, 3], params float32 [n, P]
@@ -16,7 +16,9 @@ Shards are written atomically and skipped when present, so a killed run
 resumes where it stopped. Running again into a folder made with other
 settings is refused. With --backgrounds_dir, each face is composited over a
 random square crop of a photo from that folder; otherwise over a procedural
-background.
+background. With --config, the config's face model, image size and prior
+(`config.synthetic.prior`, its host-side scene included) replace --model,
+--image_size and the default prior.
 """
 
 import dataclasses
@@ -30,12 +32,15 @@ from absl import flags
 from absl import logging
 import cv2
 import jax
+from ml_collections import config_flags
 import numpy as np
 
 from facerecon import face_models
 from facerecon import fileio
 from facerecon import memory
 from facerecon.data import photos
+from facerecon.data import scenes
+from facerecon.data import sources
 from facerecon.data import synthetic
 
 
@@ -48,6 +53,13 @@ class Settings:
   shard_size: int
   model: str
   backgrounds: tuple[str, ...]  # photo file names (in backgrounds_dir), sorted
+  prior: str = ""  # synthetic.FacePrior as JSON ("": the default prior)
+
+  def face_prior(self) -> synthetic.FacePrior:
+    if not self.prior:
+      return synthetic.FacePrior()
+    return synthetic.FacePrior(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in json.loads(self.prior).items()})
 
   @property
   def num_shards(self) -> int:
@@ -75,7 +87,7 @@ def check_metadata(output_dir: str, settings: Settings) -> None:
   path = os.path.join(output_dir, "metadata.json")
 
   wanted = {"settings": dataclasses.asdict(settings),
-            "prior": dataclasses.asdict(synthetic.FacePrior()),
+            "prior": dataclasses.asdict(settings.face_prior()),
             "generator_version": synthetic.GENERATOR_VERSION}
   wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as read back
   if os.path.exists(path):
@@ -123,8 +135,9 @@ def render_shard(settings: Settings, shard: int, output_dir: str,
                  backgrounds_dir: str | None, batch_size: int) -> int:
   """Renders and writes one shard; returns its number of faces."""
   model = _worker_model(settings.model)
-  prior = synthetic.FacePrior()
+  prior = settings.face_prior()
   size = settings.image_size
+  photos = scenes.background_photos(2 * size) if prior.photo_backgrounds > 0 else None
   start = shard * settings.shard_size
   stop = min(start + settings.shard_size, settings.num_faces)
   parts = []
@@ -135,8 +148,9 @@ def render_shard(settings: Settings, shard: int, output_dir: str,
     if settings.backgrounds:
       backgrounds = photo_backgrounds(backgrounds_dir, settings.backgrounds, settings.seed,
                                       range(first, first + count), size)
-    parts.append(jax.device_get(
-        synthetic.generate_jit(model, keys, prior, size, size, backgrounds)))
+    rendered = jax.tree.map(np.asarray, synthetic.generate_jit(model, keys, prior, size, size,
+                                                               backgrounds))
+    parts.append(synthetic.finish_photos(rendered, prior, settings.seed, first, photos))
   batch = {field: np.concatenate([getattr(p, field) for p in parts])
            for field in synthetic.SyntheticBatch._fields}
   batch["pncc"] = np.round(batch["pncc"] * 255).astype(np.uint8)
@@ -202,6 +216,9 @@ def define_flags():
   flags.DEFINE_string("backgrounds_dir", None,
                                          "Folder of photos for backgrounds (optional).")
   flags.DEFINE_integer("workers", 1, "Worker processes (each takes whole shards).")
+  config_flags.DEFINE_config_file(
+      "config", None, "A config whose model, image size and synthetic prior to use (they "
+      "replace --model, --image_size and the default prior).")
 
 
 def main(argv):
@@ -209,9 +226,17 @@ def main(argv):
   for name in ("num_faces", "image_size", "shard_size", "batch_size", "workers"):
     if FLAGS[name].value < 1:
       raise app.UsageError(f"--{name} must be positive, got {FLAGS[name].value}")
-  settings = Settings(num_faces=FLAGS.num_faces, seed=FLAGS.seed,
-                      image_size=FLAGS.image_size, shard_size=FLAGS.shard_size,
-                      model=FLAGS.model, backgrounds=list_backgrounds(FLAGS.backgrounds_dir))
+  model, image_size, prior = FLAGS.model, FLAGS.image_size, ""
+  if FLAGS.config is not None:
+    try:
+      face_prior = sources.face_prior(FLAGS.config)
+    except (ValueError, TypeError) as e:
+      raise app.UsageError(str(e)) from None
+    model, image_size = FLAGS.config.model, FLAGS.config.image_size
+    prior = json.dumps(dataclasses.asdict(face_prior), sort_keys=True)
+  settings = Settings(num_faces=FLAGS.num_faces, seed=FLAGS.seed, image_size=image_size,
+                      shard_size=FLAGS.shard_size, model=model,
+                      backgrounds=list_backgrounds(FLAGS.backgrounds_dir), prior=prior)
   summary = synthesize(settings, FLAGS.output_dir, FLAGS.backgrounds_dir, FLAGS.batch_size,
                        FLAGS.workers)
   print(f"{summary['faces']} faces in {summary['shards_written']} new shard(s) "

@@ -114,3 +114,37 @@ def test_command_line(tmp_path):
       [sys.executable, "-m", "data_pipeline.synthesize", f"--output_dir={out}",
        "--num_faces=0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0 and "num_faces" in bad.stderr
+  # A config's model, size and prior (configs/real.py's, on the small model).
+  real = tmp_path / "real"
+  result = subprocess.run(
+      [sys.executable, "-m", "data_pipeline.synthesize", f"--output_dir={real}",
+       "--num_faces=2", "--shard_size=2", "--config=configs/real.py",
+       f"--config.model={MODEL}", "--config.image_size=24"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _load(real / "shard-00000.npz")["image"].shape == (2, 24, 24, 3)
+  with open(real / "metadata.json") as f:
+    metadata = json.load(f)
+  assert metadata["prior"]["procedural_albedo"] and metadata["settings"]["model"] == MODEL
+
+
+def test_a_config_prior_with_its_scene(tmp_path):
+  """Settings.prior (--config): the shards hold that prior's faces, its
+  host-side scene included, and a folder made with another prior is refused."""
+  prior = synthesize.synthetic.FacePrior(procedural_albedo=True, occluders=1.0, grey=1.0)
+  settings = _settings(num_faces=4, prior=json.dumps(
+      synthesize.dataclasses.asdict(prior), sort_keys=True))
+  assert settings.face_prior() == prior
+  out = str(tmp_path / "real")
+  synthesize.synthesize(settings, out)
+  shard = _load(synthesize.shard_path(out, 0))
+  image = shard["image"].astype(int)
+  assert np.abs(image[..., 0] - image[..., 1]).max() <= 1  # grey photos
+  plain = str(tmp_path / "plain")
+  synthesize.synthesize(_settings(num_faces=4), plain)
+  np.testing.assert_array_equal(_load(synthesize.shard_path(plain, 0))["params"],
+                                shard["params"])  # the same faces, other pictures
+  with open(os.path.join(out, "metadata.json")) as f:
+    assert json.load(f)["prior"]["occluders"] == 1.0
+  with pytest.raises(ValueError, match="other settings"):
+    synthesize.synthesize(_settings(num_faces=4), out)

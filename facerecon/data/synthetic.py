@@ -465,10 +465,18 @@ def generate_photos(model: morphable.MorphableModel, seed: int, start: int, coun
   keys = sample_keys(seed, start, count)
   batch = jax.tree.map(np.asarray, generate_jit(model, keys, prior, height, width,
                                                 backend=backend))
+  return finish_photos(batch, prior, seed, start, photos)
+
+
+def finish_photos(batch: SyntheticBatch, prior: FacePrior, seed: int, start: int,
+                  photos=None) -> SyntheticBatch:
+  """The host-side scene (`scenes.finish_photo`) of samples start, start + 1,
+  ... of `seed`, rendered as the numpy `batch`: each photo's draws come from
+  its own generator of (version, seed, index)."""
   if not has_scene(prior):
     return batch
   images = batch.image.copy()
-  for k in range(count):
+  for k in range(len(images)):
     rng = np.random.default_rng([GENERATOR_VERSION, seed, start + k])
     images[k] = scenes.finish_photo(rng, batch.image[k], batch.mask[k], batch.landmarks[k],
                                     prior, photos)
