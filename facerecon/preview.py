@@ -26,6 +26,23 @@ VIEWS = (("front", 0, 0, 0), ("three-quarter", 0, 35, 0),
 EXPRESSION_NAMES = ("jaw open", "smile", "pucker", "brow raise")
 
 
+# Blendshapes shown for models that name theirs (ARKit names, both sides).
+BLENDSHAPES = (("jaw open", ("jawOpen",)), ("smile", ("mouthSmile_L", "mouthSmile_R")),
+               ("pucker", ("mouthPucker",)), ("brow raise", ("browInnerUp_L", "browInnerUp_R")))
+
+
+def _named_expressions(model: morphable.MorphableModel):
+  """(name, mode indices, coefficient) of the expressions to show: the
+  model's named blendshapes (weight 1) or the embedded face's first modes
+  (coefficient 2 = the full named expression)."""
+  if model.expression_names:
+    index = {name: k for k, name in enumerate(model.expression_names)}
+    return [(title, tuple(index[n] for n in names), 1.0) for title, names in BLENDSHAPES
+            if all(n in index for n in names)]
+  named = min(len(EXPRESSION_NAMES), model.layout.num_expression)
+  return [(EXPRESSION_NAMES[i], (i,), 2.0) for i in range(named)]
+
+
 def sample_faces(model: morphable.MorphableModel, config: ml_collections.ConfigDict):
   """The preview's faces: named views, random identities, expressions.
 
@@ -53,12 +70,12 @@ def sample_faces(model: morphable.MorphableModel, config: ml_collections.ConfigD
         shape=rng.normal(size=layout.num_shape) * model.shape_std,
         texture=rng.normal(size=model.texture_std.shape[0]) * model.texture_std,
         view=(0, rng.uniform(-30, 30), 0))
-  named = min(len(EXPRESSION_NAMES), layout.num_expression)
+  shown = _named_expressions(model)
   for i in range(config.preview.num_expressions):
     expression = np.zeros(layout.num_expression)
-    if i < named:
-      expression[i] = 2.0  # coefficient 2 = the full named expression
-      name = EXPRESSION_NAMES[i]
+    if i < len(shown):
+      name, modes, weight = shown[i]
+      expression[list(modes)] = weight
     else:
       expression = rng.normal(size=layout.num_expression) * model.expression_std
       name = f"expression {i + 1}"

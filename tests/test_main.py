@@ -66,3 +66,15 @@ def test_main_rejects_bad_flags(tmp_path):
   for process, (flags, message) in zip(processes, cases):
     _, stderr = process.communicate(timeout=300)
     assert process.returncode != 0 and message in stderr, (flags, stderr[-2000:])
+
+
+def test_preview_shows_named_blendshapes_of_the_ict_head():
+  from facerecon import face_models
+  from facerecon import preview
+
+  model = face_models.load("ict")
+  shown = preview._named_expressions(model)
+  assert [name for name, _, _ in shown] == ["jaw open", "smile", "pucker", "brow raise"]
+  names = model.expression_names
+  assert [names[k] for k in shown[1][1]] == ["mouthSmile_L", "mouthSmile_R"]
+  assert all(weight == 1.0 for _, _, weight in shown)
