@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import calibrate_landmarks
+from data_pipeline import prepare_ict
 from facerecon import camera
 from facerecon import face_models
 from facerecon import morphable
@@ -60,8 +61,6 @@ def test_labels_that_agree_move_nothing(small_model):
 def test_the_shipped_landmarks_fit_the_dev_labels_better():
   """The calibration on AFLW2000-3D's dev labels (docs/data.md): the shipped
   model's landmarks fit them at least twice as well as ICT-FaceKit's own."""
-  from data_pipeline import prepare_ict
-
   shipped = face_models.load("ict")
   points = calibrate_landmarks.read_points(DEV_DIR)[::4]
   ict_own = np.asarray(prepare_ict.LANDMARKS)

@@ -69,9 +69,6 @@ def test_main_rejects_bad_flags(tmp_path):
 
 
 def test_preview_shows_named_blendshapes_of_the_ict_head():
-  from facerecon import face_models
-  from facerecon import preview
-
   model = face_models.load("ict")
   shown = preview._named_expressions(model)
   assert [name for name, _, _ in shown] == ["jaw open", "smile", "pucker", "brow raise"]

@@ -4,11 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import real
 from facerecon import camera
 from facerecon import face_models
 from facerecon import morphable
 from facerecon import params as params_lib
 from facerecon import shading
+from facerecon.data import scenes
+from facerecon.data import sources
 from facerecon.data import synthetic
 
 PRIOR = synthetic.FacePrior()
@@ -125,10 +128,6 @@ def test_fine_detail_is_a_displacement_on_the_face_seen_in_the_shading():
 def test_photoreal_faces_of_the_ict_head():
   """configs/real.py's faces: the ICT head with procedural appearance and a
   host-side scene; labels still exact, faces independent of the batching."""
-  from configs import real
-  from facerecon.data import scenes
-  from facerecon.data import sources
-
   model = face_models.load("ict")
   prior = sources.face_prior(real.get_config())
   assert prior.procedural_albedo and synthetic.has_scene(prior)
