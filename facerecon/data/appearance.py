@@ -98,7 +98,7 @@ def sample_appearance(key) -> Appearance:
       seed=jax.random.bits(keys[22], (2,), jnp.uint32))
 
 
-def _mix32(x):
+def mix32(x):
   """An invertible 32-bit integer hash (Wellons' lowbias32)."""
   x = x ^ (x >> 16)
   x = x * jnp.uint32(0x7FEB352D)
@@ -109,7 +109,7 @@ def _mix32(x):
 
 def hash_uniform(index, seed):
   """Uniform [0, 1) per uint32 index and seed [2] (a hash: fast, no key splits)."""
-  words = _mix32(_mix32(index ^ seed[0]) + seed[1])
+  words = mix32(mix32(index ^ seed[0]) + seed[1])
   return (words >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
 
 

@@ -300,15 +300,6 @@ def procedural_background(key, height: int, width: int):
   return jnp.clip(image, 0.0, 1.0)
 
 
-def _mix32(x):
-  """An invertible 32-bit integer hash with good avalanche (Wellons' lowbias32)."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x7FEB352D)
-  x = x ^ (x >> 15)
-  x = x * jnp.uint32(0x846CA68B)
-  return x ^ (x >> 16)
-
-
 def uniform_noise(key, shape, half_width):
   """Uniform noise in [-half_width, half_width] with 256 levels: one byte per value.
 
@@ -320,7 +311,7 @@ def uniform_noise(key, shape, half_width):
   size = int(np.prod(shape))
   seed = jax.random.bits(key, (2,), jnp.uint32)
   index = jnp.arange(-(-size // 4), dtype=jnp.uint32)
-  words = _mix32(_mix32(index ^ seed[0]) + seed[1])
+  words = appearance.mix32(appearance.mix32(index ^ seed[0]) + seed[1])
   # The barrier keeps XLA from fusing the hash into the per-byte loop (four
   # hashes per word).
   words = jax.lax.optimization_barrier(words)
