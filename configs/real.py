@@ -34,10 +34,10 @@ def get_config():
   prior.ambient = (0.3, 0.8)
   prior.directional = (0.2, 1.2)
   prior.fill_light = (0.0, 0.4)
-  prior.light_colour = 0.15
+  prior.light_colour = 0.1
   prior.second_order_light = True
   prior.specular = True
-  prior.gain = (0.85, 1.15)
+  prior.gain = (0.9, 1.1)
   prior.contrast = (0.7, 1.0)
   prior.noise = 0.02
   prior.procedural_albedo = True

@@ -27,10 +27,20 @@ def test_ict_albedo_paints_parts_and_regions():
   assert np.all(specular >= 0)
   part = {p.name: slice(*p.vertices) for p in model.parts}
   brightness = albedo.mean(axis=-1)
-  # Teeth are brighter than irises; pupils (the irises' darkest) near black.
-  assert np.all(brightness[:, part["teeth"]].mean(1)
-                > 2 * brightness[:, part["iris_left"]].mean(1))
-  assert np.all(brightness[:, part["iris_left"]].min(1) < 0.02)
+  # The visible eye shell ('sclera'): a near-black pupil at its front (the
+  # face looks down +z), a white of the eye around the iris, teeth brighter
+  # than the iris.
+  shell = np.asarray(model.mean_shape)[part["sclera_left"]]
+  eye = brightness[:, part["sclera_left"]]
+  front = np.argmax(shell[:, 2])
+  assert np.all(eye[:, front] < 0.02)
+  across = np.linalg.norm(shell[:, :2] - shell[front, :2], axis=-1)
+  width = np.ptp(shell[:, 0])  # two eyeball radii
+  white = (across > 0.4 * width) & (shell[:, 2] > shell[front, 2] - 0.5 * width)
+  iris = across < 0.2 * width
+  assert white.any() and iris.sum() > 3
+  assert np.all(eye[:, white].mean(1) > 0.25)
+  assert np.all(brightness[:, part["teeth"]].mean(1) > 2 * eye[:, iris].mean(1))
   # Skin tones span light to dark.
   skin = np.asarray(looks.skin).mean(axis=-1)
   assert skin.max() > 3 * skin.min()

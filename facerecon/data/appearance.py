@@ -33,6 +33,7 @@ _HAIR = ((0.02, 0.015, 0.012), (0.02, 0.015, 0.012), (0.05, 0.03, 0.02), (0.05, 
 _IRIS = ((0.18, 0.09, 0.04), (0.08, 0.04, 0.02), (0.20, 0.30, 0.45), (0.22, 0.30, 0.16),
          (0.30, 0.30, 0.30))
 BLOTCH_WAVES = 4
+IRIS_RADIUS = 0.55  # of the eyeball's radius (12 mm balls, 6 mm irises)
 
 # Colours of parts by name (substring match), linear RGB.
 _PART_COLOURS = {"teeth": (0.75, 0.70, 0.58), "gums": (0.55, 0.20, 0.22),
@@ -55,6 +56,7 @@ class Appearance(NamedTuple):
   makeup: jax.Array       # [4] eye shadow colour (3), strength
   blush: jax.Array        # [] strength
   iris: jax.Array         # [3]
+  pupil: jax.Array        # [] pupil radius, a fraction of the iris's
   tint: jax.Array         # [3] teeth / sclera tint
   specular: jax.Array     # [] specular strength
   seed: jax.Array         # [2] uint32 for per-vertex noise
@@ -69,7 +71,7 @@ def sample_appearance(key) -> Appearance:
   tone = _uniform(keys[0]) ** 1.3  # 0: light .. 1: dark, lighter tones a little more often
   light, dark = jnp.asarray(_SKIN_LIGHT), jnp.asarray(_SKIN_DARK)
   skin = jnp.exp((1 - tone) * jnp.log(light) + tone * jnp.log(dark))
-  skin = skin * jnp.exp(_uniform(keys[1], (3,), -0.12, 0.12))  # hue jitter
+  skin = skin * jnp.exp(_uniform(keys[1], (3,), -0.07, 0.07))  # hue jitter
   blotches = jnp.concatenate([
       _uniform(keys[2], (BLOTCH_WAVES, 1), 0.0, 0.08),
       _uniform(keys[3], (BLOTCH_WAVES, 2), -12.0, 12.0),
@@ -94,7 +96,8 @@ def sample_appearance(key) -> Appearance:
       grain=_uniform(keys[19], (), 0.01, 0.05), hair=hair,
       hairline=_uniform(iris_keys[3], (), 0.45, 0.9), hair_amount=hair_amount, brows=brows,
       beard=beard, lips=lips, makeup=makeup, blush=_uniform(keys[20], (), 0.0, 0.25),
-      iris=iris, tint=tint, specular=_uniform(keys[21], (), 0.0, 0.35),
+      iris=iris, pupil=_uniform(keys[23], (), 0.25, 0.5), tint=tint,
+      specular=_uniform(keys[21], (), 0.0, 0.35),
       seed=jax.random.bits(keys[22], (2,), jnp.uint32))
 
 
@@ -199,19 +202,26 @@ def _part_masks(model: morphable.MorphableModel) -> dict[str, np.ndarray]:
   return masks
 
 
-def _pupils(model: morphable.MorphableModel):
-  """[N] in [0, 1]: the pupil of each iris part (near its front-most vertex)."""
-  pupil = jnp.zeros(model.num_vertices)
+def _eye_discs(model: morphable.MorphableModel):
+  """[N]: each eye vertex's distance from its eye's front, in eyeball radii.
+
+  The visible shell of an eye (ICT-FaceKit's 'sclera' part, the cornea and
+  white that cover its 'iris' ball) carries the iris: a disc around the
+  front-most vertex (the face looks down +z). Both eye parts are painted by
+  this distance; other vertices read 2 (outside every disc)."""
+  distance = jnp.full(model.num_vertices, 2.0)
   for part in morphable.model_parts(model):
-    if "iris" not in part.name:
+    if "iris" not in part.name and "sclera" not in part.name:
       continue
     v0, v1 = part.vertices
-    iris = model.mean_shape[v0:v1]
-    front = iris[jnp.argmax(iris[:, 2])]
-    radius = jnp.max(jnp.linalg.norm(iris[:, :2] - front[:2], axis=-1))
-    inside = jnp.linalg.norm(iris[:, :2] - front[:2], axis=-1) / jnp.maximum(radius, 1e-6)
-    pupil = pupil.at[v0:v1].set(1.0 - _smoothstep((inside - 0.35) / 0.1))
-  return pupil
+    eye = model.mean_shape[v0:v1]
+    front = eye[jnp.argmax(eye[:, 2])]
+    radius = 0.5 * (jnp.max(eye[:, 0]) - jnp.min(eye[:, 0]))
+    across = jnp.linalg.norm(eye[:, :2] - front[:2], axis=-1) / jnp.maximum(radius, 1e-6)
+    # Behind the front half the disc must not reappear.
+    across = jnp.where(eye[:, 2] > front[2] - radius, across, 2.0)
+    distance = distance.at[v0:v1].set(across)
+  return distance
 
 
 def vertex_albedo(model: morphable.MorphableModel, regions: VertexRegions,
@@ -258,12 +268,16 @@ def vertex_albedo(model: morphable.MorphableModel, regions: VertexRegions,
         paint = jnp.minimum(look.hair * 0.5, paint * 3)
       mask = jnp.asarray(masks[fragment])[:, None]
       albedo = albedo * (1 - mask) + mask * paint * (0.9 + 0.2 * noise[:, None])
-  if "iris" in masks:
-    pupil = _pupils(model)[:, None]
-    iris = look.iris[None] * (0.7 + 0.6 * noise[:, None])
-    colour = iris * (1 - pupil) + 0.01 * pupil
-    mask = jnp.asarray(masks["iris"])[:, None]
-    albedo = albedo * (1 - mask) + mask * colour
+  eyes = [masks[k] for k in ("sclera", "iris") if k in masks]
+  if eyes:
+    across = _eye_discs(model)[:, None]
+    iris_weight = 1.0 - _smoothstep((across - IRIS_RADIUS) / 0.06)
+    # Darker towards the limbus, the pupil near black.
+    iris = look.iris[None] * (0.7 + 0.6 * noise[:, None]) * (
+        1.0 - 0.5 * _smoothstep((across - 0.6 * IRIS_RADIUS) / (0.4 * IRIS_RADIUS)))
+    iris = iris + (1.0 - _smoothstep((across - look.pupil * IRIS_RADIUS) / 0.04)) * (0.01 - iris)
+    mask = jnp.asarray(sum(eyes))[:, None] * iris_weight
+    albedo = albedo * (1 - mask) + mask * iris
   wet = sum(jnp.asarray(masks[k]) for k in ("sclera", "iris", "teeth") if k in masks)
   specular = jnp.where(jnp.asarray(wet) > 0, 1.5, specular) if masks else specular
   return jnp.clip(albedo, 0.0, 1.0), specular * look.specular

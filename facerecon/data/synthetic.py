@@ -41,7 +41,7 @@ from facerecon.data import scenes
 
 # Bumped whenever the same (seed, index) would give another face, so a data
 # set is never resumed with different code (data_pipeline.synthesize).
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 7
 DETAIL_WAVES = 8  # plane waves summed into each face's displacement
 GAMMA = 2.2       # shading is linear; photos are gamma-encoded
 
