@@ -22,14 +22,14 @@ def test_call_seconds_times_each_call_after_a_warm_up():
 @pytest.mark.slow
 def test_train_benchmark_breaks_the_step_down():
   result = subprocess.run(
-      [sys.executable, "benchmarks/train.py", "--steps=2", "--batch_sizes=4,8",
+      [sys.executable, "benchmarks/train.py", "--steps=2", "--batch_sizes=8",
        "--config.model=embedded:25", "--config.image_size=32",
-       "--config.coarse.num_iterations=2", "--config.coarse.backbone_kwargs.widths=(8,16)",
+       "--config.coarse.num_iterations=1", "--config.coarse.backbone_kwargs.widths=(8,16)",
        "--config.synthetic.statistics_samples=64"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = [l for l in result.stdout.splitlines() if l.startswith("per step:")]
-  assert len(lines) == 2, result.stdout  # one per batch size
+  assert len(lines) == 1, result.stdout  # one per batch size
   for line in lines:
     step, outside, share, rest = map(float, re.match(
         r"per step: ([\d.]+) ms step = ([\d.]+) ms renderer \+ loss \(([\d.]+)%\) \+ "
@@ -37,4 +37,4 @@ def test_train_benchmark_breaks_the_step_down():
     assert step > 0 and outside > 0
     assert share == pytest.approx(100 * outside / step, abs=0.1)
     assert step - outside == pytest.approx(rest, abs=0.02)
-  assert "global batch 4," in result.stdout and "global batch 8," in result.stdout
+  assert "global batch 8," in result.stdout
