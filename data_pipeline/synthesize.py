@@ -199,6 +199,13 @@ def synthesize(settings: Settings, output_dir: str, backgrounds_dir: str | None 
           "seconds": seconds, "faces_per_second": faces / seconds if seconds else 0.0}
 
 
+def config_faces(config) -> dict:
+  """The Settings fields a config decides: its face model, image size and
+  prior (`config.synthetic.prior` as JSON). ValueError for a bad prior."""
+  prior = json.dumps(dataclasses.asdict(sources.face_prior(config)), sort_keys=True)
+  return dict(model=config.model, image_size=config.image_size, prior=prior)
+
+
 FLAGS = flags.FLAGS
 
 
@@ -226,17 +233,15 @@ def main(argv):
   for name in ("num_faces", "image_size", "shard_size", "batch_size", "workers"):
     if FLAGS[name].value < 1:
       raise app.UsageError(f"--{name} must be positive, got {FLAGS[name].value}")
-  model, image_size, prior = FLAGS.model, FLAGS.image_size, ""
+  faces = dict(model=FLAGS.model, image_size=FLAGS.image_size, prior="")
   if FLAGS.config is not None:
     try:
-      face_prior = sources.face_prior(FLAGS.config)
+      faces = config_faces(FLAGS.config)
     except (ValueError, TypeError) as e:
       raise app.UsageError(str(e)) from None
-    model, image_size = FLAGS.config.model, FLAGS.config.image_size
-    prior = json.dumps(dataclasses.asdict(face_prior), sort_keys=True)
-  settings = Settings(num_faces=FLAGS.num_faces, seed=FLAGS.seed, image_size=image_size,
-                      shard_size=FLAGS.shard_size, model=model,
-                      backgrounds=list_backgrounds(FLAGS.backgrounds_dir), prior=prior)
+  settings = Settings(num_faces=FLAGS.num_faces, seed=FLAGS.seed,
+                      shard_size=FLAGS.shard_size,
+                      backgrounds=list_backgrounds(FLAGS.backgrounds_dir), **faces)
   summary = synthesize(settings, FLAGS.output_dir, FLAGS.backgrounds_dir, FLAGS.batch_size,
                        FLAGS.workers)
   print(f"{summary['faces']} faces in {summary['shards_written']} new shard(s) "

@@ -5,14 +5,16 @@ import os
 import subprocess
 import sys
 
+from conftest import ROOT
 import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from configs import real
 from data_pipeline import synthesize
 from facerecon import face_models
 from facerecon import params as params_lib
+from facerecon.data import sources
 
 MODEL = "embedded:25"  # small: fast to build and render
 
@@ -29,36 +31,39 @@ def _load(path):
 
 
 def test_writes_shards_and_resumes(tmp_path):
+  # 7 faces, shards of 3, batches of 3: two batch shapes (3 and the last
+  # shard's 1), so two compiled programs.
+  settings = _settings(num_faces=7, shard_size=3)
   out = str(tmp_path / "data")
-  summary = synthesize.synthesize(_settings(), out, batch_size=3)
-  assert summary["shards_written"] == 3 and summary["faces"] == 10
+  summary = synthesize.synthesize(settings, out, batch_size=3)
+  assert summary["shards_written"] == 3 and summary["faces"] == 7
   assert sorted(os.listdir(out)) == ["metadata.json", "shard-00000.npz", "shard-00001.npz",
                                      "shard-00002.npz"]
   shards = [_load(synthesize.shard_path(out, s)) for s in range(3)]
-  np.testing.assert_array_equal(np.concatenate([s["index"] for s in shards]), np.arange(10))
+  np.testing.assert_array_equal(np.concatenate([s["index"] for s in shards]), np.arange(7))
   last = shards[2]
   model = face_models.load(MODEL)
-  assert last["image"].shape == (2, 32, 32, 3) and last["image"].dtype == np.uint8
-  assert last["params"].shape == (2, model.layout.size)
+  assert last["image"].shape == (1, 32, 32, 3) and last["image"].dtype == np.uint8
+  assert last["params"].shape == (1, model.layout.size)
   assert last["pncc"].dtype == np.uint8 and last["mask"].dtype == bool
-  assert last["landmarks"].shape == (2, 68, 2)
+  assert last["landmarks"].shape == (1, 68, 2)
   metadata = json.load(open(os.path.join(out, "metadata.json")))
   assert metadata["settings"]["seed"] == 3 and "prior" in metadata
 
   # A second run skips everything; a lost shard comes back identical.
   before = os.path.getmtime(synthesize.shard_path(out, 0))
-  summary = synthesize.synthesize(_settings(), out, batch_size=3)
+  summary = synthesize.synthesize(settings, out, batch_size=3)
   assert summary["shards_written"] == 0 and summary["shards_skipped"] == 3
   assert os.path.getmtime(synthesize.shard_path(out, 0)) == before
   # A lost shard comes back bitwise identical with the same batching, and
   # the same to float rounding with another (XLA vectorises differently).
   os.remove(synthesize.shard_path(out, 1))
-  assert synthesize.synthesize(_settings(), out, batch_size=3)["shards_written"] == 1
+  assert synthesize.synthesize(settings, out, batch_size=3)["shards_written"] == 1
   again = _load(synthesize.shard_path(out, 1))
   for key in shards[1]:
     np.testing.assert_array_equal(again[key], shards[1][key], err_msg=key)
   os.remove(synthesize.shard_path(out, 1))
-  synthesize.synthesize(_settings(), out, batch_size=4)
+  synthesize.synthesize(settings, out, batch_size=1)
   other = _load(synthesize.shard_path(out, 1))
   np.testing.assert_allclose(other["params"], shards[1]["params"], rtol=1e-6)
   np.testing.assert_allclose(other["depth"], shards[1]["depth"], rtol=1e-5, atol=1e-4)
@@ -114,18 +119,20 @@ def test_command_line(tmp_path):
       [sys.executable, "-m", "data_pipeline.synthesize", f"--output_dir={out}",
        "--num_faces=0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0 and "num_faces" in bad.stderr
-  # A config's model, size and prior (configs/real.py's, on the small model).
-  real = tmp_path / "real"
-  result = subprocess.run(
-      [sys.executable, "-m", "data_pipeline.synthesize", f"--output_dir={real}",
-       "--num_faces=2", "--shard_size=2", "--config=configs/real.py",
-       f"--config.model={MODEL}", "--config.image_size=24"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert _load(real / "shard-00000.npz")["image"].shape == (2, 24, 24, 3)
-  with open(real / "metadata.json") as f:
-    metadata = json.load(f)
-  assert metadata["prior"]["procedural_albedo"] and metadata["settings"]["model"] == MODEL
+
+
+def test_a_config_decides_model_size_and_prior():
+  """--config: configs/real.py's model, image size and prior (faces made
+  with it: test_a_config_prior_with_its_scene)."""
+  config = real.get_config()
+  faces = synthesize.config_faces(config)
+  assert faces["model"] == "ict" and faces["image_size"] == config.image_size
+  settings = _settings(**faces)
+  assert settings.face_prior() == sources.face_prior(config)
+  assert settings.face_prior().procedural_albedo and settings.face_prior().photo_backgrounds > 0
+  config.synthetic.prior.hairs = 1.0
+  with pytest.raises(ValueError, match="hairs"):
+    synthesize.config_faces(config)
 
 
 def test_a_config_prior_with_its_scene(tmp_path):
