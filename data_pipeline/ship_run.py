@@ -29,9 +29,10 @@ def ship(workdir: str, output: str) -> None:
       raise FileNotFoundError(f"{path}: missing (not a complete run)")
   staging = output.rstrip(os.sep) + ".partial"
   shutil.rmtree(staging, ignore_errors=True)
-  for stage, copy in ((run, rundir.RunDir(staging)), (run.fine, rundir.RunDir(staging).fine)):
-    if stage is run.fine and not stage.has_best():
-      continue
+  stages = [(run, rundir.RunDir(staging))]
+  if run.fine.has_best():  # a CoarseNet-only run has no FineNet to ship
+    stages.append((run.fine, rundir.RunDir(staging).fine))
+  for stage, copy in stages:
     os.makedirs(copy.path, exist_ok=True)
     for path in (stage.config_file, stage.statistics):
       if os.path.exists(path):

@@ -4,6 +4,7 @@ folders, the synthetic test split."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -356,6 +357,11 @@ def test_a_shipped_run_is_used_without_workdir(run_dir, tmp_path):
   ship_run.ship(run_dir, shipped)
   ship_run.ship(run_dir, shipped)  # replaces the previous copy
   assert sorted(os.listdir(shipped)) == ["best", "config.json", "fine", "statistics.npz"]
+  coarse_only = tmp_path / "coarse_only"
+  shutil.copytree(run_dir, coarse_only, ignore=shutil.ignore_patterns("fine"))
+  ship_run.ship(str(coarse_only), str(tmp_path / "shipped_coarse"))
+  assert sorted(os.listdir(tmp_path / "shipped_coarse")) == [
+      "best", "config.json", "statistics.npz"]
   folder = tmp_path / "AFLW2000"
   folder.mkdir()
   _write_aflw_style(str(folder), 2, seed=3)
