@@ -38,3 +38,35 @@ def test_train_benchmark_breaks_the_step_down():
     assert share == pytest.approx(100 * outside / step, abs=0.1)
     assert step - outside == pytest.approx(rest, abs=0.02)
   assert "global batch 8," in result.stdout
+
+
+def test_ablation_variants_each_take_one_part_away():
+  """benchmarks/ablation.py's variants: valid configs that differ from the
+  full one in their own fields only, at the asked budget."""
+  from benchmarks import ablation
+  from configs import real
+
+  full = ablation.variant_config(real.get_config(), "full", 3000)
+  assert full.coarse.num_train_steps == 3000 and full.coarse.eval_every == 1500
+  assert full.fine.num_train_steps == 0
+  flat = lambda c: _flatten(c.to_dict())
+  for name, overrides in ablation.VARIANTS.items():
+    variant = flat(ablation.variant_config(real.get_config(), name, 3000))
+    changed = {k for k, v in variant.items() if v != flat(full)[k]}
+    assert changed == {k for k, v in overrides.items() if flat(full)[k] != v}, name
+    assert changed or name == "full", name
+  with pytest.raises(ValueError, match="unknown variant 'no_eyes'"):
+    ablation.variant_config(real.get_config(), "no_eyes", 3000)
+  table = ablation.format_table({"full": {"[0,30]": 5.0, "[30,60]": 6.25, "[60,90]": 8.0,
+                                          "mean": 6.417}})
+  assert table.splitlines()[-1] == "| full | 5.00 | 6.25 | 8.00 | 6.42 |"
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+  return out
