@@ -1,11 +1,11 @@
 """CoarseNet for real photos: the ICT-FaceKit head (`config.model='ict'`),
 photoreal synthetic faces (procedural skin, hair, brows, beards, eyes and
 teeth; coloured second-order light with highlights; photo backgrounds,
-clutter, occluders, blur, grey and JPEG; yaw to 90 degrees), MobileNet v1
-(width 0.5) at 96x96, one iteration: 3DDFA_V2's class of network, at a
-smaller input than its 120x120 because on 2 CPU cores the step at 96 is
-1.6 times faster (benchmarks/train.py). The package ships the
-model this trains (`--mode=reconstruct` and `--mode=evaluate` use it when
+clutter, long hair, glasses, occluders, blur, grey and JPEG; yaw to 90
+degrees), MobileNet v1 (width 0.5) at 96x96, one iteration: 3DDFA_V2's
+class of network, at a smaller input than its 120x120 because on 2 CPU
+cores the step at 96 is 1.6 times faster (benchmarks/train.py). The
+package ships the model this trains (`--mode=reconstruct` and `--mode=evaluate` use it when
 no --workdir is given):
 
     python main.py --config=configs/real.py --workdir=runs/real
@@ -45,6 +45,8 @@ def get_config():
   prior.photo_backgrounds = 0.75
   prior.clutter = 0.4
   prior.occluders = 0.2
+  prior.long_hair = 0.35
+  prior.glasses = 0.15
   prior.blur = 1.2
   prior.grey = 0.1
   prior.jpeg = 0.5

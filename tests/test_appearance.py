@@ -119,3 +119,64 @@ def test_finish_photo_keeps_the_face_and_is_deterministic():
                              synthetic.FacePrior(grey=1.0, jpeg=1.0, blur=1.5), photos)
   assert np.abs(grey[..., 0].astype(int) - grey[..., 1]).max() <= 3  # grey, JPEG-rounded
   assert grey.std() < image.std()  # blurred
+
+
+def _frontal_landmarks(model, size=96):
+  """A model's 68 mean-shape landmarks seen from the front, as image
+  (column, row) filling half of a size x size image."""
+  points = np.asarray(model.mean_shape)[np.asarray(model.landmark_indices), :2] * [1.0, -1.0]
+  points = points - points.min(axis=0)
+  return points / points.max() * size * 0.5 + size * 0.25
+
+
+def test_glasses_sit_over_the_eyes_and_skip_a_hidden_eye(small_model):
+  landmarks = _frontal_landmarks(small_model)
+  image = np.full((96, 96, 3), 128, np.uint8)
+  drawn = image.copy()
+  scenes.draw_glasses(np.random.default_rng(0), drawn, landmarks)
+  changed = np.any(drawn != image, axis=-1)
+  rows, columns = np.nonzero(changed)
+  eyes = np.stack([landmarks[36:42].mean(0), landmarks[42:48].mean(0)])
+  spacing = np.linalg.norm(eyes[1] - eyes[0])
+  assert changed.sum() > 20
+  assert np.all(np.abs(rows - eyes[:, 1].mean()) < 0.6 * spacing)  # at eye height only
+  for eye in eyes:  # a frame round each eye
+    near = np.hypot(columns - eye[0], rows - eye[1]) < 0.55 * spacing
+    assert near.sum() > 5
+  # The head turned: the face's side of landmarks 0..7 squeezed to the nose.
+  turned = landmarks.copy()
+  left = turned[:, 0] < turned[30, 0]
+  turned[left, 0] = turned[30, 0] - 0.2 * (turned[30, 0] - turned[left, 0])
+  drawn = image.copy()
+  scenes.draw_glasses(np.random.default_rng(0), drawn, turned)
+  hidden = turned[36:42].mean(0)
+  rows, columns = np.nonzero(np.any(drawn != image, axis=-1))
+  assert len(rows) > 10
+  assert np.all(columns > hidden[0] + 1)  # nothing drawn round the hidden eye
+
+
+def test_long_hair_falls_beside_the_face(small_model):
+  landmarks = _frontal_landmarks(small_model)
+  low, high = landmarks.min(0), landmarks.max(0)
+  mask = np.zeros((96, 96), bool)
+  mask[int(low[1]) - 10:int(high[1]) + 1, int(low[0]):int(high[0]) + 1] = True
+  rng = np.random.default_rng(0)
+  image = rng.integers(100, 200, (96, 96, 3), dtype=np.uint8)
+  background = np.full((96, 96, 3), 255, np.uint8)
+  for seed in range(4):
+    back, head = background.copy(), image.copy()
+    scenes.draw_long_hair(np.random.default_rng(seed), back, head, mask, landmarks)
+    hair = np.any(back != background, axis=-1) & ~mask
+    beside = (np.arange(96)[:, None] > landmarks[17:27, 1].min()) & (
+        (np.arange(96)[None] < low[0]) | (np.arange(96)[None] > high[0]))
+    assert (hair & beside).sum() > 20, seed
+    # Any lock over the face stays at its sides: the nose and eyes are kept.
+    centre = slice(int(landmarks[39, 0]), int(landmarks[42, 0]) + 1)
+    np.testing.assert_array_equal(head[int(landmarks[27, 1]):int(landmarks[33, 1]), centre],
+                                  image[int(landmarks[27, 1]):int(landmarks[33, 1]), centre])
+  out = scenes.finish_photo(np.random.default_rng(5), image, mask, landmarks,
+                            synthetic.FacePrior(long_hair=1.0, glasses=1.0), None)
+  again = scenes.finish_photo(np.random.default_rng(5), image, mask, landmarks,
+                              synthetic.FacePrior(long_hair=1.0, glasses=1.0), None)
+  np.testing.assert_array_equal(out, again)
+  assert synthetic.has_scene(synthetic.FacePrior(glasses=0.1))

@@ -5,9 +5,11 @@ recomputed every shape under the blur's fusion: 5 times slower).
 Backgrounds are crops of real non-face photos that installed packages ship
 (scikit-image's data images; scikit-learn's sample images when it is
 installed), flipped and colour-shifted, or procedural (a gradient with
-waves), with random shapes as clutter. Occluders are random shapes drawn
-over the face (skin-coloured like hands, dark like hair, or any colour like
-objects). Degradations: blur, grey images, noise (the caller's), colour
+waves), with random shapes as clutter. Long hair falls from the temples
+past the jaw (behind the head, sometimes a lock over the face) and
+spectacles sit over the eyes, both placed by the 68 landmarks. Occluders
+are random shapes drawn over the face (skin-coloured like hands, dark like
+hair, or any colour like objects). Degradations: blur, grey images, noise (the caller's), colour
 casts and low light (`synthetic.colour_transform`).
 
 Photos of faces (scikit-image's astronaut and camera man, its LFW subset)
@@ -94,6 +96,132 @@ def _draw_shape(rng, image, centre, radius, colour):
     cv2.fillPoly(image, [np.round(points * scale).astype(np.int32)], colour, cv2.LINE_AA, shift)
 
 
+# Long-hair colours (sRGB): black, dark and mid brown, auburn, blond, grey.
+_HAIR_COLOURS = ((25, 20, 18), (45, 32, 24), (85, 60, 40), (120, 60, 35), (190, 150, 95),
+                 (150, 148, 145))
+
+
+def _side_widths(landmarks):
+  """How far the nose tip (landmark 30) lies from each side of the jaw
+  (landmarks 0 and 16): a turned head shows one side narrow."""
+  nose = landmarks[30]
+  return np.linalg.norm(nose - landmarks[0]), np.linalg.norm(nose - landmarks[16])
+
+
+def draw_glasses(rng, image, landmarks):
+  """Spectacles over the eyes of a face's 68 landmarks (iBUG order), drawn
+  into `image` [H, W, 3] uint8: a frame (ellipse) round each eye, the bridge
+  and the arms, sometimes tinted lenses. An eye on a side of the face the
+  head turns away (under 0.35 of the other side's width) gets no frame."""
+  eyes = np.stack([landmarks[36:42].mean(axis=0), landmarks[42:48].mean(axis=0)])
+  along = eyes[1] - eyes[0]
+  spacing = float(np.linalg.norm(along))
+  if spacing < 2.0:
+    return
+  along = along / spacing
+  widths = _side_widths(landmarks)
+  visible = [w > 0.35 * max(widths) for w in widths]
+  half_width = rng.uniform(0.36, 0.5) * spacing
+  half_height = half_width * rng.uniform(0.55, 0.85)
+  angle = float(np.degrees(np.arctan2(along[1], along[0])))
+  thickness = max(1, int(round(spacing * rng.uniform(0.03, 0.09))))
+  colour = tuple(float(c) for c in (rng.uniform(0, 60, 3) if rng.uniform() < 0.7
+                                    else rng.uniform(0, 255, 3)))
+  scale = 16  # cv2's shift=4 sub-pixel units
+
+  def point(p):
+    return tuple(int(round(v * scale)) for v in p)
+
+  axes = (int(half_width * scale), int(half_height * scale))
+  if rng.uniform() < 0.25:  # sunglasses: darkened lenses
+    lenses = image.copy()
+    for eye, shown in zip(eyes, visible):
+      if shown:
+        cv2.ellipse(lenses, point(eye), axes, angle, 0, 360, colour, -1, cv2.LINE_AA, 4)
+    alpha = rng.uniform(0.5, 0.9)
+    image[...] = (alpha * lenses + (1 - alpha) * image).astype(np.uint8)
+  outward = (-along, along)  # from each eye towards its ear
+  for eye, shown, out in zip(eyes, visible, outward):
+    if shown:
+      cv2.ellipse(image, point(eye), axes, angle, 0, 360, colour, thickness, cv2.LINE_AA, 4)
+      edge = eye + out * half_width
+      cv2.line(image, point(edge), point(edge + out * 0.5 * spacing), colour, thickness,
+               cv2.LINE_AA, 4)
+  if all(visible):
+    up = np.array([along[1], -along[0]]) * 0.1 * spacing
+    cv2.line(image, point(eyes[0] + along * half_width + up),
+             point(eyes[1] - along * half_width + up), colour, thickness, cv2.LINE_AA, 4)
+
+
+def draw_long_hair(rng, background, image, mask, landmarks):
+  """Long hair of the head in `image` (its mask [H, W]; 68 landmarks):
+  locks falling from the temples past the jaw drawn into `background`
+  (seen only outside the head), and, half the time, a lock over one side
+  of the face drawn into `image`. Strands are lines of varied brightness."""
+  low, high = landmarks.min(axis=0), landmarks.max(axis=0)
+  face_width, face_height = float(high[0] - low[0]), float(high[1] - low[1])
+  if face_width < 2.0 or face_height < 2.0:
+    return
+  brow = landmarks[17:27, 1].min()
+  top = mask & (np.arange(mask.shape[0])[:, None] < brow - 0.25 * face_height)
+  if top.sum() > 10:  # the scalp's colour, so the locks match the hair drawn on it
+    colour = np.median(image[top], axis=0) * rng.uniform(0.8, 1.1)
+  else:
+    colour = np.asarray(_HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))], np.float64)
+  length = rng.uniform(0.1, 1.2) * face_height  # below the chin
+  spread = rng.uniform(0.1, 0.4) * face_width
+  centre_x = 0.5 * (low[0] + high[0])
+  # The volume round the head: an ellipse behind it, seen outside its outline.
+  crown = (centre_x, brow - 0.3 * face_height)
+  _fill_hair(rng, background, [], colour, ellipse=(
+      crown, (0.5 * face_width + spread, 0.75 * face_height + 0.5 * spread)))
+  locks = []
+  for jaw, side in ((landmarks[0], -1.0), (landmarks[16], 1.0)):
+    outer = jaw[0] + side * spread
+    locks.append(np.array([
+        [jaw[0] - side * 0.1 * face_width, crown[1]],
+        [outer, crown[1]],
+        [outer + side * rng.uniform(0.0, 0.3) * spread, high[1]],
+        [outer + side * rng.uniform(0.0, 0.6) * spread, high[1] + length],
+        [jaw[0] - side * 0.15 * face_width, high[1] + length],
+        [jaw[0] - side * 0.1 * face_width, high[1]]]))
+  _fill_hair(rng, background, locks, colour)
+  if rng.uniform() < 0.5:  # one lock over the side of the face, from a parting
+    jaw, sign = (landmarks[0], -1.0) if rng.integers(2) == 0 else (landmarks[16], 1.0)
+    cover = rng.uniform(0.08, 0.3) * face_width
+    top = brow - 0.35 * face_height
+    lock = np.array([
+        [jaw[0] - sign * 0.3 * cover, top],
+        [jaw[0] + sign * 0.1 * face_width, top],
+        [jaw[0] + sign * 0.1 * face_width, high[1] + length],
+        [jaw[0] - sign * cover, high[1] + length],
+        [jaw[0] - sign * cover, 0.5 * (brow + high[1])]])
+    _fill_hair(rng, image, [lock], colour)
+
+
+def _fill_hair(rng, image, locks, colour, ellipse=None):
+  """Fills each lock (a polygon [K, 2] whose first two points are its top
+  and whose last points run back up its inner side) or the `ellipse`
+  ((centre), (axes)) with the hair colour, then draws strands down it."""
+  scale = 16
+  fill = tuple(float(c) for c in np.clip(colour, 0, 255))
+  if ellipse is not None:
+    centre, axes = ellipse
+    cv2.ellipse(image, tuple(int(round(v * scale)) for v in centre),
+                tuple(int(round(v * scale)) for v in axes), 0.0, 0, 360, fill, -1,
+                cv2.LINE_AA, 4)
+  for lock in locks:
+    cv2.fillPoly(image, [np.round(lock * scale).astype(np.int32)], fill, cv2.LINE_AA, 4)
+    bottom = lock[len(lock) // 2: len(lock) // 2 + 2]
+    for _ in range(12):  # strands from the top edge to the bottom edge
+      a, b = rng.uniform(0.05, 0.95, 2)
+      start = lock[0] + a * (lock[1] - lock[0])
+      end = bottom[0] + b * (bottom[1] - bottom[0])
+      shade = tuple(float(c) for c in np.clip(colour * rng.uniform(0.6, 1.5), 0, 255))
+      cv2.line(image, tuple(int(v) for v in np.round(start * scale)),
+               tuple(int(v) for v in np.round(end * scale)), shade, 1, cv2.LINE_AA, 4)
+
+
 def photo_background(rng, photos: np.ndarray, height: int, width: int) -> np.ndarray:
   """A random crop of one of `photos` [M, S, S, 3] at a random scale,
   resized to [H, W, 3] uint8, flipped half the time, colour-shifted."""
@@ -123,7 +251,12 @@ def finish_photo(rng, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray
     if rng.uniform() < prior.clutter:
       _draw_shape(rng, background, np.array([width, height]) * rng.uniform(0, 1, 2),
                   0.4 * width, _random_colour(rng))
-  out = np.where(mask[..., None], image, background)
+  head = image.copy()
+  if rng.uniform() < prior.long_hair:
+    draw_long_hair(rng, background, head, mask, landmarks)
+  out = np.where(mask[..., None], head, background)
+  if rng.uniform() < prior.glasses:
+    draw_glasses(rng, out, landmarks)
   low, high = landmarks.min(axis=0), landmarks.max(axis=0)
   face_colour = np.median(image[mask], axis=0) if mask.any() else _random_colour(rng)
   for _ in range(2):

@@ -41,7 +41,7 @@ from facerecon.data import scenes
 
 # Bumped whenever the same (seed, index) would give another face, so a data
 # set is never resumed with different code (data_pipeline.synthesize).
-GENERATOR_VERSION = 7
+GENERATOR_VERSION = 8
 DETAIL_WAVES = 8  # plane waves summed into each face's displacement
 GAMMA = 2.2       # shading is linear; photos are gamma-encoded
 
@@ -87,6 +87,8 @@ class FacePrior:
   photo_backgrounds: float = 0.0  # share of backgrounds from photos (when given)
   clutter: float = 0.0           # probability of each clutter shape
   occluders: float = 0.0         # probability of each occluder over the face
+  long_hair: float = 0.0         # share of faces with long hair (needs landmarks)
+  glasses: float = 0.0           # share of faces with spectacles
   blur: float = 0.0              # largest blur sigma, pixels
   grey: float = 0.0              # share of grey photos
   jpeg: float = 0.0              # share of JPEG-compressed photos (quality 20..95)
@@ -443,7 +445,8 @@ generate_jit = jax.jit(generate, static_argnames=("prior", "height", "width", "b
 def has_scene(prior: FacePrior) -> bool:
   """Whether the prior asks for the host-side scene (`generate_photos`)."""
   return any(getattr(prior, name) > 0 for name in
-             ("photo_backgrounds", "clutter", "occluders", "blur", "grey", "jpeg"))
+             ("photo_backgrounds", "clutter", "occluders", "long_hair", "glasses", "blur",
+              "grey", "jpeg"))
 
 
 def generate_photos(model: morphable.MorphableModel, seed: int, start: int, count: int,
