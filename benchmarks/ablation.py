@@ -13,10 +13,11 @@ a finished one is only evaluated, so the table can be built over several
 sittings.
 
 The variants (`VARIANTS`) each take one part away from the full prior:
-hair, photo backgrounds, occluders, the rich light (second-order
-environment, highlights, fill light, coloured casts), the procedural
-appearance (the model's texture colours instead), and the ICT head itself
-(the built-in procedural face instead).
+hair (on the scalp and long), spectacles, photo backgrounds, occluders, the
+rich light (second-order environment, highlights, fill light, coloured
+casts), and the ICT head itself (the built-in procedural face, painted by
+the same procedural appearance). The procedural appearance itself has no
+variant: the ICT head has no texture model to fall back on.
 """
 
 import os
@@ -35,14 +36,14 @@ from facerecon import training
 # name -> config overrides (dotted field -> value) taking one part away.
 VARIANTS = {
     "full": {},
-    "no_hair": {"synthetic.prior.hair": 0.0},
+    "no_hair": {"synthetic.prior.hair": 0.0, "synthetic.prior.long_hair": 0.0},
+    "no_glasses": {"synthetic.prior.glasses": 0.0},
     "no_photo_backgrounds": {"synthetic.prior.photo_backgrounds": 0.0},
     "no_occluders": {"synthetic.prior.occluders": 0.0},
     "simple_light": {"synthetic.prior.second_order_light": False,
                      "synthetic.prior.specular": False,
                      "synthetic.prior.fill_light": (0.0, 0.0),
                      "synthetic.prior.light_colour": 0.0},
-    "texture_model_colours": {"synthetic.prior.procedural_albedo": False},
     "procedural_head": {"model": "embedded"},
 }
 

@@ -33,7 +33,7 @@ _HAIR = ((0.02, 0.015, 0.012), (0.02, 0.015, 0.012), (0.05, 0.03, 0.02), (0.05, 
 _IRIS = ((0.18, 0.09, 0.04), (0.08, 0.04, 0.02), (0.20, 0.30, 0.45), (0.22, 0.30, 0.16),
          (0.30, 0.30, 0.30))
 BLOTCH_WAVES = 4
-IRIS_RADIUS = 0.55  # of the eyeball's radius (12 mm balls, 6 mm irises)
+IRIS_RADIUS = 0.55  # of the eyeball's radius (a 12 mm ball shows a 6-6.5 mm iris)
 
 # Colours of parts by name (substring match), linear RGB.
 _PART_COLOURS = {"teeth": (0.75, 0.70, 0.58), "gums": (0.55, 0.20, 0.22),
@@ -203,7 +203,8 @@ def _part_masks(model: morphable.MorphableModel) -> dict[str, np.ndarray]:
 
 
 def _eye_discs(model: morphable.MorphableModel):
-  """[N]: each eye vertex's distance from its eye's front, in eyeball radii.
+  """[N]: each eye vertex's distance across (in x, y) from its eye's front,
+  in eyeball radii.
 
   The visible shell of an eye (ICT-FaceKit's 'sclera' part, the cornea and
   white that cover its 'iris' ball) carries the iris: a disc around the

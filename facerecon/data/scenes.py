@@ -101,26 +101,28 @@ _HAIR_COLOURS = ((25, 20, 18), (45, 32, 24), (85, 60, 40), (120, 60, 35), (190, 
                  (150, 148, 145))
 
 
-def _side_widths(landmarks):
-  """How far the nose tip (landmark 30) lies from each side of the jaw
-  (landmarks 0 and 16): a turned head shows one side narrow."""
-  nose = landmarks[30]
-  return np.linalg.norm(nose - landmarks[0]), np.linalg.norm(nose - landmarks[16])
+def _eye_offsets(landmarks, eyes, along):
+  """Each eye centre's distance from the nose bridge (landmark 27) along
+  the line between the eyes, outwards: it shrinks steadily for the eye a
+  turning head takes away, and goes negative once the nose hides it."""
+  bridge = landmarks[27]
+  return float(np.dot(bridge - eyes[0], along)), float(np.dot(eyes[1] - bridge, along))
 
 
 def draw_glasses(rng, image, landmarks):
   """Spectacles over the eyes of a face's 68 landmarks (iBUG order), drawn
   into `image` [H, W, 3] uint8: a frame (ellipse) round each eye, the bridge
-  and the arms, sometimes tinted lenses. An eye on a side of the face the
-  head turns away (under 0.35 of the other side's width) gets no frame."""
+  and the arms, sometimes tinted lenses. An eye the head turns away (its
+  offset from the nose bridge under 0.2 of the other eye's: past about 55
+  degrees of yaw) gets no frame."""
   eyes = np.stack([landmarks[36:42].mean(axis=0), landmarks[42:48].mean(axis=0)])
   along = eyes[1] - eyes[0]
   spacing = float(np.linalg.norm(along))
   if spacing < 2.0:
     return
   along = along / spacing
-  widths = _side_widths(landmarks)
-  visible = [w > 0.35 * max(widths) for w in widths]
+  offsets = _eye_offsets(landmarks, eyes, along)
+  visible = [o > 0.2 * max(offsets) for o in offsets]
   half_width = rng.uniform(0.36, 0.5) * spacing
   half_height = half_width * rng.uniform(0.55, 0.85)
   angle = float(np.degrees(np.arctan2(along[1], along[0])))
@@ -133,7 +135,7 @@ def draw_glasses(rng, image, landmarks):
     return tuple(int(round(v * scale)) for v in p)
 
   axes = (int(half_width * scale), int(half_height * scale))
-  if rng.uniform() < 0.25:  # sunglasses: darkened lenses
+  if rng.uniform() < 0.25:  # tinted lenses (sunglasses when the frame is dark)
     lenses = image.copy()
     for eye, shown in zip(eyes, visible):
       if shown:
@@ -153,8 +155,8 @@ def draw_glasses(rng, image, landmarks):
              point(eyes[1] - along * half_width + up), colour, thickness, cv2.LINE_AA, 4)
 
 
-def draw_long_hair(rng, background, image, mask, landmarks):
-  """Long hair of the head in `image` (its mask [H, W]; 68 landmarks):
+def draw_long_hair(rng, background, image, landmarks):
+  """Long hair of the head in `image` (68 landmarks):
   locks falling from the temples past the jaw drawn into `background`
   (seen only outside the head), and, half the time, a lock over one side
   of the face drawn into `image`. Strands are lines of varied brightness."""
@@ -163,11 +165,10 @@ def draw_long_hair(rng, background, image, mask, landmarks):
   if face_width < 2.0 or face_height < 2.0:
     return
   brow = landmarks[17:27, 1].min()
-  top = mask & (np.arange(mask.shape[0])[:, None] < brow - 0.25 * face_height)
-  if top.sum() > 10:  # the scalp's colour, so the locks match the hair drawn on it
-    colour = np.median(image[top], axis=0) * rng.uniform(0.8, 1.1)
-  else:
-    colour = np.asarray(_HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))], np.float64)
+  # A colour of its own: the scene does not know the scalp's (dyed or
+  # mismatched hair is no rarer in photos than a bald crown with long hair).
+  colour = np.asarray(_HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))], np.float64)
+  colour = colour * rng.uniform(0.8, 1.2, 3)
   length = rng.uniform(0.1, 1.2) * face_height  # below the chin
   spread = rng.uniform(0.1, 0.4) * face_width
   centre_x = 0.5 * (low[0] + high[0])
@@ -253,7 +254,7 @@ def finish_photo(rng, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray
                   0.4 * width, _random_colour(rng))
   head = image.copy()
   if rng.uniform() < prior.long_hair:
-    draw_long_hair(rng, background, head, mask, landmarks)
+    draw_long_hair(rng, background, head, landmarks)
   out = np.where(mask[..., None], head, background)
   if rng.uniform() < prior.glasses:
     draw_glasses(rng, out, landmarks)
