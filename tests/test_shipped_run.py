@@ -1,0 +1,98 @@
+"""The trained run the package ships (facerecon/assets/run, made by
+data_pipeline.ship_run from `python main.py --config=configs/real.py`):
+complete, within the assets' size bound, and reconstructing real photos
+without --workdir."""
+
+import os
+
+import numpy as np
+import pytest
+from test_cropping import astronaut_photo
+
+from facerecon import evaluate
+from facerecon import face_models
+from facerecon import fileio
+from facerecon import reconstruct
+from facerecon import rundir
+from facerecon.data import cropping
+from facerecon.data import mat_folders
+
+DEV_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                       "aflw2000-3d-dev")
+ASSETS_LIMIT = 30 << 20  # bytes: every shipped asset together
+
+
+@pytest.fixture(scope="module")
+def shipped():
+  """(config, run directory) of the package's own run ($FACERECON_RUN unset)."""
+  saved = os.environ.pop(rundir.RUN_VARIABLE, None)
+  try:
+    run = rundir.default_run()
+  finally:
+    if saved is not None:
+      os.environ[rundir.RUN_VARIABLE] = saved
+  assert run is not None, f"{rundir.SHIPPED_RUN}: the package ships no trained run"
+  return rundir.resolve_config(run), run.path
+
+
+def test_the_shipped_run_is_complete_and_small(shipped):
+  config, path = shipped
+  assert config.model == "ict" and config.coarse.backbone == "mobilenet_v1"
+  for name in ("config.json", "statistics.npz", os.path.join("best", "best.json")):
+    assert os.path.exists(os.path.join(path, name)), name
+  total = sum(os.path.getsize(os.path.join(folder, name))
+              for folder, _, names in os.walk(face_models.ASSETS) for name in names)
+  assert total <= ASSETS_LIMIT, f"assets take {total / 2**20:.1f} MiB"
+
+
+@pytest.mark.slow
+def test_the_shipped_run_reconstructs_a_photo(shipped, tmp_path):
+  """The astronaut photo (scikit-image's; never trained on): one face, its
+  landmarks on the face the detector found, the mesh of the ICT head's
+  surface."""
+  config, path = shipped
+  photo = tmp_path / "astronaut.png"
+  fileio.write_png_atomic(photo, astronaut_photo())
+  summary = reconstruct.reconstruct(config, path, str(photo), str(tmp_path / "out"),
+                                    progress=False)
+  assert summary.faces == 1 and not summary.failures
+  landmarks = np.loadtxt(tmp_path / "out" / "astronaut_face0_landmarks.txt")
+  assert landmarks.shape == (68, 2)
+  # The astronaut's face: about columns 140-240, rows 50-190 of 512 x 512.
+  centre = landmarks.mean(axis=0)
+  assert 150 < centre[0] < 230 and 70 < centre[1] < 170, centre
+  assert 50 < np.ptp(landmarks[:, 0]) < 140
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(DEV_DIR), reason="needs ../shared/data/aflw2000-3d-dev")
+def test_the_shipped_run_beats_a_constant_layout_on_dev_photos(shipped, tmp_path):
+  """50 AFLW2000-3D dev photos of all yaws, ground-truth crops: the shipped
+  network's NME is below that of one constant layout, the mean of the
+  other 350 photos' landmarks in their crops (what a network that ignores
+  the photo would learn at best; the quick-start network was no better)."""
+  config, path = shipped
+  size = config.image_size
+  pairs = mat_folders.find_pairs(DEV_DIR)
+  chosen = set(range(0, len(pairs), 8))
+  folder = tmp_path / "dev"
+  folder.mkdir()
+  in_crops, squares, truths = [], [], []
+  for k, (image, mat) in enumerate(pairs):
+    truth = mat_folders.read_labels(mat, layout=None).landmarks
+    square = cropping.square_from_landmarks(truth)
+    if k in chosen:
+      squares.append(square)
+      truths.append(truth)
+      for source in (image, mat):
+        os.symlink(os.path.abspath(source), folder / os.path.basename(source))
+    else:
+      scale, offset = cropping.crop_transform(square, size)
+      in_crops.append(np.asarray(truth) * scale + offset)
+  layout = np.mean(in_crops, axis=0)
+  constant = evaluate.landmark_nme(
+      np.stack([cropping.to_photo(layout, square, size) for square in squares]),
+      np.stack(truths))
+  network = evaluate.evaluate_folder(config, path, str(folder))["ground_truth_crops"]
+  assert sum(network[f"count {b}"] for b in ("[0,30]", "[30,60]", "[60,90]")) == len(chosen)
+  assert network["all"] < 100 * constant.mean() - 1.0, (network, 100 * constant.mean())
