@@ -38,6 +38,13 @@ def ship(workdir: str, output: str) -> None:
       if os.path.exists(path):
         shutil.copy2(path, copy.join(os.path.basename(path)))
     shutil.copytree(stage.best, copy.best)
+    # orbax's commit markers name the folder they were written to: only
+    # their presence matters, and a path of this machine has no place in
+    # the package.
+    for folder, _, names in os.walk(copy.best):
+      if "commit_success.txt" in names:
+        with open(os.path.join(folder, "commit_success.txt"), "w") as f:
+          f.write("Checkpoint commit was successful\n")
   previous = output.rstrip(os.sep) + ".previous"
   shutil.rmtree(previous, ignore_errors=True)
   if os.path.exists(output):

@@ -357,6 +357,10 @@ def test_a_shipped_run_is_used_without_workdir(run_dir, tmp_path):
   ship_run.ship(run_dir, shipped)
   ship_run.ship(run_dir, shipped)  # replaces the previous copy
   assert sorted(os.listdir(shipped)) == ["best", "config.json", "fine", "statistics.npz"]
+  for folder, _, names in os.walk(shipped):  # no path of this machine in the copy
+    for name in names:
+      if name.endswith(".txt"):
+        assert str(run_dir) not in open(os.path.join(folder, name)).read(), name
   coarse_only = tmp_path / "coarse_only"
   shutil.copytree(run_dir, coarse_only, ignore=shutil.ignore_patterns("fine"))
   ship_run.ship(str(coarse_only), str(tmp_path / "shipped_coarse"))
