@@ -68,9 +68,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "reconstruct: the output folder; e
                               "where to write evaluation_<name>.json (default: the run, or "
                               "the current folder for the shipped run).")
 _DETECTOR = flags.DEFINE_enum(
-    "detector", "haar", ["haar", "haar_profile", "none"],
-    "reconstruct/evaluate: face detector (OpenCV's cascades; haar_profile adds profile "
-    "faces, 3x slower); reconstruct with 'none' takes each photo as a face crop.")
+    "detector", "blazeface", list(detect.DETECTORS),
+    "reconstruct/evaluate: face detector (MediaPipe's BlazeFace; or OpenCV's cascades, "
+    "haar_profile adding profile faces); reconstruct with 'none' takes each photo as a "
+    "face crop.")
 _BATCH = flags.DEFINE_integer("batch", 16, "reconstruct/evaluate: faces per network batch.")
 _MAX_FACES = flags.DEFINE_integer("max_faces", 8, "reconstruct: faces per photo, largest "
                                   "first.")

@@ -4,7 +4,9 @@ r"""Reconstruction latency on this machine: per photo and per face.
 
 Times, as medians over --repeats runs after a warm-up, on a real photo (the
 astronaut in scikit-image's data, one face, 512x512; or --photo):
-- detect: facerecon.detect.FaceDetector on the photo;
+- detect: the --detector (facerecon.detect) on the photo, and on a
+  4000x3000 photo (the photo pasted small into a grey one: BlazeFace then
+  searches tiles for faces down to 40 pixels);
 - crop: facerecon.data.cropping.crop of the face;
 - regression: CoarseNet alone (`inference.regress`, jitted) per face, at batch 1 and at
   --batch faces per call;
@@ -43,6 +45,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (default: random 
 _PHOTO = flags.DEFINE_string("photo", None, "A photo with a face (default: the astronaut).")
 _BATCH = flags.DEFINE_integer("batch", 64, "Faces per call for the batched regression.")
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed runs of each part.")
+_DETECTOR = flags.DEFINE_enum("detector", "blazeface", ["blazeface", "haar", "haar_profile"],
+                              "The face detector.")
 
 
 def main(argv):
@@ -59,11 +63,13 @@ def main(argv):
     path = os.path.join(os.path.dirname(skimage.__file__), "data", "astronaut.png")
   photo = photos.read_photo(path)
   repeats, size = _REPEATS.value, config.image_size
-  detector = detect.FaceDetector()
-  boxes = detector.detect(photo)
+  detector = detect.from_name(_DETECTOR.value)
+  boxes, squares = detector.crop_squares(photo)
   if not len(boxes):
     raise SystemExit(f"no face found in {path}")
-  square = cropping.square_from_detection(boxes[0])
+  square = squares[0]
+  large = np.full((3000, 4000, 3), 128, np.uint8)
+  large[1000:1000 + photo.shape[0], 2000:2000 + photo.shape[1]] = photo
   crop = cropping.crop(photo, square, size)
   predictor = inference.Predictor(config, _WORKDIR.value, batch_size=1)
   model, statistics = predictor.model, predictor.statistics
@@ -77,13 +83,15 @@ def main(argv):
   params = predictor(one).params
 
   def end_to_end():
-    found_square = cropping.square_from_detection(detector.detect(photo)[0])
+    found_square = detector.crop_squares(photo)[1][0]
     fits = predictor(cropping.crop(photo, found_square, size)[None])
     pose = cropping.pose_to_photo(fits.params[0, :7], found_square, size, photo.shape[0])
     return reconstruct.posed_mesh(fits.vertices[0], pose)
 
   figures = {
       "detect (per photo)": timing.median_ms(detector.detect, photo, repeats=repeats),
+      "detect, 4000x3000 photo": timing.median_ms(detector.detect, large,
+                                                  repeats=max(3, repeats // 10)),
       "crop (per face)": timing.median_ms(cropping.crop, photo, square, size, repeats=repeats),
       "regression, batch 1 (per face)": timing.median_ms(
           regress, variables, one, model, statistics, start_face, repeats=repeats),

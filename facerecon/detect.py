@@ -1,31 +1,46 @@
-"""Face detection for photos: OpenCV's cascade detectors, shipped in its wheel.
+"""Face detection for photos: MediaPipe's BlazeFace (the default), run in
+JAX, or OpenCV's cascades.
 
-`FaceDetector(...).detect(rgb)` returns face boxes (x, y, w, h) in the
-photo's pixels, largest first. The frontal cascade runs on a copy of the
-photo shrunk so its longer side is `detect_side` pixels (detection cost
-grows with the pixel count; faces smaller than `min_face` of that side are
-not looked for); with `profiles`, OpenCV's profile cascade runs on the copy
-and on its mirror image too (it finds left-facing profiles only), and boxes
-that overlap a frontal one are merged away. `facerecon.data.cropping` turns a
-box into the network's crop.
+`detector.detect(rgb)` returns face boxes (x, y, w, h) in the photo's
+pixels, best first; `detector.crop_squares(rgb)` the boxes and the
+network's crop square of each, by the detector's own rule.
 
-Speed and recall on 2 cores (the 512x512 astronaut photo; 64 synthetic
+BlazeFace (`BlazeFace`): MediaPipe's full-range face detector (Apache 2.0;
+the graph converted by `data_pipeline.prepare_detector` ships in
+`facerecon/assets`, with MediaPipe's licence). On the 400 AFLW2000-3D dev
+photos it finds 392 at the default score threshold 0.3 (0.5, MediaPipe's
+own, finds 374; 0.15 finds 396), against the frontal cascade's 241. Its
+crop comes from its box and its six keypoints (`keypoint_square`, fitted on
+synthetic faces): on the dev photos the implied landmark box's centre is
+off by a median 0.026 (across) and 0.045 (down) of the box width, against
+0.097 and 0.041 from the box alone. Photos are searched whole and, where a
+face of `min_face` pixels would be too small for the graph's 192x192 input,
+in tiles (see `BlazeFace`).
+
+The cascades (`FaceDetector`): the frontal cascade runs on a copy of the
+photo shrunk so its longer side is `detect_side` pixels (faces smaller than
+`min_face` of that side are not looked for); with `profiles`, OpenCV's
+profile cascade runs on the copy and on its mirror image too (it finds
+left-facing profiles only), and boxes that overlap a frontal one are merged
+away. Speed and recall on 2 cores (the 512x512 astronaut photo; 64 synthetic
 faces of the quick start's prior at 200 px), median ms per photo in a
 process that has imported JAX: side 256 and scale step 1.15: 38 ms, 17/64
-found; 256 and 1.2: 27 ms, 11/64; 192 and 1.15 (the default): 19 ms,
-17/64. Histogram equalisation changed little (16/64). The cascade finds
-real faces far more reliably than the procedural faces; see
-benchmarks/reconstruct.py.
+found; 256 and 1.2: 27 ms, 11/64; 192 and 1.15: 19 ms, 17/64.
 """
 
 import dataclasses
 import os
 import threading
+from typing import NamedTuple
 
 import cv2
+import jax
 import numpy as np
 
 from facerecon.data import cropping
+from facerecon.models import graph
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 FRONTAL = "haarcascade_frontalface_default.xml"
 PROFILE = "haarcascade_profileface.xml"
@@ -43,16 +58,9 @@ def _cascade(name: str):
   return cascade
 
 
-def _overlap(a, b) -> float:
-  """Intersection over the smaller box's area."""
-  x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-  x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
-  inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-  return inter / min(a[2] * a[3], b[2] * b[3])
-
-
 @dataclasses.dataclass
 class FaceDetector:
+  """OpenCV's cascades (see the module's docstring)."""
   detect_side: int = 192     # the longer side the photo is shrunk to
   min_face: float = 0.08     # smallest face, as a fraction of that side
   scale_step: float = 1.15   # the cascade's scale factor between pyramid levels
@@ -79,6 +87,11 @@ class FaceDetector:
       self._local.profile = _cascade(PROFILE) if self.profiles else None
     return self._local.frontal, self._local.profile
 
+  def crop_squares(self, image: np.ndarray) -> tuple[np.ndarray, list]:
+    """(boxes [F, 4], the network's crop square of each), best first."""
+    boxes = self.detect(image)
+    return boxes, [cropping.square_from_detection(box) for box in boxes]
+
   def detect(self, image: np.ndarray) -> np.ndarray:
     """Face boxes [F, 4] (x, y, w, h; float, photo pixels) in an RGB or grey
     uint8 image, largest first; [0, 4] when there is none."""
@@ -100,18 +113,294 @@ class FaceDetector:
       mirrored = [(grey.shape[1] - x - w, y, w, h) for x, y, w, h in
                   run(profile, np.ascontiguousarray(grey[:, ::-1]))]
       for box in run(profile, grey) + mirrored:
-        if all(_overlap(box, kept) < 0.5 for kept in boxes):
+        corners = lambda b: (b[0], b[1], b[0] + b[2], b[1] + b[3])
+        if all(_inside_fraction(corners(box), corners(kept)) < 0.5 for kept in boxes):
           boxes.append(box)
     boxes.sort(key=lambda b: -b[2] * b[3])
     return np.array(boxes, np.float64).reshape(-1, 4) / shrink
 
 
-def from_name(name: str) -> "FaceDetector | None":
-  """The detector `--detector` names: 'haar', 'haar_profile' (frontal and
-  profile cascades), or 'none' (None: every photo is a face crop already)."""
+
+
+
+# ---------------------------------------------------------------------------
+# BlazeFace (MediaPipe's face detector, Apache 2.0), run in JAX.
+
+BLAZEFACE_FILE = os.path.join(ASSETS, "blazeface_full_range.npz")
+# The converted graph's outputs and its anchors: one per cell of a 48x48
+# grid over its 192x192 input (MediaPipe's full-range anchor options: one
+# layer, stride 4, aspect ratio 1, fixed anchor size).
+_REGRESSORS = "reshaped_regressor_face_4"
+_CLASSIFIERS = "reshaped_classifier_face_4"
+_ANCHOR_STRIDE = 4
+# The box -> landmark box rule (`keypoint_square`), least squares on 204
+# synthetic faces of configs/real.py that BlazeFace found (256 px).
+BLAZEFACE_LANDMARK_SCALE = 0.96
+INNER_OFFSET = (0.01, 0.09)
+EAR_PULL = (0.73, 0.48)
+# BlazeFace's 6 keypoints, in its order (the subject's right and left).
+KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
+
+
+class Detections(NamedTuple):
+  """Faces found in one photo, best first: boxes [F, 4] (x, y, w, h), scores
+  [F], keypoints [F, 6, 2] (column, row; KEYPOINTS), all in photo pixels."""
+  boxes: np.ndarray
+  scores: np.ndarray
+  keypoints: np.ndarray
+
+
+def _anchors(side: int) -> np.ndarray:
+  """Anchor centres [N, 2] (x, y) in [0, 1] of the input, in the graph's order."""
+  cells = side // _ANCHOR_STRIDE
+  y, x = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
+  return (np.stack([x, y], -1).reshape(-1, 2) + 0.5) / cells
+
+
+def _decode(regressors, logits, anchors, side: int):
+  """(boxes [N, 4] as x0, y0, x1, y1; keypoints [N, 6, 2]; scores [N]) in
+  the input's [0, 1] coordinates, for one input's raw outputs."""
+  centre = regressors[:, :2] / side + anchors
+  size = regressors[:, 2:4] / side
+  boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+  keypoints = regressors[:, 4:16].reshape(-1, 6, 2) / side + anchors[:, None]
+  scores = 1.0 / (1.0 + np.exp(-np.clip(logits[:, 0], -100.0, 100.0)))
+  return boxes, keypoints, scores
+
+
+def _iou(box, boxes):
+  x0 = np.maximum(box[0], boxes[:, 0])
+  y0 = np.maximum(box[1], boxes[:, 1])
+  x1 = np.minimum(box[2], boxes[:, 2])
+  y1 = np.minimum(box[3], boxes[:, 3])
+  inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+  area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+  return inter / np.maximum(area(box) + area(boxes) - inter, 1e-12)
+
+
+def _inside_fraction(a, b) -> float:
+  """Intersection of boxes a and b (x0, y0, x1, y1) over the smaller one's area."""
+  inter = (max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+           * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+  smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+  return inter / max(smaller, 1e-12)
+
+
+def weighted_suppression(boxes, keypoints, scores, iou: float):
+  """MediaPipe's weighted non-maximum suppression: each kept face is the
+  score-weighted mean of the candidates that overlap the best remaining one
+  by more than `iou`. Returns (boxes, keypoints, scores), best first."""
+  order = np.argsort(-scores)
+  boxes, keypoints, scores = boxes[order], keypoints[order], scores[order]
+  kept_boxes, kept_points, kept_scores = [], [], []
+  remaining = np.arange(len(scores))
+  while remaining.size:
+    overlap = _iou(boxes[remaining[0]], boxes[remaining])
+    group = remaining[overlap > iou]
+    group = group if group.size else remaining[:1]
+    weights = scores[group] / scores[group].sum()
+    kept_boxes.append(weights @ boxes[group])
+    kept_points.append(np.tensordot(weights, keypoints[group], axes=1))
+    kept_scores.append(scores[remaining[0]])
+    remaining = remaining[overlap <= iou]
+  return (np.array(kept_boxes).reshape(-1, 4), np.array(kept_points).reshape(-1, 6, 2),
+          np.array(kept_scores))
+
+
+def _tiles(height: int, width: int, tile: int, stride: int):
+  """Top-left corners of `tile`-sided squares covering the photo, `stride` apart."""
+  def starts(extent):
+    if extent <= tile:
+      return [0]
+    count = -(-(extent - tile) // stride) + 1
+    return np.linspace(0, extent - tile, count).round().astype(int).tolist()
+  return [(x, y) for y in starts(height) for x in starts(width)]
+
+
+@dataclasses.dataclass
+class BlazeFace:
+  """MediaPipe's full-range BlazeFace, converted (data_pipeline.prepare_detector)
+  and run in JAX.
+
+  The whole photo is letterboxed into the graph's 192x192 input. When a face
+  of `min_face` photo pixels would be smaller than `min_input_face` input
+  pixels there, square tiles of the photo are searched too, at every scale
+  from the one where `min_face` pixels reach `min_input_face` up to the
+  whole photo (each tile side `tile_growth` times the last; tiles overlap
+  by a quarter of their side, so a face is whole in some tile of the scale
+  that suits it); the tiles run as batches. A face that only tiles found
+  must score `verify_score` in a second look, a crop three face widths
+  wide (busy or blurry tiles of large photos give false faces). Faces
+  under `min_face` / 2 pixels are dropped."""
+  min_score: float = 0.3
+  verify_score: float = 0.6  # a face only tiles found, at its second look
+  iou: float = 0.3
+  min_face: float = 40.0        # smallest face side looked for, in photo pixels
+  min_input_face: float = 16.0  # smallest face side the graph finds, in its pixels
+  tile_growth: float = 3.0
+  batch: int = 16
+  path: str = BLAZEFACE_FILE
+
+  def __post_init__(self):
+    if not 0 < self.min_score < 1:
+      raise ValueError(f"min_score must be in (0, 1), got {self.min_score}")
+    if self.min_face <= 0 or self.tile_growth <= 1:
+      raise ValueError("min_face must be positive and tile_growth above 1")
+    self._graph = graph.load(self.path)
+    self._side = self._graph.input_shape[1]
+    self._outputs = (self._graph.output_index(_REGRESSORS),
+                     self._graph.output_index(_CLASSIFIERS))
+    self._anchors = _anchors(self._side)
+    self._run = jax.jit(self._graph)
+
+  def _squares(self, height: int, width: int):
+    """(x, y, side) of the photo squares to search: the whole photo, then tiles."""
+    whole = max(height, width)
+    squares = [(0, 0, whole)]
+    tile = self.min_face * self._side / self.min_input_face
+    while tile < whole / 1.5:
+      side = int(round(tile))
+      squares += [(x, y, side) for x, y in _tiles(height, width, side, side - side // 4)]
+      tile *= self.tile_growth
+    return squares
+
+  def _inputs(self, image, squares):
+    inputs = np.zeros((len(squares), self._side, self._side, 3), np.float32)
+    for k, (x, y, side) in enumerate(squares):
+      part = image[y:y + side, x:x + side]
+      scale = self._side / side
+      h, w = (max(1, min(self._side, int(round(n * scale)))) for n in part.shape[:2])
+      resized = cv2.resize(part, (w, h), interpolation=cv2.INTER_AREA if scale < 1
+                           else cv2.INTER_LINEAR)
+      inputs[k, :h, :w] = resized
+    return inputs / 127.5 - 1.0  # BlazeFace's [-1, 1]; the letterbox stays black (-1)
+
+  def _raw(self, inputs: np.ndarray):
+    """The graph on inputs [n, S, S, 3] in [-1, 1]: (regressors, logits) as
+    numpy, run at batch 1 or `batch` only (two compilations)."""
+    outputs = []
+    for start in range(0, len(inputs), self.batch):
+      chunk = inputs[start:start + self.batch]
+      padded = np.zeros((1 if len(inputs) == 1 else self.batch, *inputs.shape[1:]), np.float32)
+      padded[:len(chunk)] = chunk
+      result = self._run(padded)
+      outputs.append([np.asarray(result[i])[:len(chunk)] for i in self._outputs])
+    return [np.concatenate(parts) for parts in zip(*outputs)]
+
+  def detect_faces(self, image: np.ndarray) -> Detections:
+    """Every face in an RGB (or grey) uint8 photo, best first."""
+    if image.ndim == 2:
+      image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    height, width = image.shape[:2]
+    squares = self._squares(height, width)
+    regressors, logits = self._raw(self._inputs(image, squares))
+    found_boxes, found_points, found_scores, whole_boxes = [], [], [], None
+    for k, (x, y, side) in enumerate(squares):
+      boxes, points, scores = _decode(regressors[k], logits[k], self._anchors, self._side)
+      keep = scores >= self.min_score
+      if k > 0:  # a tile: a face its edge cuts is another tile's
+        margin = 0.02
+        keep &= ((boxes[:, 0] > margin) | (x == 0)) & ((boxes[:, 1] > margin) | (y == 0))
+        keep &= (((boxes[:, 2] < 1 - margin) | (x + side >= width))
+                 & ((boxes[:, 3] < 1 - margin) | (y + side >= height)))
+      offset = np.array([x, y], np.float64)
+      found_boxes.append(boxes[keep] * side + np.tile(offset, 2))
+      found_points.append(points[keep] * side + offset)
+      found_scores.append(scores[keep])
+      if k == 0:
+        whole_boxes = found_boxes[0]
+    boxes, points, scores = weighted_suppression(
+        np.concatenate(found_boxes), np.concatenate(found_points),
+        np.concatenate(found_scores), self.iou)
+    # Faces do not nest: a box mostly inside a better one's, or round it, is
+    # the same face seen at another scale (tiles of faces too small or cut).
+    keep = []
+    for k in range(len(boxes)):
+      if (boxes[k, 2] - boxes[k, 0] >= self.min_face / 2
+          and all(_inside_fraction(boxes[k], boxes[j]) < 0.5 for j in keep)):
+        keep.append(k)
+    boxes, points, scores = boxes[keep], points[keep], scores[keep]
+    # Faces only tiles found are looked at again, framed three face widths
+    # wide: blurry or busy tiles of large photos give false faces that a
+    # second look at the face's own scale rejects.
+    unconfirmed = [k for k in range(len(boxes))
+                   if not len(whole_boxes) or _iou(boxes[k], whole_boxes).max() <= self.iou]
+    if unconfirmed:
+      checked = self._second_look(image, boxes[unconfirmed])
+      for k, found in zip(unconfirmed, checked):
+        if found is not None:
+          boxes[k], points[k], scores[k] = found
+      keep = [k for k in range(len(boxes))
+              if k not in unconfirmed or checked[unconfirmed.index(k)] is not None]
+      order = sorted(keep, key=lambda k: -scores[k])
+      boxes, points, scores = boxes[order], points[order], scores[order]
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    return Detections(xywh, scores, points)
+
+  def _second_look(self, image, boxes) -> list:
+    """For each box (x0, y0, x1, y1): the face found at the centre of a crop
+    three box widths wide, as (box, keypoints, score) in photo pixels, or
+    None when none scores `verify_score`."""
+    squares = [cropping.Square(0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3]), 3.0 * (b[2] - b[0]))
+               for b in boxes]
+    crops = np.stack([cropping.crop(image, square, self._side) for square in squares])
+    regressors, logits = self._raw(crops.astype(np.float32) / 127.5 - 1.0)
+    out = []
+    for k, square in enumerate(squares):
+      found, points, scores = _decode(regressors[k], logits[k], self._anchors, self._side)
+      centres = 0.5 * (found[:, :2] + found[:, 2:])
+      near = np.linalg.norm(centres - 0.5, axis=1) < 0.1  # 0.3 face widths
+      candidates = np.flatnonzero(near & (scores >= self.verify_score))
+      if not candidates.size:
+        out.append(None)
+        continue
+      best = candidates[np.argmax(scores[candidates])]
+      corners = cropping.to_photo(found[best].reshape(2, 2) * self._side, square, self._side)
+      out.append((corners.reshape(4), cropping.to_photo(points[best] * self._side, square,
+                                                        self._side), scores[best]))
+    return out
+
+  def detect(self, image: np.ndarray) -> np.ndarray:
+    """Face boxes [F, 4] (x, y, w, h), best first."""
+    return self.detect_faces(image).boxes
+
+  def crop_squares(self, image: np.ndarray) -> tuple[np.ndarray, list]:
+    """(boxes [F, 4], the network's crop square of each), best first."""
+    found = self.detect_faces(image)
+    return found.boxes, [keypoint_square(box, points)
+                         for box, points in zip(found.boxes, found.keypoints)]
+
+
+def keypoint_square(box, keypoints) -> cropping.Square:
+  """The crop square of a BlazeFace face: the landmark box it implies, then
+  the landmark rule (`cropping`). The landmark box's side is
+  BLAZEFACE_LANDMARK_SCALE of the box width; its centre is the mean of the
+  four inner keypoints (eyes, nose, mouth), moved by INNER_OFFSET box widths
+  and by EAR_PULL of the way towards the ears' mean (a turned face's
+  landmarks reach round to the far jaw, whose side the ears show)."""
+  x, y, w, h = (float(v) for v in box)
+  if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
+    raise ValueError(f"bad detection box {tuple(box)}")
+  points = np.asarray(keypoints, np.float64)
+  inner, ears = points[:4].mean(axis=0), points[4:].mean(axis=0)
+  centre = inner + np.array(INNER_OFFSET) * w + np.array(EAR_PULL) * (ears - inner)
+  side = BLAZEFACE_LANDMARK_SCALE * w
+  return cropping.Square(float(centre[0]), float(centre[1]) - cropping.CROP_SHIFT * side,
+                         cropping.CROP_SCALE * side)
+
+
+
+DETECTORS = ("blazeface", "haar", "haar_profile", "none")
+
+
+def from_name(name: str) -> "BlazeFace | FaceDetector | None":
+  """The detector `--detector` names: 'blazeface', 'haar', 'haar_profile'
+  (frontal and profile cascades), or 'none' (None: every photo is a face
+  crop already)."""
+  if name not in DETECTORS:
+    raise ValueError(f"--detector: unknown detector '{name}' (use {', '.join(DETECTORS)})")
   if name == "none":
     return None
-  if name not in ("haar", "haar_profile"):
-    raise ValueError(f"--detector: unknown detector '{name}' (use haar, haar_profile "
-                     "or none)")
+  if name == "blazeface":
+    return BlazeFace()
   return FaceDetector(profiles=name == "haar_profile")

@@ -13,9 +13,9 @@ the protocol of 3DDFA and later papers:
 - Two crops: from the ground-truth landmarks (`cropping.square_from_landmarks`:
   a square of 1.92 times the landmark box's larger side, centred 0.145 of
   it above the box centre: the synthetic training faces' framing) and from the face
-  detector (`cropping.square_from_detection`; the detected box whose centre
-  lies inside the landmark box, largest first). Photos where the detector
-  finds no such face are counted as missed and left out of its NME.
+  detector (`detector.crop_squares`; the detected box whose centre lies inside the
+  landmark box, best first). Photos where the detector finds no such face
+  are counted as missed and left out of its NME.
 
 The synthetic test split (config.coarse.data.source 'synthetic': faces from
 config.synthetic.test_seed, a seed neither training nor validation uses;
@@ -77,10 +77,10 @@ def yaw_table(nme, yaw_degrees) -> dict:
 def _detected_square(detector, photo, truth):
   """The crop square of the detected face over the true landmarks, or None."""
   low, high = truth.min(axis=0), truth.max(axis=0)
-  for x, y, w, h in detector.detect(photo):
+  for (x, y, w, h), square in zip(*detector.crop_squares(photo)):
     centre = np.array([x + w / 2, y + h / 2])
     if np.all(centre >= low) and np.all(centre <= high):
-      return cropping.square_from_detection((x, y, w, h))
+      return square
   return None
 
 

@@ -104,10 +104,10 @@ def _load(path: str, stem: str, detector, size: int, max_faces: int) -> _Photo:
     boxes = np.zeros((0, 4))
     squares = [cropping.centred_square(height, width)]
   else:
-    boxes = detector.detect(photo)[:max_faces]
+    boxes, squares = detector.crop_squares(photo)
+    boxes, squares = boxes[:max_faces], squares[:max_faces]
     if not len(boxes):
       raise ValueError("no face found")
-    squares = [cropping.square_from_detection(box) for box in boxes]
   crops = np.stack([cropping.crop(photo, square, size) for square in squares])
   preview, shrink = cropping.shrink_to_side(photo, PREVIEW_SIDE)
   return _Photo(path, stem, height, width, preview, shrink, boxes, squares, crops)
@@ -193,12 +193,12 @@ def _write_photo(photo: _Photo, model, size: int, model_name: str, has_fine: boo
 
 
 def reconstruct(config, workdir: str, input_path: str, output_dir: str, *,
-                batch_size: int = 16, detector="haar", max_faces: int = 8,
+                batch_size: int = 16, detector="blazeface", max_faces: int = 8,
                 progress: bool = True) -> Summary:
   """Reconstructs every face in `input_path` (a photo or a folder) with the
   networks trained in `workdir`, writing into `output_dir`. `detector`: a
-  `facerecon.detect.FaceDetector`, 'haar', 'haar_profile', or None (each
-  photo is a face crop already). Returns the Summary (also written as
+  detector of `facerecon.detect` or its name (`detect.DETECTORS`; 'none'
+  or None: each photo is a face crop already). Returns the Summary (also written as
   `<output_dir>/summary.json`)."""
   if isinstance(detector, str):
     detector = detect.from_name(detector)

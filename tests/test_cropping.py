@@ -183,3 +183,91 @@ def test_detector_names_a_missing_or_corrupt_model_file(monkeypatch, tmp_path, c
   monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path))
   with pytest.raises(FileNotFoundError, match=f"{detect.FRONTAL} is missing or corrupt"):
     detect.FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def blazeface():
+  from facerecon import detect
+
+  return detect.BlazeFace()
+
+
+def test_blazeface_finds_the_face_and_its_keypoints_in_a_real_photo(blazeface):
+  import cv2
+
+  photo = astronaut_photo()
+  found = blazeface.detect_faces(photo)
+  assert len(found.boxes) == 1 and found.scores[0] > 0.8
+  x, y, w, h = found.boxes[0]
+  # Read off the photo: her face spans columns ~177-272 and rows ~70-178.
+  assert 165 < x < 200 and 55 < y < 100 and 70 < w < 110
+  eyes, nose, mouth = found.keypoints[0, :2], found.keypoints[0, 2], found.keypoints[0, 3]
+  assert eyes[0, 0] < eyes[1, 0] and abs(eyes[0, 1] - eyes[1, 1]) < 10  # her right eye on the left
+  assert eyes[:, 1].max() < nose[1] < mouth[1]
+  # The crop square holds the face, about twice its width across.
+  boxes, squares = blazeface.crop_squares(photo)
+  np.testing.assert_array_equal(boxes, found.boxes)
+  square = squares[0]
+  assert x < square.centre_x < x + w and y < square.centre_y < y + h
+  assert 1.5 * w < square.side < 2.3 * w
+  # Grey input and a photo 4x larger find the same face.
+  grey = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+  np.testing.assert_allclose(blazeface.detect(grey)[0], found.boxes[0], atol=6)
+  big = cv2.resize(photo, (2048, 2048))
+  np.testing.assert_allclose(blazeface.detect(big)[0] / 4, found.boxes[0], atol=6)
+
+
+@pytest.mark.parametrize("corner", [(3100, 2300), (37, 2700)])
+def test_blazeface_finds_a_40_pixel_face_in_a_4000_by_3000_photo(blazeface, corner):
+  """Tiles: the face is 2 pixels wide in the whole photo's 192x192 input."""
+  import cv2
+
+  photo = astronaut_photo()
+  box = blazeface.detect(photo)[0]
+  scale = 40.0 / box[2]
+  small = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+  large = np.full((3000, 4000, 3), 128, np.uint8)
+  x, y = corner
+  large[y:y + small.shape[0], x:x + small.shape[1]] = small
+  boxes = blazeface.detect(large)
+  assert len(boxes) == 1
+  expected = box * scale + [x, y, 0, 0]
+  centre = lambda b: b[:2] + b[2:] / 2
+  np.testing.assert_allclose(centre(boxes[0]), centre(expected), atol=6)
+  assert 0.7 < boxes[0][2] / expected[2] < 1.3  # at 16 input pixels, the size is rough
+  # Without tiles (the smallest face looked for as large as the photo) it is not found.
+  from facerecon import detect
+
+  assert len(detect.BlazeFace(min_face=3000).detect(large)) == 0
+
+
+def test_blazeface_finds_nothing_in_faceless_pictures_and_names_a_bad_file(blazeface,
+                                                                          tmp_path):
+  from facerecon import detect
+
+  rng = np.random.default_rng(0)
+  assert blazeface.detect(np.full((240, 320, 3), 128, np.uint8)).shape == (0, 4)
+  assert blazeface.detect(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).shape == (0, 4)
+  assert blazeface.detect(np.zeros((6, 9, 3), np.uint8)).shape == (0, 4)
+  with pytest.raises(FileNotFoundError, match="nothing.npz"):
+    detect.BlazeFace(path=str(tmp_path / "nothing.npz"))
+  with pytest.raises(ValueError, match="min_score"):
+    detect.BlazeFace(min_score=1.5)
+  with pytest.raises(ValueError, match="unknown detector 'yolo'"):
+    detect.from_name("yolo")
+  assert isinstance(detect.from_name("blazeface"), detect.BlazeFace)
+  assert detect.from_name("none") is None
+
+
+def test_weighted_suppression_merges_one_face_and_keeps_two():
+  from facerecon import detect
+
+  boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], np.float64)
+  points = np.zeros((3, 6, 2))
+  points[1] += 1.0
+  merged, merged_points, scores = detect.weighted_suppression(
+      boxes, points, np.array([0.9, 0.3, 0.6]), iou=0.3)
+  np.testing.assert_allclose(merged[0], [0.25, 0, 10.25, 10])  # weights 0.75 / 0.25
+  np.testing.assert_allclose(merged_points[0], 0.25)
+  np.testing.assert_allclose(merged[1], boxes[2])
+  np.testing.assert_allclose(scores, [0.9, 0.6])

@@ -156,9 +156,10 @@ def test_reconstruct_fits_whole_batches_and_photos_split_between_them(tmp_path, 
                                 np.repeat(vertices, len(crops), 0), depth, depth, mask)
 
   class OneFacePerHundredColumns:
-    def detect(self, photo):
-      return np.array([(100.0 * k + 10, 10.0, 80.0, 80.0)
-                       for k in range(photo.shape[1] // 100)])
+    def crop_squares(self, photo):
+      boxes = np.array([(100.0 * k + 10, 10.0, 80.0, 80.0)
+                        for k in range(photo.shape[1] // 100)])
+      return boxes, [cropping.square_from_detection(box) for box in boxes]
 
   photos = tmp_path / "photos"
   photos.mkdir()

@@ -18,7 +18,8 @@ on:
   the detector box centre; then the landmark rule. OpenCV's frontal cascade
   gave 0.83 and 0.18 (medians over 117 detected synthetic faces) and 0.95
   and 0.19 on a real photo (the astronaut in scikit-image's data, landmark
-  box read by hand); the constants sit between.
+  box read by hand); the constants sit between. Each detector has its own
+  pair (`facerecon.detect`).
 
 A crop is a similarity p' = scale * p + offset from photo pixels to crop
 pixels (pixel centres at integer coordinates), so poses and landmarks map
@@ -63,13 +64,15 @@ def square_from_landmarks(landmarks) -> Square:
   return Square(float(centre[0]), float(centre[1]) - CROP_SHIFT * size, CROP_SCALE * size)
 
 
-def square_from_detection(box) -> Square:
-  """The crop square for a detector box (x, y, w, h) in pixels."""
+def square_from_detection(box, landmark_scale: float = DETECTOR_LANDMARK_SCALE,
+                          landmark_shift: float = DETECTOR_LANDMARK_SHIFT) -> Square:
+  """The crop square for a detector box (x, y, w, h) in pixels, by a
+  detector's rule (default: the cascade's and VGG Face's boxes')."""
   x, y, w, h = (float(v) for v in box)
   if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
     raise ValueError(f"bad detection box {tuple(box)}")
-  size = DETECTOR_LANDMARK_SCALE * w
-  centre_y = y + 0.5 * h + DETECTOR_LANDMARK_SHIFT * w
+  size = landmark_scale * w
+  centre_y = y + 0.5 * h + landmark_shift * w
   return Square(x + 0.5 * w, centre_y - CROP_SHIFT * size, CROP_SCALE * size)
 
 
