@@ -64,7 +64,7 @@ def main(argv):
   photo = photos.read_photo(path)
   repeats, size = _REPEATS.value, config.image_size
   detector = detect.from_name(_DETECTOR.value)
-  boxes, squares = detector.crop_squares(photo)
+  boxes, squares, _ = detector.crop_squares(photo)
   if not len(boxes):
     raise SystemExit(f"no face found in {path}")
   square = squares[0]

@@ -2,8 +2,8 @@
 JAX, or OpenCV's cascades.
 
 `detector.detect(rgb)` returns face boxes (x, y, w, h) in the photo's
-pixels, best first; `detector.crop_squares(rgb)` the boxes and the
-network's crop square of each, by the detector's own rule.
+pixels, best first; `detector.crop_squares(rgb)` the boxes, the
+network's crop square of each (by the detector's own rule) and their scores.
 
 BlazeFace (`BlazeFace`): MediaPipe's full-range face detector (Apache 2.0;
 the graph converted by `data_pipeline.prepare_detector` ships in
@@ -87,10 +87,12 @@ class FaceDetector:
       self._local.profile = _cascade(PROFILE) if self.profiles else None
     return self._local.frontal, self._local.profile
 
-  def crop_squares(self, image: np.ndarray) -> tuple[np.ndarray, list]:
-    """(boxes [F, 4], the network's crop square of each), best first."""
+  def crop_squares(self, image: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
+    """(boxes [F, 4], the network's crop square of each, scores [F]: NaN,
+    the cascade has none), best first."""
     boxes = self.detect(image)
-    return boxes, [cropping.square_from_detection(box) for box in boxes]
+    return (boxes, [cropping.square_from_detection(box) for box in boxes],
+            np.full(len(boxes), np.nan))
 
   def detect(self, image: np.ndarray) -> np.ndarray:
     """Face boxes [F, 4] (x, y, w, h; float, photo pixels) in an RGB or grey
@@ -364,11 +366,11 @@ class BlazeFace:
     """Face boxes [F, 4] (x, y, w, h), best first."""
     return self.detect_faces(image).boxes
 
-  def crop_squares(self, image: np.ndarray) -> tuple[np.ndarray, list]:
-    """(boxes [F, 4], the network's crop square of each), best first."""
+  def crop_squares(self, image: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
+    """(boxes [F, 4], the network's crop square of each, scores [F]), best first."""
     found = self.detect_faces(image)
-    return found.boxes, [keypoint_square(box, points)
-                         for box, points in zip(found.boxes, found.keypoints)]
+    return found.boxes, [keypoint_square(box, points) for box, points in
+                         zip(found.boxes, found.keypoints)], found.scores
 
 
 def keypoint_square(box, keypoints) -> cropping.Square:

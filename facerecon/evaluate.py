@@ -77,7 +77,7 @@ def yaw_table(nme, yaw_degrees) -> dict:
 def _detected_square(detector, photo, truth):
   """The crop square of the detected face over the true landmarks, or None."""
   low, high = truth.min(axis=0), truth.max(axis=0)
-  for (x, y, w, h), square in zip(*detector.crop_squares(photo)):
+  for (x, y, w, h), square, _ in zip(*detector.crop_squares(photo)):
     centre = np.array([x + w / 2, y + h / 2])
     if np.all(centre >= low) and np.all(centre <= high):
       return square

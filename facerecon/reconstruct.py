@@ -84,9 +84,10 @@ class _FittedFace(NamedTuple):
   overlay_mask: np.ndarray   # [R, R]
 
 
-def _output_stems(paths: list[str], input_path: str, output_dir: str) -> list[str]:
-  base = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
-  stems = [os.path.splitext(os.path.relpath(p, base))[0] for p in paths]
+def _output_stems(paths: list[str], bases: list[str], output_dir: str) -> list[str]:
+  """Each photo's output path without suffix: its path below `base` (the
+  folder given, or a photo's own folder)."""
+  stems = [os.path.splitext(os.path.relpath(p, b))[0] for p, b in zip(paths, bases)]
   # a.jpg and a.png in one folder: keep both, told apart by their suffixes.
   counts = collections.Counter(stems)
   repeated = {s for s in stems if counts[s] > 1}
@@ -104,7 +105,7 @@ def _load(path: str, stem: str, detector, size: int, max_faces: int) -> _Photo:
     boxes = np.zeros((0, 4))
     squares = [cropping.centred_square(height, width)]
   else:
-    boxes, squares = detector.crop_squares(photo)
+    boxes, squares, _ = detector.crop_squares(photo)
     boxes, squares = boxes[:max_faces], squares[:max_faces]
     if not len(boxes):
       raise ValueError("no face found")
@@ -192,18 +193,22 @@ def _write_photo(photo: _Photo, model, size: int, model_name: str, has_fine: boo
   fileio.write_png_atomic(photo.stem + "_overlay.png", overlay)
 
 
-def reconstruct(config, workdir: str, input_path: str, output_dir: str, *,
+def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: str, *,
                 batch_size: int = 16, detector="blazeface", max_faces: int = 8,
                 progress: bool = True) -> Summary:
-  """Reconstructs every face in `input_path` (a photo or a folder) with the
-  networks trained in `workdir`, writing into `output_dir`. `detector`: a
-  detector of `facerecon.detect` or its name (`detect.DETECTORS`; 'none'
-  or None: each photo is a face crop already). Returns the Summary (also written as
-  `<output_dir>/summary.json`)."""
+  """Reconstructs every face in `input_path` (a photo or a folder, or a list
+  of them) with the networks trained in `workdir`, writing into
+  `output_dir`. `detector`: a detector of `facerecon.detect` or its name
+  (`detect.DETECTORS`; 'none' or None: each photo is a face crop already).
+  Returns the Summary (also written as `<output_dir>/summary.json`)."""
   if isinstance(detector, str):
     detector = detect.from_name(detector)
-  paths = photos.find_photos(input_path)
-  stems = _output_stems(paths, input_path, output_dir)
+  paths, bases = [], []
+  for given in [input_path] if isinstance(input_path, str) else input_path:
+    found = photos.find_photos(given)
+    paths += found
+    bases += [given if os.path.isdir(given) else os.path.dirname(given)] * len(found)
+  stems = _output_stems(paths, bases, output_dir)
   predictor = inference.Predictor(config, workdir, batch_size)
   size = config.image_size
   summary = Summary(photos=len(paths))

@@ -205,8 +205,9 @@ def test_blazeface_finds_the_face_and_its_keypoints_in_a_real_photo(blazeface):
   assert eyes[0, 0] < eyes[1, 0] and abs(eyes[0, 1] - eyes[1, 1]) < 10  # her right eye on the left
   assert eyes[:, 1].max() < nose[1] < mouth[1]
   # The crop square holds the face, about twice its width across.
-  boxes, squares = blazeface.crop_squares(photo)
+  boxes, squares, scores = blazeface.crop_squares(photo)
   np.testing.assert_array_equal(boxes, found.boxes)
+  np.testing.assert_array_equal(scores, found.scores)
   square = squares[0]
   assert x < square.centre_x < x + w and y < square.centre_y < y + h
   assert 1.5 * w < square.side < 2.3 * w

@@ -19,7 +19,7 @@ from conftest import ROOT
 
 # Lowest first. A module belongs to the first layer with a matching pattern.
 LAYERS = (
-    ("core", ("facerecon", "facerecon.params", "facerecon.camera", "facerecon.morphable",
+    ("core", ("facerecon.params", "facerecon.camera", "facerecon.morphable",
               "facerecon.fileio", "facerecon.parallel", "facerecon.memory")),
     ("face model sources", ("facerecon.embedded_face", "facerecon.face_models")),
     ("render primitives", ("facerecon.render", "facerecon.render.*")),
@@ -32,8 +32,9 @@ LAYERS = (
     ("training", ("facerecon.training", "facerecon.training.*")),
     ("inference", ("facerecon.inference",)),
     ("apps", ("facerecon.reconstruct", "facerecon.evaluate", "facerecon.preview",
-              "facerecon.export", "facerecon.detect")),
-    ("entry points", ("main", "data_pipeline", "data_pipeline.*", "benchmarks",
+              "facerecon.export", "facerecon.detect", "facerecon.api")),
+    # The package itself: its `Reconstructor` attribute is the API's, imported on first use.
+    ("entry points", ("main", "facerecon", "facerecon.cli", "data_pipeline", "data_pipeline.*", "benchmarks",
                       "benchmarks.*")),
 )
 PACKAGES = ("facerecon", "data_pipeline", "benchmarks")

@@ -75,3 +75,21 @@ def test_preview_shows_named_blendshapes_of_the_ict_head():
   names = model.expression_names
   assert [names[k] for k in shown[1][1]] == ["mouthSmile_L", "mouthSmile_R"]
   assert all(weight == 1.0 for _, _, weight in shown)
+
+
+def test_the_facerecon_command_line_becomes_main_flags():
+  from facerecon import cli
+
+  assert cli.command_line_flags(["facerecon", "reconstruct", "a.jpg", "photos/", "-o", "out",
+                                 "--detector=haar"]) == [
+      "facerecon", "--mode=reconstruct", "--input=a.jpg", "--input=photos/", "--output=out",
+      "--detector=haar"]
+  assert cli.command_line_flags(["facerecon", "evaluate", "AFLW2000/", "--output", "r"]) == [
+      "facerecon", "--mode=evaluate", "--input=AFLW2000/", "--output=r"]
+  assert cli.command_line_flags(["facerecon", "train", "--config=configs/real.py",
+                                 "--workdir=runs/real"]) == [
+      "facerecon", "--mode=train", "--config=configs/real.py", "--workdir=runs/real"]
+  assert cli.command_line_flags(["facerecon", "--help"]) == ["facerecon", "--help"]
+  for wrong in (["facerecon"], ["facerecon", "fly"], ["facerecon", "reconstruct", "-o"]):
+    with pytest.raises(SystemExit):
+      cli.command_line_flags(wrong)

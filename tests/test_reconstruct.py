@@ -159,7 +159,7 @@ def test_reconstruct_fits_whole_batches_and_photos_split_between_them(tmp_path, 
     def crop_squares(self, photo):
       boxes = np.array([(100.0 * k + 10, 10.0, 80.0, 80.0)
                         for k in range(photo.shape[1] // 100)])
-      return boxes, [cropping.square_from_detection(box) for box in boxes]
+      return boxes, [cropping.square_from_detection(box) for box in boxes], np.ones(len(boxes))
 
   photos = tmp_path / "photos"
   photos.mkdir()

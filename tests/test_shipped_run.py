@@ -96,3 +96,78 @@ def test_the_shipped_run_beats_a_constant_layout_on_dev_photos(shipped, tmp_path
   network = evaluate.evaluate_folder(config, path, str(folder))["ground_truth_crops"]
   assert sum(network[f"count {b}"] for b in ("[0,30]", "[30,60]", "[60,90]")) == len(chosen)
   assert network["all"] < 100 * constant.mean() - 1.0, (network, 100 * constant.mean())
+
+
+@pytest.mark.slow
+def test_the_facerecon_command_reconstructs_photos_and_folders(tmp_path):
+  """The console command the install puts beside the interpreter, with the
+  shipped model: a photo and a folder in one call; usage errors exit non-zero."""
+  import subprocess
+  import sys
+
+  command = os.path.join(os.path.dirname(sys.executable), "facerecon")
+  if not os.path.exists(command):
+    pytest.skip("the facerecon command is not installed (pip install -e .)")
+  folder = tmp_path / "more"
+  folder.mkdir()
+  fileio.write_png_atomic(tmp_path / "astronaut.png", astronaut_photo())
+  fileio.write_png_atomic(folder / "again.png", astronaut_photo()[:, ::-1])
+  result = subprocess.run([command, "reconstruct", str(tmp_path / "astronaut.png"), str(folder),
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "reconstructed 2 faces from 2 of 2 photos" in result.stdout
+  for stem in ("astronaut", "again"):
+    assert os.path.exists(tmp_path / "out" / f"{stem}_face0.obj"), stem
+  result = subprocess.run([command, "evaluate"], capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and "needs --input" in result.stderr
+  result = subprocess.run([command, "fly"], capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and "usage: facerecon" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_python_api_reconstructs_faces_in_image_arrays(shipped, tmp_path):
+  """facerecon.Reconstructor() (the shipped model): per face the box,
+  score, landmarks, pose, mesh and depth, in the photo's pixels and
+  consistent with each other and with what reconstruct writes."""
+  import facerecon
+
+  config, path = shipped
+  photo = astronaut_photo()
+  reconstructor = facerecon.Reconstructor(batch_size=4)
+  faces = reconstructor(photo)
+  assert len(faces) == 1
+  face = faces[0]
+  assert face.score > 0.8 and face.box.shape == (4,)
+  x, y, w, h = face.box
+  assert np.all((face.landmarks >= [x - 0.3 * w, y - 0.3 * h])
+                & (face.landmarks <= [x + 1.3 * w, y + 1.3 * h]))
+  # The 3-D landmarks are the mesh's landmark vertices, over the 2-D ones.
+  np.testing.assert_allclose(face.landmarks_3d[:, :2], face.landmarks, atol=0.02 * w)
+  assert face.vertices.shape == (reconstructor.model.num_vertices, 3)
+  assert face.triangles.shape == np.asarray(reconstructor.model.triangles).shape
+  assert np.all(np.isfinite(face.pose_degrees)) and abs(face.pose_degrees[1]) < 45
+  size = config.image_size
+  assert face.depth.shape == (size, size) and np.isfinite(face.depth).sum() > 0.1 * size**2
+  # The face looks at the viewer: its triangles at the landmarks are
+  # counter-clockwise with y up, so clockwise (cross product z < 0) here.
+  a, b, c = (face.vertices[face.triangles[:, i]].astype(np.float64) for i in range(3))
+  normal_z = np.cross(b - a, c - a)[:, 2]
+  front = np.asarray(reconstructor.model.landmark_indices)
+  assert np.mean(normal_z[np.isin(face.triangles[:, 0], front)] < 0) > 0.5
+  # The same landmarks as reconstruct's files.
+  fileio.write_png_atomic(tmp_path / "astronaut.png", photo)
+  reconstruct.reconstruct(config, path, str(tmp_path / "astronaut.png"), str(tmp_path / "out"),
+                          progress=False)
+  np.testing.assert_allclose(np.loadtxt(tmp_path / "out" / "astronaut_face0_landmarks.txt"),
+                             face.landmarks, atol=0.01)
+  # Grey images, images without a face, and bad arrays.
+  import cv2
+
+  grey = reconstructor(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY))
+  assert len(grey) == 1 and np.abs(grey[0].landmarks - face.landmarks).mean() < 5
+  assert reconstructor(np.full((200, 300, 3), 128, np.uint8)) == []
+  with pytest.raises(ValueError, match="uint8"):
+    reconstructor(photo.astype(np.float32))
+  crop_only = facerecon.Reconstructor(detector=None)(photo[50:250, 130:330])
+  assert len(crop_only) == 1 and crop_only[0].score is None
