@@ -186,6 +186,9 @@ def download_one(task: Task, output_dir: str, options: Options) -> str | None:
   return "unreachable"
 
 
+IN_FLIGHT_PER_WORKER = 4
+
+
 def download_all(tasks: list[Task], output_dir: str, options: Options, workers: int,
                  bad_lines=(), progress: bool = True) -> dict:
   """Downloads every task not already on disk; writes failures.csv; returns a summary."""
@@ -196,16 +199,28 @@ def download_all(tasks: list[Task], output_dir: str, options: Options, workers: 
   bar = None
   if progress:
     bar = tqdm.tqdm(total=len(todo), unit="img", file=sys.stderr, disable=None)
+  # At most IN_FLIGHT_PER_WORKER tasks per worker submitted and not yet
+  # done: VGG Face's 2.6M URLs submitted at once held gigabytes of futures.
+  limit = IN_FLIGHT_PER_WORKER * workers
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    futures = {pool.submit(download_one, t, output_dir, options): t for t in todo}
-    for future in concurrent.futures.as_completed(futures):
-      reason = future.result()
-      if reason is not None:
-        task = futures[future]
-        with lock:
-          failures.append((task.name, task.id, task.url, reason))
-      if bar is not None:
-        bar.update(1)
+    pending = {}
+
+    def collect(done):
+      for future in done:
+        task = pending.pop(future)
+        reason = future.result()
+        if reason is not None:
+          with lock:
+            failures.append((task.name, task.id, task.url, reason))
+        if bar is not None:
+          bar.update(1)
+
+    for task in todo:
+      if len(pending) >= limit:
+        done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        collect(done)
+      pending[pool.submit(download_one, task, output_dir, options)] = task
+    collect(concurrent.futures.wait(pending).done)
   if bar is not None:
     bar.close()
   manifest = os.path.join(output_dir, "failures.csv")

@@ -26,8 +26,15 @@ import numpy as np
 
 from facerecon.models import graph
 
-_TFLITE = flags.DEFINE_string("tflite", None, "the .tflite model to convert")
-_OUTPUT = flags.DEFINE_string("output", None, "the .npz file to write")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so that the
+  pipeline modules can be imported together)."""
+  flags.DEFINE_string("tflite", None, "the .tflite model to convert")
+  flags.DEFINE_string("output", None, "the .npz file to write")
+
 
 # TFLite tensor types -> numpy.
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8}
@@ -129,15 +136,16 @@ def convert(tflite_path: str) -> tuple[dict, dict]:
 
 def main(argv):
   del argv
-  if not os.path.isfile(_TFLITE.value):
-    raise FileNotFoundError(f"--tflite: {_TFLITE.value} does not exist")
-  description, arrays = convert(_TFLITE.value)
-  graph.save(_OUTPUT.value, description, arrays)
-  loaded = graph.load(_OUTPUT.value)  # read back: a file the runner refuses is not written silently
-  print(f"wrote {_OUTPUT.value}: {len(description['operators'])} operators, inputs "
+  if not os.path.isfile(FLAGS.tflite):
+    raise FileNotFoundError(f"--tflite: {FLAGS.tflite} does not exist")
+  description, arrays = convert(FLAGS.tflite)
+  graph.save(FLAGS.output, description, arrays)
+  loaded = graph.load(FLAGS.output)  # read back: a file the runner refuses is not written silently
+  print(f"wrote {FLAGS.output}: {len(description['operators'])} operators, inputs "
         f"{[loaded.input_shape]}, outputs {loaded.output_shapes}")
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["tflite", "output"])
   app.run(main)

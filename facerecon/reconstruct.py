@@ -8,10 +8,13 @@ For every photo (a file, or every image below a folder): detect the faces
 one) in batches (`facerecon.inference`), and write per face, next to the
 photo's relative path in `--output`:
 
-  <stem>_face<k>.obj / .ply      the dense mesh, vertex colours sampled from
-                                 the photo; coordinates are the photo's
+  <stem>_face<k>.obj / .ply      the dense mesh; coordinates are the photo's
                                  pixels with y up: column = x, row = H - 1 - y,
-                                 z towards the viewer (f R v + t3d)
+                                 z towards the viewer (f R v + t3d). The OBJ
+                                 is textured when the model has UVs (.mtl and
+                                 _texture.png beside it: the photo baked into
+                                 the UV layout, `facerecon.texture`), else
+                                 vertex-coloured; the PLY has vertex colours
   <stem>_face<k>_depth.png/.npy  the depth map of the crop (16-bit PNG, 0 off
                                  the face, scale in the JSON; float32 .npy,
                                  NaN off the face), FineNet's when it ran
@@ -20,6 +23,8 @@ photo's relative path in `--output`:
                                  (facerecon.params), posed in the photo and
                                  in the crop; landmarks; box; crop; depth scale
   <stem>_overlay.png             the photo with the shaded meshes and landmarks
+
+`outputs` (`--outputs`) picks among OUTPUTS which of these are written.
 
 Photos that cannot be read and photos with no face are reported and
 skipped; `summary.json` in `--output` lists them, and main.py exits with
@@ -43,7 +48,9 @@ from facerecon import detect
 from facerecon import export
 from facerecon import fileio
 from facerecon import inference
+from facerecon import morphable
 from facerecon import params as params_lib
+from facerecon import texture
 from facerecon import visualize
 from facerecon.data import cropping
 from facerecon.data import photos
@@ -51,6 +58,8 @@ from facerecon.data import photos
 OVERLAY_RENDER_SIZE = 256  # the shaded mesh is rendered at this size, then warped
 PREVIEW_SIDE = 1024        # overlays and vertex colours use the photo shrunk to this
 LOAD_AHEAD = 4             # photos read and detected ahead of the networks
+TEXTURE_SIZE = 512         # the textured OBJ's image side
+OUTPUTS = ("obj", "ply", "depth", "landmarks", "json", "overlay")
 
 
 @dataclasses.dataclass
@@ -141,8 +150,9 @@ def _fit_batch(faces: list, predictor, size: int) -> list[_FittedFace]:
 
 
 def _write_face(photo: _Photo, k: int, face: _FittedFace, model, size: int,
-                model_name: str, has_fine: bool) -> np.ndarray:
-  """Writes one face's files; returns its photo-frame landmarks."""
+                model_name: str, has_fine: bool, outputs) -> np.ndarray:
+  """Writes one face's files (those in `outputs`); returns its photo-frame
+  landmarks."""
   square = photo.squares[k]
   stem = f"{photo.stem}_face{k}"
   fit = face.fit
@@ -158,12 +168,24 @@ def _write_face(photo: _Photo, k: int, face: _FittedFace, model, size: int,
                       rows[None].astype(np.float32), cv2.INTER_LINEAR,
                       borderMode=cv2.BORDER_REPLICATE)[0] / 255.0
   triangles = np.asarray(model.triangles)
-  export.write_obj(stem + ".obj", vertices, triangles, colours)
-  export.write_ply(stem + ".ply", vertices, triangles, colours)
-  depth_info = export.write_depth(stem, fit.depth, fit.mask)
+  if "obj" in outputs and model.uv is not None:
+    # Baked from the preview: vertices in its pixels, y down.
+    in_preview = np.stack([columns, rows, vertices[:, 2] * photo.shrink], axis=1)
+    image, _ = texture.bake(photo.preview, in_preview, triangles,
+                            np.asarray(morphable.vertex_uv(model)), TEXTURE_SIZE)
+    export.write_textured_obj(stem + ".obj", vertices, triangles,
+                              np.asarray(morphable.vertex_uv(model)), image)
+  elif "obj" in outputs:
+    export.write_obj(stem + ".obj", vertices, triangles, colours)
+  if "ply" in outputs:
+    export.write_ply(stem + ".ply", vertices, triangles, colours)
+  depth_info = export.write_depth(stem, fit.depth, fit.mask) if "depth" in outputs else {}
   landmarks = cropping.to_photo(fit.landmarks, square, size)
-  with fileio.atomic_write(stem + "_landmarks.txt", "w") as f:
-    np.savetxt(f, landmarks, fmt="%.3f")
+  if "landmarks" in outputs:
+    with fileio.atomic_write(stem + "_landmarks.txt", "w") as f:
+      np.savetxt(f, landmarks, fmt="%.3f")
+  if "json" not in outputs:
+    return landmarks
   layout = model.layout
   export.write_json(stem + ".json", {
       "photo": photo.path, "face": k,
@@ -182,25 +204,32 @@ def _write_face(photo: _Photo, k: int, face: _FittedFace, model, size: int,
   return landmarks
 
 
-def _write_photo(photo: _Photo, model, size: int, model_name: str, has_fine: bool) -> None:
+def _write_photo(photo: _Photo, model, size: int, model_name: str, has_fine: bool,
+                 outputs) -> None:
   """Writes the files of a photo whose faces are all fitted."""
   overlay = photo.preview
   for k, face in enumerate(photo.fitted):
-    landmarks = _write_face(photo, k, face, model, size, model_name, has_fine)
+    landmarks = _write_face(photo, k, face, model, size, model_name, has_fine, outputs)
     matrix = cropping.to_photo_matrix(photo.squares[k], OVERLAY_RENDER_SIZE)
     overlay = visualize.overlay_on_photo(overlay, face.overlay_rgb, face.overlay_mask,
                                          matrix * photo.shrink, landmarks * photo.shrink)
-  fileio.write_png_atomic(photo.stem + "_overlay.png", overlay)
+  if "overlay" in outputs:
+    fileio.write_png_atomic(photo.stem + "_overlay.png", overlay)
 
 
 def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: str, *,
                 batch_size: int = 16, detector="blazeface", max_faces: int = 8,
-                progress: bool = True) -> Summary:
+                progress: bool = True, outputs=OUTPUTS) -> Summary:
   """Reconstructs every face in `input_path` (a photo or a folder, or a list
   of them) with the networks trained in `workdir`, writing into
   `output_dir`. `detector`: a detector of `facerecon.detect` or its name
   (`detect.DETECTORS`; 'none' or None: each photo is a face crop already).
-  Returns the Summary (also written as `<output_dir>/summary.json`)."""
+  `outputs`: which files (OUTPUTS; all by default). Returns the Summary
+  (also written as `<output_dir>/summary.json`)."""
+  unknown = set(outputs) - set(OUTPUTS)
+  if unknown or not outputs:
+    raise ValueError(f"--outputs: unknown or none: {sorted(unknown) or 'empty'} (choose "
+                     f"from {', '.join(OUTPUTS)})")
   if isinstance(detector, str):
     detector = detect.from_name(detector)
   paths, bases = [], []
@@ -219,7 +248,8 @@ def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: s
     for (photo, _), face in zip(faces, _fit_batch(faces, predictor, size)):
       photo.fitted.append(face)
       if len(photo.fitted) == len(photo.squares):
-        _write_photo(photo, predictor.model, size, config.model, predictor.has_fine)
+        _write_photo(photo, predictor.model, size, config.model, predictor.has_fine,
+                     outputs)
         summary.faces += len(photo.squares)
 
   waiting, loads = [], collections.deque()  # waiting: (photo, k) of faces to fit, in order

@@ -237,3 +237,37 @@ def test_killed_run_resumes_without_losing_or_refetching(tmp_path):
     assert sum(c - 1 for c in server.counts.values()) <= 2
   finally:
     server.close()
+
+
+def test_download_all_keeps_a_bounded_number_of_tasks_in_flight(tmp_path, monkeypatch):
+  """However many URLs there are, at most IN_FLIGHT_PER_WORKER tasks per
+  worker are submitted and not yet done (VGG Face has 2.6M)."""
+  import concurrent.futures
+
+  outstanding, most = [0], [0]
+  lock = threading.Lock()
+
+  class CountingPool(concurrent.futures.ThreadPoolExecutor):
+    def submit(self, *args, **kwargs):
+      with lock:
+        outstanding[0] += 1
+        most[0] = max(most[0], outstanding[0])
+      future = super().submit(*args, **kwargs)
+      future.add_done_callback(lambda _: _finished())
+      return future
+
+  def _finished():
+    with lock:
+      outstanding[0] -= 1
+
+  def slow_failure(task, output_dir, options):
+    threading.Event().wait(0.001)
+    return "refused"
+
+  monkeypatch.setattr(dl.concurrent.futures, "ThreadPoolExecutor", CountingPool)
+  monkeypatch.setattr(dl, "download_one", slow_failure)
+  tasks = [dl.Task("someone", str(k), f"http://127.0.0.1:9/{k}.jpg", (0, 0, 10, 10))
+           for k in range(2000)]
+  summary = dl.download_all(tasks, str(tmp_path / "out"), OPTIONS, workers=3, progress=False)
+  assert summary["failed"] == 2000 and summary["reasons"] == {"refused": 2000}
+  assert 3 <= most[0] <= dl.IN_FLIGHT_PER_WORKER * 3

@@ -32,7 +32,8 @@ LAYERS = (
     ("training", ("facerecon.training", "facerecon.training.*")),
     ("inference", ("facerecon.inference",)),
     ("apps", ("facerecon.reconstruct", "facerecon.evaluate", "facerecon.preview",
-              "facerecon.export", "facerecon.detect", "facerecon.api")),
+              "facerecon.export", "facerecon.detect", "facerecon.api",
+              "facerecon.texture")),
     # The package itself: its `Reconstructor` attribute is the API's, imported on first use.
     ("entry points", ("main", "facerecon", "facerecon.cli", "data_pipeline", "data_pipeline.*", "benchmarks",
                       "benchmarks.*")),

@@ -319,9 +319,11 @@ def test_a_config_that_differs_from_the_run_is_refused(run_dir, tmp_path):
 
 
 def test_the_reconstruct_path_imports_no_training_code():
-  """Loading trained networks and reconstructing needs neither the training
-  modules nor the data pipeline's Grain and tfds."""
-  code = ("import sys, facerecon.reconstruct; print(sorted(m for m in sys.modules if "
+  """Loading trained networks and reconstructing (the module, the Python
+  API, the command line) needs neither the training modules nor the data
+  pipeline's Grain and tfds."""
+  code = ("import sys, facerecon.reconstruct, facerecon.api, facerecon.cli; "
+          "print(sorted(m for m in sys.modules if "
           "m.startswith(('facerecon.training', 'grain', 'tensorflow_datasets'))))")
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)

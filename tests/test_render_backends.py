@@ -2,6 +2,7 @@
 (jit, vmap, grad, shard_map) the training code relies on."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -385,3 +386,68 @@ def test_triton_kernel_on_gpu(small_model):
   grad_fast, grad_ref = grad(faces, "triton"), grad(faces, "reference")
   assert np.all(np.isfinite(np.asarray(grad_fast))) and np.abs(np.asarray(grad_fast)).max() > 0
   np.testing.assert_allclose(np.asarray(grad_fast), np.asarray(grad_ref), rtol=1e-4, atol=1e-6)
+
+
+def test_the_install_goes_on_without_a_compiler(tmp_path):
+  """setup.py's kernel build with no C++ compiler: it warns and succeeds,
+  building nothing (the package then renders with 'scatter')."""
+  import subprocess
+  import sys
+
+  from conftest import ROOT
+
+  env = dict(os.environ, CC=str(tmp_path / "no-cc"), CXX=str(tmp_path / "no-c++"))
+  result = subprocess.run(
+      [sys.executable, "setup.py", "build_ext", f"--build-lib={tmp_path / 'lib'}",
+       f"--build-temp={tmp_path / 'tmp'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "CPU rasterizer kernel was not built" in result.stderr
+  assert "'scatter'" in result.stderr
+  assert not list((tmp_path / "lib").rglob("*.so"))
+
+
+def test_without_the_kernel_rendering_falls_back_to_scatter_with_a_warning():
+  import subprocess
+  import sys
+
+  from conftest import ROOT
+
+  script = (
+      "import logging, numpy as np\n"
+      "logging.basicConfig()\n"
+      "from facerecon.render import raster\n"
+      "print(raster.default_backend())\n"
+      "v = np.array([[[2.0, 2.0, 1.0], [12.0, 3.0, 1.0], [4.0, 12.0, 1.0]]], np.float32)\n"
+      "ids = raster.rasterize(v, np.array([[0, 1, 2]], np.int32), 16, 16).triangle_id\n"
+      "print(int((np.asarray(ids) == 0).sum()))\n")
+  env = dict(os.environ, FACERECON_CPU_KERNEL="/nonexistent/_rasterize_cpu.so",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  backend, covered = result.stdout.split()
+  assert backend == "scatter" and int(covered) > 20
+  assert "cannot load the CPU rasterizer kernel" in result.stderr
+  assert "'scatter' backend" in result.stderr
+
+
+def test_a_source_distribution_carries_the_kernels(tmp_path):
+  """MANIFEST.in: an sdist builds the kernels on the user's machine, so it
+  must carry their sources (and the configs and assets the README uses)."""
+  import subprocess
+  import sys
+  import tarfile
+
+  from conftest import ROOT
+
+  result = subprocess.run(
+      [sys.executable, "setup.py", "-q", "egg_info", f"--egg-base={tmp_path}", "sdist",
+       f"--dist-dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  (archive,) = tmp_path.glob("*.tar.gz")
+  with tarfile.open(archive) as tar:
+    names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+  assert {"kernels/rasterize_cpu.cc", "kernels/rasterize.h", "setup.py", "configs/real.py",
+          "facerecon/assets/blazeface_full_range.npz", "facerecon/assets/MediaPipe-LICENSE",
+          "facerecon/models/graph.py"} <= names

@@ -62,6 +62,23 @@ def test_the_shipped_run_reconstructs_a_photo(shipped, tmp_path):
   centre = landmarks.mean(axis=0)
   assert 150 < centre[0] < 230 and 70 < centre[1] < 170, centre
   assert 50 < np.ptp(landmarks[:, 0]) < 140
+  # The ICT head has UVs: the OBJ is textured with the photo, and opens so.
+  import trimesh
+
+  mesh = trimesh.load(tmp_path / "out" / "astronaut_face0.obj", process=False)
+  assert isinstance(mesh.visual, trimesh.visual.TextureVisuals)
+  image = np.asarray(mesh.visual.material.image.convert("RGB"))
+  assert image.shape == (reconstruct.TEXTURE_SIZE,) * 2 + (3,)
+  # Her face's skin: the texture's centre is reddish, as the photo is there.
+  middle = image[200:312, 200:312].reshape(-1, 3).astype(int)
+  assert np.median(middle[:, 0] - middle[:, 2]) > 20
+  # Only what is asked is written.
+  summary = reconstruct.reconstruct(config, path, str(photo), str(tmp_path / "json_only"),
+                                    progress=False, outputs=("json",))
+  assert summary.faces == 1
+  assert sorted(os.listdir(tmp_path / "json_only")) == ["astronaut_face0.json", "summary.json"]
+  with pytest.raises(ValueError, match="--outputs"):
+    reconstruct.reconstruct(config, path, str(photo), str(tmp_path / "x"), outputs=("gif",))
 
 
 @pytest.mark.slow

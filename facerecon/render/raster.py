@@ -34,6 +34,7 @@ tests/test_render_backends.py).
 """
 
 import functools
+import logging
 from typing import NamedTuple
 
 import jax
@@ -152,8 +153,19 @@ def available_backends() -> tuple[str, ...]:
 
 
 def default_backend() -> str:
-  """The fastest available backend for the default JAX platform."""
-  return available_backends()[0]
+  """The fastest available backend for the default JAX platform (on a CPU
+  without the built kernel: 'scatter', with a warning, once)."""
+  backends = available_backends()
+  if jax.default_backend() == "cpu" and backends[0] != "cpu":
+    _warn_once(_cpu_kernel.register())
+  return backends[0]
+
+
+@functools.cache
+def _warn_once(reason: str) -> None:
+  logging.getLogger("facerecon").warning(
+      "%s: rendering uses the pure-JAX 'scatter' backend, about 100 times slower per image "
+      "(a C++ compiler at install time builds the kernel)", reason)
 
 
 def _rasterize_cpu(vertices, triangles, height, width):
