@@ -19,9 +19,13 @@ photo's relative path in `--output`:
                                  the face, scale in the JSON; float32 .npy,
                                  NaN off the face), FineNet's when it ran
   <stem>_face<k>_landmarks.txt   68 landmarks, photo pixels (column row)
+  <stem>_face<k>_landmarks3d.txt the mesh's 68 landmark vertices (column, row,
+                                 z towards the viewer)
   <stem>_face<k>.json            parameters in the model's layout
                                  (facerecon.params), posed in the photo and
-                                 in the crop; landmarks; box; crop; depth scale
+                                 in the crop; pose in degrees (pitch, yaw,
+                                 roll: facerecon.api's convention); landmarks;
+                                 box; crop; depth scale
   <stem>_overlay.png             the photo with the shaded meshes and landmarks
 
 `outputs` (`--outputs`) picks among OUTPUTS which of these are written.
@@ -184,6 +188,11 @@ def _write_face(photo: _Photo, k: int, face: _FittedFace, model, size: int,
   if "landmarks" in outputs:
     with fileio.atomic_write(stem + "_landmarks.txt", "w") as f:
       np.savetxt(f, landmarks, fmt="%.3f")
+    # The mesh's landmark vertices: column, row, z towards the viewer.
+    marks = vertices[np.asarray(model.landmark_indices)]
+    with fileio.atomic_write(stem + "_landmarks3d.txt", "w") as f:
+      np.savetxt(f, np.stack([marks[:, 0], photo.height - 1 - marks[:, 1], marks[:, 2]], 1),
+                 fmt="%.3f")
   if "json" not in outputs:
     return landmarks
   layout = model.layout
@@ -193,6 +202,8 @@ def _write_face(photo: _Photo, k: int, face: _FittedFace, model, size: int,
       "layout": {"pose": ["phi", "gamma", "theta", "t3d_x", "t3d_y", "t3d_z", "f"],
                  "num_shape": layout.num_shape, "num_expression": layout.num_expression},
       "params": photo_params, "params_in_crop": params,
+      "pose_degrees": dict(zip(("pitch", "yaw", "roll"),
+                               np.degrees(photo_pose[:3]).tolist())),
       "landmarks": landmarks,
       "box": photo.boxes[k] if len(photo.boxes) else None,
       "crop": {"centre": [square.centre_x, square.centre_y], "side": square.side,

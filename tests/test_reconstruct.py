@@ -100,6 +100,11 @@ def test_reconstruct_writes_every_output_and_reports_failures(run_dir, photo_fol
     assert params.shape == (model.layout.size,)
     landmarks = np.loadtxt(base + "_landmarks.txt")
     np.testing.assert_allclose(landmarks, record["landmarks"], atol=1e-3)
+    landmarks_3d = np.loadtxt(base + "_landmarks3d.txt")
+    assert landmarks_3d.shape == (68, 3)
+    np.testing.assert_allclose(landmarks_3d[:, :2], landmarks, atol=0.01 * size)
+    np.testing.assert_allclose([record["pose_degrees"][k] for k in ("pitch", "yaw", "roll")],
+                               np.degrees(record["params"][:3]), atol=1e-4)
     # The photo-frame parameters put the landmarks where the file says.
     projected = camera.project_landmarks(morphable.vertices_from_params(model, params),
                                          model.landmark_indices, params[:7], size)
