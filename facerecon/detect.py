@@ -152,6 +152,11 @@ class Detections(NamedTuple):
   keypoints: np.ndarray
 
 
+def _normalise(pixels) -> np.ndarray:
+  """uint8-range RGB -> BlazeFace's input range [-1, 1], float32."""
+  return np.asarray(pixels, np.float32) / 127.5 - 1.0
+
+
 def _anchors(side: int) -> np.ndarray:
   """Anchor centres [N, 2] (x, y) in [0, 1] of the input, in the graph's order."""
   cells = side // _ANCHOR_STRIDE
@@ -275,7 +280,7 @@ class BlazeFace:
       resized = cv2.resize(part, (w, h), interpolation=cv2.INTER_AREA if scale < 1
                            else cv2.INTER_LINEAR)
       inputs[k, :h, :w] = resized
-    return inputs / 127.5 - 1.0  # BlazeFace's [-1, 1]; the letterbox stays black (-1)
+    return _normalise(inputs)  # the letterbox stays black (-1)
 
   def _raw(self, inputs: np.ndarray):
     """The graph on inputs [n, S, S, 3] in [-1, 1]: (regressors, logits) as
@@ -346,7 +351,7 @@ class BlazeFace:
     squares = [cropping.Square(0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3]), 3.0 * (b[2] - b[0]))
                for b in boxes]
     crops = np.stack([cropping.crop(image, square, self._side) for square in squares])
-    regressors, logits = self._raw(crops.astype(np.float32) / 127.5 - 1.0)
+    regressors, logits = self._raw(_normalise(crops))
     out = []
     for k, square in enumerate(squares):
       found, points, scores = _decode(regressors[k], logits[k], self._anchors, self._side)
@@ -380,16 +385,13 @@ def keypoint_square(box, keypoints) -> cropping.Square:
   four inner keypoints (eyes, nose, mouth), moved by INNER_OFFSET box widths
   and by EAR_PULL of the way towards the ears' mean (a turned face's
   landmarks reach round to the far jaw, whose side the ears show)."""
-  x, y, w, h = (float(v) for v in box)
-  if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
+  w = float(box[2])
+  if not (np.isfinite(box).all() and w > 0 and box[3] > 0):
     raise ValueError(f"bad detection box {tuple(box)}")
   points = np.asarray(keypoints, np.float64)
   inner, ears = points[:4].mean(axis=0), points[4:].mean(axis=0)
   centre = inner + np.array(INNER_OFFSET) * w + np.array(EAR_PULL) * (ears - inner)
-  side = BLAZEFACE_LANDMARK_SCALE * w
-  return cropping.Square(float(centre[0]), float(centre[1]) - cropping.CROP_SHIFT * side,
-                         cropping.CROP_SCALE * side)
-
+  return cropping.square_from_landmark_box(centre[0], centre[1], BLAZEFACE_LANDMARK_SCALE * w)
 
 
 DETECTORS = ("blazeface", "haar", "haar_profile", "none")

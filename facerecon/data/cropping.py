@@ -61,7 +61,13 @@ def square_from_landmarks(landmarks) -> Square:
   if size <= 0:
     raise ValueError("landmarks are all at one point")
   centre = 0.5 * (low + high)
-  return Square(float(centre[0]), float(centre[1]) - CROP_SHIFT * size, CROP_SCALE * size)
+  return square_from_landmark_box(centre[0], centre[1], size)
+
+
+def square_from_landmark_box(centre_x: float, centre_y: float, size: float) -> Square:
+  """The crop square of a landmark box (its centre and larger side), found
+  or implied by a detector: the landmark rule."""
+  return Square(float(centre_x), float(centre_y) - CROP_SHIFT * size, CROP_SCALE * size)
 
 
 def square_from_detection(box, landmark_scale: float = DETECTOR_LANDMARK_SCALE,
@@ -71,9 +77,8 @@ def square_from_detection(box, landmark_scale: float = DETECTOR_LANDMARK_SCALE,
   x, y, w, h = (float(v) for v in box)
   if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
     raise ValueError(f"bad detection box {tuple(box)}")
-  size = landmark_scale * w
-  centre_y = y + 0.5 * h + landmark_shift * w
-  return Square(x + 0.5 * w, centre_y - CROP_SHIFT * size, CROP_SCALE * size)
+  return square_from_landmark_box(x + 0.5 * w, y + 0.5 * h + landmark_shift * w,
+                                  landmark_scale * w)
 
 
 def centred_square(height: int, width: int) -> Square:
