@@ -35,7 +35,7 @@ from facerecon import detect
 from facerecon import inference
 from facerecon import memory
 from facerecon import morphable
-from facerecon import reconstruct
+from facerecon import outputs
 from facerecon import rundir
 from facerecon.data import cropping
 from facerecon.data import photos
@@ -86,7 +86,7 @@ def main(argv):
     found_square = detector.crop_squares(photo)[1][0]
     fits = predictor(cropping.crop(photo, found_square, size)[None])
     pose = cropping.pose_to_photo(fits.params[0, :7], found_square, size, photo.shape[0])
-    return reconstruct.posed_mesh(fits.vertices[0], pose)
+    return outputs.posed_mesh(fits.vertices[0], pose)
 
   figures = {
       "detect (per photo)": timing.median_ms(detector.detect, photo, repeats=repeats),

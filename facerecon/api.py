@@ -24,8 +24,8 @@ import numpy as np
 
 from facerecon import detect as detect_lib
 from facerecon import inference
+from facerecon import outputs
 from facerecon import params as params_lib
-from facerecon import reconstruct
 from facerecon import rundir
 from facerecon.data import cropping
 
@@ -91,7 +91,7 @@ class Reconstructor:
     faces = []
     for k, square in enumerate(squares):
       pose = cropping.pose_to_photo(fits.params[k, :params_lib.NUM_POSE], square, size, height)
-      posed = np.asarray(reconstruct.posed_mesh(fits.vertices[k], pose), np.float64)
+      posed = np.asarray(outputs.posed_mesh(fits.vertices[k], pose), np.float64)
       vertices = np.stack([posed[:, 0], height - 1 - posed[:, 1], posed[:, 2]], axis=1)
       depth = np.where(fits.mask[k], fits.depth[k], np.nan).astype(np.float32)
       box = (boxes[k] if self.detector is not None else

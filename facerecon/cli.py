@@ -22,10 +22,11 @@ Modes (--mode):
             with status 143 (as if killed by it, so schedulers retry)
   preview   build the face model, sample faces, write preview.png
   reconstruct
-            3D faces from the photos in --input (files or folders; the flag
-            may repeat) with the networks trained in --workdir (default: the
-            shipped model), written to --output (facerecon.reconstruct);
-            exits with status 1 if any photo failed
+            3D faces from the photos and videos in --input (files or
+            folders; the flag may repeat) with the networks trained in
+            --workdir (default: the shipped model), written to --output
+            (facerecon.reconstruct; videos: facerecon.video); exits with
+            status 1 if any photo or video failed
   evaluate  AFLW2000-3D-style NME by yaw on the folder --input, or the
             synthetic test split with --input=synthetic (facerecon.evaluate);
             prints the table and writes <workdir>/evaluation_<name>.json
@@ -51,8 +52,10 @@ from ml_collections import config_flags
 from facerecon import config_checks
 from facerecon import detect
 from facerecon import memory
+from facerecon import outputs
 from facerecon import reconstruct
 from facerecon import rundir
+from facerecon import video
 
 # `training`, `preview` and `evaluate` are imported in the modes that use
 # them: reconstruct loads no training code, Grain or tfds (tested), and
@@ -73,7 +76,8 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: processes in all.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 _INPUT = flags.DEFINE_multi_string(
-    "input", None, "reconstruct: a photo or a folder of photos (repeat the flag for more); "
+    "input", None, "reconstruct: a photo, a video or a folder of them (repeat the flag for "
+    "more); "
     "evaluate: an AFLW2000-3D style folder (<stem>.jpg + <stem>.mat) or 'synthetic'.")
 _OUTPUT = flags.DEFINE_string("output", None, "reconstruct: the output folder; evaluate: "
                               "where to write evaluation_<name>.json (default: the run, or "
@@ -87,8 +91,15 @@ _BATCH = flags.DEFINE_integer("batch", 16, "reconstruct/evaluate: faces per netw
 _MAX_FACES = flags.DEFINE_integer("max_faces", 8, "reconstruct: faces per photo, largest "
                                   "first.")
 _WRITE = flags.DEFINE_list(
-    "outputs", list(reconstruct.OUTPUTS), "reconstruct: the files to write, any of "
-    f"{', '.join(reconstruct.OUTPUTS)} (obj is textured when the model has UVs).")
+    "outputs", None, "reconstruct: the files to write, any of "
+    f"{', '.join(outputs.OUTPUTS)} (facerecon.outputs; obj is textured when the model has "
+    "UVs). Default: all for photos; for videos "
+    f"{', '.join(video.DEFAULT_OUTPUTS)} (per frame; overlay, pncc and normals as videos).")
+_SMOOTH = flags.DEFINE_bool("smooth", True, "reconstruct, videos: smooth each tracked face's "
+                            "parameters over time (One Euro filter, facerecon.video).")
+_REDETECT = flags.DEFINE_integer(
+    "redetect_every", video.REDETECT_EVERY, "reconstruct, videos: frames between detector "
+    "runs while faces are tracked (it also runs whenever none is).")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() and let it find the cluster "
     "(Cloud TPU pods, SLURM, ...).")
@@ -199,15 +210,22 @@ def _apply_trained(explicit_config) -> int:
     return 0
   if not _OUTPUT.value:
     raise app.UsageError("--mode=reconstruct needs --output")
-  unknown = set(_WRITE.value) - set(reconstruct.OUTPUTS)
-  if unknown or not _WRITE.value:
-    raise app.UsageError(f"--outputs: unknown {sorted(unknown)} or none given (choose from "
-                         f"{', '.join(reconstruct.OUTPUTS)})")
+  if _REDETECT.value < 1:
+    raise app.UsageError(f"--redetect_every must be >= 1, got {_REDETECT.value}")
+  try:
+    written = None if _WRITE.value is None else outputs.check_outputs(_WRITE.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   summary = reconstruct.reconstruct(config, run.path, inputs, _OUTPUT.value,
                                     batch_size=_BATCH.value, detector=detector,
-                                    max_faces=_MAX_FACES.value, outputs=_WRITE.value)
-  print(f"reconstructed {summary.faces} faces from {summary.photos - len(summary.failures)} "
-        f"of {summary.photos} photos into {_OUTPUT.value}")
+                                    max_faces=_MAX_FACES.value, outputs=written,
+                                    smoothing=_SMOOTH.value, redetect_every=_REDETECT.value)
+  sources = [f"{summary.photos_read()} of {summary.photos} photos"] if summary.photos else []
+  if summary.videos:
+    sources.append(f"{len(summary.videos)} videos "
+                   f"({sum(v.frames for v in summary.videos)} frames)")
+  print(f"reconstructed {summary.faces} faces from {' and '.join(sources) or 'nothing'} "
+        f"into {_OUTPUT.value}")
   for path, reason in summary.failures:
     print(f"  failed: {path}: {reason}")
   return 1 if summary.failures else 0

@@ -175,7 +175,8 @@ def _decode(regressors, logits, anchors, side: int):
   return boxes, keypoints, scores
 
 
-def _iou(box, boxes):
+def box_iou(box, boxes):
+  """Intersection over union of a box and boxes [K, 4], corners (x0, y0, x1, y1) -> [K]."""
   x0 = np.maximum(box[0], boxes[:, 0])
   y0 = np.maximum(box[1], boxes[:, 1])
   x1 = np.minimum(box[2], boxes[:, 2])
@@ -202,7 +203,7 @@ def weighted_suppression(boxes, keypoints, scores, iou: float):
   kept_boxes, kept_points, kept_scores = [], [], []
   remaining = np.arange(len(scores))
   while remaining.size:
-    overlap = _iou(boxes[remaining[0]], boxes[remaining])
+    overlap = box_iou(boxes[remaining[0]], boxes[remaining])
     group = remaining[overlap > iou]
     group = group if group.size else remaining[:1]
     weights = scores[group] / scores[group].sum()
@@ -331,7 +332,7 @@ class BlazeFace:
     # wide: blurry or busy tiles of large photos give false faces that a
     # second look at the face's own scale rejects.
     unconfirmed = [k for k in range(len(boxes))
-                   if not len(whole_boxes) or _iou(boxes[k], whole_boxes).max() <= self.iou]
+                   if not len(whole_boxes) or box_iou(boxes[k], whole_boxes).max() <= self.iou]
     if unconfirmed:
       checked = self._second_look(image, boxes[unconfirmed])
       for k, found in zip(unconfirmed, checked):

@@ -69,8 +69,7 @@ class Predictor:
   def __init__(self, config, workdir: str | None, batch_size: int = 16):
     """`workdir` None: CoarseNet freshly initialised, no FineNet (for timings)."""
     self.mesh = parallel.make_mesh()
-    devices = self.mesh.size
-    self.batch_size = -(-max(1, batch_size) // devices) * devices  # a multiple of the devices
+    self.batch_size = self._whole_devices(batch_size)
     self.size = config.image_size
     trained = (networks.fresh(config, self.mesh) if workdir is None
                else networks.load_trained(config, rundir.RunDir(workdir), self.mesh))
@@ -87,15 +86,22 @@ class Predictor:
     self.start_face = self._context[2]
     self._predict = _predict_fn(trained.coarse_net, trained.fine_net, config, self.mesh)
 
-  def __call__(self, crops: np.ndarray) -> FaceFits:
-    """FaceFits of uint8 crops [n, S, S, 3], any n (run `batch_size` at a time)."""
+  def _whole_devices(self, batch_size: int) -> int:
+    """`batch_size` rounded up to a multiple of the devices (at least one each)."""
+    devices = self.mesh.size
+    return -(-max(1, batch_size) // devices) * devices
+
+  def __call__(self, crops: np.ndarray, batch_size: int | None = None) -> FaceFits:
+    """FaceFits of uint8 crops [n, S, S, 3], any n (run `batch_size` at a
+    time: the Predictor's unless given; each size compiles once)."""
     crops = np.asarray(crops)
+    batch_size = self.batch_size if batch_size is None else self._whole_devices(batch_size)
     if crops.ndim != 4 or crops.shape[1:] != (self.size, self.size, 3):
       raise ValueError(f"crops must be [n, {self.size}, {self.size}, 3], got {crops.shape}")
     parts = []
-    for start in range(0, len(crops), self.batch_size):
-      chunk = crops[start:start + self.batch_size]
-      padded = np.zeros((self.batch_size,) + crops.shape[1:], np.uint8)
+    for start in range(0, len(crops), batch_size):
+      chunk = crops[start:start + batch_size]
+      padded = np.zeros((batch_size,) + crops.shape[1:], np.uint8)
       padded[:len(chunk)] = chunk
       fits = self._predict(*self._arguments, parallel.shard_batch(padded, self.mesh),
                            *self._context)

@@ -153,11 +153,18 @@ _FINE_LABELS = ("photo", "coarse depth", "fine depth", "coarse shaded", "fine sh
                 "true shaded")
 
 
-def shade_fits(model: morphable.MorphableModel, params, size: int):
-  """Grey-textured Lambertian renders of fits: params [B, P] posed for an
-  image of `size` -> (RGB [B, size, size, 3] in [0, 1], mask [B, size, size])."""
-  shaded, _, _, mask = _shade_and_depth(model, params, None, size, size)
-  return shaded, mask
+@functools.partial(jax.jit, static_argnames=("size",))
+def fit_images(model: morphable.MorphableModel, params, size: int):
+  """Renders of fits, params [B, P] posed for an image of `size`: (grey
+  Lambertian shading, the PNCC code, the normals as RGB = (n + 1) / 2 in the
+  camera frame (x right, y up, z towards the viewer): each [B, size, size, 3]
+  in [0, 1]; mask [B, size, size])."""
+  face = face_render.render_face(model, params, None, size, size)
+  shaded = jnp.clip(shading.lambertian(face.albedo, face.normals, DEFAULT_LIGHT), 0.0, 1.0)
+  shaded = jnp.where(face.mask[..., None], shaded, BACKGROUND)
+  normals = jnp.where(face.mask[..., None], 0.5 * (face.normals + 1.0), 0.0)
+  pncc = jnp.where(face.mask[..., None], face.pncc, 0.0)
+  return shaded, pncc, normals, face.mask
 
 
 def overlay_on_photo(photo: np.ndarray, render_rgb, render_mask, to_photo_matrix,

@@ -70,3 +70,15 @@ def _flatten(tree, prefix=""):
     else:
       out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
   return out
+
+
+@pytest.mark.slow
+def test_video_benchmark_prints_jitter_and_lag_with_and_without_smoothing():
+  result = subprocess.run(
+      [sys.executable, "benchmarks/video.py", "--frames=8"], cwd=ROOT,
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = [line.split() for line in result.stdout.splitlines()
+          if line.startswith(("still ", "pan "))]
+  assert [row[:2] for row in rows] == [["still", "False"], ["still", "True"],
+                                       ["pan", "False"], ["pan", "True"]]

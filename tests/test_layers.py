@@ -33,7 +33,7 @@ LAYERS = (
     ("inference", ("facerecon.inference",)),
     ("apps", ("facerecon.reconstruct", "facerecon.evaluate", "facerecon.preview",
               "facerecon.export", "facerecon.detect", "facerecon.api",
-              "facerecon.texture")),
+              "facerecon.texture", "facerecon.outputs", "facerecon.video")),
     # The package itself: its `Reconstructor` attribute is the API's, imported on first use.
     ("entry points", ("main", "facerecon", "facerecon.cli", "data_pipeline", "data_pipeline.*", "benchmarks",
                       "benchmarks.*")),

@@ -25,6 +25,7 @@ from facerecon import export
 from facerecon import face_models
 from facerecon import inference
 from facerecon import morphable
+from facerecon import outputs
 from facerecon import reconstruct
 from facerecon import training
 from facerecon.data import cropping
@@ -124,7 +125,16 @@ def test_reconstruct_writes_every_output_and_reports_failures(run_dir, photo_fol
     np.testing.assert_array_equal(mask, np.isfinite(depth))
     np.testing.assert_allclose(decoded[mask], depth[mask], atol=1e-3 * np.ptp(depth[mask]))
     overlay = cv2.imread(os.path.join(out, stem + "_overlay.png"))
-    assert overlay.shape[:2] == (min(size, reconstruct.PREVIEW_SIDE),) * 2
+    assert overlay.shape[:2] == (min(size, outputs.PREVIEW_SIDE),) * 2
+    # PNCC and normals: the face on black, where the landmarks are.
+    shrink = overlay.shape[0] / size
+    for name in ("pncc", "normals"):
+      image = cv2.imread(os.path.join(out, stem + f"_{name}.png"))
+      assert image.shape == overlay.shape
+      rows, columns = np.nonzero(image.max(axis=2) > 0)
+      assert len(rows) > 20
+      np.testing.assert_allclose([columns.mean(), rows.mean()],
+                                 landmarks.mean(axis=0) * shrink, atol=0.15 * size * shrink)
   # The same face in colour, grey 16-bit and RGBA: about the same fit.
   fits = [json.load(open(os.path.join(out, s + "_face0.json")))["landmarks"]
           for s in ("astronaut", "more/grey16", "more/rgba")]

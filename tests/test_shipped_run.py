@@ -12,6 +12,7 @@ from test_cropping import astronaut_photo
 from facerecon import evaluate
 from facerecon import face_models
 from facerecon import fileio
+from facerecon import outputs
 from facerecon import reconstruct
 from facerecon import rundir
 from facerecon.data import cropping
@@ -68,7 +69,7 @@ def test_the_shipped_run_reconstructs_a_photo(shipped, tmp_path):
   mesh = trimesh.load(tmp_path / "out" / "astronaut_face0.obj", process=False)
   assert isinstance(mesh.visual, trimesh.visual.TextureVisuals)
   image = np.asarray(mesh.visual.material.image.convert("RGB"))
-  assert image.shape == (reconstruct.TEXTURE_SIZE,) * 2 + (3,)
+  assert image.shape == (outputs.TEXTURE_SIZE,) * 2 + (3,)
   # Her face's skin: the texture's centre is reddish, as the photo is there.
   middle = image[200:312, 200:312].reshape(-1, 3).astype(int)
   assert np.median(middle[:, 0] - middle[:, 2]) > 20

@@ -16,6 +16,14 @@ from facerecon import fileio
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+
+def is_video(name: str) -> bool:
+  """Whether a file name has one of the VIDEO_SUFFIXES (any case)."""
+  return name.lower().endswith(VIDEO_SUFFIXES)
+
+
 def is_photo(name: str) -> bool:
   """Whether a file name has one of the IMAGE_SUFFIXES (any case)."""
   return name.lower().endswith(IMAGE_SUFFIXES)
@@ -45,16 +53,19 @@ def read_photo(path: str) -> np.ndarray:
     raise ValueError(f"{path}: cannot decode the image") from e
 
 
-def find_photos(path: str) -> list[str]:
-  """The photo files of `path`: the file itself, or every photo below the
-  folder (sorted). FileNotFoundError when there is none."""
+def find_photos(path: str, videos: bool = False) -> list[str]:
+  """The photo files of `path` (and video files, if `videos`): the file
+  itself, or every such file below the folder (sorted). FileNotFoundError
+  when there is none."""
   if os.path.isfile(path):
     return [path]
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path} does not exist")
+  suffixes = IMAGE_SUFFIXES + (VIDEO_SUFFIXES if videos else ())
   found = []
   for directory, _, names in os.walk(path):
-    found += [os.path.join(directory, n) for n in names if is_photo(n)]
+    found += [os.path.join(directory, n) for n in names if n.lower().endswith(suffixes)]
   if not found:
-    raise FileNotFoundError(f"{path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    raise FileNotFoundError(f"{path} holds no image{' or video' if videos else ''} files "
+                            f"({', '.join(suffixes)})")
   return sorted(found)

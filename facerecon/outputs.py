@@ -1,0 +1,203 @@
+"""The files written for fitted faces: meshes, depth, landmarks, JSON and
+the per-photo images (overlay, PNCC, normals), for `facerecon.reconstruct`'s
+photos and `facerecon.video`'s frames alike.
+
+Per face, `<stem>_face<k>`:
+  .obj / .ply           the dense mesh; coordinates are the photo's pixels
+                        with y up: column = x, row = H - 1 - y, z towards the
+                        viewer (f R v + t3d). The OBJ is textured when the
+                        model has UVs (.mtl and _texture.png beside it: the
+                        photo baked into the UV layout, `facerecon.texture`),
+                        else vertex-coloured; the PLY has vertex colours
+  _depth.png / .npy     the depth map of the crop (16-bit PNG, 0 off the
+                        face, scale in the JSON; float32 .npy, NaN off the
+                        face), FineNet's when it ran
+  _landmarks.txt        68 landmarks, photo pixels (column row)
+  _landmarks3d.txt      the mesh's 68 landmark vertices (column, row, z
+                        towards the viewer)
+  .json                 parameters in the model's layout (facerecon.params),
+                        posed in the photo and in the crop; pose in degrees
+                        (pitch, yaw, roll: facerecon.api's convention);
+                        landmarks; box; crop; depth scale
+Per photo, every face drawn in (the photo shrunk to at most PREVIEW_SIDE):
+  _overlay.png          the photo with the shaded meshes and landmarks
+  _pncc.png             the faces' PNCC code (3DDFA's projected normalised
+                        coordinate code) on black
+  _normals.png          the faces' normals, RGB = (n + 1) / 2 with x right,
+                        y up, z towards the viewer, on black
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import cv2
+import jax
+import numpy as np
+
+from facerecon import camera
+from facerecon import export
+from facerecon import fileio
+from facerecon import morphable
+from facerecon import params as params_lib
+from facerecon import texture
+from facerecon import visualize
+from facerecon.data import cropping
+
+OVERLAY_RENDER_SIZE = 256  # faces are rendered at this size, then warped into the photo
+PREVIEW_SIDE = 1024        # the per-photo images and vertex colours use the photo shrunk to this
+TEXTURE_SIZE = 512         # the textured OBJ's image side
+OUTPUTS = ("obj", "ply", "depth", "landmarks", "json", "overlay", "pncc", "normals")
+PHOTO_IMAGES = ("overlay", "pncc", "normals")  # one image per photo, not per face
+
+
+def check_outputs(outputs) -> tuple[str, ...]:
+  """`outputs` as a tuple; ValueError naming --outputs when one is unknown or none given."""
+  outputs = tuple(outputs)
+  unknown = set(outputs) - set(OUTPUTS)
+  if unknown or not outputs:
+    raise ValueError(f"--outputs: unknown or none: {sorted(unknown) or 'empty'} (choose "
+                     f"from {', '.join(OUTPUTS)})")
+  return outputs
+
+
+@dataclasses.dataclass
+class Photo:
+  """A photo (or a video frame) and its faces' crops, on the way to its files."""
+  path: str
+  stem: str                 # output path without suffix
+  height: int
+  width: int
+  preview: np.ndarray       # the photo shrunk to at most PREVIEW_SIDE
+  shrink: float             # preview pixels per photo pixel
+  boxes: np.ndarray         # [F, 4] detector boxes (x, y, w, h); [0, 4] without a detector
+  squares: list             # cropping.Square per face
+  crops: np.ndarray         # [F, S, S, 3] uint8
+  fitted: list = dataclasses.field(default_factory=list)  # FittedFace per face fitted so far
+  face_names: list | None = None  # the faces' numbers in file names (default 0, 1, ...)
+
+
+def photo_from_image(image: np.ndarray, path: str, stem: str, boxes, squares,
+                     size: int) -> Photo:
+  """A Photo of an RGB image and its faces' crop squares."""
+  height, width = image.shape[:2]
+  crops = (np.stack([cropping.crop(image, square, size) for square in squares])
+           if len(squares) else np.zeros((0, size, size, 3), np.uint8))
+  preview, shrink = cropping.shrink_to_side(image, PREVIEW_SIDE)
+  return Photo(path, stem, height, width, preview, shrink, np.asarray(boxes).reshape(-1, 4),
+               list(squares), crops)
+
+
+class FittedFace(NamedTuple):
+  fit: object                # inference.FaceFits of this face (no batch axis)
+  shaded: np.ndarray         # [R, R, 3] the shaded mesh as an R x R crop of the face's square
+  pncc: np.ndarray           # [R, R, 3] its PNCC code
+  normals: np.ndarray        # [R, R, 3] its normals as RGB
+  mask: np.ndarray           # [R, R]
+
+
+def posed_mesh(vertices, pose):
+  """Model-space vertices [N, 3] posed in the photo: f R v + t3d (y up)."""
+  return _posed_mesh(np.asarray(vertices, np.float32), np.asarray(pose, np.float32))
+
+
+_posed_mesh = jax.jit(camera.transform_scaled_orthographic)
+
+
+def render_fits(fits, model, batch_size: int, size: int) -> list[FittedFace]:
+  """FittedFaces of a batch of fits (inference.FaceFits of at most
+  `batch_size` crops of side `size`)."""
+  count = len(fits.params)
+  # The render is each crop drawn at render_size: a render_size crop of the
+  # face's square (`cropping.to_photo_matrix` puts it in the photo).
+  render_size = OVERLAY_RENDER_SIZE
+  scale, offset = cropping.crop_transform(cropping.centred_square(size, size), render_size)
+  poses = camera.pose_after_image_similarity(fits.params[:, :params_lib.NUM_POSE], scale,
+                                             offset, size, new_height=render_size)
+  params = np.concatenate([poses, fits.params[:, params_lib.NUM_POSE:]], axis=1)
+  # One render for the batch, padded to its size so it compiles once.
+  padding = ((0, batch_size - count), (0, 0))
+  shaded, pncc, normals, mask = map(np.asarray, visualize.fit_images(
+      model, np.pad(params, padding, mode="edge"), render_size))
+  return [FittedFace(type(fits)(*(field[i] for field in fits)), shaded[i], pncc[i],
+                     normals[i], mask[i]) for i in range(count)]
+
+
+def write_face(photo: Photo, k: int, face: FittedFace, model, size: int,
+               model_name: str, has_fine: bool, outputs) -> np.ndarray:
+  """Writes one face's files (those in `outputs`); returns its photo-frame
+  landmarks."""
+  square = photo.squares[k]
+  stem = f"{photo.stem}_face{k if photo.face_names is None else photo.face_names[k]}"
+  fit = face.fit
+  params = fit.params
+  photo_pose = cropping.pose_to_photo(params[:params_lib.NUM_POSE], square, size,
+                                      photo.height)
+  photo_params = np.concatenate([photo_pose, params[params_lib.NUM_POSE:]]).astype(np.float32)
+  landmarks = cropping.to_photo(fit.landmarks, square, size)
+  vertices = np.asarray(posed_mesh(fit.vertices, photo_pose), np.float32)
+  # Vertex colours: the photo (its preview) at each vertex's pixel.
+  columns = vertices[:, 0] * photo.shrink
+  rows = (photo.height - 1 - vertices[:, 1]) * photo.shrink
+  colours = cv2.remap(photo.preview, columns[None].astype(np.float32),
+                      rows[None].astype(np.float32), cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_REPLICATE)[0] / 255.0
+  triangles = np.asarray(model.triangles)
+  if "obj" in outputs and model.uv is not None:
+    # Baked from the preview: vertices in its pixels, y down.
+    in_preview = np.stack([columns, rows, vertices[:, 2] * photo.shrink], axis=1)
+    image, _ = texture.bake(photo.preview, in_preview, triangles,
+                            np.asarray(morphable.vertex_uv(model)), TEXTURE_SIZE)
+    export.write_textured_obj(stem + ".obj", vertices, triangles,
+                              np.asarray(morphable.vertex_uv(model)), image)
+  elif "obj" in outputs:
+    export.write_obj(stem + ".obj", vertices, triangles, colours)
+  if "ply" in outputs:
+    export.write_ply(stem + ".ply", vertices, triangles, colours)
+  depth_info = export.write_depth(stem, fit.depth, fit.mask) if "depth" in outputs else {}
+  if "landmarks" in outputs:
+    with fileio.atomic_write(stem + "_landmarks.txt", "w") as f:
+      np.savetxt(f, landmarks, fmt="%.3f")
+    # The mesh's landmark vertices: column, row, z towards the viewer.
+    marks = vertices[np.asarray(model.landmark_indices)]
+    with fileio.atomic_write(stem + "_landmarks3d.txt", "w") as f:
+      np.savetxt(f, np.stack([marks[:, 0], photo.height - 1 - marks[:, 1], marks[:, 2]], 1),
+                 fmt="%.3f")
+  if "json" not in outputs:
+    return landmarks
+  layout = model.layout
+  export.write_json(stem + ".json", {
+      "photo": photo.path, "face": k if photo.face_names is None else photo.face_names[k],
+      "model": model_name,
+      "layout": {"pose": ["phi", "gamma", "theta", "t3d_x", "t3d_y", "t3d_z", "f"],
+                 "num_shape": layout.num_shape, "num_expression": layout.num_expression},
+      "params": photo_params, "params_in_crop": params,
+      "pose_degrees": dict(zip(("pitch", "yaw", "roll"),
+                               np.degrees(photo_pose[:3]).tolist())),
+      "landmarks": landmarks,
+      "box": photo.boxes[k] if len(photo.boxes) else None,
+      "crop": {"centre": [square.centre_x, square.centre_y], "side": square.side,
+               "size": size},
+      "depth": {**{key: value for key, value in depth_info.items()
+                   if key not in ("png", "npy")},
+                "units": "crop pixels", "fine": has_fine},
+  })
+  return landmarks
+
+
+def write_photo(photo: Photo, model, size: int, model_name: str, has_fine: bool,
+                outputs) -> dict:
+  """Writes the per-face files of a photo whose faces are all fitted;
+  returns its images (PHOTO_IMAGES: name -> RGB uint8 of the preview's size)
+  with the faces drawn in. The caller writes those it wants."""
+  images = {"overlay": photo.preview, "pncc": np.zeros_like(photo.preview),
+            "normals": np.zeros_like(photo.preview)}
+  for k, face in enumerate(photo.fitted):
+    landmarks = write_face(photo, k, face, model, size, model_name, has_fine, outputs)
+    matrix = cropping.to_photo_matrix(photo.squares[k], OVERLAY_RENDER_SIZE) * photo.shrink
+    images["overlay"] = visualize.overlay_on_photo(images["overlay"], face.shaded, face.mask,
+                                                   matrix, landmarks * photo.shrink)
+    for name in ("pncc", "normals"):
+      if name in outputs:
+        images[name] = visualize.overlay_on_photo(images[name], getattr(face, name),
+                                                  face.mask, matrix, opacity=1.0)
+  return images
