@@ -73,11 +73,12 @@ class DownloadError(Exception):
     self.transient = transient
 
 
-def read_url_files(files_dir: str) -> tuple[list[Task], list[tuple[str, str, str, str]]]:
-  """All tasks of `<files_dir>/*.txt`, and (name, id, url, reason) of bad lines."""
+def iter_url_files(files_dir: str):
+  """The lines of `<files_dir>/*.txt`, file by file in name order, without
+  holding them (VGG Face's 2.6M lines took 1.2 GB as a list): a Task per
+  good line, (name, id, url, reason) per bad one."""
   if not os.path.isdir(files_dir):
     raise FileNotFoundError(f"--files_dir {files_dir} is not a folder")
-  tasks, bad = [], []
   names = sorted(f for f in os.listdir(files_dir) if f.endswith(".txt"))
   if not names:
     raise FileNotFoundError(f"no <Name>.txt files in {files_dir}")
@@ -92,10 +93,17 @@ def read_url_files(files_dir: str) -> tuple[list[Task], list[tuple[str, str, str
           box = tuple(float(v) for v in fields[2:6])
           if len(fields) < 6 or len(box) != 4:
             raise ValueError
-          tasks.append(Task(name, fields[0], fields[1], box))
+          yield Task(name, fields[0], fields[1], box)
         except ValueError:
-          bad.append((name, fields[0], fields[1] if len(fields) > 1 else "",
-                      f"bad line {number} of {file_name}"))
+          yield (name, fields[0], fields[1] if len(fields) > 1 else "",
+                 f"bad line {number} of {file_name}")
+
+
+def read_url_files(files_dir: str) -> tuple[list[Task], list[tuple[str, str, str, str]]]:
+  """All tasks of `<files_dir>/*.txt`, and (name, id, url, reason) of bad lines."""
+  tasks, bad = [], []
+  for item in iter_url_files(files_dir):
+    (tasks if isinstance(item, Task) else bad).append(item)
   return tasks, bad
 
 
@@ -189,16 +197,20 @@ def download_one(task: Task, output_dir: str, options: Options) -> str | None:
 IN_FLIGHT_PER_WORKER = 4
 
 
-def download_all(tasks: list[Task], output_dir: str, options: Options, workers: int,
+def download_all(tasks, output_dir: str, options: Options, workers: int,
                  bad_lines=(), progress: bool = True) -> dict:
-  """Downloads every task not already on disk; writes failures.csv; returns a summary."""
+  """Downloads every task not already on disk; writes failures.csv; returns a
+  summary. `tasks`: any iterable of Task (read as it goes: a generator keeps
+  memory flat); `bad_lines` (name, id, url, reason) are listed as failures,
+  read once the tasks are done (so a generator may fill it as it goes)."""
   os.makedirs(output_dir, exist_ok=True)
-  todo = [t for t in tasks if not os.path.exists(output_path(output_dir, t))]
-  failures = list(bad_lines)
+  failures = []
+  counts = {"total": 0, "skipped": 0}
   lock = threading.Lock()
   bar = None
   if progress:
-    bar = tqdm.tqdm(total=len(todo), unit="img", file=sys.stderr, disable=None)
+    bar = tqdm.tqdm(total=len(tasks) if hasattr(tasks, "__len__") else None, unit="img",
+                    file=sys.stderr, disable=None)
   # At most IN_FLIGHT_PER_WORKER tasks per worker submitted and not yet
   # done: VGG Face's 2.6M URLs submitted at once held gigabytes of futures.
   limit = IN_FLIGHT_PER_WORKER * workers
@@ -215,7 +227,13 @@ def download_all(tasks: list[Task], output_dir: str, options: Options, workers: 
         if bar is not None:
           bar.update(1)
 
-    for task in todo:
+    for task in tasks:
+      counts["total"] += 1
+      if os.path.exists(output_path(output_dir, task)):
+        counts["skipped"] += 1
+        if bar is not None:
+          bar.update(1)
+        continue
       if len(pending) >= limit:
         done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
         collect(done)
@@ -223,6 +241,9 @@ def download_all(tasks: list[Task], output_dir: str, options: Options, workers: 
     collect(concurrent.futures.wait(pending).done)
   if bar is not None:
     bar.close()
+  downloaded = counts["total"] - counts["skipped"] - len(failures)
+  bad_lines = list(bad_lines)
+  failures += bad_lines
   manifest = os.path.join(output_dir, "failures.csv")
   text = io.StringIO()
   writer = csv.writer(text)
@@ -233,9 +254,8 @@ def download_all(tasks: list[Task], output_dir: str, options: Options, workers: 
   for *_, reason in failures:
     key = reason.split(" after ")[0]
     reasons[key] = reasons.get(key, 0) + 1
-  return {"total": len(tasks) + len(bad_lines), "skipped": len(tasks) - len(todo),
-          "downloaded": len(todo) - (len(failures) - len(bad_lines)),
-          "failed": len(failures), "reasons": reasons, "manifest": manifest}
+  return {"total": counts["total"] + len(bad_lines), "skipped": counts["skipped"],
+          "downloaded": downloaded, "failed": len(failures), "reasons": reasons, "manifest": manifest}
 
 
 FLAGS = flags.FLAGS
@@ -267,8 +287,16 @@ def main(argv):
                     retries=FLAGS.retries, backoff=FLAGS.backoff,
                     max_bytes=FLAGS.max_bytes, max_redirects=FLAGS.max_redirects,
                     jpeg_quality=FLAGS.jpeg_quality)
-  tasks, bad = read_url_files(FLAGS.files_dir)
-  summary = download_all(tasks, FLAGS.output_dir, options, FLAGS.workers, bad)
+  bad = []  # filled as the files are read
+
+  def tasks():
+    for item in iter_url_files(FLAGS.files_dir):
+      if isinstance(item, Task):
+        yield item
+      else:
+        bad.append(item)
+
+  summary = download_all(tasks(), FLAGS.output_dir, options, FLAGS.workers, bad)
   reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary["reasons"].items())) or "none"
   print(f"{summary['downloaded']} downloaded, {summary['skipped']} already there, "
         f"{summary['failed']} failed of {summary['total']} ({reasons}); "

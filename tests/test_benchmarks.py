@@ -82,3 +82,14 @@ def test_video_benchmark_prints_jitter_and_lag_with_and_without_smoothing():
           if line.startswith(("still ", "pan "))]
   assert [row[:2] for row in rows] == [["still", "False"], ["still", "True"],
                                        ["pan", "False"], ["pan", "True"]]
+
+
+def test_download_benchmark_streams_downloads_and_reads_a_url_list():
+  result = subprocess.run(
+      [sys.executable, "benchmarks/download.py", "--identities=3", "--per_identity=10",
+       "--downloads=8", "--workers=2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "streamed 30 lines" in result.stdout
+  assert re.search(r"^2 downloaded, 0 failed", result.stdout, re.M)
+  assert re.search(r"^8 downloaded, 0 failed", result.stdout, re.M)
+  assert "read 30 lines into a list" in result.stdout

@@ -271,3 +271,18 @@ def test_download_all_keeps_a_bounded_number_of_tasks_in_flight(tmp_path, monkey
   summary = dl.download_all(tasks, str(tmp_path / "out"), OPTIONS, workers=3, progress=False)
   assert summary["failed"] == 2000 and summary["reasons"] == {"refused": 2000}
   assert 3 <= most[0] <= dl.IN_FLIGHT_PER_WORKER * 3
+  # A stream of tasks (the command's: the URL files read as they go) is
+  # read only as fast as tasks finish (at most the bound ahead), and its bad
+  # lines still count.
+  def stream(bad):
+    for k, task in enumerate(tasks):
+      if k % 500 == 0:
+        bad.append(("someone", f"x{k}", "", "bad line"))
+      yield task
+
+  bad, most[0] = [], 0
+  summary = dl.download_all(stream(bad), str(tmp_path / "out2"), OPTIONS, workers=3,
+                            bad_lines=bad, progress=False)
+  assert summary["total"] == 2004 and summary["failed"] == 2004
+  assert summary["reasons"] == {"refused": 2000, "bad line": 4}
+  assert 3 <= most[0] <= dl.IN_FLIGHT_PER_WORKER * 3

@@ -1,0 +1,88 @@
+r"""The README's picture of textured meshes: photos, and the textured OBJ
+`facerecon reconstruct` writes for each (the same mesh and baked texture,
+through `facerecon.Reconstructor` and `facerecon.texture`), seen from the
+photo's camera and turned 35 degrees either way.
+
+    python docs/pictures.py --output=docs/textured_meshes.jpg PHOTO...
+
+Each photo's best face; the shipped model (or --workdir).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app
+from absl import flags
+import cv2
+import numpy as np
+
+import facerecon
+from facerecon import morphable
+from facerecon import render
+from facerecon import texture
+from facerecon.data import cropping
+from facerecon.data import photos
+
+_OUTPUT = flags.DEFINE_string("output", None, "The picture (.jpg or .png).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (default: the shipped one).")
+_TILE = flags.DEFINE_integer("tile", 220, "Pixels per tile side.")
+TURN_DEGREES = 35.0
+BACKGROUND = 245
+
+
+def textured_view(vertices, triangles, uv, image, square, tile: int, yaw_degrees: float):
+  """The textured mesh (photo pixels, y down, z towards the viewer) turned
+  by `yaw_degrees` about its centre, drawn into a `tile` x `tile` view of
+  the crop `square`."""
+  scale, offset = cropping.crop_transform(square, tile)
+  points = np.asarray(vertices, np.float64) * scale
+  points[:, :2] += offset
+  centre = points.mean(axis=0)
+  angle = np.radians(yaw_degrees)
+  turn = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0],
+                   [-np.sin(angle), 0, np.cos(angle)]])
+  points = (points - centre) @ turn.T + centre
+  raster = render.rasterize(points[None].astype(np.float32), triangles, tile, tile)
+  texel = np.asarray(render.interpolate(np.asarray(uv, np.float32), raster,
+                                        points[None].astype(np.float32), triangles))[0]
+  mask = np.asarray(raster.mask[0])
+  size = image.shape[0]
+  colour = cv2.remap(image, (texel[..., 0] * size - 0.5).astype(np.float32),
+                     ((1.0 - texel[..., 1]) * size - 0.5).astype(np.float32), cv2.INTER_LINEAR)
+  return np.where(mask[..., None], colour, BACKGROUND).astype(np.uint8)
+
+
+def main(argv):
+  paths = argv[1:]
+  if not paths or not _OUTPUT.value:
+    raise app.UsageError("give --output and one or more photos")
+  reconstructor = facerecon.Reconstructor(workdir=_WORKDIR.value)
+  model = reconstructor.model
+  triangles = np.asarray(model.triangles)
+  uv = np.asarray(morphable.vertex_uv(model))
+  tile = _TILE.value
+  rows = []
+  for path in paths:
+    photo = photos.read_photo(path)
+    faces = reconstructor(photo)
+    if not faces:
+      print(f"{path}: no face found: left out")
+      continue
+    face = faces[0]
+    image, _ = texture.bake(photo, face.vertices, triangles, uv)
+    square = cropping.square_from_landmarks(face.landmarks)
+    square = square._replace(side=square.side * 0.8)
+    row = [cropping.crop(photo, square, tile)]
+    row += [textured_view(face.vertices, triangles, uv, image, square, tile, yaw)
+            for yaw in (0.0, -TURN_DEGREES, TURN_DEGREES)]
+    rows.append(np.concatenate(row, axis=1))
+  picture = np.concatenate(rows, axis=0)
+  cv2.imwrite(_OUTPUT.value, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
+              [cv2.IMWRITE_JPEG_QUALITY, 88])
+  print(f"wrote {_OUTPUT.value}: {len(rows)} photos")
+
+
+if __name__ == "__main__":
+  app.run(main)
