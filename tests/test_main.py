@@ -1,5 +1,7 @@
 """End to end: the README's main command, on a small picture."""
 
+import os
+import re
 import subprocess
 import sys
 
@@ -93,3 +95,25 @@ def test_the_facerecon_command_line_becomes_main_flags():
   for wrong in (["facerecon"], ["facerecon", "fly"], ["facerecon", "reconstruct", "-o"]):
     with pytest.raises(SystemExit):
       cli.command_line_flags(wrong)
+
+
+@pytest.mark.slow
+def test_the_readme_first_command_reconstructs_the_example_photo(tmp_path):
+  """Command 1's reconstruct step, as the README writes it, with the
+  installed `facerecon` command and the shipped model."""
+  with open(os.path.join(ROOT, "README.md")) as f:
+    found = re.search(r"\.venv/bin/facerecon reconstruct (\S+) -o (\S+) &&", f.read())
+  assert found, "the README's first command no longer reconstructs a photo"
+  photo, _ = found.groups()
+  command = os.path.join(os.path.dirname(sys.executable), "facerecon")
+  if not os.path.exists(command):
+    pytest.skip("the facerecon command is not installed beside this Python")
+  env = {k: v for k, v in os.environ.items() if k != "FACERECON_RUN"}
+  result = subprocess.run([command, "reconstruct", photo, "-o", str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "reconstructed 1 faces from 1 of 1 photos" in result.stdout
+  stem = tmp_path / "out" / os.path.splitext(os.path.basename(photo))[0]
+  for suffix in ("_face0.obj", "_face0_texture.png", "_face0_landmarks.txt", "_overlay.png",
+                 "_pncc.png", "_normals.png"):
+    assert os.path.exists(f"{stem}{suffix}"), suffix
