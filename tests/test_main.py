@@ -1,5 +1,6 @@
 """End to end: the README's main command, on a small picture."""
 
+import json
 import os
 import re
 import subprocess
@@ -98,22 +99,45 @@ def test_the_facerecon_command_line_becomes_main_flags():
 
 
 @pytest.mark.slow
-def test_the_readme_first_command_reconstructs_the_example_photo(tmp_path):
-  """Command 1's reconstruct step, as the README writes it, with the
-  installed `facerecon` command and the shipped model."""
+def test_the_readme_first_command_reconstructs_its_photo_and_videos_too(tmp_path):
+  """Command 1's reconstruct step as the README writes it (the installed
+  `facerecon` command, the shipped model), given two clips as well: the
+  astronaut still, and panning 4 pixels a frame, which her landmarks follow
+  with one detector run per clip."""
   with open(os.path.join(ROOT, "README.md")) as f:
     found = re.search(r"\.venv/bin/facerecon reconstruct (\S+) -o (\S+) &&", f.read())
   assert found, "the README's first command no longer reconstructs a photo"
-  photo, _ = found.groups()
+  photo = found.group(1)
   command = os.path.join(os.path.dirname(sys.executable), "facerecon")
   if not os.path.exists(command):
     pytest.skip("the facerecon command is not installed beside this Python")
+  image = cv2.imread(os.path.join(ROOT, photo))
+  rng = np.random.default_rng(0)
+  noisy = lambda im: np.clip(im + rng.normal(0, 3, im.shape), 0, 255).astype(np.uint8)
+  os.makedirs(tmp_path / "clips")
+  for name, shift in (("pan", 4), ("still", 0)):
+    writer = cv2.VideoWriter(str(tmp_path / "clips" / f"{name}.mp4"),
+                             cv2.VideoWriter_fourcc(*"mp4v"), 25.0, image.shape[1::-1])
+    for t in range(12):
+      writer.write(noisy(np.roll(image, shift * t, axis=1)))
+    writer.release()
   env = {k: v for k, v in os.environ.items() if k != "FACERECON_RUN"}
-  result = subprocess.run([command, "reconstruct", photo, "-o", str(tmp_path / "out")],
+  out = tmp_path / "out"
+  result = subprocess.run([command, "reconstruct", photo, str(tmp_path / "clips"), "-o",
+                           str(out), "--nosmooth"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "reconstructed 1 faces from 1 of 1 photos" in result.stdout
-  stem = tmp_path / "out" / os.path.splitext(os.path.basename(photo))[0]
+  assert ("reconstructed 25 faces from 1 of 1 photos and 2 videos (24 frames)"
+          in result.stdout), result.stdout
+  stem = out / os.path.splitext(os.path.basename(photo))[0]
   for suffix in ("_face0.obj", "_face0_texture.png", "_face0_landmarks.txt", "_overlay.png",
                  "_pncc.png", "_normals.png"):
     assert os.path.exists(f"{stem}{suffix}"), suffix
+  with open(out / "summary.json") as f:
+    assert [v["detector_runs"] for v in json.load(f)["videos"]] == [1, 1]
+  pan = np.stack([np.loadtxt(out / "pan_frames" / f"{t:06d}_face0_landmarks.txt")
+                  for t in range(12)])
+  np.testing.assert_allclose(pan[..., 0].mean(1) - pan[0, :, 0].mean(), 4 * np.arange(12),
+                             atol=6)
+  capture = cv2.VideoCapture(str(out / "still_overlay.mp4"))
+  assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12

@@ -1,23 +1,19 @@
 """Videos: the One Euro filter, tracking (detector runs only when needed),
-per-frame files and overlay videos, failures; the shipped model following
-a real face through a clip and steadied by smoothing."""
+per-frame files and overlay videos, failures. The shipped model on real
+clips: tests/test_main.py (the command) and tests/test_benchmarks.py
+(smoothing steadies a still head)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
-from test_cropping import astronaut_photo
 
-from conftest import ROOT
 from facerecon import camera
 from facerecon import face_models
 from facerecon import inference
 from facerecon import morphable
-from facerecon import rundir
 from facerecon import video
 from facerecon.data import cropping
 import tiny
@@ -182,45 +178,3 @@ def test_broken_and_faceless_videos_are_reported(tmp_path):
       video.reconstruct_video(str(tmp_path / name), str(tmp_path / "out" / name), predictor,
                               detector, model_name="embedded")
   assert detector.runs == 4  # with nothing tracked, the detector runs on every frame
-
-
-@pytest.mark.slow
-def test_main_reconstructs_a_video_with_the_shipped_model(tmp_path):
-  """The shipped model follows the astronaut panning through a noisy clip,
-  and smoothing steadies her landmarks on a still one (`facerecon reconstruct`)."""
-  saved = os.environ.pop(rundir.RUN_VARIABLE, None)
-  try:
-    if rundir.default_run() is None:
-      pytest.skip("no shipped run in this install")
-  finally:
-    if saved is not None:
-      os.environ[rundir.RUN_VARIABLE] = saved
-  photo = astronaut_photo()
-  rng = np.random.default_rng(0)
-  noisy = lambda image: np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
-  pan = [noisy(np.roll(photo, 4 * t, axis=1)) for t in range(16)]
-  os.makedirs(tmp_path / "clips")
-  write_clip(tmp_path / "clips" / "pan.mp4", pan)
-  write_clip(tmp_path / "clips" / "still.mp4", [noisy(photo) for _ in range(16)])
-  env = {k: v for k, v in os.environ.items() if k != rundir.RUN_VARIABLE}
-  jitter = {}
-  for smooth in ("--smooth", "--nosmooth"):
-    out = tmp_path / smooth.strip("-")
-    result = subprocess.run(
-        [sys.executable, "-c", "from facerecon import cli; cli.command()", "reconstruct",
-         str(tmp_path / "clips"), "-o", str(out), smooth],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "2 videos (32 frames)" in result.stdout
-    summary = json.load(open(out / "summary.json"))
-    assert [v["detector_runs"] for v in summary["videos"]] == [1, 1]
-    marks = lambda clip: np.stack([np.loadtxt(out / f"{clip}_frames" /
-                                              f"{t:06d}_face0_landmarks.txt")
-                                   for t in range(16)])
-    moved = marks("pan")[..., 0].mean(axis=1) - marks("pan")[0, :, 0].mean()
-    if smooth == "--nosmooth":  # tracked: 4 pixels a frame, within a few pixels
-      np.testing.assert_allclose(moved, 4 * np.arange(16), atol=6)
-    still = marks("still")
-    jitter[smooth] = np.linalg.norm(np.diff(still, axis=0), axis=-1).mean()
-    assert len(read_clip(out / "still_overlay.mp4")) == 16
-  assert jitter["--smooth"] < 0.5 * jitter["--nosmooth"], jitter
