@@ -170,20 +170,28 @@ def _frames(path: str):
 
 class _VideoWriters:
   """The per-frame images (outputs_lib.PHOTO_IMAGES asked for) as videos,
-  written locally and moved into place (local or gs://) when complete."""
+  put in place whole when complete: written beside their final name under a
+  hidden name (local outputs), or in `scratch` and copied (gs://)."""
 
   def __init__(self, stem: str, names, fps: float, scratch: str):
     self.stem, self.names, self.fps, self.scratch = stem, tuple(names), fps, scratch
     self.writers = {}
+
+  def _partial(self, name: str) -> str:
+    if fileio.is_url(self.stem):
+      return os.path.join(self.scratch, f"{name}.mp4")
+    folder, base = os.path.split(self.stem)
+    return os.path.join(folder, f".{base}_{name}.partial.mp4")
 
   def write(self, images: dict) -> None:
     for name in self.names:
       image = images[name]
       if name not in self.writers:
         height, width = image.shape[:2]
-        self.writers[name] = cv2.VideoWriter(
-            os.path.join(self.scratch, f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
-            self.fps, (width, height))
+        fileio.makedirs(os.path.dirname(self.stem) or ".")
+        self.writers[name] = cv2.VideoWriter(self._partial(name),
+                                             cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                             (width, height))
         if not self.writers[name].isOpened():
           raise OSError(f"{self.stem}_{name}.mp4: OpenCV cannot write mp4 videos here")
       self.writers[name].write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
@@ -191,8 +199,19 @@ class _VideoWriters:
   def finish(self) -> None:
     for name, writer in self.writers.items():
       writer.release()
-      with open(os.path.join(self.scratch, f"{name}.mp4"), "rb") as f:
-        fileio.write_bytes_atomic(f"{self.stem}_{name}.mp4", f.read())
+      final = f"{self.stem}_{name}.mp4"
+      if fileio.is_url(final):
+        with open(self._partial(name), "rb") as f:
+          fileio.write_bytes_atomic(final, f.read())
+      else:
+        os.replace(self._partial(name), final)
+
+  def discard(self) -> None:
+    """Removes the partial videos of a run that failed."""
+    for name, writer in self.writers.items():
+      writer.release()
+      if os.path.exists(self._partial(name)):
+        os.remove(self._partial(name))
 
 
 def reconstruct_video(path: str, stem: str, predictor, detector, *, model_name: str,
@@ -215,64 +234,66 @@ def reconstruct_video(path: str, stem: str, predictor, detector, *, model_name: 
     summary = VideoSummary(video=path, fps=fps)
     writers = _VideoWriters(stem, [n for n in outputs_lib.PHOTO_IMAGES if n in outputs], fps,
                             scratch)
-    per_face = [n for n in outputs if n not in outputs_lib.PHOTO_IMAGES]
-    frames_dir = stem + "_frames"
-    if per_face:
-      fileio.makedirs(frames_dir)
+    frames_dir = stem + "_frames"  # made by the first file written in it
     tracks: list[_Track] = []
-    last_detection = None
-    for index, frame in enumerate(frames):
-      summary.frames += 1
-      height, width = frame.shape[:2]
-      if detector is None:
+    try:
+      last_detection = None
+      for index, frame in enumerate(frames):
+        summary.frames += 1
+        height, width = frame.shape[:2]
+        if detector is None:
+          if not tracks:
+            tracks.append(_Track(0, cropping.centred_square(height, width), None, None))
+            summary.tracks += 1
+        elif not tracks or index - last_detection >= redetect_every:
+          last_detection = index
+          summary.detector_runs += 1
+          summary.tracks += _update_tracks(tracks, detector.crop_squares(frame)[1], max_faces,
+                                           summary.tracks)
         if not tracks:
-          tracks.append(_Track(0, cropping.centred_square(height, width), None, None))
-          summary.tracks += 1
-      elif not tracks or index - last_detection >= redetect_every:
-        last_detection = index
-        summary.detector_runs += 1
-        summary.tracks += _update_tracks(tracks, detector.crop_squares(frame)[1], max_faces,
-                                         summary.tracks)
-      if not tracks:
-        summary.frames_without_face += 1
-        writers.write({n: cropping.shrink_to_side(frame, outputs_lib.PREVIEW_SIDE)[0]
-                       for n in writers.names})
-        continue
-      photo = outputs_lib.photo_from_image(
-          frame, path, os.path.join(frames_dir, f"{index:06d}"), np.zeros((0, 4)),
-          [t.square for t in tracks], size)
-      photo.face_names = [t.number for t in tracks]
-      faces = []
-      for k, track in enumerate(tracks):
-        # One face at a time: most videos show one (no padded batch).
-        fits = predictor(photo.crops[k:k + 1], batch_size=1)
-        fit = type(fits)(*(field[0] for field in fits))
-        landmarks = cropping.to_photo(fit.landmarks, track.square, size)
-        if smoothing:
-          photo_pose = cropping.pose_to_photo(fit.params[:params_lib.NUM_POSE], track.square,
-                                              size, height)
-          photo_params = np.concatenate([photo_pose, fit.params[params_lib.NUM_POSE:]])
-          if track.smoother is None:
-            face_size = float(np.max(landmarks.max(0) - landmarks.min(0)))
-            track.units = _parameter_units(photo_params, face_size)
-            track.smoother = OneEuroFilter()
-          steady = track.smoother(photo_params / track.units, 1.0 / fps) * track.units
-          fits = jax.tree.map(lambda x: x[None], _refit(fit, model, steady, track.square,
-                                                        size, height))
-        faces += outputs_lib.render_fits(fits, model, 1, size)
-        # The next frame's crop follows the raw landmarks: smoothing lags.
-        if detector is not None:
-          track.square = cropping.square_from_landmarks(landmarks)
-      photo.fitted = faces
-      writers.write(outputs_lib.write_photo(photo, model, size, model_name,
-                                            predictor.has_fine, outputs))
-      summary.faces += len(tracks)
-      tracks[:] = [t for t in tracks if _in_view(t.square, height, width)]
+          summary.frames_without_face += 1
+          preview = cropping.shrink_to_side(frame, outputs_lib.PREVIEW_SIDE)[0]
+          writers.write({"overlay": preview, "pncc": np.zeros_like(preview),
+                         "normals": np.zeros_like(preview)})
+          continue
+        photo = outputs_lib.photo_from_image(
+            frame, path, os.path.join(frames_dir, f"{index:06d}"), np.zeros((0, 4)),
+            [t.square for t in tracks], size)
+        photo.face_names = [t.number for t in tracks]
+        faces = []
+        for k, track in enumerate(tracks):
+          # One face at a time: most videos show one (no padded batch).
+          fits = predictor(photo.crops[k:k + 1], batch_size=1)
+          fit = type(fits)(*(field[0] for field in fits))
+          landmarks = cropping.to_photo(fit.landmarks, track.square, size)
+          if smoothing:
+            photo_pose = cropping.pose_to_photo(fit.params[:params_lib.NUM_POSE], track.square,
+                                                size, height)
+            photo_params = np.concatenate([photo_pose, fit.params[params_lib.NUM_POSE:]])
+            if track.smoother is None:
+              face_size = float(np.max(landmarks.max(0) - landmarks.min(0)))
+              track.units = _parameter_units(photo_params, face_size)
+              track.smoother = OneEuroFilter()
+            steady = track.smoother(photo_params / track.units, 1.0 / fps) * track.units
+            fits = jax.tree.map(lambda x: x[None], _refit(fit, model, steady, track.square,
+                                                          size, height))
+          faces += outputs_lib.render_fits(fits, model, 1, size)
+          # The next frame's crop follows the raw landmarks: smoothing lags.
+          if detector is not None:
+            track.square = cropping.square_from_landmarks(landmarks)
+        photo.fitted = faces
+        writers.write(outputs_lib.write_photo(photo, model, size, model_name,
+                                              predictor.has_fine, outputs))
+        summary.faces += len(tracks)
+        tracks[:] = [t for t in tracks if _in_view(t.square, height, width)]
+      if not summary.frames:
+        raise ValueError(f"{path}: no frames could be read")
+      if not summary.faces:
+        raise ValueError("no face found in any frame")
+    except BaseException:
+      writers.discard()
+      raise
     writers.finish()
-  if not summary.frames:
-    raise ValueError(f"{path}: no frames could be read")
-  if not summary.faces:
-    raise ValueError("no face found in any frame")
   return summary
 
 

@@ -178,3 +178,4 @@ def test_broken_and_faceless_videos_are_reported(tmp_path):
       video.reconstruct_video(str(tmp_path / name), str(tmp_path / "out" / name), predictor,
                               detector, model_name="embedded")
   assert detector.runs == 4  # with nothing tracked, the detector runs on every frame
+  assert not os.listdir(tmp_path / "out")  # no overlay video of a failed one, nor its part
