@@ -90,8 +90,9 @@ class Reconstructor:
     landmark_indices = np.asarray(self.model.landmark_indices)
     faces = []
     for k, square in enumerate(squares):
-      pose = cropping.pose_to_photo(fits.params[k, :params_lib.NUM_POSE], square, size, height)
-      posed = np.asarray(outputs.posed_mesh(fits.vertices[k], pose), np.float64)
+      pose, posed = outputs.posed_in_photo(fits.params[k], fits.vertices[k], square, size,
+                                           height)
+      posed = posed.astype(np.float64)
       vertices = np.stack([posed[:, 0], height - 1 - posed[:, 1], posed[:, 2]], axis=1)
       depth = np.where(fits.mask[k], fits.depth[k], np.nan).astype(np.float32)
       box = (boxes[k] if self.detector is not None else

@@ -103,6 +103,14 @@ def posed_mesh(vertices, pose):
 _posed_mesh = jax.jit(camera.transform_scaled_orthographic)
 
 
+def posed_in_photo(params, vertices, square: cropping.Square, size: int, photo_height: int):
+  """(the pose [7] in the photo, the mesh [N, 3] posed there: photo pixels,
+  y up) of a fit in a `size` crop of `square`: its parameters [P] (pose in
+  the crop) and model-space vertices [N, 3]."""
+  pose = cropping.pose_to_photo(params[:params_lib.NUM_POSE], square, size, photo_height)
+  return pose, np.asarray(posed_mesh(vertices, pose), np.float32)
+
+
 def render_fits(fits, model, batch_size: int, size: int) -> list[FittedFace]:
   """FittedFaces of a batch of fits (inference.FaceFits of at most
   `batch_size` crops of side `size`)."""
@@ -130,11 +138,9 @@ def write_face(photo: Photo, k: int, face: FittedFace, model, size: int,
   stem = f"{photo.stem}_face{k if photo.face_names is None else photo.face_names[k]}"
   fit = face.fit
   params = fit.params
-  photo_pose = cropping.pose_to_photo(params[:params_lib.NUM_POSE], square, size,
-                                      photo.height)
+  photo_pose, vertices = posed_in_photo(params, fit.vertices, square, size, photo.height)
   photo_params = np.concatenate([photo_pose, params[params_lib.NUM_POSE:]]).astype(np.float32)
   landmarks = cropping.to_photo(fit.landmarks, square, size)
-  vertices = np.asarray(posed_mesh(fit.vertices, photo_pose), np.float32)
   # Vertex colours: the photo (its preview) at each vertex's pixel.
   columns = vertices[:, 0] * photo.shrink
   rows = (photo.height - 1 - vertices[:, 1]) * photo.shrink
