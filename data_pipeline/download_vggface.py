@@ -205,7 +205,7 @@ def download_all(tasks, output_dir: str, options: Options, workers: int,
   read once the tasks are done (so a generator may fill it as it goes)."""
   os.makedirs(output_dir, exist_ok=True)
   failures = []
-  counts = {"total": 0, "skipped": 0}
+  total = skipped = 0
   lock = threading.Lock()
   bar = None
   if progress:
@@ -228,9 +228,9 @@ def download_all(tasks, output_dir: str, options: Options, workers: int,
           bar.update(1)
 
     for task in tasks:
-      counts["total"] += 1
+      total += 1
       if os.path.exists(output_path(output_dir, task)):
-        counts["skipped"] += 1
+        skipped += 1
         if bar is not None:
           bar.update(1)
         continue
@@ -241,7 +241,7 @@ def download_all(tasks, output_dir: str, options: Options, workers: int,
     collect(concurrent.futures.wait(pending).done)
   if bar is not None:
     bar.close()
-  downloaded = counts["total"] - counts["skipped"] - len(failures)
+  downloaded = total - skipped - len(failures)
   bad_lines = list(bad_lines)
   failures += bad_lines
   manifest = os.path.join(output_dir, "failures.csv")
@@ -254,8 +254,9 @@ def download_all(tasks, output_dir: str, options: Options, workers: int,
   for *_, reason in failures:
     key = reason.split(" after ")[0]
     reasons[key] = reasons.get(key, 0) + 1
-  return {"total": counts["total"] + len(bad_lines), "skipped": counts["skipped"],
-          "downloaded": downloaded, "failed": len(failures), "reasons": reasons, "manifest": manifest}
+  return {"total": total + len(bad_lines), "skipped": skipped,
+          "downloaded": downloaded, "failed": len(failures), "reasons": reasons,
+          "manifest": manifest}
 
 
 FLAGS = flags.FLAGS

@@ -190,20 +190,27 @@ def write_face(photo: Photo, k: int, face: FittedFace, model, size: int,
   return landmarks
 
 
+def photo_images(preview: np.ndarray, names) -> dict:
+  """The per-photo images of `names` (of PHOTO_IMAGES) before any face is
+  drawn in: the photo for the overlay, black for the others."""
+  return {name: preview if name == "overlay" else np.zeros_like(preview)
+          for name in PHOTO_IMAGES if name in names}
+
+
 def write_photo(photo: Photo, model, size: int, model_name: str, has_fine: bool,
                 outputs) -> dict:
   """Writes the per-face files of a photo whose faces are all fitted;
-  returns its images (PHOTO_IMAGES: name -> RGB uint8 of the preview's size)
-  with the faces drawn in. The caller writes those it wants."""
-  images = {"overlay": photo.preview, "pncc": np.zeros_like(photo.preview),
-            "normals": np.zeros_like(photo.preview)}
+  returns the images of PHOTO_IMAGES in `outputs` (name -> RGB uint8 of the
+  preview's size) with the faces drawn in, for the caller to write."""
+  images = photo_images(photo.preview, outputs)
   for k, face in enumerate(photo.fitted):
     landmarks = write_face(photo, k, face, model, size, model_name, has_fine, outputs)
     matrix = cropping.to_photo_matrix(photo.squares[k], OVERLAY_RENDER_SIZE) * photo.shrink
-    images["overlay"] = visualize.overlay_on_photo(images["overlay"], face.shaded, face.mask,
-                                                   matrix, landmarks * photo.shrink)
-    for name in ("pncc", "normals"):
-      if name in outputs:
+    for name in images:
+      if name == "overlay":
+        images[name] = visualize.overlay_on_photo(images[name], face.shaded, face.mask,
+                                                  matrix, landmarks * photo.shrink)
+      else:
         images[name] = visualize.overlay_on_photo(images[name], getattr(face, name),
                                                   face.mask, matrix, opacity=1.0)
   return images

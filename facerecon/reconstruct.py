@@ -86,6 +86,11 @@ def _load(path: str, stem: str, detector, size: int, max_faces: int) -> outputs_
   return outputs_lib.photo_from_image(photo, path, stem, boxes, squares, size)
 
 
+def _reason(path: str, error: Exception) -> str:
+  """Why a photo or video failed, without its path (the summary lists it beside)."""
+  return str(error).removeprefix(f"{path}: ")
+
+
 def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: str, *,
                 batch_size: int = 16, detector="blazeface", max_faces: int = 8,
                 progress: bool = True, outputs=None, smoothing: bool = True,
@@ -124,9 +129,8 @@ def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: s
       if len(photo.fitted) == len(photo.squares):
         images = outputs_lib.write_photo(photo, predictor.model, size, config.model,
                                          predictor.has_fine, photo_outputs)
-        for name in outputs_lib.PHOTO_IMAGES:
-          if name in photo_outputs:
-            fileio.write_png_atomic(f"{photo.stem}_{name}.png", images[name])
+        for name, image in images.items():
+          fileio.write_png_atomic(f"{photo.stem}_{name}.png", image)
         summary.faces += len(photo.squares)
 
   waiting, loads = [], collections.deque()  # waiting: (photo, k) of faces to fit, in order
@@ -143,7 +147,7 @@ def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: s
       try:
         photo = load.result()
       except (ValueError, OSError) as e:
-        summary.failures.append((path, str(e).removeprefix(f"{path}: ")))
+        summary.failures.append((path, _reason(path, e)))
         continue
       waiting += [(photo, k) for k in range(len(photo.squares))]
       while len(waiting) >= predictor.batch_size:  # whole batches only: no padding
@@ -158,6 +162,6 @@ def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: s
           outputs=video_outputs, smoothing=smoothing, redetect_every=redetect_every))
       summary.faces += summary.videos[-1].faces
     except (ValueError, OSError) as e:
-      summary.failures.append((path, str(e).removeprefix(f"{path}: ")))
+      summary.failures.append((path, _reason(path, e)))
   export.write_json(os.path.join(output_dir, "summary.json"), summary.as_dict())
   return summary

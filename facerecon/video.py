@@ -1,5 +1,6 @@
-"""Faces through a video (`--mode=reconstruct --input=clip.mp4`: the formats of
-`facerecon.data.photos.VIDEO_SUFFIXES` that OpenCV reads): every frame reconstructed, faces tracked between frames.
+"""Faces through a video (`--mode=reconstruct --input=clip.mp4`: the formats
+of `facerecon.data.photos.VIDEO_SUFFIXES` that OpenCV reads): every frame
+reconstructed, faces tracked between frames.
 
 Tracking: the detector runs on the first frame, every `redetect_every`
 frames after it (to find faces that came in) and on every frame where no
@@ -33,7 +34,6 @@ import cv2
 import jax
 import numpy as np
 
-from facerecon import camera
 from facerecon import detect
 from facerecon import face_render
 from facerecon import fileio
@@ -138,9 +138,7 @@ def _refit(fit, model, photo_params: np.ndarray, square: cropping.Square, size: 
            photo_height: int):
   """The fit (inference.FaceFits of one face) with its parameters replaced
   by photo-frame ones, brought back into its crop; depth and mask kept."""
-  scale, offset = cropping.crop_transform(square, size)
-  pose = camera.pose_after_image_similarity(photo_params[:params_lib.NUM_POSE], scale,
-                                            offset, photo_height, new_height=size)
+  pose = cropping.pose_to_crop(photo_params[:params_lib.NUM_POSE], square, size, photo_height)
   crop_params = np.concatenate([pose, photo_params[params_lib.NUM_POSE:]]).astype(np.float32)
   landmarks, vertices = map(np.asarray, _crop_fit(model, crop_params, size))
   return fit._replace(params=crop_params, landmarks=landmarks, vertices=vertices)
@@ -252,9 +250,8 @@ def reconstruct_video(path: str, stem: str, predictor, detector, *, model_name: 
                                            summary.tracks)
         if not tracks:
           summary.frames_without_face += 1
-          preview = cropping.shrink_to_side(frame, outputs_lib.PREVIEW_SIDE)[0]
-          writers.write({"overlay": preview, "pncc": np.zeros_like(preview),
-                         "normals": np.zeros_like(preview)})
+          writers.write(outputs_lib.photo_images(
+              cropping.shrink_to_side(frame, outputs_lib.PREVIEW_SIDE)[0], writers.names))
           continue
         photo = outputs_lib.photo_from_image(
             frame, path, os.path.join(frames_dir, f"{index:06d}"), np.zeros((0, 4)),

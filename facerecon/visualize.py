@@ -15,13 +15,18 @@ DEFAULT_LIGHT = (0.3, 0.4, 1.0)  # camera frame, y up: upper right, in front
 BACKGROUND = 0.12
 
 
+def _shaded(face, light=DEFAULT_LIGHT):
+  """A face render (face_render.FaceRender) shaded Lambertian, over BACKGROUND."""
+  shaded = jnp.clip(shading.lambertian(face.albedo, face.normals, light), 0.0, 1.0)
+  return jnp.where(face.mask[..., None], shaded, BACKGROUND)
+
+
 @functools.partial(jax.jit, static_argnames=("height", "width"))
 def _shade_and_depth(model: morphable.MorphableModel, params, texture, height: int,
                      width: int, light=DEFAULT_LIGHT):
   """One render: (shaded RGB, landmarks, depth, mask); see `shade_faces`."""
   face = face_render.render_face(model, params, texture, height, width)
-  shaded = jnp.clip(shading.lambertian(face.albedo, face.normals, light), 0.0, 1.0)
-  shaded = jnp.where(face.mask[..., None], shaded, BACKGROUND)
+  shaded = _shaded(face, light)
   landmarks = face_render.image_landmarks(model, face.image_vertices)
   return shaded, landmarks, face.depth, face.mask
 
@@ -160,8 +165,7 @@ def fit_images(model: morphable.MorphableModel, params, size: int):
   camera frame (x right, y up, z towards the viewer): each [B, size, size, 3]
   in [0, 1]; mask [B, size, size])."""
   face = face_render.render_face(model, params, None, size, size)
-  shaded = jnp.clip(shading.lambertian(face.albedo, face.normals, DEFAULT_LIGHT), 0.0, 1.0)
-  shaded = jnp.where(face.mask[..., None], shaded, BACKGROUND)
+  shaded = _shaded(face)
   normals = jnp.where(face.mask[..., None], 0.5 * (face.normals + 1.0), 0.0)
   pncc = jnp.where(face.mask[..., None], face.pncc, 0.0)
   return shaded, pncc, normals, face.mask

@@ -160,3 +160,11 @@ def pose_to_photo(pose, square: Square, size: int, photo_height: int) -> np.ndar
   photo_pose = camera.pose_after_image_similarity(pose, 1.0 / scale, -offset / scale, size,
                                                   new_height=photo_height)
   return np.asarray(photo_pose)
+
+
+def pose_to_crop(photo_pose, square: Square, size: int, photo_height: int) -> np.ndarray:
+  """`pose_to_photo` undone: a face's pose [7] in the photo -> its pose in
+  the `size` crop of `square`."""
+  scale, offset = crop_transform(square, size)
+  return np.asarray(camera.pose_after_image_similarity(
+      np.asarray(photo_pose, np.float64), scale, offset, photo_height, new_height=size))
