@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
       gain=(0.85, 1.15), offset=(-0.05, 0.05), contrast=(0.6, 1.0), noise=0.01,
       procedural_albedo=False, hair=1.0, photo_backgrounds=0.0, clutter=0.0, occluders=0.0,
       long_hair=0.0, glasses=0.0,
-      blur=0.0, grey=0.0, jpeg=0.0,
+      blur=0.0, grey=0.0, jpeg=0.0, luminance_std=(0.0, 0.0), luminance_mean=(0.0, 0.0),
       detail=(0.002, 0.006), detail_frequency=(4.0, 10.0)))
   config.synthetic.statistics_samples = 1024  # faces the label statistics come from
   config.synthetic.statistics_seed = 1
@@ -79,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Stage 1: CoarseNet (facerecon.training.coarse) ---
   config.coarse = _stage(seed=0, num_train_steps=70_000, batch_size=32, warmup_steps=1000,
                          eval_batch_size=32, best_metric="vertex_error")
+  # Fine-tuning: a run directory whose best CoarseNet (and statistics) a new
+  # run starts from, e.g. facerecon/assets/run, the shipped one.
+  config.coarse.init_from = placeholder(str)
   config.coarse.num_iterations = 4     # refinement iterations, each with its own weights
   config.coarse.backbone = "resnet_v1_101"  # resnet_v1_50/101/152, vgg_16, mobilenet_v1, small
   config.coarse.backbone_kwargs = ml_collections.ConfigDict()

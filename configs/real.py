@@ -50,6 +50,10 @@ def get_config():
   prior.blur = 1.2
   prior.grey = 0.1
   prior.jpeg = 0.5
+  # Photos' luminance spread and brightness (docs/data.md: renders are
+  # flatter; these ranges match the dev photos' crops in distribution).
+  prior.luminance_std = (45.0, 120.0)
+  prior.luminance_mean = (35.0, 150.0)
   prior.detail = (0.0, 0.0)         # CoarseNet only: no fine detail needed
 
   coarse = config.coarse

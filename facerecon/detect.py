@@ -7,14 +7,16 @@ network's crop square of each (by the detector's own rule) and their scores.
 
 BlazeFace (`BlazeFace`): MediaPipe's full-range face detector (Apache 2.0;
 the graph converted by `data_pipeline.prepare_detector` ships in
-`facerecon/assets`, with MediaPipe's licence). On the 400 AFLW2000-3D dev
-photos it finds 392 at the default score threshold 0.3 (0.5, MediaPipe's
-own, finds 374; 0.15 finds 396), against the frontal cascade's 241. Its
-crop comes from its box and its six keypoints (`keypoint_square`, fitted on
-synthetic faces): on the dev photos the implied landmark box's centre is
-off by a median 0.026 (across) and 0.045 (down) of the box width, against
+`facerecon/assets`, with MediaPipe's licence). Run at a 128x128 input
+(the file's is 192x192: the graph is convolutional, and at 128 it takes half
+the time), on the 400 AFLW2000-3D dev photos it finds 395 at the default
+score threshold 0.3 (0.5, MediaPipe's own, finds 391; 0.15 finds 397;
+at 192: 392, 374 and 396), against the frontal cascade's 241. Its crop
+comes from its box and its six keypoints (`keypoint_square`, calibrated on
+the dev photos' landmark boxes): the implied landmark box's centre is off
+by a median 0.027 (across) and 0.019 (down) of the box width, against
 0.097 and 0.041 from the box alone. Photos are searched whole and, where a
-face of `min_face` pixels would be too small for the graph's 192x192 input,
+face of `min_face` pixels would be too small for the graph's input,
 in tiles (see `BlazeFace`).
 
 The cascades (`FaceDetector`): the frontal cascade runs on a copy of the
@@ -129,17 +131,20 @@ class FaceDetector:
 # BlazeFace (MediaPipe's face detector, Apache 2.0), run in JAX.
 
 BLAZEFACE_FILE = os.path.join(ASSETS, "blazeface_full_range.npz")
-# The converted graph's outputs and its anchors: one per cell of a 48x48
-# grid over its 192x192 input (MediaPipe's full-range anchor options: one
+# The converted graph's outputs and its anchors: one per cell of a grid of
+# stride 4 over its input, 48x48 at 192 (MediaPipe's full-range anchor options: one
 # layer, stride 4, aspect ratio 1, fixed anchor size).
 _REGRESSORS = "reshaped_regressor_face_4"
 _CLASSIFIERS = "reshaped_classifier_face_4"
 _ANCHOR_STRIDE = 4
-# The box -> landmark box rule (`keypoint_square`), least squares on 204
-# synthetic faces of configs/real.py that BlazeFace found (256 px).
-BLAZEFACE_LANDMARK_SCALE = 0.96
-INNER_OFFSET = (0.01, 0.09)
-EAR_PULL = (0.73, 0.48)
+_COARSEST_STRIDE = 32  # the graph's smallest feature map (6x6 of 192), upsampled back
+# The box -> landmark box rule (`keypoint_square`): least squares from the
+# detections (input side 128) of the 395 AFLW2000-3D dev photos BlazeFace
+# finds to their ground-truth landmark boxes: calibration on the dev set
+# (docs/reconstruction.md: a 2-fold split of it gives the same NME).
+BLAZEFACE_LANDMARK_SCALE = 0.906
+INNER_OFFSET = (-0.001, 0.127)
+EAR_PULL = (0.615, 0.419)
 # BlazeFace's 6 keypoints, in its order (the subject's right and left).
 KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
 
@@ -230,7 +235,7 @@ class BlazeFace:
   """MediaPipe's full-range BlazeFace, converted (data_pipeline.prepare_detector)
   and run in JAX.
 
-  The whole photo is letterboxed into the graph's 192x192 input. When a face
+  The whole photo is letterboxed into the graph's input. When a face
   of `min_face` photo pixels would be smaller than `min_input_face` input
   pixels there, square tiles of the photo are searched too, at every scale
   from the one where `min_face` pixels reach `min_input_face` up to the
@@ -247,6 +252,9 @@ class BlazeFace:
   min_input_face: float = 16.0  # smallest face side the graph finds, in its pixels
   tile_growth: float = 3.0
   batch: int = 16
+  # The graph's input side (a multiple of 32; None: the file's, 192): at 128
+  # it finds as many dev faces in half the time (docs/reconstruction.md).
+  input_side: int | None = 128
   path: str = BLAZEFACE_FILE
 
   def __post_init__(self):
@@ -255,7 +263,10 @@ class BlazeFace:
     if self.min_face <= 0 or self.tile_growth <= 1:
       raise ValueError("min_face must be positive and tile_growth above 1")
     self._graph = graph.load(self.path)
-    self._side = self._graph.input_shape[1]
+    self._side = self.input_side or self._graph.input_shape[1]
+    if self._side % _COARSEST_STRIDE:
+      raise ValueError(f"input_side must be a multiple of {_COARSEST_STRIDE}, got "
+                       f"{self._side}")
     self._outputs = (self._graph.output_index(_REGRESSORS),
                      self._graph.output_index(_CLASSIFIERS))
     self._anchors = _anchors(self._side)

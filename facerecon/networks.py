@@ -42,9 +42,21 @@ def init_coarse_variables(net, config, mesh, model, statistics, seed: int = 0):
 def initial_coarse_variables(net, config, mesh, model, statistics):
   """The variables a CoarseNet run starts from: `init_coarse_variables` of
   config.coarse.seed, with the ImageNet weights of config.coarse.pretrained
-  where it is set (a resumed run restores over them)."""
+  where it is set, or the best CoarseNet of the run config.coarse.init_from
+  (fine-tuning; it must have the same networks). A resumed run restores
+  over them."""
   coarse = config.coarse
   variables = init_coarse_variables(net, config, mesh, model, statistics, coarse.seed)
+  if coarse.get("init_from"):
+    source = rundir.RunDir(coarse.init_from)
+    if not source.has_best():
+      raise FileNotFoundError(f"config.coarse.init_from: no trained CoarseNet in "
+                              f"{source.best}")
+    record = rundir.read_record(source)
+    if record is not None:
+      rundir.check_same_networks(config, record, f"config.coarse.init_from ({source.path})",
+                                 rundir.COARSE_NETWORK_FIELDS)
+    return restore_best(source, variables)
   if coarse.pretrained:
     scope = backbones.make_backbone(coarse.backbone, **dict(coarse.backbone_kwargs)).name
     variables = pretrained.init_from_slim(

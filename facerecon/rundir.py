@@ -257,7 +257,8 @@ def statistics(config, model: morphable.MorphableModel, run: RunDir | None = Non
   file they come from the config (`sources.label_statistics`). `training`
   a run from its start (no checkpoint yet) takes them from the config and
   writes the file, replacing one left by an attempt that never reached a
-  checkpoint (perhaps with the wrong config)."""
+  checkpoint (perhaps with the wrong config); one fine-tuning another run's
+  CoarseNet (config.coarse.init_from) takes that run's."""
   if run is None:
     return sources.label_statistics(config)
   if not (training and not run.has_checkpoints()):
@@ -270,7 +271,10 @@ def statistics(config, model: morphable.MorphableModel, run: RunDir | None = Non
                        f"parameters, but config.model ({config.model}) has "
                        f"{model.layout.size}: this run was trained with another face model")
     return stats
-  stats = sources.label_statistics(config)
+  init_from = config.coarse.get("init_from")
+  # A fine-tuned CoarseNet keeps the normalisation its weights learnt.
+  stats = (normalization.load_statistics(RunDir(init_from).statistics) if init_from
+           else sources.label_statistics(config))
   if jax.process_index() == 0:
     normalization.save_statistics(stats, run.statistics)
   return stats

@@ -216,11 +216,19 @@ def test_blazeface_finds_the_face_and_its_keypoints_in_a_real_photo(blazeface):
   np.testing.assert_allclose(blazeface.detect(grey)[0], found.boxes[0], atol=6)
   big = cv2.resize(photo, (2048, 2048))
   np.testing.assert_allclose(blazeface.detect(big)[0] / 4, found.boxes[0], atol=6)
+  # The graph at its file's input size (192) finds the same face; input
+  # sides must suit its strides.
+  from facerecon import detect
+
+  np.testing.assert_allclose(detect.BlazeFace(input_side=192).detect(photo)[0],
+                             found.boxes[0], atol=6)
+  with pytest.raises(ValueError, match="input_side must be a multiple of 32"):
+    detect.BlazeFace(input_side=100)
 
 
 @pytest.mark.parametrize("corner", [(3100, 2300), (37, 2700)])
 def test_blazeface_finds_a_40_pixel_face_in_a_4000_by_3000_photo(blazeface, corner):
-  """Tiles: the face is 2 pixels wide in the whole photo's 192x192 input."""
+  """Tiles: the face is 1.3 pixels wide in the whole photo's 128x128 input."""
   import cv2
 
   photo = astronaut_photo()

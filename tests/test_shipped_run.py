@@ -5,6 +5,8 @@ without --workdir."""
 
 import os
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 from test_cropping import astronaut_photo
@@ -12,11 +14,14 @@ from test_cropping import astronaut_photo
 from facerecon import evaluate
 from facerecon import face_models
 from facerecon import fileio
+from facerecon import morphable
+from facerecon import networks
 from facerecon import outputs
 from facerecon import reconstruct
 from facerecon import rundir
 from facerecon.data import cropping
 from facerecon.data import mat_folders
+from facerecon.data import normalization
 
 DEV_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                        "aflw2000-3d-dev")
@@ -189,3 +194,33 @@ def test_the_python_api_reconstructs_faces_in_image_arrays(shipped, tmp_path):
     reconstructor(photo.astype(np.float32))
   crop_only = facerecon.Reconstructor(detector=None)(photo[50:250, 130:330])
   assert len(crop_only) == 1 and crop_only[0].score is None
+
+
+def test_a_run_fine_tunes_the_shipped_coarse_net(shipped, tmp_path):
+  """config.coarse.init_from: a new run starts from another run's best
+  CoarseNet and keeps its statistics; a run without one, or with other
+  networks, is refused by name."""
+  config, path = shipped
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.coarse.init_from = path
+  model = face_models.load(config.model)
+  surface = morphable.surface(model)
+  run = rundir.RunDir(str(tmp_path / "fine_tuned"))
+  statistics = rundir.statistics(config, surface, run, training=True)
+  shipped_statistics = normalization.load_statistics(os.path.join(path, "statistics.npz"))
+  np.testing.assert_array_equal(statistics.param_std, shipped_statistics.param_std)
+  assert os.path.exists(run.statistics)
+  net = networks.coarse_net(config)
+  start = networks.initial_coarse_variables(net, config, None, surface, statistics)
+  _, trained, _, _ = networks.load_coarse(config, rundir.RunDir(path))
+  for ours, theirs in zip(jax.tree.leaves(start), jax.tree.leaves(trained)):
+    np.testing.assert_array_equal(ours, theirs)
+
+  config.coarse.init_from = str(tmp_path / "nothing")
+  with pytest.raises(FileNotFoundError, match="init_from.*nothing"):
+    networks.initial_coarse_variables(net, config, None, surface, statistics)
+  config.coarse.init_from = path
+  config.coarse.backbone_kwargs.width = 0.25
+  with pytest.raises(ValueError, match="init_from"):
+    networks.initial_coarse_variables(networks.coarse_net(config), config, None, surface,
+                                      statistics)

@@ -163,3 +163,33 @@ def test_blendshape_prior_is_sparse_and_in_range():
   assert len(left) > 15
   together = np.mean(np.all(weights[:, left] == weights[:, right], axis=1))
   assert 0.35 < together < 0.75  # half the faces, plus a few with both zero
+
+
+def test_tone_sets_the_luminance_spread_and_brightness():
+  rng = np.random.default_rng(0)
+  image = rng.integers(100, 156, (32, 32, 3)).astype(np.uint8)  # a flat render
+  toned = scenes.tone(image, std=40.0, mean=90.0)
+  luminance = toned.astype(np.float64) @ [0.299, 0.587, 0.114]
+  assert abs(luminance.std() - 40.0) < 1.0 and abs(luminance.mean() - 90.0) < 1.0
+  # Colours keep their direction from grey: the channels' order per pixel.
+  assert np.mean(np.argsort(toned, axis=-1) == np.argsort(image, axis=-1)) > 0.95
+  np.testing.assert_array_equal(scenes.tone(image, 0.0, 0.0), image)
+  kept_mean = scenes.tone(image, 20.0, 0.0).astype(np.float64) @ [0.299, 0.587, 0.114]
+  assert abs(kept_mean.mean() - (image.astype(np.float64) @ [0.299, 0.587, 0.114]).mean()) < 1
+
+
+def test_the_real_config_matches_the_luminance_of_photos():
+  """configs/real.py's tone ranges: the training faces' luminance spread is
+  that of photo crops (docs/data.md), where without them it is flatter."""
+  model = face_models.load("ict")
+  prior = sources.face_prior(real.get_config())
+  assert scenes.has_tone(prior)
+  photos = scenes.background_photos(96)
+  toned = synthetic.generate_photos(model, 9, 0, 32, prior, 64, 64, photos)
+  flat = synthetic.generate_photos(
+      model, 9, 0, 32, dataclasses.replace(prior, luminance_std=(0.0, 0.0),
+                                           luminance_mean=(0.0, 0.0)), 64, 64, photos)
+  spread = lambda batch: np.median((batch.image.astype(np.float64) @ [0.299, 0.587, 0.114])
+                                   .std(axis=(1, 2)))
+  assert spread(flat) < 45 < spread(toned)
+  np.testing.assert_array_equal(toned.params, flat.params)  # the same faces

@@ -238,6 +238,24 @@ def photo_background(rng, photos: np.ndarray, height: int, width: int) -> np.nda
   return np.clip(crop * gain, 0, 255).astype(np.uint8)
 
 
+def has_tone(prior) -> bool:
+  """Whether a `synthetic.FacePrior` changes the finished photo's tone."""
+  return max(prior.luminance_std) > 0 or max(prior.luminance_mean) > 0
+
+
+def tone(image: np.ndarray, std: float, mean: float) -> np.ndarray:
+  """uint8 image [H, W, 3] with its luminance's standard deviation made
+  `std` and its mean `mean` (0..255; either 0: as it is) by one affine map
+  of the luminance (colours keep their offsets from their pixel's grey,
+  scaled alike); clipped."""
+  pixels = image.astype(np.float32)
+  luminance = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+  old_mean, old_std = float(luminance.mean()), float(luminance.std())
+  gain = std / max(old_std, 1.0) if std > 0 else 1.0
+  new_mean = mean if mean > 0 else old_mean
+  return np.clip(np.rint(gain * (pixels - old_mean) + new_mean), 0, 255).astype(np.uint8)
+
+
 def finish_photo(rng, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, prior,
                  photos: np.ndarray | None) -> np.ndarray:
   """One synthetic photo's scene, on the host: image [H, W, 3] uint8 (the
@@ -267,6 +285,8 @@ def finish_photo(rng, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray
                 rng.uniform(0, 60, 3) if kind == 1 else _random_colour(rng))
       _draw_shape(rng, out, 0.5 * (low + high), 0.4 * float(np.max(high - low)),
                   np.clip(colour, 0, 255))
+  if has_tone(prior):
+    out = tone(out, rng.uniform(*prior.luminance_std), rng.uniform(*prior.luminance_mean))
   if prior.blur > 0:
     sigma = rng.uniform(0, prior.blur)
     if sigma > 0.3:

@@ -92,6 +92,13 @@ class FacePrior:
   blur: float = 0.0              # largest blur sigma, pixels
   grey: float = 0.0              # share of grey photos
   jpeg: float = 0.0              # share of JPEG-compressed photos (quality 20..95)
+  # The finished photo's tone (before blur, grey and JPEG): its luminance
+  # (0..255) given a standard deviation drawn from `luminance_std` and a
+  # mean from `luminance_mean`, each left as rendered when its range is
+  # (0, 0). Renders are flatter and more evenly exposed than photos
+  # (docs/data.md).
+  luminance_std: tuple[float, float] = (0.0, 0.0)
+  luminance_mean: tuple[float, float] = (0.0, 0.0)
   # Fine detail: wave height as a fraction of the face's width, and wave
   # frequencies in cycles per face width. (0, 0): smooth faces.
   detail: tuple[float, float] = (0.002, 0.006)
@@ -446,7 +453,7 @@ def has_scene(prior: FacePrior) -> bool:
   """Whether the prior asks for the host-side scene (`generate_photos`)."""
   return any(getattr(prior, name) > 0 for name in
              ("photo_backgrounds", "clutter", "occluders", "long_hair", "glasses", "blur",
-              "grey", "jpeg"))
+              "grey", "jpeg")) or scenes.has_tone(prior)
 
 
 def generate_photos(model: morphable.MorphableModel, seed: int, start: int, count: int,

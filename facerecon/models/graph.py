@@ -187,13 +187,21 @@ class Graph:
       return _activation(_max_pool(args[0], options), options["activation"])
     if name == "RESHAPE":
       shape = self.description["tensors"][op["outputs"][0]]["shape"]
+      if len(shape) == 3 and args[0].size != np.prod(shape[1:]) * args[0].shape[0]:
+        # [B, H, W, C] -> [B, H * W, C] of another input size than the file's.
+        return jnp.reshape(args[0], (args[0].shape[0], -1, shape[2]))
       return jnp.reshape(args[0], (args[0].shape[0], *shape[1:]))
     if name == "CONCATENATION":
       axis = options["axis"] % args[0].ndim
       return _activation(jnp.concatenate(args, axis=axis), options["activation"])
     if name == "RESIZE_BILINEAR":
-      return _resize_bilinear(args[0], [int(v) for v in np.asarray(args[1])],
-                              options["align_corners"], options["half_pixel_centers"])
+      # The file's sizes are for its input size: kept as factors of the
+      # tensor's own size, so the graph runs on other input sizes too.
+      described = self.description["tensors"][op["inputs"][0]]["shape"][1:3]
+      size = [int(v) * n // d for v, n, d in zip(np.asarray(args[1]), args[0].shape[1:3],
+                                                  described)]
+      return _resize_bilinear(args[0], size, options["align_corners"],
+                              options["half_pixel_centers"])
     raise ValueError(f"operator {name} is not supported")
 
 
