@@ -250,6 +250,19 @@ def test_blazeface_finds_a_40_pixel_face_in_a_4000_by_3000_photo(blazeface, corn
   assert len(detect.BlazeFace(min_face=3000).detect(large)) == 0
 
 
+def test_blazeface_searches_tiles_only_where_the_whole_photo_misses_faces(blazeface):
+  """At the defaults (128 input, faces of 40 pixels, 16 input pixels found)
+  photos up to 640 pixels are searched whole; larger ones in tiles too, at
+  scales from 320 pixels, overlapping by a quarter."""
+  assert blazeface._squares(480, 640) == [(0, 0, 640)]
+  squares = blazeface._squares(700, 700)
+  assert squares[0] == (0, 0, 700) and {side for _, _, side in squares[1:]} == {320}
+  covered = np.zeros((700, 700), bool)
+  for x, y, side in squares[1:]:
+    covered[y:y + side, x:x + side] = True
+  assert covered.all()
+
+
 def test_blazeface_finds_nothing_in_faceless_pictures_and_names_a_bad_file(blazeface,
                                                                           tmp_path):
   from facerecon import detect
