@@ -2,7 +2,7 @@ r"""What each part of the photoreal synthetic faces is worth on real photos.
 
     python benchmarks/ablation.py --dev=../shared/data/aflw2000-3d-dev \
         [--config=configs/real.py] [--steps=3000] [--root=runs/ablation] \
-        [--variants=full,no_hair,...]
+        [--variants=full,no_hair,...] [--init_from=facerecon/assets/run]
 
 Trains CoarseNet once per variant of the config's synthetic prior, each for
 the same --steps (the same batch, learning-rate schedule and seed; only the
@@ -15,9 +15,12 @@ sittings.
 The variants (`VARIANTS`) each take one part away from the full prior:
 hair (on the scalp and long), spectacles, photo backgrounds, occluders, the
 rich light (second-order environment, highlights, fill light, coloured
-casts), and the ICT head itself (the built-in procedural face, painted by
-the same procedural appearance). The procedural appearance itself has no
-variant: the ICT head has no texture model to fall back on.
+casts), the photos' tone (luminance spread and brightness), and the ICT
+head itself (the built-in procedural face, painted by the same procedural
+appearance). The procedural appearance itself has no variant: the ICT head
+has no texture model to fall back on. With --init_from every variant
+fine-tunes that run's CoarseNet instead (the procedural head, another
+model, cannot).
 """
 
 import os
@@ -45,11 +48,14 @@ VARIANTS = {
                      "synthetic.prior.fill_light": (0.0, 0.0),
                      "synthetic.prior.light_colour": 0.0},
     "procedural_head": {"model": "embedded"},
+    "no_tone": {"synthetic.prior.luminance_std": (0.0, 0.0),
+                "synthetic.prior.luminance_mean": (0.0, 0.0)},
 }
 
-def variant_config(config, name: str, steps: int):
+def variant_config(config, name: str, steps: int, init_from: str | None = None):
   """A copy of `config` with variant `name`'s overrides, trained for `steps`
-  and evaluated (validation, best checkpoint) at its end and halfway."""
+  and evaluated (validation, best checkpoint) at its end and halfway; from
+  the CoarseNet of the run `init_from` when given (fine-tuning)."""
   if name not in VARIANTS:
     raise ValueError(f"unknown variant '{name}' (choose from {', '.join(VARIANTS)})")
   if steps < 2:
@@ -67,6 +73,7 @@ def variant_config(config, name: str, steps: int):
   config.coarse.eval_every = steps // 2
   config.coarse.warmup_steps = min(config.coarse.warmup_steps, steps // 4)
   config.fine.num_train_steps = 0
+  config.coarse.init_from = init_from
   config_checks.check(config)
   return config
 
@@ -93,6 +100,8 @@ def define_flags():
   flags.DEFINE_integer("steps", 3000, "Training steps per variant.")
   flags.DEFINE_string("root", "runs/ablation", "Folder of the variants' runs.")
   flags.DEFINE_list("variants", list(VARIANTS), "Which variants, in order.")
+  flags.DEFINE_string("init_from", None, "A run whose CoarseNet every variant fine-tunes "
+                      "(e.g. facerecon/assets/run); default: trained from scratch.")
 
 
 def main(argv):
@@ -100,7 +109,8 @@ def main(argv):
   if not FLAGS.dev or not os.path.isdir(FLAGS.dev):
     raise app.UsageError(f"--dev must be an AFLW2000-3D-style folder, got {FLAGS.dev!r}")
   try:  # every variant checked before any training
-    configs = {name: variant_config(FLAGS.config, name, FLAGS.steps) for name in FLAGS.variants}
+    configs = {name: variant_config(FLAGS.config, name, FLAGS.steps, FLAGS.init_from)
+               for name in FLAGS.variants}
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   rows = {}
@@ -109,7 +119,8 @@ def main(argv):
     training.train_and_evaluate(config, workdir)
     rows[name] = evaluate.evaluate_folder(config, workdir, FLAGS.dev)["ground_truth_crops"]
     print(f"{name}: {rows[name]}", flush=True)
-  print(f"{FLAGS.steps} steps per variant, ground-truth crops, NME (%):")
+  start = f"fine-tuning {FLAGS.init_from}" if FLAGS.init_from else "from scratch"
+  print(f"{FLAGS.steps} steps per variant ({start}), ground-truth crops, NME (%):")
   print(format_table(rows))
 
 

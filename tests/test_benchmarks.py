@@ -55,6 +55,8 @@ def test_ablation_variants_each_take_one_part_away():
     changed = {k for k, v in variant.items() if v != flat(full)[k]}
     assert changed == {k for k, v in overrides.items() if flat(full)[k] != v}, name
     assert changed or name == "full", name
+  tuned = ablation.variant_config(real.get_config(), "no_tone", 500, "facerecon/assets/run")
+  assert tuned.coarse.init_from == "facerecon/assets/run" and full.coarse.init_from is None
   with pytest.raises(ValueError, match="unknown variant 'no_eyes'"):
     ablation.variant_config(real.get_config(), "no_eyes", 3000)
   table = ablation.format_table({"full": {"[0,30]": 5.0, "[30,60]": 6.25, "[60,90]": 8.0,
