@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
       procedural_albedo=False, hair=1.0, photo_backgrounds=0.0, clutter=0.0, occluders=0.0,
       long_hair=0.0, glasses=0.0,
       blur=0.0, grey=0.0, jpeg=0.0, luminance_std=(0.0, 0.0), luminance_mean=(0.0, 0.0),
-      detail=(0.002, 0.006), detail_frequency=(4.0, 10.0)))
+      detail=(0.002, 0.006), detail_frequency=(4.0, 10.0), wrinkles=(0.0, 0.0)))
   config.synthetic.statistics_samples = 1024  # faces the label statistics come from
   config.synthetic.statistics_seed = 1
   config.synthetic.validation_seed = 2

@@ -3,6 +3,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import real
 from facerecon import camera
@@ -13,6 +14,7 @@ from facerecon import shading
 from facerecon.data import scenes
 from facerecon.data import sources
 from facerecon.data import synthetic
+from facerecon.data import wrinkles
 
 PRIOR = synthetic.FacePrior()
 
@@ -193,3 +195,67 @@ def test_the_real_config_matches_the_luminance_of_photos():
                                    .std(axis=(1, 2)))
   assert spread(flat) < 45 < spread(toned)
   np.testing.assert_array_equal(toned.params, flat.params)  # the same faces
+
+
+def _family_only(family: str, depth: float = 0.01):
+  params = np.zeros(wrinkles.NUM_PARAMS, np.float32)
+  params[wrinkles.FAMILIES.index(family)] = depth
+  params[len(wrinkles.FAMILIES)] = 4.0  # forehead lines
+  params[len(wrinkles.FAMILIES) + 2:] = np.linspace(0.1, 0.9, wrinkles.MAX_LINES)
+  return jnp.asarray(params)
+
+
+def test_wrinkles_fold_where_faces_fold_and_deepen_with_the_expression():
+  """ICT-FaceKit's head, the wrinkles evaluated at its own vertices' PNCC:
+  each family lies where it belongs (by the landmarks), and a raised brow
+  deepens the forehead lines only."""
+  model = morphable.surface(face_models.load("ict"))
+  where = wrinkles.geometry(model)
+  assert where.named
+  pncc = jnp.asarray(model.pncc)[None]                       # [1, N, 3] as pixels
+  everywhere = jnp.ones(pncc.shape[:2], bool)
+  lm = np.asarray(where.landmarks)
+  unit = float(where.unit)
+  height = lambda family: np.asarray(wrinkles.wrinkle_height(
+      _family_only(family), pncc, everywhere, where))[0]
+  forehead = height("forehead")
+  folded = forehead < -1e-3
+  assert folded.sum() > 50 and forehead.min() >= -0.0101
+  v = np.asarray(model.pncc)[:, 1]
+  assert np.all(v[folded] > lm[17:27, 1].max())             # above the brows
+  for family, corner in (("crows_feet_right", lm[36]), ("crows_feet_left", lm[45])):
+    folded = height(family) < -1e-3
+    distance = np.linalg.norm(np.asarray(model.pncc)[folded, :2] - corner, axis=1)
+    assert folded.sum() > 10 and np.all(distance < 0.6 * unit), family
+  folded = height("nasolabial_right") < -1e-3
+  u = np.asarray(model.pncc)[folded, 0]
+  assert folded.sum() > 10 and np.all(u < lm[30, 0])        # the subject's right side
+
+  names = model.expression_names
+  raised = np.zeros(len(names), np.float32)
+  raised[names.index("browInnerUp_L")] = 1.0
+  key = jax.random.PRNGKey(3)
+  draw = lambda weights: np.asarray(wrinkles.sample_wrinkles(
+      key, jnp.asarray(weights) * model.expression_std, model.expression_std, where,
+      (0.01, 0.01)))
+  calm, surprised = draw(np.zeros(len(names), np.float32)), draw(raised)
+  assert surprised[0] > calm[0] and surprised[0] == pytest.approx(0.01)
+  np.testing.assert_array_equal(surprised[1:], calm[1:])
+
+
+def test_synthetic_faces_carry_their_wrinkles_in_the_detailed_depth(small_model):
+  """With `wrinkles` the detailed depth label differs from the smooth one
+  on the face only; without (and without detail) they are the same. The
+  built-in face has no named blendshapes: its activations are drawn."""
+  prior = dataclasses.replace(synthetic.FacePrior(), detail=(0.0, 0.0), yaw=(-20.0, 20.0),
+                              pitch=(-10.0, 10.0))
+  keys = synthetic.sample_keys(4, 0, 4)
+  smooth = synthetic.generate_jit(small_model, keys, prior, 64, 64)
+  np.testing.assert_array_equal(smooth.fine_depth, smooth.depth)
+  folded = synthetic.generate_jit(small_model, keys,
+                                  dataclasses.replace(prior, wrinkles=(0.01, 0.02)), 64, 64)
+  difference = np.asarray(folded.fine_depth) - np.asarray(folded.depth)
+  mask = np.asarray(folded.mask)
+  assert np.all(difference[~mask] == 0)
+  assert np.abs(difference[mask]).max() > 0.1 and np.all(difference <= 1e-6)
+  np.testing.assert_array_equal(folded.depth, smooth.depth)

@@ -38,6 +38,7 @@ from facerecon import shading
 from facerecon.data import appearance
 from facerecon.data import cropping
 from facerecon.data import scenes
+from facerecon.data import wrinkles as wrinkles_lib
 
 # Bumped whenever the same (seed, index) would give another face, so a data
 # set is never resumed with different code (data_pipeline.synthesize).
@@ -103,6 +104,9 @@ class FacePrior:
   # frequencies in cycles per face width. (0, 0): smooth faces.
   detail: tuple[float, float] = (0.002, 0.006)
   detail_frequency: tuple[float, float] = (4.0, 10.0)
+  # Wrinkles (facerecon.data.wrinkles): the deepest family's depth range, a
+  # fraction of the face's width, at full age or expression. (0, 0): none.
+  wrinkles: tuple[float, float] = (0.0, 0.0)
 
 
 class FaceSample(NamedTuple):
@@ -115,6 +119,7 @@ class FaceSample(NamedTuple):
   light: jax.Array     # [B, 9, 3] coloured second-order SH light (shading.sh9_basis)
   highlight: jax.Array  # [B, 4] specular: direction (3), shininess
   look: appearance.Appearance  # per-face albedo draws
+  wrinkles: jax.Array  # [B, wrinkles.NUM_PARAMS] (facerecon.data.wrinkles)
 
 
 def _uniform(key, shape, bounds):
@@ -227,10 +232,13 @@ def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: 
   look = appearance.sample_appearance(jax.random.fold_in(key, 1001))
   look = look._replace(hair_amount=look.hair_amount * (
       jax.random.uniform(jax.random.fold_in(key, 1002)) < prior.hair))
+  folds = wrinkles_lib.sample_wrinkles(jax.random.fold_in(key, 1006), expression,
+                                       model.expression_std, wrinkles_lib.geometry(model),
+                                       prior.wrinkles)
   return FaceSample(params.astype(jnp.float32), texture.astype(jnp.float32),
                     lighting.astype(jnp.float32), colour.astype(jnp.float32),
                     detail.astype(jnp.float32), light.astype(jnp.float32),
-                    highlight.astype(jnp.float32), look)
+                    highlight.astype(jnp.float32), look, folds)
 
 
 def _detail_waves(key, prior: FacePrior):
@@ -377,14 +385,21 @@ def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int,
   else:
     face = face_render.render_face(model, sample.params, sample.texture, height, width,
                                    backend)
-  if prior.detail == (0.0, 0.0):  # smooth faces: no displacement to compute
-    displacement, normals = jnp.zeros_like(face.depth), face.normals
+  if prior.detail == (0.0, 0.0) and prior.wrinkles == (0.0, 0.0):
+    displacement, normals = jnp.zeros_like(face.depth), face.normals  # smooth faces
   else:
     # The face's width in pixels: f times the model's x extent (the PNCC's u
     # runs across it).
     extent = jnp.max(model.mean_shape[:, 0]) - jnp.min(model.mean_shape[:, 0])
-    displacement = detail_displacement(sample.detail, face.pncc, face.mask,
-                                       sample.params[:, params_lib.SCALE] * extent)
+    face_width = sample.params[:, params_lib.SCALE] * extent
+    displacement = jnp.zeros_like(face.depth)
+    if prior.detail != (0.0, 0.0):
+      displacement = detail_displacement(sample.detail, face.pncc, face.mask, face_width)
+    if prior.wrinkles != (0.0, 0.0):
+      where = wrinkles_lib.geometry(model)
+      displacement = displacement + face_width[:, None, None] * jax.vmap(
+          lambda w, pncc, mask: wrinkles_lib.wrinkle_height(w, pncc, mask, where))(
+              sample.wrinkles, face.pncc, face.mask)
     # Normals of depth + displacement: n + n_z (-dd/dcolumn, dd/drow, 0) is
     # parallel to (-dz/dcolumn, dz/drow, 1) of the detailed surface.
     d_col, d_row, _ = shading.depth_gradient(displacement, face.mask)
