@@ -1,15 +1,21 @@
-r"""The README's picture of textured meshes: photos, and the textured OBJ
-`facerecon reconstruct` writes for each (the same mesh and baked texture,
-through `facerecon.Reconstructor` and `facerecon.texture`), seen from the
-photo's camera and turned 35 degrees either way.
+r"""The README's pictures of real photos reconstructed.
 
     python docs/pictures.py --output=docs/textured_meshes.jpg PHOTO...
+    python docs/pictures.py --kind=overlays --output=docs/real_dev_reconstructions.jpg PHOTO...
+
+`textured`: photos, and the textured OBJ `facerecon reconstruct` writes for
+each (the same mesh and baked texture, through `facerecon.Reconstructor`
+and `facerecon.texture`), seen from the photo's camera and turned 35
+degrees either way. `overlays`: photos beside the `<stem>_overlay.png`
+`facerecon reconstruct` writes (mesh and landmarks over the photo), two
+photos a row.
 
 Each photo's best face; the shipped model (or --workdir).
 """
 
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,7 +26,9 @@ import numpy as np
 
 import facerecon
 from facerecon import morphable
+from facerecon import reconstruct
 from facerecon import render
+from facerecon import rundir
 from facerecon import texture
 from facerecon.data import cropping
 from facerecon.data import photos
@@ -28,6 +36,7 @@ from facerecon.data import photos
 _OUTPUT = flags.DEFINE_string("output", None, "The picture (.jpg or .png).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (default: the shipped one).")
 _TILE = flags.DEFINE_integer("tile", 220, "Pixels per tile side.")
+_KIND = flags.DEFINE_enum("kind", "textured", ["textured", "overlays"], "Which picture.")
 TURN_DEGREES = 35.0
 BACKGROUND = 245
 
@@ -54,14 +63,42 @@ def textured_view(vertices, triangles, uv, image, square, tile: int, yaw_degrees
   return np.where(mask[..., None], colour, BACKGROUND).astype(np.uint8)
 
 
+def face_square(face) -> cropping.Square:
+  """The view of a face in the pictures: its landmark crop, a little closer."""
+  square = cropping.square_from_landmarks(face.landmarks)
+  return square._replace(side=square.side * 0.8)
+
+
+def textured_row(reconstructor, photo, face, tile: int) -> np.ndarray:
+  model = reconstructor.model
+  triangles = np.asarray(model.triangles)
+  uv = np.asarray(morphable.vertex_uv(model))
+  image, _ = texture.bake(photo, face.vertices, triangles, uv)
+  square = face_square(face)
+  row = [cropping.crop(photo, square, tile)]
+  row += [textured_view(face.vertices, triangles, uv, image, square, tile, yaw)
+          for yaw in (0.0, -TURN_DEGREES, TURN_DEGREES)]
+  return np.concatenate(row, axis=1)
+
+
+def overlay_pair(path: str, photo, face, tile: int, run: rundir.RunDir) -> np.ndarray:
+  """The photo and the overlay `facerecon reconstruct` writes for it, side by side."""
+  with tempfile.TemporaryDirectory() as folder:
+    reconstruct.reconstruct(rundir.resolve_config(run), run.path, path, folder,
+                            outputs=("overlay",), progress=False)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    overlay = photos.read_photo(os.path.join(folder, f"{stem}_overlay.png"))
+  square = face_square(face)
+  return np.concatenate([cropping.crop(photo, square, tile), cropping.crop(overlay, square, tile)],
+                        axis=1)
+
+
 def main(argv):
   paths = argv[1:]
   if not paths or not _OUTPUT.value:
     raise app.UsageError("give --output and one or more photos")
-  reconstructor = facerecon.Reconstructor(workdir=_WORKDIR.value)
-  model = reconstructor.model
-  triangles = np.asarray(model.triangles)
-  uv = np.asarray(morphable.vertex_uv(model))
+  run = rundir.RunDir(_WORKDIR.value) if _WORKDIR.value else rundir.default_run()
+  reconstructor = facerecon.Reconstructor(workdir=run.path)
   tile = _TILE.value
   rows = []
   for path in paths:
@@ -70,18 +107,18 @@ def main(argv):
     if not faces:
       print(f"{path}: no face found: left out")
       continue
-    face = faces[0]
-    image, _ = texture.bake(photo, face.vertices, triangles, uv)
-    square = cropping.square_from_landmarks(face.landmarks)
-    square = square._replace(side=square.side * 0.8)
-    row = [cropping.crop(photo, square, tile)]
-    row += [textured_view(face.vertices, triangles, uv, image, square, tile, yaw)
-            for yaw in (0.0, -TURN_DEGREES, TURN_DEGREES)]
-    rows.append(np.concatenate(row, axis=1))
+    if _KIND.value == "textured":
+      rows.append(textured_row(reconstructor, photo, faces[0], tile))
+    else:
+      rows.append(overlay_pair(path, photo, faces[0], tile, run))
+  drawn = len(rows)
+  if _KIND.value == "overlays":  # two photos a row
+    rows += [np.full_like(rows[0], 255)] * (len(rows) % 2)
+    rows = [np.concatenate(rows[k:k + 2], axis=1) for k in range(0, len(rows), 2)]
   picture = np.concatenate(rows, axis=0)
   cv2.imwrite(_OUTPUT.value, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
               [cv2.IMWRITE_JPEG_QUALITY, 88])
-  print(f"wrote {_OUTPUT.value}: {len(rows)} photos")
+  print(f"wrote {_OUTPUT.value}: {drawn} of {len(paths)} photos")
 
 
 if __name__ == "__main__":
