@@ -114,6 +114,8 @@ def check(config) -> None:
            "coarse.num_iterations", coarse.num_iterations, "a positive integer")
   _choice(config, "coarse.backbone", backbones.BACKBONES)
   _choice(config, "coarse.data.source", COARSE_SOURCES)
+  _require(not (coarse.init_from and coarse.pretrained), "coarse.init_from",
+           coarse.init_from, "unset when coarse.pretrained is set (one start only)")
   _require(_is_int(coarse.data.num_workers) and coarse.data.num_workers >= 0,
            "coarse.data.num_workers", coarse.data.num_workers, "an integer >= 0")
 

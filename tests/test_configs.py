@@ -101,6 +101,16 @@ def test_bad_values_are_refused_naming_the_field(field, value, message):
     config_checks.check(config)
 
 
+def test_a_run_starts_from_imagenet_weights_or_another_run_not_both():
+  config = default.get_config()
+  config.coarse.init_from = "runs/real"
+  config_checks.check(config)
+  config.coarse.pretrained = "resnet_v1_101.npz"
+  with pytest.raises(ValueError, match="config.coarse.init_from is 'runs/real'; it must be "
+                     "unset when coarse.pretrained is set"):
+    config_checks.check(config)
+
+
 def test_an_unknown_prior_field_is_refused():
   config = default.get_config()
   config.synthetic.prior.unlock()
