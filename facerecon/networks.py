@@ -49,13 +49,7 @@ def initial_coarse_variables(net, config, mesh, model, statistics):
   variables = init_coarse_variables(net, config, mesh, model, statistics, coarse.seed)
   if coarse.get("init_from"):
     source = rundir.RunDir(coarse.init_from)
-    if not source.has_best():
-      raise FileNotFoundError(f"config.coarse.init_from: no trained CoarseNet in "
-                              f"{source.best}")
-    record = rundir.read_record(source)
-    if record is not None:
-      rundir.check_same_networks(config, record, f"config.coarse.init_from ({source.path})",
-                                 rundir.COARSE_NETWORK_FIELDS)
+    check_coarse_run(config, source, "config.coarse.init_from: ")
     return restore_best(source, variables)
   if coarse.pretrained:
     scope = backbones.make_backbone(coarse.backbone, **dict(coarse.backbone_kwargs)).name
@@ -112,18 +106,25 @@ def coarse_run(config, run: rundir.RunDir) -> rundir.RunDir:
   return rundir.RunDir(config.fine.coarse_workdir) if config.fine.coarse_workdir else run
 
 
+def check_coarse_run(config, run: rundir.RunDir, context: str = "") -> None:
+  """FileNotFoundError when `run` has no trained CoarseNet, ValueError when
+  it recorded other networks than `config`'s; `context` prefixes the
+  messages (which setting named the run)."""
+  if not run.has_best():
+    raise FileNotFoundError(
+        f"{context}no trained CoarseNet in {run.best}: train one there first "
+        f"(python main.py --config=... --workdir={run.path})")
+  record = rundir.read_record(run)
+  if record is not None:
+    rundir.check_same_networks(config, record, f"{context}the CoarseNet run in {run.path}",
+                               rundir.COARSE_NETWORK_FIELDS)
+
+
 def load_coarse(config, run: rundir.RunDir, mesh=None):
   """(CoarseNet, its best variables, the face model, the statistics) of the
   CoarseNet trained in `run`. A run that recorded its config must have been
   trained with config's CoarseNet and face model."""
-  if not run.has_best():
-    raise FileNotFoundError(
-        f"no trained CoarseNet in {run.best}: train one there first "
-        f"(python main.py --config=... --workdir={run.path})")
-  record = rundir.read_record(run)
-  if record is not None:
-    rundir.check_same_networks(config, record, f"the CoarseNet run in {run.path}",
-                               rundir.COARSE_NETWORK_FIELDS)
+  check_coarse_run(config, run)
   model, statistics = rundir.model_and_statistics(config, run)
   net = coarse_net(config, mesh)
   like = jax.eval_shape(lambda: init_coarse_variables(net, config, mesh, model, statistics))

@@ -249,7 +249,7 @@ def tone(image: np.ndarray, std: float, mean: float) -> np.ndarray:
   of the luminance (colours keep their offsets from their pixel's grey,
   scaled alike); clipped."""
   pixels = image.astype(np.float32)
-  luminance = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+  luminance = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)  # as the grey photos are made
   old_mean, old_std = float(luminance.mean()), float(luminance.std())
   gain = std / max(old_std, 1.0) if std > 0 else 1.0
   new_mean = mean if mean > 0 else old_mean

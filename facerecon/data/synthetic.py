@@ -232,9 +232,10 @@ def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: 
   look = appearance.sample_appearance(jax.random.fold_in(key, 1001))
   look = look._replace(hair_amount=look.hair_amount * (
       jax.random.uniform(jax.random.fold_in(key, 1002)) < prior.hair))
-  folds = wrinkles_lib.sample_wrinkles(jax.random.fold_in(key, 1006), expression,
-                                       model.expression_std, wrinkles_lib.geometry(model),
-                                       prior.wrinkles)
+  folds = (jnp.zeros(wrinkles_lib.NUM_PARAMS) if prior.wrinkles == (0.0, 0.0) else
+           wrinkles_lib.sample_wrinkles(jax.random.fold_in(key, 1006), expression,
+                                        model.expression_std, wrinkles_lib.geometry(model),
+                                        prior.wrinkles))
   return FaceSample(params.astype(jnp.float32), texture.astype(jnp.float32),
                     lighting.astype(jnp.float32), colour.astype(jnp.float32),
                     detail.astype(jnp.float32), light.astype(jnp.float32),
