@@ -107,6 +107,10 @@ def get_config() -> ml_collections.ConfigDict:
   # coarse.num_train_steps = 0) to train only FineNet.
   config.fine.coarse_workdir = placeholder(str)
   config.fine.end_to_end = False       # also fine-tune CoarseNet through the renderer
+  # FineNet's photos' side (None: image_size). Larger than CoarseNet's, so
+  # detail a pixel wide at CoarseNet's size is there to see; CoarseNet gets
+  # the same photos shrunk to image_size, and reconstruct crops at this size.
+  config.fine.image_size = placeholder(int)
   config.fine.widths = (64, 128, 256)  # VGG-16 conv1..conv3 channels (the paper's)
   config.fine.head = (50, 50, 10)      # 1x1 convs of the hypercolumn head (the original's)
   config.fine.loss = ml_collections.ConfigDict()  # facerecon.losses.FineLossWeights
@@ -116,6 +120,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.fine.loss.sfs = 1.0
   config.fine.loss.fidelity = 2.0
   config.fine.loss.smoothness = 1.0
+  # Supervised terms against the synthetic faces' true detailed surface
+  # (absolute depth difference, 1 - cosine of the normals); 0: unsupervised.
+  config.fine.loss.depth = 0.0
+  config.fine.loss.normal = 0.0
   config.fine.data = ml_collections.ConfigDict()
   # 'synthetic' (rendered faces; labels used only to evaluate), 'tfds'
   # (images of fine.data.name, e.g. facerecon_faces/vggface) or 'folder'

@@ -178,3 +178,17 @@ def pose_after_image_similarity(pose, scale, offset, height: int,
   t_z = scale * t[..., 2]
   return params_lib.make_pose(pose[..., params_lib.ANGLES], xp.stack([t_x, t_y, t_z], -1),
                               scale * pose[..., params_lib.SCALE])
+
+
+
+def params_after_resize(params, size: int, new_size: int):
+  """Parameter vectors [..., P] (pose first) that render the same faces in
+  a square image of `size` resized to `new_size` (pixel centres at integer
+  coordinates: p' = k (p + 1/2) - 1/2 with k = new_size / size)."""
+  if new_size == size:
+    return params
+  k = new_size / size
+  pose = params[..., :params_lib.NUM_POSE]
+  offset = jnp.full(pose.shape[:-1] + (2,), 0.5 * k - 0.5, pose.dtype)
+  pose = pose_after_image_similarity(pose, k, offset, size, new_size)
+  return jnp.concatenate([pose, params[..., params_lib.NUM_POSE:]], axis=-1)

@@ -120,8 +120,16 @@ def check(config) -> None:
            "coarse.data.num_workers", coarse.data.num_workers, "an integer >= 0")
 
   _check_stage(config, "fine")
+  fine_size = config.fine.get("image_size")
+  _require(fine_size is None or (_is_int(fine_size) and fine_size >= config.image_size),
+           "fine.image_size", fine_size, "unset or an integer >= image_size")
   _check_widths(config, "fine.widths")
   _check_widths(config, "fine.head")
   _choice(config, "fine.data.source", FINE_SOURCES)
+  for field in ("depth", "normal"):
+    _require(not config.fine.loss.get(field) or config.fine.data.source == "synthetic",
+             f"fine.loss.{field}", config.fine.loss.get(field),
+             "0 unless fine.data.source is 'synthetic' (only synthetic faces have the "
+             "true detail)")
   _require(_is_int(config.fine.data.num_workers) and config.fine.data.num_workers >= 0,
            "fine.data.num_workers", config.fine.data.num_workers, "an integer >= 0")

@@ -92,7 +92,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   'skipped' and left out."""
   pairs = mat_folders.find_pairs(folder)
   predictor = inference.Predictor(config, workdir, batch_size)
-  size = config.image_size
+  size = predictor.size  # the crops' side
   results = {"truth": ([], []), "detector": ([], [])}  # (nme, yaw) per crop rule
   skipped, missed = [], 0
   for start in tqdm.trange(0, len(pairs), CHUNK, desc="photos", unit="chunk"):

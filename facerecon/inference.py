@@ -3,9 +3,10 @@
 
 `Predictor(config, workdir)` loads the best CoarseNet of a training run and,
 when the run trained one, its FineNet (`networks.load_trained`); calling it
-on uint8 crops [n, S, S, 3] (S = config.image_size, cropped by
+on uint8 crops [n, S, S, 3] (S = `Predictor.size`: FineNet's photo size
+where the run has a FineNet, else config.image_size; cropped by
 `facerecon.data.cropping`) returns a `FaceFits` of numpy arrays, all in the
-crop's frame. One jitted function does the whole batch; batches are padded
+crop's frame. CoarseNet sees the crops shrunk to config.image_size. One jitted function does the whole batch; batches are padded
 to `batch_size` so it compiles once. Nothing here imports the training code.
 """
 
@@ -14,6 +15,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from facerecon import camera
 from facerecon import face_render
 from facerecon import networks
 from facerecon import parallel
@@ -32,18 +34,25 @@ class FaceFits(NamedTuple):
   mask: np.ndarray          # [n, S, S] bool, the rendered face
 
 
-def regress(coarse_net, coarse_variables, crops, model, statistics, start_face):
-  """(the networks' input: crops normalised as in evaluation, raw parameters
-  [n, P] of CoarseNet's last iteration) of uint8 crops [n, S, S, 3].
-  `start_face`: CoarseNet's first input render (`coarse_net.render_start`)."""
-  images = preprocessing.network_images(crops, statistics)
+def regress(coarse_net, coarse_variables, crops, model, statistics, start_face, size: int):
+  """Raw parameters [n, P] of CoarseNet's last iteration, in the frame of
+  the uint8 crops [n, S, S, 3], which CoarseNet sees shrunk to `size` (its
+  config.image_size). `start_face`: CoarseNet's first input render
+  (`coarse_net.render_start`)."""
+  images = preprocessing.network_images(crops, statistics, size=size)
   estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False,
                                start_face=start_face)
-  return images, normalization.denormalize_params(estimates[-1], statistics)
+  return camera.params_after_resize(normalization.denormalize_params(estimates[-1], statistics),
+                                    size, crops.shape[-2])
+
+
+def crop_size(config, has_fine: bool) -> int:
+  """The side of the crops a run's networks take: FineNet's where it has one."""
+  return preprocessing.fine_image_size(config) if has_fine else config.image_size
 
 
 def _predict_fn(coarse_net, fine_net, config, mesh):
-  size = config.image_size
+  size = crop_size(config, fine_net is not None)
 
   def render_fit(params, model):
     face = face_render.render_face(model, params, None, size, size, config.render_backend)
@@ -53,11 +62,11 @@ def _predict_fn(coarse_net, fine_net, config, mesh):
   render_fit = parallel.map_per_device(render_fit, mesh, num_batched=1)
 
   def predict(coarse_variables, fine_params, crops, model, statistics, start_face):
-    images, params = regress(coarse_net, coarse_variables, crops, model, statistics,
-                             start_face)
+    params = regress(coarse_net, coarse_variables, crops, model, statistics, start_face,
+                     config.image_size)
     vertices, depth, mask, landmarks = render_fit(params, model)
-    fine = depth if fine_net is None else fine_net.apply({"params": fine_params}, images,
-                                                         depth, mask)
+    fine = depth if fine_net is None else fine_net.apply(
+        {"params": fine_params}, preprocessing.network_images(crops, statistics), depth, mask)
     return FaceFits(params, landmarks, vertices, depth, fine, mask)
 
   return jax.jit(predict)
@@ -70,18 +79,19 @@ class Predictor:
     """`workdir` None: CoarseNet freshly initialised, no FineNet (for timings)."""
     self.mesh = parallel.make_mesh()
     self.batch_size = self._whole_devices(batch_size)
-    self.size = config.image_size
     trained = (networks.fresh(config, self.mesh) if workdir is None
                else networks.load_trained(config, rundir.RunDir(workdir), self.mesh))
     self.model, self.statistics = trained.model, trained.statistics
     self.coarse_net = trained.coarse_net
     self.has_fine = trained.fine_net is not None
+    self.size = crop_size(config, self.has_fine)  # the crops' side
     replicated = parallel.replicated(self.mesh)
     self._arguments = jax.device_put((trained.coarse_variables, trained.fine_params), replicated)
     self.coarse_variables = self._arguments[0]
     # CoarseNet's first input render is the same for every face: made once here.
     start_face = jax.jit(coarse_net_lib.render_start, static_argnums=(2, 3, 4))(
-        self.model, self.statistics, self.size, self.size, config.render_backend)
+        self.model, self.statistics, config.image_size, config.image_size,
+        config.render_backend)
     self._context = jax.device_put((self.model, self.statistics, start_face), replicated)
     self.start_face = self._context[2]
     self._predict = _predict_fn(trained.coarse_net, trained.fine_net, config, self.mesh)

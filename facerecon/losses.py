@@ -235,25 +235,56 @@ class FineLossWeights(NamedTuple):
   sfs: float = 1.0
   fidelity: float = 2.0
   smoothness: float = 1.0
+  # Supervised terms against the true detailed surface (synthetic faces
+  # only; 0: the paper's unsupervised loss).
+  depth: float = 0.0
+  normal: float = 0.0
+
+  @property
+  def supervised(self) -> bool:
+    return self.depth > 0 or self.normal > 0
 
 
-def fine_loss(fine_depth, coarse_depth, mask, intensity, albedo, weights: FineLossWeights):
-  """(total, terms) of FineNet's unsupervised loss on depth maps [B, H, W]
-  (pixels of this image) against grey photos `intensity` with grey `albedo`
-  (0..1):
+def fine_loss(fine_depth, coarse_depth, mask, intensity, albedo, weights: FineLossWeights,
+              true_depth=None, true_mask=None):
+  """(total, terms) of FineNet's loss on depth maps [B, H, W] (pixels of
+  this image) against grey photos `intensity` with grey `albedo` (0..1):
 
       sfs * shading_fit(fine) + fidelity * |fine - coarse|^2
           + smoothness * |laplacian(fine)|^2
+          + depth * |fine - true| + normal * (1 - cos(normals, true normals))
 
   (`facerecon.shading`; the first-order SH light is solved per image inside
-  the graph). Depths are measured in pixels of a REFERENCE_SIZE image (the
-  paper's size) and the shading residual in grey levels 0..255, so the
-  paper's weights mean the same at every image size."""
+  the graph). The first three are the paper's unsupervised loss; the last
+  two need the true detailed depth and mask (synthetic faces) and are
+  computed whenever those are given. Depths are measured in pixels of a
+  REFERENCE_SIZE image (the paper's size) and the shading residual in grey
+  levels 0..255, so the weights mean the same at every image size."""
   unit = fine_depth.shape[-2] / REFERENCE_SIZE  # this image's pixels per 200-image pixel
   sfs, _, _ = shading.shading_fit(fine_depth, mask, intensity, albedo, ROBUST_SCALE)
   terms = {"sfs": sfs * INTENSITY_SCALE ** 2,
            "fidelity": shading.fidelity(fine_depth, coarse_depth, mask) / unit ** 2,
            # A Laplacian (1/pixel) in 200-image units is the value times `unit`.
            "smoothness": shading.smoothness(fine_depth, mask) * unit ** 2}
+  if true_depth is not None:
+    terms.update(detail_errors(fine_depth, mask, true_depth, true_mask))
+    terms["depth"] = terms["depth"] / unit
+  elif weights.supervised:
+    raise ValueError("FineNet's supervised loss terms (config.fine.loss.depth, "
+                     "config.fine.loss.normal) need the true detailed depth: synthetic data")
   total = sum(getattr(weights, name) * value for name, value in terms.items())
   return total, terms
+
+
+def detail_errors(depth, mask, true_depth, true_mask):
+  """{'depth': mean absolute depth difference (pixels) where both masks
+  cover, 'normal': mean 1 - cosine between the depth maps' normals where
+  both have all four neighbours}."""
+  mask, true_mask = jnp.asarray(mask, bool), jnp.asarray(true_mask, bool)
+  region = (mask & true_mask).astype(depth.dtype)
+  normals, interior = shading.depth_normals(depth, mask)
+  true_normals, true_interior = shading.depth_normals(true_depth, true_mask)
+  cosine = jnp.sum(normals * true_normals, axis=-1)
+  return {"depth": shading.masked_mean(jnp.abs(depth - true_depth), region),
+          "normal": shading.masked_mean(1.0 - cosine,
+                                        (interior & true_interior).astype(depth.dtype))}

@@ -15,6 +15,7 @@ from facerecon import checkpoints
 from facerecon import morphable
 from facerecon import rundir
 from facerecon.data import normalization
+from facerecon.data import preprocessing
 from facerecon.models import backbones
 from facerecon.models import coarse_net as coarse_net_lib
 from facerecon.models import fine as fine_lib
@@ -65,8 +66,8 @@ def fine_net(config) -> fine_lib.FineNet:
 
 
 def init_fine_params(config, net, seed: int = 0):
-  """FineNet's freshly initialised parameters for config.image_size inputs."""
-  size = config.image_size
+  """FineNet's freshly initialised parameters for its photos' size."""
+  size = preprocessing.fine_image_size(config)
   zeros = jnp.zeros((1, size, size))
   return jax.jit(lambda key: net.init(key, jnp.zeros((1, size, size, 3)), zeros,
                                       zeros > 0))(jax.random.PRNGKey(seed))["params"]

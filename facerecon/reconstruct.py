@@ -116,7 +116,7 @@ def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: s
   videos = [(p, s) for p, s in zip(paths, stems) if photos.is_video(p)]
   stills = [(p, s) for p, s in zip(paths, stems) if not photos.is_video(p)]
   predictor = inference.Predictor(config, workdir, batch_size)
-  size = config.image_size
+  size = predictor.size  # the crops' side
   summary = Summary(photos=len(stills))
   os.makedirs(output_dir, exist_ok=True)
 

@@ -47,7 +47,10 @@ CONFIG_FORMAT = 1
 COARSE_NETWORK_FIELDS = ("model", "image_size", "coarse.num_iterations", "coarse.backbone",
                          "coarse.backbone_kwargs")
 NETWORK_FIELDS = COARSE_NETWORK_FIELDS + ("fine.widths", "fine.head", "fine.end_to_end",
-                                          "fine.coarse_workdir")
+                                          "fine.coarse_workdir", "fine.image_size")
+# Network fields added after runs were recorded without them, with the value
+# those runs had.
+LATER_FIELDS = {"fine.image_size": None}
 
 
 def trained_fields(run: "RunDir", started) -> tuple[str, ...]:
@@ -179,8 +182,13 @@ def check_same_networks(config, record: dict, where: str,
     try:
       recorded = config_checks.get_field(saved, name)
     except KeyError:
-      raise ValueError(f"{where}: its config.json has no field {name}") from None
-    given = _plain(config_checks.get_field(config, name))
+      if name not in LATER_FIELDS:
+        raise ValueError(f"{where}: its config.json has no field {name}") from None
+      recorded = LATER_FIELDS[name]
+    try:
+      given = _plain(config_checks.get_field(config, name))
+    except KeyError:
+      given = LATER_FIELDS[name]
     if given != recorded:
       raise ValueError(f"config.{name}: {where} was trained with {recorded!r}, but the config "
                        f"given says {given!r}")

@@ -189,7 +189,7 @@ def solve_lighting(intensity, albedo, normals, weights):
   return jnp.linalg.solve(gram, rhs[..., None])[..., 0]
 
 
-def _masked_mean(values, weights):
+def masked_mean(values, weights):
   """Per-image mean of values over weights [..., H, W], then over images."""
   total = jnp.sum(values * weights, axis=(-2, -1))
   count = jnp.sum(weights, axis=(-2, -1))
@@ -209,7 +209,7 @@ def shading_fit(depth, mask, intensity, albedo, robust_scale=None):
   weights = (interior & (intensity < SATURATED)).astype(depth.dtype)
   light = solve_lighting(intensity, albedo, normals, weights)
   shaded = albedo * sh_irradiance(normals, light)
-  return _masked_mean(robust_square(shaded - intensity, robust_scale), weights), light, shaded
+  return masked_mean(robust_square(shaded - intensity, robust_scale), weights), light, shaded
 
 
 def robust_square(residual, scale=None):
@@ -224,16 +224,16 @@ def robust_square(residual, scale=None):
 
 def fidelity(depth, reference, mask):
   """Mean squared depth change (pixels^2) over the mask: stay near the coarse depth."""
-  return _masked_mean((depth - reference) ** 2, jnp.asarray(mask, depth.dtype))
+  return masked_mean((depth - reference) ** 2, jnp.asarray(mask, depth.dtype))
 
 
 def smoothness(depth, mask):
   """Mean squared Laplacian of the depth over the interior pixels."""
   values, interior = laplacian(depth, mask)
-  return _masked_mean(values ** 2, interior.astype(depth.dtype))
+  return masked_mean(values ** 2, interior.astype(depth.dtype))
 
 
 def normal_angle(normals, reference, weights):
   """Mean angle in degrees between unit normal maps [..., H, W, 3] over weights."""
   cosine = jnp.clip(jnp.sum(normals * reference, axis=-1), -1.0, 1.0)
-  return _masked_mean(jnp.degrees(jnp.arccos(cosine)), weights)
+  return masked_mean(jnp.degrees(jnp.arccos(cosine)), weights)

@@ -184,3 +184,21 @@ def test_pose_after_image_similarity_moves_the_projection():
   assert isinstance(as_numpy, np.ndarray)
   np.testing.assert_allclose(as_numpy, np.asarray(
       camera.pose_after_image_similarity(pose, scale, offset, 128)), rtol=1e-6)
+
+
+def test_params_after_resize_maps_pixel_centres():
+  """A face in a 32-pixel image, the image resized to 96: pixel centres map
+  by p' = 3 (p + 1/2) - 1/2, depth scales by 3, the shape part is kept."""
+  rng = np.random.default_rng(6)
+  vertices = jnp.asarray(rng.normal(size=(20, 3)) * 5, jnp.float32)
+  pose = jnp.array([0.1, 0.3, -0.2, 16.0, 15.0, 1.0, 0.2])
+  params = jnp.concatenate([pose, jnp.arange(4.0)])[None]
+  resized = camera.params_after_resize(params, 32, 96)
+  before = camera.project_scaled_orthographic(vertices, params[0, :7], 32)
+  after = camera.project_scaled_orthographic(vertices, resized[0, :7], 96)
+  np.testing.assert_allclose(np.asarray(after[:, :2]),
+                             3 * (np.asarray(before[:, :2]) + 0.5) - 0.5, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(after[:, 2]), 3 * np.asarray(before[:, 2]),
+                             rtol=1e-5, atol=1e-3)
+  np.testing.assert_array_equal(np.asarray(resized[0, 7:]), np.arange(4.0))
+  assert camera.params_after_resize(params, 32, 32) is params

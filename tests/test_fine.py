@@ -18,6 +18,8 @@ import pytest
 
 from conftest import ROOT
 import events
+from facerecon import config_checks
+from facerecon import inference
 from facerecon import losses
 from facerecon.data import input_pipeline
 from facerecon.data import sources
@@ -120,6 +122,37 @@ def test_fine_loss_weights_balance_at_every_image_size():
   assert float(small["smoothness"]) == pytest.approx(float(large["smoothness"]), rel=0.02)
 
 
+def test_supervised_fine_terms_measure_the_true_detail():
+  """depth: the mean absolute difference in 200-image pixels; normal: 0 for
+  the true surface shifted in depth, larger for a surface without its
+  ripples; both only with the truth, and asking for them without it is an
+  error."""
+  size = 100
+  x = np.arange(size)[None, :] / size * np.ones((size, 1))
+  truth = jnp.asarray(size * (0.2 + 0.01 * np.sin(12 * x)), jnp.float32)[None]
+  flat = jnp.full_like(truth, 0.2 * size)
+  mask = jnp.ones_like(truth, bool)
+  grey = jnp.full_like(truth, 0.5)
+  weights = losses.FineLossWeights(depth=1.0, normal=1.0)
+
+  def terms(depth):
+    return losses.fine_loss(depth, flat, mask, grey, grey, weights, truth, mask)[1]
+
+  shifted, smooth = terms(truth + 0.5), terms(flat)
+  assert float(shifted["depth"]) == pytest.approx(0.5 * 200 / size, rel=1e-4)
+  assert float(shifted["normal"]) == pytest.approx(0.0, abs=1e-6)
+  assert float(smooth["normal"]) > 1e-3
+  # Where the prediction's mask does not cover, the truth is not compared.
+  half = mask.at[:, :, size // 2:].set(False)
+  only_left = losses.fine_loss(truth.at[:, :, size // 2:].add(7.0), flat, half, grey, grey,
+                               weights, truth, mask)[1]
+  assert float(only_left["depth"]) == pytest.approx(0.0, abs=1e-6)
+  with pytest.raises(ValueError, match="config.fine.loss.depth"):
+    losses.fine_loss(flat, flat, mask, grey, grey, weights)
+  unsupervised = losses.fine_loss(flat, flat, mask, grey, grey, losses.FineLossWeights())[1]
+  assert "depth" not in unsupervised and "normal" not in unsupervised
+
+
 def _config(coarse_workdir, **fine_overrides):
   """The tiny config's FineNet stage, 4 steps, over the CoarseNet in
   `coarse_workdir`."""
@@ -145,11 +178,14 @@ def _best_variables(run):
 def test_fine_stage_writes_outputs(coarse_workdir, tmp_path):
   """Checkpoints, the best checkpoint (FineNet's variables only: CoarseNet
   is frozen), TensorBoard, the picture, the run's config, and every metric.
-  Resuming is the shared train loop's (training.loop), tested with CoarseNet."""
+  Resuming is the shared train loop's (training.loop), tested with CoarseNet.
+  Trained with the supervised terms too (the unsupervised loss alone: the
+  folder and tfds tests)."""
   workdir = str(tmp_path / "run")
-  metrics = fine_stage.train_and_evaluate(_config(coarse_workdir), workdir)
-  for name in ("loss", "sfs", "fidelity", "smoothness", "depth_error", "normal_error",
-               "coarse_depth_error", "coarse_normal_error"):
+  metrics = fine_stage.train_and_evaluate(
+      _config(coarse_workdir, loss__depth=0.1, loss__normal=1.0), workdir)
+  for name in ("loss", "sfs", "fidelity", "smoothness", "depth", "normal", "depth_error",
+               "normal_error", "coarse_depth_error", "coarse_normal_error"):
     assert np.isfinite(metrics[name]), name
   assert metrics["fidelity"] > 0  # FineNet moved off the coarse depth
   stage = os.path.join(workdir, "fine")
@@ -235,6 +271,11 @@ def test_fine_stage_errors_name_the_problem(tmp_path):
   config.fine.data.source = "web"
   with pytest.raises(ValueError, match="config.fine.data.source"):
     sources.open_photos(config, "train", 8)
+  config.fine.data.source = "folder"
+  config.fine.data.folder = str(tmp_path)
+  config.fine.loss.depth = 1.0
+  with pytest.raises(ValueError, match="fine.loss.depth"):
+    config_checks.check(config)
 
 
 @pytest.mark.slow
@@ -279,3 +320,28 @@ def test_fine_stage_trains_on_the_images_of_a_tfds_data_set(coarse_workdir, tmp_
   config.fine.update(eval_batch_size=8, num_train_steps=4, eval_every=4)  # val holds 4
   with pytest.raises(ValueError, match=r"fewer than config.fine.eval_batch_size \(8\)"):
     fine_stage.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_finenet_at_twice_coarsenets_size(coarse_workdir, tmp_path):
+  """fine.image_size 64 over a 32-pixel CoarseNet: FineNet trains on 64-pixel
+  photos, and the run's Predictor takes 64-pixel crops, returns its depth at
+  64 and places the landmarks as CoarseNet does on the crops shrunk to 32
+  (mapped back to 64)."""
+  workdir = str(tmp_path / "large")
+  config = _config(coarse_workdir, num_train_steps=2, image_size=64)
+  metrics = fine_stage.train_and_evaluate(config, workdir)
+  assert np.isfinite(metrics["normal_error"]) and metrics["fidelity"] > 0
+  predictor = inference.Predictor(config, workdir, batch_size=4)
+  assert predictor.has_fine and predictor.size == 64
+  host = next(sources.open_photos(config, "val", 4))
+  assert host["image"].shape == (4, 64, 64, 3)
+  fits = predictor(host["image"])
+  assert fits.depth.shape == fits.coarse_depth.shape == fits.mask.shape == (4, 64, 64)
+  assert np.abs(fits.depth - fits.coarse_depth).max() > 0  # FineNet ran
+  shrunk = np.stack([cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA)
+                     for image in host["image"]])
+  coarse_only = inference.Predictor(tiny.config(), coarse_workdir, batch_size=4)
+  assert coarse_only.size == 32
+  np.testing.assert_allclose(fits.landmarks, 2 * (coarse_only(shrunk).landmarks + 0.5) - 0.5,
+                             atol=0.5)

@@ -155,7 +155,7 @@ def test_reconstruct_fits_whole_batches_and_photos_split_between_them(tmp_path, 
     """Every crop gets the same, framed, mean face."""
 
     def __init__(self, config, workdir, batch_size):
-      self.batch_size, self.model, self.has_fine = batch_size, model, False
+      self.batch_size, self.model, self.has_fine, self.size = batch_size, model, False, size
 
     def __call__(self, crops):
       calls.append(len(crops))
@@ -263,6 +263,7 @@ def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
 
   class Oracle:
     model = face_models.load("embedded:25")
+    size = tiny.config().image_size
 
     def __init__(self, *args):
       pass

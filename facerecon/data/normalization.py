@@ -42,11 +42,16 @@ def denormalize_params(normalized, stats: DataStatistics):
 
 
 def normalize_image(image, stats: DataStatistics):
-  """uint8 or [0, 1] float images [..., H, W, C] -> centred float32."""
+  """uint8 or [0, 1] float images [..., H, W, C] -> centred float32. Images
+  of another size than the statistics' take the mean image resized to theirs
+  (FineNet's photos can be larger than CoarseNet's)."""
   image = jnp.asarray(image)
   if image.dtype == jnp.uint8:
     image = image.astype(jnp.float32) / 255.0
-  return image - stats.mean_image
+  mean = stats.mean_image
+  if mean.shape[-3:-1] != image.shape[-3:-1]:
+    mean = jax.image.resize(mean, image.shape[-3:-1] + mean.shape[-1:], "linear")
+  return image - mean
 
 
 class StatisticsAccumulator:

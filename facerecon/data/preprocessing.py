@@ -56,12 +56,23 @@ def colour_jitter(images, key, augmentation: Augmentation):
   return jnp.clip(images * (1.0 + brightness), 0.0, 1.0)
 
 
+def fine_image_size(config) -> int:
+  """The side of FineNet's square photos: config.fine.image_size, or
+  CoarseNet's config.image_size where that is unset. CoarseNet sees the same
+  photos shrunk to its size (`network_images(..., size=)`)."""
+  return config.fine.get("image_size") or config.image_size
+
+
 def network_images(images, statistics: normalization.DataStatistics | None, key=None,
-                   augmentation: Augmentation = Augmentation()):
-  """uint8 images [B, H, W, 3] -> float32 network input: colour-jittered
+                   augmentation: Augmentation = Augmentation(), size: int | None = None):
+  """uint8 images [B, H, W, 3] -> float32 network input: shrunk to `size`
+  (antialiased; square images) where given and different, colour-jittered
   when `key` is given (training), centred on the statistics' mean image
   (none with `statistics` None)."""
   images = jnp.asarray(images).astype(jnp.float32) / 255.0
+  if size is not None and images.shape[-3:-1] != (size, size):
+    images = jax.image.resize(images, images.shape[:-3] + (size, size, images.shape[-1]),
+                              "linear", antialias=True)
   if key is not None and augmentation.photometric:
     images = colour_jitter(images, key, augmentation)
   if statistics is not None:

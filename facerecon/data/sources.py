@@ -21,6 +21,7 @@ import numpy as np
 
 from facerecon import face_models
 from facerecon.data import normalization
+from facerecon.data import preprocessing
 from facerecon.data import scenes
 from facerecon.data import synthetic
 
@@ -148,14 +149,15 @@ def open_labelled(config, statistics, split: str, batch_size: int):
       num_workers=data.num_workers if split == "train" else 0, image_size=config.image_size))
 
 
-def open_photos(config, split: str, batch_size: int, evaluation: bool = False):
+def open_photos(config, split: str, batch_size: int, labels: bool = False):
   """An iterator of FineNet's host batches of `split` ('train' or 'val'):
-  'image' uint8; synthetic evaluation batches also 'fine_depth' and 'mask'
-  (the true detailed surface)."""
+  'image' uint8; synthetic batches with `labels` (for evaluation or a
+  supervised loss) also 'fine_depth' and 'mask' (the true detailed surface)."""
   data = config.fine.data
+  size = preprocessing.fine_image_size(config)
   if data.source == "synthetic":
-    fields = ("image", "fine_depth", "mask") if evaluation else ("image",)
-    return SyntheticStream(face_models.load(config.model), config.image_size, batch_size,
+    fields = ("image", "fine_depth", "mask") if labels else ("image",)
+    return SyntheticStream(face_models.load(config.model), size, batch_size,
                            synthetic_seed(config, split, "fine"), face_prior(config),
                            fields=fields)
   if data.source not in ("tfds", "folder"):
@@ -170,8 +172,8 @@ def open_photos(config, split: str, batch_size: int, evaluation: bool = False):
     if not data.folder:
       raise ValueError("config.fine.data.folder: the photo folder is required with "
                        "config.fine.data.source='folder'")
-    source = input_pipeline.FolderSource(data.folder, config.image_size, split)
+    source = input_pipeline.FolderSource(data.folder, size, split)
   return iter(input_pipeline.make_dataset(
       source, batch_size=batch_size, seed=config.fine.seed, train=split == "train",
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_workers=data.num_workers if split == "train" else 0, image_size=config.image_size))
+      num_workers=data.num_workers if split == "train" else 0, image_size=size))

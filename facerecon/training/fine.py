@@ -14,7 +14,6 @@ only) or 'folder' (any folder of face photos). CoarseNet comes from
 `config.fine.coarse_workdir` (default: the run itself, i.e. stage 1's).
 """
 
-import functools
 import logging
 from typing import NamedTuple
 
@@ -23,6 +22,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from facerecon import camera
 from facerecon import face_render
 from facerecon import losses
 from facerecon import networks
@@ -50,19 +50,22 @@ class CoarseFit(NamedTuple):
 
 
 def coarse_fit_fn(coarse_net, config, mesh=None):
-  """coarse_fit(coarse variables, normalised images, model, statistics) ->
-  CoarseFit, each device rendering its own examples; differentiable in the
-  variables."""
-  size = config.image_size
+  """coarse_fit(coarse variables, uint8 photos [B, S, S, 3] (S: FineNet's
+  size), model, statistics) -> CoarseFit at FineNet's size, CoarseNet
+  seeing the photos shrunk to its own; each device renders its own
+  examples; differentiable in the variables."""
+  size = preprocessing.fine_image_size(config)
 
   def render_fit(estimate, model, statistics):
-    params = normalization.denormalize_params(estimate, statistics)
+    params = camera.params_after_resize(normalization.denormalize_params(estimate, statistics),
+                                        config.image_size, size)
     face = face_render.render_face(model, params, None, size, size, config.render_backend)
     return CoarseFit(face.depth, face.mask, shading.luminance(face.albedo))
 
   render_fit = parallel.map_per_device(render_fit, mesh, num_batched=1)
 
-  def coarse_fit(coarse_variables, images, model, statistics):
+  def coarse_fit(coarse_variables, photos, model, statistics):
+    images = preprocessing.network_images(photos, statistics, size=config.image_size)
     estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False)
     return render_fit(estimates[-1], model, statistics)
 
@@ -70,7 +73,7 @@ def coarse_fit_fn(coarse_net, config, mesh=None):
 
 
 def _photos(batch, statistics):
-  """(normalised images for the networks, grey intensity 0..1 for the loss)."""
+  """(FineNet's normalised images, grey intensity 0..1 for the loss)."""
   images = preprocessing.network_images(batch["image"], statistics)
   return images, shading.luminance(batch["image"].astype(jnp.float32) / 255.0)
 
@@ -80,8 +83,11 @@ def loss_fn(fine_net, coarse_fit, config, mesh=None):
   context = (model, statistics, CoarseNet variables)."""
   weights = losses.FineLossWeights(**config.fine.loss)
   end_to_end = config.fine.end_to_end
-  loss = parallel.mean_per_device(functools.partial(losses.fine_loss, weights=weights), mesh,
-                                  num_batched=5)
+
+  def per_device(fine, coarse, mask, intensity, albedo, *truth):
+    return losses.fine_loss(fine, coarse, mask, intensity, albedo, weights, *truth)
+
+  loss = parallel.mean_per_device(per_device, mesh, num_batched=7 if weights.supervised else 5)
 
   def compute(params, batch_stats, batch, rng, context):
     del batch_stats, rng
@@ -89,11 +95,12 @@ def loss_fn(fine_net, coarse_fit, config, mesh=None):
     coarse_variables, fine_params = networks.split_fine_params(params, end_to_end,
                                                                coarse_variables)
     images, intensity = _photos(batch, statistics)
-    fit = coarse_fit(coarse_variables, images, model, statistics)
+    fit = coarse_fit(coarse_variables, batch["image"], model, statistics)
     if not end_to_end:
       fit = jax.lax.stop_gradient(fit)
     fine = fine_net.apply({"params": fine_params}, images, fit.depth, fit.mask)
-    total, terms = loss(fine, fit.depth, fit.mask, intensity, fit.albedo)
+    truth = (batch["fine_depth"], batch["mask"]) if weights.supervised else ()
+    total, terms = loss(fine, fit.depth, fit.mask, intensity, fit.albedo, *truth)
     return total, ({}, terms)
 
   return compute
@@ -109,7 +116,7 @@ def evaluation_fn(fine_net, coarse_fit, config, mesh=None):
   normals where both have all four neighbours. Jitted."""
   weights = losses.FineLossWeights(**config.fine.loss)
   end_to_end = config.fine.end_to_end
-  size = config.image_size
+  size = preprocessing.fine_image_size(config)
 
   def errors(depth, mask, true_depth, true_mask, true_normals, true_interior):
     region = (mask & true_mask).astype(jnp.float32)
@@ -122,7 +129,7 @@ def evaluation_fn(fine_net, coarse_fit, config, mesh=None):
     return depth_error, angle
 
   def metrics(fine, coarse, mask, intensity, albedo, *truth):
-    total, out = losses.fine_loss(fine, coarse, mask, intensity, albedo, weights)
+    total, out = losses.fine_loss(fine, coarse, mask, intensity, albedo, weights, *truth)
     out = dict(out, loss=total)
     if truth:
       truth = (*truth, *shading.depth_normals(*truth))
@@ -135,7 +142,7 @@ def evaluation_fn(fine_net, coarse_fit, config, mesh=None):
     coarse_variables, fine_params = networks.split_fine_params(params, end_to_end,
                                                                coarse_variables)
     images, intensity = _photos(batch, statistics)
-    fit = coarse_fit(coarse_variables, images, model, statistics)
+    fit = coarse_fit(coarse_variables, batch["image"], model, statistics)
     fine = fine_net.apply({"params": fine_params}, images, fit.depth, fit.mask)
     truth = ((batch["fine_depth"], batch["mask"]) if "fine_depth" in batch else ())
     values = parallel.mean_per_device(metrics, mesh, num_batched=5 + len(truth))(
@@ -171,13 +178,14 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
                            mesh)
   evaluate = evaluation_fn(fine_net, coarse_fit, config, mesh)
   train_data = sources.open_photos(config, "train",
-                                   config.fine.batch_size // jax.process_count())
+                                   config.fine.batch_size // jax.process_count(),
+                                   labels=losses.FineLossWeights(**config.fine.loss).supervised)
   logger.info("FineNet: %d devices (%s) in %d process(es); global batch %d%s", mesh.size,
               jax.devices()[0].platform, jax.process_count(), config.fine.batch_size,
               ", CoarseNet fine-tuned too" if config.fine.end_to_end else "")
 
   def make_batch(host):
-    return parallel.shard_batch({"image": np.asarray(host["image"])}, mesh)
+    return parallel.shard_batch({k: np.asarray(v) for k, v in host.items()}, mesh)
 
   def run_evaluation(state, step, writer):
     return _run_evaluation(config, run.fine, model, evaluate, state, mesh, context, writer,
@@ -214,7 +222,7 @@ def _run_evaluation(config, run: rundir.RunDir, model, evaluate, state, mesh, co
                                          truth))
 
   sums, count = loop.sum_metrics(
-      sources.open_photos(config, "val", per_host, evaluation=True), fine.eval_batches,
+      sources.open_photos(config, "val", per_host, labels=True), fine.eval_batches,
       per_host, evaluate_batch, picture_of_first,
       f"the validation data has fewer than config.fine.eval_batch_size "
       f"({fine.eval_batch_size}) images")
