@@ -5,7 +5,8 @@ photos and `facerecon.video`'s frames alike.
 Per face, `<stem>_face<k>`:
   .obj / .ply           the dense mesh; coordinates are the photo's pixels
                         with y up: column = x, row = H - 1 - y, z towards the
-                        viewer (f R v + t3d). The OBJ is textured when the
+                        viewer (f R v + t3d). Where the run has a FineNet, the
+                        visible vertices carry its detail (`detail_offsets`). The OBJ is textured when the
                         model has UVs (.mtl and _texture.png beside it: the
                         photo baked into the UV layout, `facerecon.texture`),
                         else vertex-coloured; the PLY has vertex colours
@@ -111,6 +112,34 @@ def posed_in_photo(params, vertices, square: cropping.Square, size: int, photo_h
   return pose, np.asarray(posed_mesh(vertices, pose), np.float32)
 
 
+# A vertex takes FineNet's detail where it is the surface the depth map sees:
+# its depth within this many crop pixels of the coarse depth at its pixel.
+VISIBLE_DEPTH_TOLERANCE = 1.5
+
+
+def detail_offsets(fit, size: int) -> np.ndarray:
+  """Each vertex's depth offset [N] (crop pixels, towards the viewer) that
+  carries FineNet's detail onto the dense mesh: fine minus coarse depth at
+  the vertex's crop pixel (bilinear), for vertices on the visible surface
+  (`VISIBLE_DEPTH_TOLERANCE`; 0 elsewhere, e.g. the back of the head)."""
+  posed = np.asarray(posed_mesh(fit.vertices, fit.params[:params_lib.NUM_POSE]))
+  columns, rows = posed[:, 0], (size - 1) - posed[:, 1]
+  detail = np.where(fit.mask, fit.depth - fit.coarse_depth, 0.0).astype(np.float32)
+  coarse = fit.coarse_depth.astype(np.float32)
+
+  def sample(image, interpolation):
+    return cv2.remap(image, columns[None].astype(np.float32), rows[None].astype(np.float32),
+                     interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)[0]
+
+  near = np.rint(columns).astype(int), np.rint(rows).astype(int)
+  inside = (near[0] >= 0) & (near[0] < size) & (near[1] >= 0) & (near[1] < size)
+  covered = np.zeros(len(posed), bool)
+  covered[inside] = fit.mask[near[1][inside], near[0][inside]]
+  visible = covered & (np.abs(posed[:, 2] - sample(coarse, cv2.INTER_NEAREST))
+                       <= VISIBLE_DEPTH_TOLERANCE)
+  return np.where(visible, sample(detail, cv2.INTER_LINEAR), 0.0).astype(np.float32)
+
+
 def render_fits(fits, model, batch_size: int, size: int) -> list[FittedFace]:
   """FittedFaces of a batch of fits (inference.FaceFits of at most
   `batch_size` crops of side `size`)."""
@@ -139,6 +168,9 @@ def write_face(photo: Photo, k: int, face: FittedFace, model, size: int,
   fit = face.fit
   params = fit.params
   photo_pose, vertices = posed_in_photo(params, fit.vertices, square, size, photo.height)
+  if has_fine:  # The detailed mesh: FineNet's detail, crop pixels scaled to the photo's.
+    vertices = vertices.copy()
+    vertices[:, 2] += detail_offsets(fit, size) * (square.side / size)
   photo_params = np.concatenate([photo_pose, params[params_lib.NUM_POSE:]]).astype(np.float32)
   landmarks = cropping.to_photo(fit.landmarks, square, size)
   # Vertex colours: the photo (its preview) at each vertex's pixel.

@@ -23,6 +23,7 @@ from facerecon import camera
 from facerecon import evaluate
 from facerecon import export
 from facerecon import face_models
+from facerecon import face_render
 from facerecon import inference
 from facerecon import morphable
 from facerecon import outputs
@@ -232,6 +233,35 @@ def _write_aflw_style(folder, count: int, seed: int, shape_entries: int = 199):
         "Pose_Para": pose[None], "Shape_Para": params[7:7 + shape_entries, None],
         "Exp_Para": params[206:, None], "pt3d_68": points, "roi": np.zeros((1, 4))})
   return np.degrees(batch["params"][:, 1]), batch["landmarks"]
+
+
+def test_detail_offsets_move_the_visible_vertices_only():
+  """FineNet's depth 2 pixels above the coarse depth everywhere on the face:
+  the vertices the depth map sees move 2 pixels, those it does not see (the
+  far side of a face turned 60 degrees) stay."""
+  model = face_models.load("embedded:25")
+  size = 64
+  vertices = np.asarray(morphable.vertices_from_params(
+      model, np.zeros((1, model.layout.size), np.float32)))[0]
+  angles = np.radians([0.0, 60.0, 0.0])
+  params = np.zeros(model.layout.size, np.float32)
+  params[:7] = camera.framing_pose(vertices, angles, size, size, fill=0.7)
+  face = face_render.render_face(model, params[None], None, size, size)
+  depth, mask = np.asarray(face.depth[0]), np.asarray(face.mask[0])
+  fit = inference.FaceFits(params, None, vertices, depth, np.where(mask, depth + 2.0, 0.0),
+                           mask)
+  offsets = outputs.detail_offsets(fit, size)
+  posed = np.asarray(camera.transform_scaled_orthographic(vertices, params[:7]))
+  rows = np.clip(np.rint(size - 1 - posed[:, 1]).astype(int), 0, size - 1)
+  columns = np.clip(np.rint(posed[:, 0]).astype(int), 0, size - 1)
+  hidden = posed[:, 2] < depth[rows, columns] - 3.0
+  assert hidden.sum() > 0.1 * len(vertices)
+  np.testing.assert_array_equal(offsets[hidden], 0.0)
+  seen = offsets != 0
+  assert seen.sum() > 0.3 * len(vertices)
+  # Bilinear samples next to the silhouette mix in the 0 off the face.
+  assert np.median(offsets[seen]) == pytest.approx(2.0)
+  assert offsets.min() >= 0.0 and offsets.max() <= 2.0 + 1e-5
 
 
 def test_nme_and_yaw_bins_follow_the_protocol():
