@@ -153,6 +153,12 @@ def test_supervised_fine_terms_measure_the_true_detail():
   assert "depth" not in unsupervised and "normal" not in unsupervised
 
 
+# The paper's unsupervised loss (the tiny config, as the quick start's, learns
+# the true detail instead): for photos without it.
+UNSUPERVISED = dict(loss__sfs=1.0, loss__fidelity=2.0, loss__smoothness=1.0, loss__depth=0.0,
+                    loss__normal=0.0)
+
+
 def _config(coarse_workdir, **fine_overrides):
   """The tiny config's FineNet stage, 4 steps, over the CoarseNet in
   `coarse_workdir`."""
@@ -179,11 +185,11 @@ def test_fine_stage_writes_outputs(coarse_workdir, tmp_path):
   """Checkpoints, the best checkpoint (FineNet's variables only: CoarseNet
   is frozen), TensorBoard, the picture, the run's config, and every metric.
   Resuming is the shared train loop's (training.loop), tested with CoarseNet.
-  Trained with the supervised terms too (the unsupervised loss alone: the
-  folder and tfds tests)."""
+  Trained with the paper's terms and the supervised ones (the unsupervised
+  loss alone: the folder and tfds tests)."""
   workdir = str(tmp_path / "run")
   metrics = fine_stage.train_and_evaluate(
-      _config(coarse_workdir, loss__depth=0.1, loss__normal=1.0), workdir)
+      _config(coarse_workdir, loss__sfs=1.0, loss__fidelity=2.0), workdir)
   for name in ("loss", "sfs", "fidelity", "smoothness", "depth", "normal", "depth_error",
                "normal_error", "coarse_depth_error", "coarse_normal_error"):
     assert np.isfinite(metrics[name]), name
@@ -254,7 +260,8 @@ def test_folder_source_crops_and_resizes_any_photo(tmp_path):
 def test_fine_stage_trains_on_a_folder_of_photos(coarse_workdir, tmp_path):
   photos = str(tmp_path / "photos")
   _write_photos(photos, 20)
-  config = _config(coarse_workdir, num_train_steps=2, eval_batch_size=2, best_metric="loss")
+  config = _config(coarse_workdir, num_train_steps=2, eval_batch_size=2, best_metric="loss",
+                   **UNSUPERVISED)
   config.fine.data.source = "folder"
   config.fine.data.folder = photos
   metrics = fine_stage.train_and_evaluate(config, str(tmp_path / "run"))
@@ -312,7 +319,7 @@ def test_fine_stage_trains_on_the_images_of_a_tfds_data_set(coarse_workdir, tmp_
   splits.write_splits_and_statistics(source, (0.6, 0.2, 0.2), seed=0)
   build_dataset.build("synthetic", source, str(tmp_path / "tfds"))
   config = _config(coarse_workdir, num_train_steps=2, batch_size=4, eval_batch_size=4,
-                   best_metric="loss")
+                   best_metric="loss", **UNSUPERVISED)
   config.fine.data.update(source="tfds", name="facerecon_faces/synthetic",
                           data_dir=str(tmp_path / "tfds"))
   metrics = fine_stage.train_and_evaluate(config, str(tmp_path / "run"))

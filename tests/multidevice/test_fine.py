@@ -34,8 +34,8 @@ def loss_and_gradient(config, coarse_workdir, devices):
   params = jax.tree_util.tree_map_with_path(
       lambda path, x: x + 0.01 if "detail" in str(path) else x,
       networks.init_fine_params(config, net))
-  host = next(sources.open_photos(config, "train", 8))
-  batch = parallel.shard_batch({"image": np.asarray(host["image"])}, mesh)
+  host = next(sources.open_photos(config, "train", 8, labels=True))
+  batch = parallel.shard_batch({k: np.asarray(v) for k, v in host.items()}, mesh)
   loss_fn = fine.loss_fn(net, fine.coarse_fit_fn(coarse_net, config, mesh), config, mesh)
   context = jax.device_put((model, statistics, coarse_variables), parallel.replicated(mesh))
   (loss, (_, terms)), grads = jax.jit(jax.value_and_grad(
@@ -54,8 +54,10 @@ def test_fine_stage_on_four_devices_matches_one(coarse_workdir, tmp_path):
   a run completes. (Trained parameters are not compared: Adam's first steps
   are nearly sign(gradient), so float summation order decides tiny
   gradients' steps.)"""
+  # Every loss term weighted: the paper's and the supervised ones.
   config = tiny.config(coarse__num_train_steps=2, fine__num_train_steps=1,
-                       fine__coarse_workdir=coarse_workdir)
+                       fine__coarse_workdir=coarse_workdir, fine__loss__sfs=1.0,
+                       fine__loss__fidelity=2.0, fine__loss__smoothness=1.0)
   one = loss_and_gradient(config, coarse_workdir, jax.devices()[:1])
   four = loss_and_gradient(config, coarse_workdir, jax.devices())
   assert sorted(four) == sorted(one) and len(one) > 10
