@@ -125,7 +125,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.fine.loss.depth = 0.0
   config.fine.loss.normal = 0.0
   config.fine.data = ml_collections.ConfigDict()
-  # 'synthetic' (rendered faces; labels used only to evaluate), 'tfds'
+  # 'synthetic' (rendered faces; their labels evaluate FineNet and, with
+  # fine.loss.depth or .normal, supervise it), 'tfds'
   # (images of fine.data.name, e.g. facerecon_faces/vggface) or 'folder'
   # (fine.data.folder: any folder of face photos; every 10th is validation).
   config.fine.data.source = "synthetic"
