@@ -11,6 +11,8 @@ astronaut in scikit-image's data, one face, 512x512; or --photo):
 - regression: CoarseNet alone (`inference.regress`, jitted) per face, at batch 1 and at
   --batch faces per call;
 - dense mesh: the model-space vertices from the parameters, batch 1;
+- FineNet (where the run has one): its depth from the crop and the coarse
+  depth, batch 1;
 - network call: facerecon.inference.Predictor on one crop (CoarseNet, dense
   mesh, depth map, landmarks; FineNet where the run has one);
 - end to end: detect + crop + network call + the mesh posed in the photo.
@@ -38,6 +40,7 @@ from facerecon import morphable
 from facerecon import outputs
 from facerecon import rundir
 from facerecon.data import cropping
+from facerecon.data import preprocessing
 from facerecon.data import photos
 
 config_flags.DEFINE_config_file("config", "configs/mobile.py", "The network's config.")
@@ -62,7 +65,7 @@ def main(argv):
 
     path = os.path.join(os.path.dirname(skimage.__file__), "data", "astronaut.png")
   photo = photos.read_photo(path)
-  repeats, size = _REPEATS.value, config.image_size
+  repeats = _REPEATS.value
   detector = detect.from_name(_DETECTOR.value)
   boxes, squares, _ = detector.crop_squares(photo)
   if not len(boxes):
@@ -70,17 +73,21 @@ def main(argv):
   square = squares[0]
   large = np.full((3000, 4000, 3), 128, np.uint8)
   large[1000:1000 + photo.shape[0], 2000:2000 + photo.shape[1]] = photo
-  crop = cropping.crop(photo, square, size)
   predictor = inference.Predictor(config, _WORKDIR.value, batch_size=1)
+  size = predictor.size  # the crops' side: FineNet's where the run has one
+  crop = cropping.crop(photo, square, size)
   model, statistics = predictor.model, predictor.statistics
   net, variables = predictor.coarse_net, predictor.coarse_variables
   start_face = predictor.start_face
   # CoarseNet alone on uint8 crops, its first input render kept (as the Predictor does).
-  regress = jax.jit(lambda *arguments: inference.regress(net, *arguments)[1])
+  regress = jax.jit(lambda *arguments: inference.regress(net, *arguments, config.image_size))
   one = crop[None]
   many = np.repeat(one, _BATCH.value, axis=0)
   dense = jax.jit(morphable.vertices_from_params)
-  params = predictor(one).params
+  fits = predictor(one)
+  params = fits.params
+  fine = jax.jit(lambda fine_params, crops, depth, mask: predictor.fine_net.apply(
+      {"params": fine_params}, preprocessing.network_images(crops, statistics), depth, mask))
 
   def end_to_end():
     found_square = detector.crop_squares(photo)[1][0]
@@ -100,10 +107,14 @@ def main(argv):
           repeats=max(3, repeats // 10)) / _BATCH.value,
       "dense mesh, batch 1 (per face)": timing.median_ms(dense, model, params,
                                                          repeats=repeats),
+      **({"FineNet, batch 1 (per face)": timing.median_ms(
+          fine, predictor.fine_params, one, fits.coarse_depth, fits.mask, repeats=repeats)}
+         if predictor.has_fine else {}),
       "network call (per face)": timing.median_ms(predictor, one, repeats=repeats),
       "end to end (per photo)": timing.median_ms(end_to_end, repeats=repeats),
   }
-  print(f"{config.coarse.backbone} {dict(config.coarse.backbone_kwargs)}, {size}x{size}, "
+  print(f"{config.coarse.backbone} {dict(config.coarse.backbone_kwargs)}, "
+        f"{config.image_size}x{config.image_size} (crops {size}x{size}), "
         f"{config.coarse.num_iterations} iteration(s), {model.num_vertices} vertices, "
         f"{'trained' if _WORKDIR.value else 'random'} weights, FineNet: "
         f"{predictor.has_fine}; {os.cpu_count()} cores; photo {photo.shape[1]}x{photo.shape[0]}")

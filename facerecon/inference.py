@@ -87,7 +87,8 @@ class Predictor:
     self.size = crop_size(config, self.has_fine)  # the crops' side
     replicated = parallel.replicated(self.mesh)
     self._arguments = jax.device_put((trained.coarse_variables, trained.fine_params), replicated)
-    self.coarse_variables = self._arguments[0]
+    self.coarse_variables, self.fine_params = self._arguments
+    self.fine_net = trained.fine_net
     # CoarseNet's first input render is the same for every face: made once here.
     start_face = jax.jit(coarse_net_lib.render_start, static_argnums=(2, 3, 4))(
         self.model, self.statistics, config.image_size, config.image_size,
