@@ -37,9 +37,11 @@ import tqdm
 from facerecon import export
 from facerecon import face_render
 from facerecon import inference
+from facerecon import losses
 from facerecon import networks
 from facerecon import parallel
 from facerecon import rundir
+from facerecon import shading
 from facerecon.data import cropping
 from facerecon.data import mat_folders
 from facerecon.data import normalization
@@ -84,16 +86,32 @@ def _detected_square(detector, photo, truth):
   return None
 
 
+@jax.jit
+def _shading_residuals(crops, coarse_depth, fine_depth, mask):
+  """(CoarseNet's, FineNet's) shading residual summed over uint8 crops
+  [n, S, S, 3]: `losses.shading_residual` against the grey photo with a
+  uniform albedo (the first-order light solved per crop takes its level)."""
+  intensity = shading.luminance(crops.astype(jnp.float32) / 255.0)
+  albedo = jnp.ones_like(intensity)
+  count = crops.shape[0]
+  return tuple(count * losses.shading_residual(depth, mask, intensity, albedo)
+               for depth in (coarse_depth, fine_depth))
+
+
 def evaluate_folder(config, workdir: str, folder: str, detector=None,
                     batch_size: int = 32) -> dict:
   """AFLW2000-3D-style evaluation of the run in `workdir` on `folder`;
   `detector` (a `facerecon.detect.FaceDetector` or None) adds the detector
   crops. Unreadable photos and malformed .mat files are reported in
-  'skipped' and left out."""
+  'skipped' and left out. A run with a FineNet also gets the mean shading
+  residual of CoarseNet's and FineNet's depth on the ground-truth crops
+  (`_shading_residuals`): FineNet's detail should explain the photos'
+  shading better."""
   pairs = mat_folders.find_pairs(folder)
   predictor = inference.Predictor(config, workdir, batch_size)
   size = predictor.size  # the crops' side
   results = {"truth": ([], []), "detector": ([], [])}  # (nme, yaw) per crop rule
+  residual_sums = np.zeros(2)  # CoarseNet's, FineNet's
   skipped, missed = [], 0
   for start in tqdm.trange(0, len(pairs), CHUNK, desc="photos", unit="chunk"):
     crops = {"truth": [], "detector": []}
@@ -123,6 +141,9 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
                             for points, f in zip(fits.landmarks, faces)])
       results[rule][0].extend(landmark_nme(predicted, np.stack([f[2] for f in faces])))
       results[rule][1].extend(f[3] for f in faces)
+      if rule == "truth" and predictor.has_fine:
+        residual_sums += np.asarray(_shading_residuals(
+            np.stack([f[0] for f in faces]), fits.coarse_depth, fits.depth, fits.mask))
   if not results["truth"][0]:
     raise ValueError(f"no photo in {folder} could be evaluated: "
                      + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
@@ -130,6 +151,9 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
          "ground_truth_crops": yaw_table(*results["truth"])}
   if detector is not None:
     out["detector_crops"] = {**yaw_table(*results["detector"]), "missed": missed}
+  if predictor.has_fine:
+    coarse, fine = residual_sums / len(results["truth"][0])
+    out["shading_residual"] = {"coarse": float(coarse), "fine": float(fine)}
   return out
 
 
@@ -181,6 +205,10 @@ def format_table(name: str, results: dict) -> str:
     if "detector_crops" in results:
       lines.append(f"detector missed {results['detector_crops']['missed']} of "
                    f"{results['photos'] - len(results['skipped'])} photos")
+    if "shading_residual" in results:
+      residual = results["shading_residual"]
+      lines.append(f"shading residual (grey levels^2, ground-truth crops): CoarseNet "
+                   f"{residual['coarse']:.2f}, FineNet {residual['fine']:.2f}")
     if results["skipped"]:
       lines.append(f"skipped {len(results['skipped'])} unreadable files (listed in the JSON)")
   else:

@@ -261,8 +261,7 @@ def fine_loss(fine_depth, coarse_depth, mask, intensity, albedo, weights: FineLo
   REFERENCE_SIZE image (the paper's size) and the shading residual in grey
   levels 0..255, so the weights mean the same at every image size."""
   unit = fine_depth.shape[-2] / REFERENCE_SIZE  # this image's pixels per 200-image pixel
-  sfs, _, _ = shading.shading_fit(fine_depth, mask, intensity, albedo, ROBUST_SCALE)
-  terms = {"sfs": sfs * INTENSITY_SCALE ** 2,
+  terms = {"sfs": shading_residual(fine_depth, mask, intensity, albedo),
            "fidelity": shading.fidelity(fine_depth, coarse_depth, mask) / unit ** 2,
            # A Laplacian (1/pixel) in 200-image units is the value times `unit`.
            "smoothness": shading.smoothness(fine_depth, mask) * unit ** 2}
@@ -274,6 +273,14 @@ def fine_loss(fine_depth, coarse_depth, mask, intensity, albedo, weights: FineLo
                      "config.fine.loss.normal) need the true detailed depth: synthetic data")
   total = sum(getattr(weights, name) * value for name, value in terms.items())
   return total, terms
+
+
+def shading_residual(depth, mask, intensity, albedo):
+  """The shape-from-shading term: the robust squared residual (grey levels
+  0..255) between photos `intensity` [..., H, W] and `albedo` shaded by
+  the depth maps' normals under each image's best first-order SH light."""
+  residual, _, _ = shading.shading_fit(depth, mask, intensity, albedo, ROBUST_SCALE)
+  return residual * INTENSITY_SCALE ** 2
 
 
 def detail_errors(depth, mask, true_depth, true_mask):

@@ -293,7 +293,7 @@ def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
 
   class Oracle:
     model = face_models.load("embedded:25")
-    size = tiny.config().image_size
+    size, has_fine = tiny.config().image_size, False
 
     def __init__(self, *args):
       pass
@@ -331,6 +331,11 @@ def test_evaluate_on_aflw_style_folder_and_synthetic_test_split(run_dir, tmp_pat
   assert table["all"] > 0 and results["photos"] == 7
   assert [os.path.basename(s["file"]) for s in results["skipped"]] == ["image99999.jpg"]
   assert results["detector_crops"]["missed"] <= 6
+  # The run has a FineNet: both depths' shading residuals, printed too.
+  residual = results["shading_residual"]
+  assert residual["coarse"] > 0 and residual["fine"] > 0
+  assert residual["fine"] != residual["coarse"]
+  assert "shading residual" in result.stdout
 
   text, synthetic = evaluate.run(tiny.config(**CONFIG), run_dir, "synthetic")
   for key in ("param_error", "vertex_error", "depth_error", "landmark_nme",
