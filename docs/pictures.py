@@ -2,13 +2,17 @@ r"""The README's pictures of real photos reconstructed.
 
     python docs/pictures.py --output=docs/textured_meshes.jpg PHOTO...
     python docs/pictures.py --kind=overlays --output=docs/real_dev_reconstructions.jpg PHOTO...
+    python docs/pictures.py --kind=detail --workdir=RUN --output=docs/real_dev_detail.jpg PHOTO...
 
 `textured`: photos, and the textured OBJ `facerecon reconstruct` writes for
 each (the same mesh and baked texture, through `facerecon.Reconstructor`
 and `facerecon.texture`), seen from the photo's camera and turned 35
 degrees either way. `overlays`: photos beside the `<stem>_overlay.png`
 `facerecon reconstruct` writes (mesh and landmarks over the photo), two
-photos a row.
+photos a row. `detail` (a run with a FineNet): per photo, the crop the
+networks saw, CoarseNet's and FineNet's depth maps shaded (grey
+Lambertian renders of their normals), and the detailed dense mesh the
+outputs carry, shaded, turned 35 degrees.
 
 Each photo's best face; the shipped model (or --workdir).
 """
@@ -30,13 +34,15 @@ from facerecon import reconstruct
 from facerecon import render
 from facerecon import rundir
 from facerecon import texture
+from facerecon import visualize
 from facerecon.data import cropping
 from facerecon.data import photos
 
 _OUTPUT = flags.DEFINE_string("output", None, "The picture (.jpg or .png).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (default: the shipped one).")
 _TILE = flags.DEFINE_integer("tile", 220, "Pixels per tile side.")
-_KIND = flags.DEFINE_enum("kind", "textured", ["textured", "overlays"], "Which picture.")
+_KIND = flags.DEFINE_enum("kind", "textured", ["textured", "overlays", "detail"],
+                          "Which picture.")
 TURN_DEGREES = 35.0
 BACKGROUND = 245
 
@@ -81,6 +87,40 @@ def textured_row(reconstructor, photo, face, tile: int) -> np.ndarray:
   return np.concatenate(row, axis=1)
 
 
+def shaded_view(vertices, triangles, square, tile: int, yaw_degrees: float):
+  """The mesh (photo pixels, y down, z towards the viewer) grey-shaded from
+  its vertex normals, turned as in `textured_view`."""
+  scale, offset = cropping.crop_transform(square, tile)
+  points = np.asarray(vertices, np.float64) * scale
+  points[:, :2] += offset
+  centre = points.mean(axis=0)
+  angle = np.radians(yaw_degrees)
+  turn = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0],
+                   [-np.sin(angle), 0, np.cos(angle)]])
+  points = ((points - centre) @ turn.T + centre).astype(np.float32)
+  # y up for the normals (the rows run down), back to image axes after.
+  normals = np.asarray(morphable.vertex_normals(points * [1, -1, 1], triangles))
+  raster = render.rasterize(points[None], triangles, tile, tile)
+  normal = np.array(render.interpolate(normals, raster, points[None], triangles))[0]
+  normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-6)
+  light = np.array([0.3, 0.3, 1.0]) / np.linalg.norm([0.3, 0.3, 1.0])
+  grey = 255 * (0.25 + 0.7 * np.clip(normal @ light, 0.0, 1.0))
+  mask = np.asarray(raster.mask[0])
+  return np.repeat(np.where(mask, grey, BACKGROUND)[..., None], 3, -1).astype(np.uint8)
+
+
+def detail_row(reconstructor, photo, face, tile: int) -> np.ndarray:
+  predictor = reconstructor.predictor
+  crop = cropping.crop(photo, face.crop, predictor.size)
+  fits = predictor(crop[None])
+  panel = visualize.fine_panel(crop[None], fits.coarse_depth, fits.depth, fits.mask, tile=tile)
+  # The panel's photo, coarse shaded and fine shaded tiles (not the grey depth maps).
+  columns = [panel[:, k * tile:(k + 1) * tile] for k in (0, 3, 4)]
+  triangles = np.asarray(reconstructor.model.triangles)
+  columns.append(shaded_view(face.vertices, triangles, face.crop, tile, TURN_DEGREES))
+  return np.concatenate(columns, axis=1)
+
+
 def overlay_pair(path: str, photo, face, tile: int, run: rundir.RunDir) -> np.ndarray:
   """The photo and the overlay `facerecon reconstruct` writes for it, side by side."""
   with tempfile.TemporaryDirectory() as folder:
@@ -109,6 +149,8 @@ def main(argv):
       continue
     if _KIND.value == "textured":
       rows.append(textured_row(reconstructor, photo, faces[0], tile))
+    elif _KIND.value == "detail":
+      rows.append(detail_row(reconstructor, photo, faces[0], tile))
     else:
       rows.append(overlay_pair(path, photo, faces[0], tile, run))
   drawn = len(rows)

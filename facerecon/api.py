@@ -38,7 +38,7 @@ class Face:
   landmarks: np.ndarray     # [68, 2] x, y
   landmarks_3d: np.ndarray  # [68, 3] x, y, z
   pose_degrees: np.ndarray  # [3] pitch, yaw, roll
-  vertices: np.ndarray      # [N, 3] x, y, z: the dense mesh
+  vertices: np.ndarray      # [N, 3] x, y, z: the dense mesh (FineNet's detail on it if any)
   triangles: np.ndarray     # [T, 3] the model's (facing the viewer: clockwise in these
   #                           y-down coordinates, counter-clockwise with y up as in OBJ files)
   depth: np.ndarray         # [S, S] the crop's depth map (crop pixels towards the viewer; NaN off the face)
@@ -90,8 +90,9 @@ class Reconstructor:
     landmark_indices = np.asarray(self.model.landmark_indices)
     faces = []
     for k, square in enumerate(squares):
-      pose, posed = outputs.posed_in_photo(fits.params[k], fits.vertices[k], square, size,
-                                           height)
+      fit = type(fits)(*(field[k] for field in fits))
+      pose, posed = outputs.posed_in_photo(fit, square, size, height,
+                                           detailed=self.predictor.has_fine)
       posed = posed.astype(np.float64)
       vertices = np.stack([posed[:, 0], height - 1 - posed[:, 1], posed[:, 2]], axis=1)
       depth = np.where(fits.mask[k], fits.depth[k], np.nan).astype(np.float32)

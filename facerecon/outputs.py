@@ -104,12 +104,17 @@ def posed_mesh(vertices, pose):
 _posed_mesh = jax.jit(camera.transform_scaled_orthographic)
 
 
-def posed_in_photo(params, vertices, square: cropping.Square, size: int, photo_height: int):
+def posed_in_photo(fit, square: cropping.Square, size: int, photo_height: int,
+                   detailed: bool):
   """(the pose [7] in the photo, the mesh [N, 3] posed there: photo pixels,
-  y up) of a fit in a `size` crop of `square`: its parameters [P] (pose in
-  the crop) and model-space vertices [N, 3]."""
-  pose = cropping.pose_to_photo(params[:params_lib.NUM_POSE], square, size, photo_height)
-  return pose, np.asarray(posed_mesh(vertices, pose), np.float32)
+  y up) of a fit (one face's inference.FaceFits) in a `size` crop of
+  `square`; `detailed`: with FineNet's detail (`detail_offsets`, crop
+  pixels scaled to the photo's)."""
+  pose = cropping.pose_to_photo(fit.params[:params_lib.NUM_POSE], square, size, photo_height)
+  vertices = np.array(posed_mesh(fit.vertices, pose), np.float32)
+  if detailed:
+    vertices[:, 2] += detail_offsets(fit, size) * (square.side / size)
+  return pose, vertices
 
 
 # A vertex takes FineNet's detail where it is the surface the depth map sees:
@@ -167,10 +172,7 @@ def write_face(photo: Photo, k: int, face: FittedFace, model, size: int,
   stem = f"{photo.stem}_face{k if photo.face_names is None else photo.face_names[k]}"
   fit = face.fit
   params = fit.params
-  photo_pose, vertices = posed_in_photo(params, fit.vertices, square, size, photo.height)
-  if has_fine:  # The detailed mesh: FineNet's detail, crop pixels scaled to the photo's.
-    vertices = vertices.copy()
-    vertices[:, 2] += detail_offsets(fit, size) * (square.side / size)
+  photo_pose, vertices = posed_in_photo(fit, square, size, photo.height, detailed=has_fine)
   photo_params = np.concatenate([photo_pose, params[params_lib.NUM_POSE:]]).astype(np.float32)
   landmarks = cropping.to_photo(fit.landmarks, square, size)
   # Vertex colours: the photo (its preview) at each vertex's pixel.
