@@ -47,10 +47,10 @@ TURN_DEGREES = 35.0
 BACKGROUND = 245
 
 
-def textured_view(vertices, triangles, uv, image, square, tile: int, yaw_degrees: float):
-  """The textured mesh (photo pixels, y down, z towards the viewer) turned
-  by `yaw_degrees` about its centre, drawn into a `tile` x `tile` view of
-  the crop `square`."""
+def turned(vertices, square, tile: int, yaw_degrees: float) -> np.ndarray:
+  """The mesh (photo pixels, y down, z towards the viewer) in the pixels of
+  a `tile` x `tile` view of the crop `square`, turned by `yaw_degrees`
+  about its centre."""
   scale, offset = cropping.crop_transform(square, tile)
   points = np.asarray(vertices, np.float64) * scale
   points[:, :2] += offset
@@ -58,7 +58,14 @@ def textured_view(vertices, triangles, uv, image, square, tile: int, yaw_degrees
   angle = np.radians(yaw_degrees)
   turn = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0],
                    [-np.sin(angle), 0, np.cos(angle)]])
-  points = (points - centre) @ turn.T + centre
+  return (points - centre) @ turn.T + centre
+
+
+def textured_view(vertices, triangles, uv, image, square, tile: int, yaw_degrees: float):
+  """The textured mesh (photo pixels, y down, z towards the viewer) turned
+  by `yaw_degrees` about its centre, drawn into a `tile` x `tile` view of
+  the crop `square`."""
+  points = turned(vertices, square, tile, yaw_degrees)
   raster = render.rasterize(points[None].astype(np.float32), triangles, tile, tile)
   texel = np.asarray(render.interpolate(np.asarray(uv, np.float32), raster,
                                         points[None].astype(np.float32), triangles))[0]
@@ -90,14 +97,7 @@ def textured_row(reconstructor, photo, face, tile: int) -> np.ndarray:
 def shaded_view(vertices, triangles, square, tile: int, yaw_degrees: float):
   """The mesh (photo pixels, y down, z towards the viewer) grey-shaded from
   its vertex normals, turned as in `textured_view`."""
-  scale, offset = cropping.crop_transform(square, tile)
-  points = np.asarray(vertices, np.float64) * scale
-  points[:, :2] += offset
-  centre = points.mean(axis=0)
-  angle = np.radians(yaw_degrees)
-  turn = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0],
-                   [-np.sin(angle), 0, np.cos(angle)]])
-  points = ((points - centre) @ turn.T + centre).astype(np.float32)
+  points = turned(vertices, square, tile, yaw_degrees).astype(np.float32)
   # y up for the normals (the rows run down), back to image axes after.
   normals = np.asarray(morphable.vertex_normals(points * [1, -1, 1], triangles))
   raster = render.rasterize(points[None], triangles, tile, tile)
