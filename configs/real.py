@@ -76,5 +76,25 @@ def get_config():
   coarse.eval_batch_size = 64
   coarse.checkpoint_every = 250
   coarse.best_metric = "landmark_nme"
-  config.fine.num_train_steps = 0
+  # FineNet over the shipped CoarseNet: not trained by default (steps 0).
+  #   python main.py --config=configs/real.py --workdir=runs/real_fine \
+  #     --config.coarse.num_train_steps=0 \
+  #     --config.fine.coarse_workdir=facerecon/assets/run --config.fine.num_train_steps=1500 \
+  #     --config.synthetic.prior.wrinkles="(0.004,0.012)"
+  # 128-pixel photos (CoarseNet sees them shrunk to 96), the faces' true
+  # detail learnt (with wrinkles where faces fold, deepened by age and
+  # expression: the shipped CoarseNet was trained without), narrow for the CPU.
+  fine = config.fine
+  fine.num_train_steps = 0
+  fine.image_size = 128
+  fine.widths = (16, 32, 64)
+  fine.head = (32, 32, 16)
+  fine.batch_size = 16
+  fine.learning_rate = 3e-3
+  fine.warmup_steps = 50
+  fine.eval_every = 500
+  fine.checkpoint_every = 250
+  fine.eval_batch_size = 32
+  fine.best_metric = "normal_error"
+  fine.loss.update(sfs=0.0, fidelity=0.0, smoothness=0.0, depth=1.0, normal=100.0)
   return config
