@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from facerecon import camera
+from facerecon import face_models
 from facerecon import face_render
 from facerecon import networks
 from facerecon import parallel
@@ -54,17 +55,21 @@ def crop_size(config, has_fine: bool) -> int:
 def _predict_fn(coarse_net, fine_net, config, mesh):
   size = crop_size(config, fine_net is not None)
 
-  def render_fit(params, model):
-    face = face_render.render_face(model, params, None, size, size, config.render_backend)
-    return (face.vertices, face.depth, face.mask,
+  def render_fit(params, model, render_model):
+    # `render_model`: the model the depth map shows; its surface (`model`,
+    # whose vertices come first) is the mesh.
+    face = face_render.render_face(render_model, params, None, size, size,
+                                   config.render_backend)
+    return (face.vertices[..., :model.num_vertices, :], face.depth, face.mask,
             face_render.image_landmarks(model, face.image_vertices))
 
   render_fit = parallel.map_per_device(render_fit, mesh, num_batched=1)
 
-  def predict(coarse_variables, fine_params, crops, model, statistics, start_face):
+  def predict(coarse_variables, fine_params, crops, model, statistics, start_face,
+              render_model):
     params = regress(coarse_net, coarse_variables, crops, model, statistics, start_face,
                      config.image_size)
-    vertices, depth, mask, landmarks = render_fit(params, model)
+    vertices, depth, mask, landmarks = render_fit(params, model, render_model)
     fine = depth if fine_net is None else fine_net.apply(
         {"params": fine_params}, preprocessing.network_images(crops, statistics), depth, mask)
     return FaceFits(params, landmarks, vertices, depth, fine, mask)
@@ -93,7 +98,12 @@ class Predictor:
     start_face = jax.jit(coarse_net_lib.render_start, static_argnums=(2, 3, 4))(
         self.model, self.statistics, config.image_size, config.image_size,
         config.render_backend)
-    self._context = jax.device_put((self.model, self.statistics, start_face), replicated)
+    # FineNet refines depth maps of the whole model (eyes, teeth and mouth
+    # interior included: `training.fine`); without it the surface's suffice.
+    render_model = (face_models.load(config.model) if self.has_fine and workdir is not None
+                    else self.model)
+    self._context = jax.device_put((self.model, self.statistics, start_face, render_model),
+                                   replicated)
     self.start_face = self._context[2]
     self._predict = _predict_fn(trained.coarse_net, trained.fine_net, config, self.mesh)
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from facerecon import camera
+from facerecon import face_models
 from facerecon import face_render
 from facerecon import losses
 from facerecon import networks
@@ -51,8 +52,12 @@ class CoarseFit(NamedTuple):
 
 def coarse_fit_fn(coarse_net, config, mesh=None):
   """coarse_fit(coarse variables, uint8 photos [B, S, S, 3] (S: FineNet's
-  size), model, statistics) -> CoarseFit at FineNet's size, CoarseNet
-  seeing the photos shrunk to its own; each device renders its own
+  size), model, statistics, whole model) -> CoarseFit at FineNet's size,
+  CoarseNet (of the model's surface, `rundir.load_model`) seeing the photos
+  shrunk to its own size, its fit rendered with the whole model
+  (`face_models.load`: eyes, teeth and mouth interior included, as in the
+  synthetic photos and their true depth, so FineNet learns detail, not to
+  fill the surface's eye and mouth holes); each device renders its own
   examples; differentiable in the variables."""
   size = preprocessing.fine_image_size(config)
 
@@ -64,10 +69,10 @@ def coarse_fit_fn(coarse_net, config, mesh=None):
 
   render_fit = parallel.map_per_device(render_fit, mesh, num_batched=1)
 
-  def coarse_fit(coarse_variables, photos, model, statistics):
+  def coarse_fit(coarse_variables, photos, model, statistics, whole_model):
     images = preprocessing.network_images(photos, statistics, size=config.image_size)
     estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False)
-    return render_fit(estimates[-1], model, statistics)
+    return render_fit(estimates[-1], whole_model, statistics)
 
   return coarse_fit
 
@@ -80,7 +85,8 @@ def _photos(batch, statistics):
 
 def loss_fn(fine_net, coarse_fit, config, mesh=None):
   """The train step's loss_fn(params, batch_stats, batch, rng, context), with
-  context = (model, statistics, CoarseNet variables)."""
+  context = (model, statistics, CoarseNet variables, whole model): see
+  `coarse_fit_fn`."""
   weights = losses.FineLossWeights(**config.fine.loss)
   end_to_end = config.fine.end_to_end
 
@@ -91,11 +97,11 @@ def loss_fn(fine_net, coarse_fit, config, mesh=None):
 
   def compute(params, batch_stats, batch, rng, context):
     del batch_stats, rng
-    model, statistics, coarse_variables = context
+    model, statistics, coarse_variables, whole_model = context
     coarse_variables, fine_params = networks.split_fine_params(params, end_to_end,
                                                                coarse_variables)
     images, intensity = _photos(batch, statistics)
-    fit = coarse_fit(coarse_variables, batch["image"], model, statistics)
+    fit = coarse_fit(coarse_variables, batch["image"], model, statistics, whole_model)
     if not end_to_end:
       fit = jax.lax.stop_gradient(fit)
     fine = fine_net.apply({"params": fine_params}, images, fit.depth, fit.mask)
@@ -138,11 +144,11 @@ def evaluation_fn(fine_net, coarse_fit, config, mesh=None):
     return out
 
   def evaluate(params, batch, context):
-    model, statistics, coarse_variables = context
+    model, statistics, coarse_variables, whole_model = context
     coarse_variables, fine_params = networks.split_fine_params(params, end_to_end,
                                                                coarse_variables)
     images, intensity = _photos(batch, statistics)
-    fit = coarse_fit(coarse_variables, batch["image"], model, statistics)
+    fit = coarse_fit(coarse_variables, batch["image"], model, statistics, whole_model)
     fine = fine_net.apply({"params": fine_params}, images, fit.depth, fit.mask)
     truth = ((batch["fine_depth"], batch["mask"]) if "fine_depth" in batch else ())
     values = parallel.mean_per_device(metrics, mesh, num_batched=5 + len(truth))(
@@ -173,7 +179,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   tx, schedule = make_optimizer(stage)
   replicated = parallel.replicated(mesh)
   state = jax.device_put(TrainState.create(params, {}, tx), replicated)
-  context = jax.device_put((model, statistics, coarse_variables), replicated)
+  context = jax.device_put((model, statistics, coarse_variables,
+                            face_models.load(config.model)), replicated)
   step_fn = jit_train_step(make_train_step(loss_fn(fine_net, coarse_fit, config, mesh), tx),
                            mesh)
   evaluate = evaluation_fn(fine_net, coarse_fit, config, mesh)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from facerecon import face_models
 from facerecon import networks
 from facerecon import parallel
 from facerecon import rundir
@@ -37,7 +38,8 @@ def loss_and_gradient(config, coarse_workdir, devices):
   host = next(sources.open_photos(config, "train", 8, labels=True))
   batch = parallel.shard_batch({k: np.asarray(v) for k, v in host.items()}, mesh)
   loss_fn = fine.loss_fn(net, fine.coarse_fit_fn(coarse_net, config, mesh), config, mesh)
-  context = jax.device_put((model, statistics, coarse_variables), parallel.replicated(mesh))
+  context = jax.device_put((model, statistics, coarse_variables, face_models.load(config.model)),
+                           parallel.replicated(mesh))
   (loss, (_, terms)), grads = jax.jit(jax.value_and_grad(
       lambda p: loss_fn(p, {}, batch, None, context), has_aux=True))(params)
   out = {name: float(value) for name, value in terms.items()}
