@@ -6,8 +6,9 @@ when the run trained one, its FineNet (`networks.load_trained`); calling it
 on uint8 crops [n, S, S, 3] (S = `Predictor.size`: FineNet's photo size
 where the run has a FineNet, else config.image_size; cropped by
 `facerecon.data.cropping`) returns a `FaceFits` of numpy arrays, all in the
-crop's frame. CoarseNet sees the crops shrunk to config.image_size. One jitted function does the whole batch; batches are padded
-to `batch_size` so it compiles once. Nothing here imports the training code.
+crop's frame. CoarseNet sees the crops shrunk to config.image_size. One
+jitted function does the whole batch; batches are padded to `batch_size`
+so it compiles once. Nothing here imports the training code.
 """
 
 from typing import NamedTuple
@@ -100,8 +101,7 @@ class Predictor:
         config.render_backend)
     # FineNet refines depth maps of the whole model (eyes, teeth and mouth
     # interior included: `training.fine`); without it the surface's suffice.
-    render_model = (face_models.load(config.model) if self.has_fine and workdir is not None
-                    else self.model)
+    render_model = face_models.load(config.model) if self.has_fine else self.model
     self._context = jax.device_put((self.model, self.statistics, start_face, render_model),
                                    replicated)
     self.start_face = self._context[2]

@@ -5,8 +5,9 @@ photos and `facerecon.video`'s frames alike.
 Per face, `<stem>_face<k>`:
   .obj / .ply           the dense mesh; coordinates are the photo's pixels
                         with y up: column = x, row = H - 1 - y, z towards the
-                        viewer (f R v + t3d). Where the run has a FineNet, the
-                        visible vertices carry its detail (`detail_offsets`). The OBJ is textured when the
+                        viewer (f R v + t3d). Where the run has a FineNet,
+                        the visible vertices carry its detail
+                        (`detail_offsets`). The OBJ is textured when the
                         model has UVs (.mtl and _texture.png beside it: the
                         photo baked into the UV layout, `facerecon.texture`),
                         else vertex-coloured; the PLY has vertex colours
