@@ -7,6 +7,7 @@ import re
 import jax
 import pytest
 
+from facerecon import face_models
 from facerecon import networks
 from facerecon.training import coarse
 from facerecon.training import fine
@@ -49,6 +50,8 @@ def test_bfloat16_steps_lower_for_the_accelerator(built, backend, platform):
   evaluate = coarse.evaluation_fn(net, config, training.mesh)
   # FineNet end to end: its gradients reach CoarseNet through the renders.
   config.fine.end_to_end = True
+  # The paper's loss: the batch is photos only.
+  config.fine.loss.update(sfs=1.0, fidelity=2.0, smoothness=1.0, depth=0.0, normal=0.0)
   fine_net = networks.fine_net(config)
   fine_tx, _ = make_optimizer(Stage.of(config, "fine"))
   fine_state = TrainState.create(
@@ -64,7 +67,8 @@ def test_bfloat16_steps_lower_for_the_accelerator(built, backend, platform):
       ("evaluation", evaluate, (variables, batch) + tuple(training.context)),
       ("FineNet step", fine_step, (fine_state, {"image": batch["image"]},
                                    jax.random.PRNGKey(0),
-                                   tuple(training.context) + (variables,)))]:
+                                   tuple(training.context)
+                                   + (variables, face_models.load(config.model))))]:
     text = fn.trace(*args).lower(lowering_platforms=(platform,)).as_text()
     assert "facerecon_rasterize_cpu" not in text, name
     kernels = custom_call_lines(text, target)
