@@ -5,10 +5,15 @@ r"""Copies what reconstruction needs of a trained run into the package.
 Copies the run's config.json, statistics.npz and best/ checkpoint (and its
 FineNet stage's, if it has one), nothing else: the package then ships the
 run, and `main.py --mode=reconstruct` and `--mode=evaluate` use it without
---workdir (`facerecon.rundir.default_run`). The copy is made beside
---output and renamed over it, so a failed copy leaves the old one whole.
+--workdir (`facerecon.rundir.default_run`). A FineNet trained over another
+run's CoarseNet (`config.fine.coarse_workdir`) ships with that CoarseNet:
+its best/ and statistics are copied in, and the shipped config.json no
+longer names the other run. The copy is made beside --output and renamed
+over it, so a failed copy leaves the old one whole (the other run may be
+the shipped one itself).
 """
 
+import json
 import os
 import shutil
 
@@ -22,21 +27,37 @@ from facerecon import rundir
 def ship(workdir: str, output: str) -> None:
   """Copies the trained parts of the run in `workdir` to the folder `output`."""
   run = rundir.RunDir(workdir)
-  if not run.has_best():
-    raise FileNotFoundError(f"{run.best_record}: no trained CoarseNet in {workdir}")
-  for path in (run.config_file, run.statistics):
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path}: missing (not a complete run)")
+  if not os.path.exists(run.config_file):
+    raise FileNotFoundError(f"{run.config_file}: missing (not a complete run)")
+  record = rundir.read_record(run)
+  coarse_workdir = record["config"]["fine"].get("coarse_workdir")
+  coarse = rundir.RunDir(coarse_workdir) if coarse_workdir else run
+  if not coarse.has_best():
+    raise FileNotFoundError(f"{coarse.best_record}: no trained CoarseNet in {coarse.path}")
+  if coarse_workdir and not run.fine.has_best():
+    raise FileNotFoundError(f"{run.fine.best_record}: no trained FineNet in {workdir} (its "
+                            f"CoarseNet is {coarse_workdir}'s: ship that run instead)")
+  if not os.path.exists(coarse.statistics):
+    raise FileNotFoundError(f"{coarse.statistics}: missing (not a complete run)")
   staging = output.rstrip(os.sep) + ".partial"
   shutil.rmtree(staging, ignore_errors=True)
-  stages = [(run, rundir.RunDir(staging))]
+  shipped = rundir.RunDir(staging)
+  os.makedirs(shipped.path)
+  # The CoarseNet's normalisation is the one its weights learnt (and the one
+  # a FineNet trained over it used).
+  shutil.copy2(coarse.statistics, shipped.statistics)
+  record["config"]["fine"]["coarse_workdir"] = None
+  with open(shipped.config_file, "w") as f:
+    json.dump(record, f, indent=2)
+  stages = [(coarse, shipped)]
   if run.fine.has_best():  # a CoarseNet-only run has no FineNet to ship
-    stages.append((run.fine, rundir.RunDir(staging).fine))
+    stages.append((run.fine, shipped.fine))
   for stage, copy in stages:
-    os.makedirs(copy.path, exist_ok=True)
-    for path in (stage.config_file, stage.statistics):
-      if os.path.exists(path):
-        shutil.copy2(path, copy.join(os.path.basename(path)))
+    if stage is not coarse:
+      os.makedirs(copy.path, exist_ok=True)
+      for path in (stage.config_file, stage.statistics):
+        if os.path.exists(path):
+          shutil.copy2(path, copy.join(os.path.basename(path)))
     shutil.copytree(stage.best, copy.best)
     # orbax's commit markers name the folder they were written to: only
     # their presence matters, and a path of this machine has no place in

@@ -28,6 +28,7 @@ from facerecon import inference
 from facerecon import morphable
 from facerecon import outputs
 from facerecon import reconstruct
+from facerecon import rundir
 from facerecon import training
 from facerecon.data import cropping
 from facerecon.data import photos
@@ -441,5 +442,36 @@ def test_a_shipped_run_is_used_without_workdir(run_dir, tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=600,
       env={**os.environ, "FACERECON_RUN": str(empty)})
   assert result.returncode != 0 and "pass the --workdir of a trained run" in result.stderr
-  with pytest.raises(FileNotFoundError, match="no trained CoarseNet"):
+  with pytest.raises(FileNotFoundError, match="config.json: missing"):
     ship_run.ship(str(empty), str(tmp_path / "nothing"))
+
+
+def test_a_finenet_over_another_runs_coarsenet_ships_with_it(run_dir, tmp_path):
+  """A FineNet stage trained over another run's CoarseNet
+  (fine.coarse_workdir) ships with that CoarseNet's best and statistics, and
+  the shipped config no longer names the other run; the copy loads as one
+  run with both networks."""
+  over = tmp_path / "over"
+  shutil.copytree(os.path.join(run_dir, "fine"), over / "fine")
+  with open(os.path.join(run_dir, "config.json")) as f:
+    record = json.load(f)
+  record["config"]["fine"]["coarse_workdir"] = run_dir
+  (over / "config.json").write_text(json.dumps(record))
+  shipped = tmp_path / "shipped"
+  ship_run.ship(str(over), str(shipped))
+  assert sorted(os.listdir(shipped)) == ["best", "config.json", "fine", "statistics.npz"]
+  assert json.loads((shipped / "config.json").read_text())["config"]["fine"][
+      "coarse_workdir"] is None
+  for stage in ("", "fine"):
+    originals = sorted(os.path.relpath(os.path.join(folder, name), os.path.join(run_dir, stage))
+                       for folder, _, names in os.walk(os.path.join(run_dir, stage, "best"))
+                       for name in names)
+    copies = sorted(os.path.relpath(os.path.join(folder, name), shipped / stage)
+                    for folder, _, names in os.walk(shipped / stage / "best") for name in names)
+    assert copies == originals
+  config = rundir.resolve_config(rundir.RunDir(str(shipped)))
+  assert inference.Predictor(config, str(shipped)).fine_net is not None
+  coarse_only = tmp_path / "coarse_only"
+  shutil.copytree(over, coarse_only, ignore=shutil.ignore_patterns("fine"))
+  with pytest.raises(FileNotFoundError, match="no trained FineNet"):
+    ship_run.ship(str(coarse_only), str(tmp_path / "nothing"))
