@@ -10,7 +10,15 @@ Per face, `<stem>_face<k>`:
                         (`detail_offsets`). The OBJ is textured when the
                         model has UVs (.mtl and _texture.png beside it: the
                         photo baked into the UV layout, `facerecon.texture`),
-                        else vertex-coloured; the PLY has vertex colours
+                        else vertex-coloured; the PLY has vertex colours.
+                        With a FineNet, the textured OBJ's detail in its UV
+                        layout beside it (`facerecon.texture.bake_detail`):
+  _displacement.png/.npy  the depth offset the detail adds, towards the
+                        viewer (float32 .npy in photo pixels; 16-bit PNG,
+                        DISPLACEMENT_ZERO = none, DISPLACEMENT_LEVELS levels
+                        per side of the face's square, as in the JSON)
+  _normal_map.png       the detailed surface's normals, RGB = (n + 1) / 2,
+                        object space: the OBJ's x, y, z
   _depth.png / .npy     the depth map of the crop (16-bit PNG, 0 off the
                         face, scale in the JSON; float32 .npy, NaN off the
                         face), FineNet's when it ran
@@ -41,6 +49,7 @@ from facerecon import export
 from facerecon import fileio
 from facerecon import morphable
 from facerecon import params as params_lib
+from facerecon import shading
 from facerecon import texture
 from facerecon import visualize
 from facerecon.data import cropping
@@ -48,6 +57,11 @@ from facerecon.data import cropping
 OVERLAY_RENDER_SIZE = 256  # faces are rendered at this size, then warped into the photo
 PREVIEW_SIDE = 1024        # the per-photo images and vertex colours use the photo shrunk to this
 TEXTURE_SIZE = 512         # the textured OBJ's image side
+# The 16-bit displacement map: level DISPLACEMENT_ZERO is no offset, and one
+# face square's side (photo pixels) is DISPLACEMENT_LEVELS levels, so +-6 %
+# of it fits (FineNet's detail is under 1 %).
+DISPLACEMENT_ZERO = 32768
+DISPLACEMENT_LEVELS = 2 ** 19
 OUTPUTS = ("obj", "ply", "depth", "landmarks", "json", "overlay", "pncc", "normals")
 PHOTO_IMAGES = ("overlay", "pncc", "normals")  # one image per photo, not per face
 
@@ -183,13 +197,15 @@ def write_face(photo: Photo, k: int, face: FittedFace, model, size: int,
                       rows[None].astype(np.float32), cv2.INTER_LINEAR,
                       borderMode=cv2.BORDER_REPLICATE)[0] / 255.0
   triangles = np.asarray(model.triangles)
+  detail_maps = {}
   if "obj" in outputs and model.uv is not None:
+    uv = np.asarray(morphable.vertex_uv(model))
     # Baked from the preview: vertices in its pixels, y down.
     in_preview = np.stack([columns, rows, vertices[:, 2] * photo.shrink], axis=1)
-    image, _ = texture.bake(photo.preview, in_preview, triangles,
-                            np.asarray(morphable.vertex_uv(model)), TEXTURE_SIZE)
-    export.write_textured_obj(stem + ".obj", vertices, triangles,
-                              np.asarray(morphable.vertex_uv(model)), image)
+    image, _ = texture.bake(photo.preview, in_preview, triangles, uv, TEXTURE_SIZE)
+    export.write_textured_obj(stem + ".obj", vertices, triangles, uv, image)
+    if has_fine:
+      detail_maps = write_detail_maps(stem, fit, size, square.side, triangles, uv)
   elif "obj" in outputs:
     export.write_obj(stem + ".obj", vertices, triangles, colours)
   if "ply" in outputs:
@@ -218,11 +234,39 @@ def write_face(photo: Photo, k: int, face: FittedFace, model, size: int,
       "box": photo.boxes[k] if len(photo.boxes) else None,
       "crop": {"centre": [square.centre_x, square.centre_y], "side": square.side,
                "size": size},
+      **({"detail_maps": detail_maps} if detail_maps else {}),
       "depth": {**{key: value for key, value in depth_info.items()
                    if key not in ("png", "npy")},
                 "units": "crop pixels", "fine": has_fine},
   })
   return landmarks
+
+
+def write_detail_maps(stem: str, fit, size: int, side: float, triangles, uv) -> dict:
+  """Writes a face's FineNet detail in the UV layout (`<stem>_displacement`
+  .png/.npy, `<stem>_normal_map.png`); returns the JSON's description. The
+  detail is taken in the crop (fine minus coarse depth, the fine depth map's
+  normals) and scaled to the photo's pixels."""
+  pose = fit.params[:params_lib.NUM_POSE]
+  posed = np.asarray(posed_mesh(fit.vertices, pose), np.float64)
+  in_crop = np.stack([posed[:, 0], (size - 1) - posed[:, 1], posed[:, 2]], axis=1)
+  offset = np.where(fit.mask, fit.depth - fit.coarse_depth, 0.0)
+  normals, _ = shading.depth_normals(np.asarray(fit.depth, np.float32), np.asarray(fit.mask))
+  displacement, normal_map = texture.bake_detail(
+      offset, np.asarray(normals), fit.coarse_depth, fit.mask, in_crop, triangles, uv,
+      TEXTURE_SIZE, VISIBLE_DEPTH_TOLERANCE)
+  displacement *= side / size  # crop pixels to the photo's
+  per_level = side / DISPLACEMENT_LEVELS
+  levels = np.clip(np.round(DISPLACEMENT_ZERO + displacement / per_level), 0, 65535)
+  with fileio.atomic_write(stem + "_displacement.npy", "wb") as f:
+    np.save(f, displacement)
+  fileio.write_png_atomic(stem + "_displacement.png", levels.astype(np.uint16))
+  fileio.write_png_atomic(stem + "_normal_map.png", np.clip(
+      np.round((normal_map + 1.0) * 127.5), 0, 255).astype(np.uint8))
+  return {"displacement_zero_level": DISPLACEMENT_ZERO,
+          "displacement_photo_pixels_per_level": per_level,
+          "displacement_units": "photo pixels towards the viewer",
+          "normal_map_space": "object: the OBJ's x, y, z"}
 
 
 def photo_images(preview: np.ndarray, names) -> dict:

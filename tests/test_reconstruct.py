@@ -29,6 +29,7 @@ from facerecon import morphable
 from facerecon import outputs
 from facerecon import reconstruct
 from facerecon import rundir
+from facerecon import texture
 from facerecon import training
 from facerecon.data import cropping
 from facerecon.data import photos
@@ -263,6 +264,49 @@ def test_detail_offsets_move_the_visible_vertices_only():
   # Bilinear samples next to the silhouette mix in the 0 off the face.
   assert np.median(offsets[seen]) == pytest.approx(2.0)
   assert offsets.min() >= 0.0 and offsets.max() <= 2.0 + 1e-5
+
+
+def test_detail_maps_carry_the_detail_into_the_uv_layout(tmp_path):
+  """The real head facing the viewer, FineNet's depth 2 crop pixels above
+  the coarse depth on the face: the displacement map is 2 crop pixels
+  (scaled to the photo's) where the crop shows the face and 0 on the back
+  of the head; the 16-bit PNG says the same at its scale; the normal map is
+  the depth map's normals where seen, the mesh's elsewhere."""
+  model = morphable.surface(face_models.load("ict"))
+  size, side = 64, 200.0
+  vertices = np.asarray(morphable.vertices_from_params(
+      model, np.zeros((1, model.layout.size), np.float32)))[0]
+  params = np.zeros(model.layout.size, np.float32)
+  params[:7] = camera.framing_pose(vertices, np.zeros(3), size, size, fill=0.6)
+  face = face_render.render_face(model, params[None], None, size, size)
+  depth, mask = np.asarray(face.depth[0]), np.asarray(face.mask[0])
+  fit = inference.FaceFits(params, None, vertices, depth, np.where(mask, depth + 2.0, 0.0),
+                           mask)
+  stem = str(tmp_path / "face")
+  uv = np.asarray(morphable.vertex_uv(model))
+  info = outputs.write_detail_maps(stem, fit, size, side, np.asarray(model.triangles), uv)
+  displacement = np.load(stem + "_displacement.npy")
+  assert displacement.shape == (outputs.TEXTURE_SIZE,) * 2
+  seen = displacement != 0
+  assert 0.05 < seen.mean() < 0.95
+  assert np.median(displacement[seen]) == pytest.approx(2.0 * side / size, rel=1e-4)
+  assert displacement.min() >= 0.0 and displacement.max() <= 2.0 * side / size + 1e-4
+  levels = cv2.imread(stem + "_displacement.png", cv2.IMREAD_UNCHANGED)
+  assert levels.dtype == np.uint16
+  np.testing.assert_allclose(
+      (levels.astype(np.float64) - info["displacement_zero_level"])
+      * info["displacement_photo_pixels_per_level"], displacement, atol=info["displacement_photo_pixels_per_level"])
+  normal_map = cv2.imread(stem + "_normal_map.png")[..., ::-1] / 127.5 - 1.0
+  # Seen texels: the depth map's normals, which face the viewer.
+  assert np.mean(normal_map[seen][:, 2] > 0.0) > 0.97
+  # The back of the head (the texels the crop does not show, on the mesh):
+  # its own normals, facing away.
+  found = texture.texels(np.stack([vertices[:, 0], -vertices[:, 1], vertices[:, 2]], 1),
+                         np.asarray(model.triangles), uv, outputs.TEXTURE_SIZE, (1, 1))
+  behind = found.covered & ~seen & (found.points[..., 2] < vertices[:, 2].min() + 0.3 * np.ptp(
+      vertices[:, 2]))
+  assert behind.sum() > 200
+  assert np.median(normal_map[behind][:, 2]) < -0.5
 
 
 def test_nme_and_yaw_bins_follow_the_protocol():

@@ -80,3 +80,32 @@ def test_a_textured_obj_opens_with_its_texture(tmp_path):
     export.write_textured_obj(path, vertices, triangles, uv[:2], image)
   with pytest.raises(ValueError, match="face.obj: texture must be uint8"):
     export.write_textured_obj(path, vertices, triangles, uv, image.astype(np.float32))
+
+
+def test_bake_detail_puts_the_image_detail_where_the_mesh_shows_it():
+  """A quad facing the viewer takes the image's offset and normals at its
+  texels; a quad hidden behind it gets no offset and its own normal."""
+  columns = np.arange(120, dtype=np.float32)[None, :].repeat(100, axis=0)
+  offset = 0.01 * columns
+  tilted = np.array([0.6, 0.0, 0.8], np.float32)
+  normals = np.broadcast_to(tilted, (100, 120, 3)).copy()
+  front, triangles, uv = _quad(20, 10, 100, 90, z=10.0, uv0=(0.0, 0.0), uv1=(0.5, 1.0))
+  back, _, back_uv = _quad(30, 20, 90, 80, z=-10.0, uv0=(0.5, 0.0), uv1=(1.0, 1.0))
+  depth = np.zeros((100, 120), np.float32)
+  depth[10:91, 20:101] = 10.0  # the front quad's depth map
+  displacement, normal_map = texture.bake_detail(
+      offset, normals, depth, depth > 0, np.concatenate([front, back]),
+      np.concatenate([triangles, triangles + 4]), np.concatenate([uv, back_uv]), size=64)
+  assert displacement.shape == (64, 64) and normal_map.shape == (64, 64, 3)
+  # Front quad: atlas column c (0..31) is photo column 20 + 80 (c + 0.5) / 32.
+  atlas = np.arange(2, 30)
+  np.testing.assert_allclose(displacement[10:54, 2:30],
+                             np.broadcast_to(0.01 * (20 + 80 * (atlas + 0.5) / 32 - 0.5),
+                                             (44, 28)), atol=0.02)
+  np.testing.assert_allclose(normal_map[10:54, 2:30], np.broadcast_to(tilted, (44, 28, 3)),
+                             atol=1e-5)
+  np.testing.assert_array_equal(displacement[10:54, 36:62], 0.0)
+  # The hidden quad's own normal: the same winding as the front one (its
+  # vertices in rows, y down, so the normal is the mesh's in y-up terms).
+  np.testing.assert_allclose(np.abs(normal_map[10:54, 36:62, 2]), 1.0, atol=1e-6)
+  np.testing.assert_allclose(normal_map[10:54, 36:62, :2], 0.0, atol=1e-6)
