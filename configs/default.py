@@ -70,7 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
       procedural_albedo=False, hair=1.0, photo_backgrounds=0.0, clutter=0.0, occluders=0.0,
       long_hair=0.0, glasses=0.0,
       blur=0.0, grey=0.0, jpeg=0.0, luminance_std=(0.0, 0.0), luminance_mean=(0.0, 0.0),
-      detail=(0.002, 0.006), detail_frequency=(4.0, 10.0), wrinkles=(0.0, 0.0)))
+      detail=(0.002, 0.006), detail_frequency=(4.0, 10.0), wrinkles=(0.0, 0.0),
+      marks=(0.0, 0.0)))
   config.synthetic.statistics_samples = 1024  # faces the label statistics come from
   config.synthetic.statistics_seed = 1
   config.synthetic.validation_seed = 2
@@ -113,6 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.fine.image_size = placeholder(int)
   config.fine.widths = (64, 128, 256)  # VGG-16 conv1..conv3 channels (the paper's)
   config.fine.head = (50, 50, 10)      # 1x1 convs of the hypercolumn head (the original's)
+  config.fine.normals_input = False    # also feed the coarse depth's normals
   config.fine.loss = ml_collections.ConfigDict()  # facerecon.losses.FineLossWeights
   # The paper quotes sfs 1, fidelity 5e-2, smoothness 1. In this loss's units
   # (facerecon.losses.fine_loss) fidelity 5e-2 let FineNet bend the synthetic

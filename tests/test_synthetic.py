@@ -8,10 +8,12 @@ import pytest
 from configs import real
 from facerecon import camera
 from facerecon import face_models
+from facerecon import face_render
 from facerecon import morphable
 from facerecon import params as params_lib
 from facerecon import shading
 from facerecon.data import scenes
+from facerecon.data import skin_marks
 from facerecon.data import sources
 from facerecon.data import synthetic
 from facerecon.data import wrinkles
@@ -259,3 +261,64 @@ def test_synthetic_faces_carry_their_wrinkles_in_the_detailed_depth(small_model)
   assert np.all(difference[~mask] == 0)
   assert np.abs(difference[mask]).max() > 0.1 and np.all(difference <= 1e-6)
   np.testing.assert_array_equal(folded.depth, smooth.depth)
+
+
+def test_skin_marks_are_relief_and_colour_where_the_face_is():
+  """A face with two moles and a raised scar (the real head, facing the
+  viewer): the marks' height is up at the moles' centres and along the
+  scar, pores only sink it, and the albedo is darker at the moles, paler on
+  the scar, untouched off the face and on clear skin."""
+  model = face_models.load("ict")
+  where = wrinkles.geometry(model)
+  size = 128
+  vertices = np.asarray(morphable.vertices_from_params(
+      model, np.zeros((1, model.layout.size), np.float32)))[0]
+  params = np.zeros(model.layout.size, np.float32)
+  params[:7] = camera.framing_pose(vertices, np.zeros(3), size, size, fill=0.8)
+  face = face_render.render_face(model, params[None], None, size, size)
+  pncc, mask = face.pncc[0], face.mask[0]
+  marks = np.zeros(skin_marks.NUM_PARAMS, np.float32)
+  moles = skin_marks._MOLES
+  marks[moles:moles + 8] = [0.3, 0.5, 0.1, 0.004, 0.7, 0.5, 0.1, 0.004]
+  scar = skin_marks._SCAR
+  marks[scar:scar + 7] = [0.4, 0.2, 0.6, 0.2, 0.04, 0.003, 1.0]
+  height = np.asarray(skin_marks.mark_height(jnp.asarray(marks), pncc, mask, where))
+  albedo = np.asarray(skin_marks.mark_albedo(jnp.asarray(marks), pncc, mask, where))
+  low, box = map(np.asarray, skin_marks._face_box(where))
+
+  def pixel(u, v):
+    """The face pixel whose PNCC is nearest the box position (u, v)."""
+    target = low + np.array([u, v]) * box
+    distance = np.linalg.norm(np.asarray(pncc)[..., :2] - target, axis=-1)
+    distance[~np.asarray(mask)] = np.inf
+    return np.unravel_index(np.argmin(distance), distance.shape)
+
+  for u, v in ((0.3, 0.5), (0.7, 0.5)):
+    assert height[pixel(u, v)] == pytest.approx(0.004, rel=0.1)
+    assert np.all(albedo[pixel(u, v)] < 0.6)
+  assert height[pixel(0.5, 0.2)] == pytest.approx(0.003, rel=0.1)
+  assert albedo[pixel(0.5, 0.2)][0] > 1.05
+  assert np.all(height[~np.asarray(mask)] == 0) and np.all(albedo[~np.asarray(mask)] == 1)
+  clear = pixel(0.5, 0.8)  # between the brows and the nose: no mole, no scar
+  np.testing.assert_allclose(albedo[clear], 1.0, atol=1e-3)
+  marks[0] = 0.001  # pores on
+  pitted = np.asarray(skin_marks.mark_height(jnp.asarray(marks), pncc, mask, where)) - height
+  assert pitted.min() < -1e-4 and pitted.max() <= 0.0
+
+
+def test_synthetic_faces_carry_their_skin_marks(small_model):
+  """With `marks` on, the detailed depth differs from the smooth one on the
+  face only, and so does the photo; the draws of everything else stay."""
+  prior = dataclasses.replace(synthetic.FacePrior(), detail=(0.0, 0.0), yaw=(-20.0, 20.0),
+                              pitch=(-10.0, 10.0))
+  keys = synthetic.sample_keys(4, 0, 8)
+  smooth = synthetic.generate_jit(small_model, keys, prior, 64, 64)
+  marked = synthetic.generate_jit(small_model, keys,
+                                  dataclasses.replace(prior, marks=(0.01, 0.02)), 64, 64)
+  difference = np.asarray(marked.fine_depth) - np.asarray(marked.depth)
+  mask = np.asarray(marked.mask)
+  assert np.all(difference[~mask] == 0) and np.abs(difference[mask]).max() > 0.02
+  np.testing.assert_array_equal(marked.depth, smooth.depth)
+  np.testing.assert_array_equal(marked.params, smooth.params)
+  changed = np.any(np.asarray(marked.image) != np.asarray(smooth.image), axis=-1)
+  assert changed[mask].any() and not changed[~mask].any()

@@ -17,7 +17,10 @@ gain and offset, contrast towards grey).
 Fine detail: the 3DMM is smooth, so each face also carries a displacement
 of its depth (`detail_displacement`): a sum of random plane waves over the
 face's PNCC code (surface coordinates, so the bumps and wrinkles move with
-the face), a fraction of the face's width high. The photo is shaded with the
+the face), a fraction of the face's width high, plus wrinkles where faces fold
+(`facerecon.data.wrinkles`) and pores, moles and scars
+(`facerecon.data.skin_marks`; moles and scars also colour the albedo), each
+as the prior asks. The photo is shaded with the
 detailed surface's normals and `SyntheticBatch.fine_depth` is its depth: the
 ground truth for FineNet, which must find the detail from the shading alone.
 """
@@ -38,6 +41,7 @@ from facerecon import shading
 from facerecon.data import appearance
 from facerecon.data import cropping
 from facerecon.data import scenes
+from facerecon.data import skin_marks
 from facerecon.data import wrinkles as wrinkles_lib
 
 # Bumped whenever the same (seed, index) would give another face, so a data
@@ -107,6 +111,9 @@ class FacePrior:
   # Wrinkles (facerecon.data.wrinkles): the deepest family's depth range, a
   # fraction of the face's width, at full age or expression. (0, 0): none.
   wrinkles: tuple[float, float] = (0.0, 0.0)
+  # Pores, moles and scars (facerecon.data.skin_marks): their depth scale
+  # range, a fraction of the face's width. (0, 0): none.
+  marks: tuple[float, float] = (0.0, 0.0)
 
 
 class FaceSample(NamedTuple):
@@ -120,6 +127,7 @@ class FaceSample(NamedTuple):
   highlight: jax.Array  # [B, 4] specular: direction (3), shininess
   look: appearance.Appearance  # per-face albedo draws
   wrinkles: jax.Array  # [B, wrinkles.NUM_PARAMS] (facerecon.data.wrinkles)
+  marks: jax.Array     # [B, skin_marks.NUM_PARAMS] (facerecon.data.skin_marks)
 
 
 def _uniform(key, shape, bounds):
@@ -236,10 +244,12 @@ def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: 
            wrinkles_lib.sample_wrinkles(jax.random.fold_in(key, 1006), expression,
                                         model.expression_std, wrinkles_lib.geometry(model),
                                         prior.wrinkles))
+  marks = (jnp.zeros(skin_marks.NUM_PARAMS) if prior.marks == (0.0, 0.0) else
+           skin_marks.sample_marks(jax.random.fold_in(key, 1007), prior.marks))
   return FaceSample(params.astype(jnp.float32), texture.astype(jnp.float32),
                     lighting.astype(jnp.float32), colour.astype(jnp.float32),
                     detail.astype(jnp.float32), light.astype(jnp.float32),
-                    highlight.astype(jnp.float32), look, folds)
+                    highlight.astype(jnp.float32), look, folds, marks)
 
 
 def _detail_waves(key, prior: FacePrior):
@@ -386,7 +396,13 @@ def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int,
   else:
     face = face_render.render_face(model, sample.params, sample.texture, height, width,
                                    backend)
-  if prior.detail == (0.0, 0.0) and prior.wrinkles == (0.0, 0.0):
+  if prior.marks != (0.0, 0.0):
+    # Moles and scars are colour as well as relief.
+    where = wrinkles_lib.geometry(model)
+    face = face._replace(albedo=face.albedo * jax.vmap(
+        lambda m, pncc, mask: skin_marks.mark_albedo(m, pncc, mask, where))(
+            sample.marks, face.pncc, face.mask))
+  if prior.detail == (0.0, 0.0) and prior.wrinkles == (0.0, 0.0) and prior.marks == (0.0, 0.0):
     displacement, normals = jnp.zeros_like(face.depth), face.normals  # smooth faces
   else:
     # The face's width in pixels: f times the model's x extent (the PNCC's u
@@ -401,6 +417,11 @@ def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int,
       displacement = displacement + face_width[:, None, None] * jax.vmap(
           lambda w, pncc, mask: wrinkles_lib.wrinkle_height(w, pncc, mask, where))(
               sample.wrinkles, face.pncc, face.mask)
+    if prior.marks != (0.0, 0.0):
+      where = wrinkles_lib.geometry(model)
+      displacement = displacement + face_width[:, None, None] * jax.vmap(
+          lambda m, pncc, mask: skin_marks.mark_height(m, pncc, mask, where))(
+              sample.marks, face.pncc, face.mask)
     # Normals of depth + displacement: n + n_z (-dd/dcolumn, dd/drow, 0) is
     # parallel to (-dz/dcolumn, dz/drow, 1) of the detailed surface.
     d_col, d_row, _ = shading.depth_gradient(displacement, face.mask)

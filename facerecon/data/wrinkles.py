@@ -91,7 +91,7 @@ def sample_wrinkles(key, expression, expression_std, wrinkle_geometry: WrinkleGe
   return jnp.concatenate([depth, lines, offsets]).astype(jnp.float32)
 
 
-def _smooth_window(x, low, high, soft):
+def smooth_window(x, low, high, soft):
   """1 inside [low, high], falling to 0 over `soft` outside, smoothly."""
   rise = jnp.clip((x - low + soft) / soft, 0.0, 1.0)
   fall = jnp.clip((high + soft - x) / soft, 0.0, 1.0)
@@ -102,7 +102,7 @@ def _groove(distance, width):
   return jnp.exp(-(distance / width) ** 2)
 
 
-def _segment_distance(p, a, b):
+def segment_distance(p, a, b):
   """Distance of points p [..., 2] to the segment a-b, and the position
   along it in [0, 1]."""
   ab = b - a
@@ -127,13 +127,13 @@ def wrinkle_height(params, pncc, mask, wrinkle_geometry: WrinkleGeometry):
   centre_u = 0.5 * (lm[17, 0] + lm[26, 0])
   bowed = v - bend * 0.3 * ((u - centre_u) / d) ** 2 * d
   phase = count * (bowed - brow_top - 0.12 * d) / (0.7 * d)
-  window = (_smooth_window(bowed, brow_top + 0.12 * d, brow_top + 0.82 * d, 0.1 * d)
-            * _smooth_window(u, lm[19, 0], lm[24, 0], 0.25 * d))
+  window = (smooth_window(bowed, brow_top + 0.12 * d, brow_top + 0.82 * d, 0.1 * d)
+            * smooth_window(u, lm[19, 0], lm[24, 0], 0.25 * d))
   height -= depth[0] * window * _groove(phase - jnp.round(phase), 0.18)
 
   # Glabella: one or two vertical lines between the inner brows.
   mid = 0.5 * (lm[21, 0] + lm[22, 0])
-  span = _smooth_window(v, lm[27, 1], brow_top + 0.25 * d, 0.08 * d)
+  span = smooth_window(v, lm[27, 1], brow_top + 0.25 * d, 0.08 * d)
   for k, side in enumerate((-1.0, 1.0)):
     line = mid + side * (0.04 + 0.08 * offsets[k]) * d
     height -= depth[1] * span * _groove(u - line, 0.025 * d) * (0.5 + 0.5 * (k == 0))
@@ -147,20 +147,20 @@ def wrinkle_height(params, pncc, mask, wrinkle_geometry: WrinkleGeometry):
     for k in range(4):
       ray = (offsets[k] - 0.5) * 0.4 + (k - 1.5) * 0.35  # radians, spread +-0.7
       fan = fan + _groove((angle - ray) * r, 0.02 * d)
-    ring = _smooth_window(r, 0.12 * d, 0.45 * d, 0.08 * d) * (outward * rel[..., 0] > 0)
+    ring = smooth_window(r, 0.12 * d, 0.45 * d, 0.08 * d) * (outward * rel[..., 0] > 0)
     height -= depth[family] * ring * jnp.minimum(fan, 1.0)
 
   # Nasolabial folds: from beside each nose wing to past the mouth corner.
   for family, wing, corner, outward in ((4, lm[31], lm[48], -1.0), (5, lm[35], lm[54], 1.0)):
     start = wing + jnp.array([outward * 0.12 * d, 0.05 * d])
     end = corner + jnp.array([outward * 0.12 * d, -0.2 * d])
-    distance, t = _segment_distance(p, start, end)
-    along = _smooth_window(t, 0.05, 0.9, 0.1)
+    distance, t = segment_distance(p, start, end)
+    along = smooth_window(t, 0.05, 0.9, 0.1)
     height -= depth[family] * along * _groove(distance, 0.05 * d)
 
   # Lip lines: short vertical lines above the upper lip.
-  above = _smooth_window(v, lm[51, 1] + 0.02 * d, lm[33, 1] - 0.05 * d, 0.03 * d)
-  across = _smooth_window(u, lm[48, 0] + 0.05 * d, lm[54, 0] - 0.05 * d, 0.05 * d)
+  above = smooth_window(v, lm[51, 1] + 0.02 * d, lm[33, 1] - 0.05 * d, 0.03 * d)
+  across = smooth_window(u, lm[48, 0] + 0.05 * d, lm[54, 0] - 0.05 * d, 0.05 * d)
   lines = jnp.zeros_like(u)
   for k in range(MAX_LINES):
     at = lm[48, 0] + (0.1 + 0.8 * offsets[k]) * (lm[54, 0] - lm[48, 0])
