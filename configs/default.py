@@ -114,7 +114,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.fine.image_size = placeholder(int)
   config.fine.widths = (64, 128, 256)  # VGG-16 conv1..conv3 channels (the paper's)
   config.fine.head = (50, 50, 10)      # 1x1 convs of the hypercolumn head (the original's)
-  config.fine.normals_input = False    # also feed the coarse depth's normals
   config.fine.loss = ml_collections.ConfigDict()  # facerecon.losses.FineLossWeights
   # The paper quotes sfs 1, fidelity 5e-2, smoothness 1. In this loss's units
   # (facerecon.losses.fine_loss) fidelity 5e-2 let FineNet bend the synthetic

@@ -62,7 +62,6 @@ def initial_coarse_variables(net, config, mesh, model, statistics):
 def fine_net(config) -> fine_lib.FineNet:
   """FineNet as `config.fine` says."""
   return fine_lib.FineNet(widths=tuple(config.fine.widths), head=tuple(config.fine.head),
-                          normals_input=bool(config.fine.get("normals_input", False)),
                           dtype=jnp.dtype(config.dtype))
 
 

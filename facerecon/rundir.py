@@ -47,11 +47,10 @@ CONFIG_FORMAT = 1
 COARSE_NETWORK_FIELDS = ("model", "image_size", "coarse.num_iterations", "coarse.backbone",
                          "coarse.backbone_kwargs")
 NETWORK_FIELDS = COARSE_NETWORK_FIELDS + ("fine.widths", "fine.head", "fine.end_to_end",
-                                          "fine.coarse_workdir", "fine.image_size",
-                                          "fine.normals_input")
+                                          "fine.coarse_workdir", "fine.image_size")
 # Network fields added after runs were recorded without them, with the value
 # those runs had.
-LATER_FIELDS = {"fine.image_size": None, "fine.normals_input": False}
+LATER_FIELDS = {"fine.image_size": None}
 
 
 def trained_fields(run: "RunDir", started) -> tuple[str, ...]:

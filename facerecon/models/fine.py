@@ -2,8 +2,7 @@
 
 A fully convolutional hypercolumn network:
 
-    inputs   = [normalised image (3), coarse depth (1, centred, scaled), mask (1),
-                optionally the coarse depth's normals (3)]
+    inputs   = [normalised image (3), coarse depth (1, centred, scaled), mask (1)]
     blocks   = VGG-16's conv1..conv3 (`backbones.VGG16`, slim names, so
                ImageNet vgg_16 weights load into them; narrower for CPU runs)
     columns  = concat(block 1, block 2 and block 3 resized to full resolution)
@@ -22,7 +21,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from facerecon import shading
 from facerecon.models import backbones
 
 Dtype = Any
@@ -45,9 +43,6 @@ class FineNet(nn.Module):
   refined depth [B, H, W] float32 (pixels, larger nearer, 0 off the mask)."""
   widths: Sequence[int] = backbones.VGG16_DEPTHS[:3]  # conv1..conv3 channels
   head: Sequence[int] = (50, 50, 10)                  # the 1x1 convs before the output
-  # Also give the coarse depth map's normals (3 channels): what the photo's
-  # shading is compared with, without the network having to differentiate.
-  normals_input: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -59,11 +54,8 @@ class FineNet(nn.Module):
                        f"got {images.shape}, {coarse_depth.shape}, {mask.shape}")
     batch, height, width = images.shape[:3]
     coarse_depth = coarse_depth.astype(jnp.float32)
-    channels = [images.astype(jnp.float32), depth_input(coarse_depth, mask),
-                mask[..., None].astype(jnp.float32)]
-    if self.normals_input:
-      channels.append(shading.depth_normals(coarse_depth, mask)[0])
-    inputs = jnp.concatenate(channels, axis=-1)
+    inputs = jnp.concatenate([images.astype(jnp.float32), depth_input(coarse_depth, mask),
+                              mask[..., None].astype(jnp.float32)], axis=-1)
     blocks = backbones.VGG16(num_blocks=len(self.widths), depths=tuple(self.widths),
                              dtype=self.dtype, name=SCOPE)(
                                  inputs.astype(self.dtype), return_blocks=True)
