@@ -22,7 +22,14 @@ config.synthetic.test_seed, a seed neither training nor validation uses;
 'tfds': the data set's 'test' split): parameter error (normalised units), mean
 vertex distance (raw and after similarity alignment, / face size), depth
 error, landmark NME (image-size and, as on AFLW2000-3D, box-normalised),
-each against the mean-face baseline.
+each against the mean-face baseline. For a run with a FineNet, also its
+detail on DETAIL_BATCHES batches of those faces at its size, against their
+true detailed depth: depth and normal error of CoarseNet's and FineNet's
+depth maps (means over all the faces' pixels), and the normal error
+split between the albedo's edges (the ALBEDO_EDGE_SHARE of each face's
+pixels where its albedo changes most: brows, lips, irises, moles, makeup)
+and the rest. A FineNet that turns colour into relief does worse than
+CoarseNet at the albedo's edges.
 
 The table is printed and written as `<workdir>/evaluation_<name>.json`.
 """
@@ -35,6 +42,7 @@ import numpy as np
 import tqdm
 
 from facerecon import export
+from facerecon import face_models
 from facerecon import face_render
 from facerecon import inference
 from facerecon import losses
@@ -46,10 +54,14 @@ from facerecon.data import cropping
 from facerecon.data import mat_folders
 from facerecon.data import normalization
 from facerecon.data import photos
+from facerecon.data import sources
+from facerecon.data import synthetic
 from facerecon.training import coarse
 
 YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 CHUNK = 64  # photos read and fitted at a time
+DETAIL_BATCHES = 8
+ALBEDO_EDGE_SHARE = 0.1
 
 
 def landmark_nme(predicted, truth) -> np.ndarray:
@@ -187,6 +199,69 @@ def evaluate_synthetic(config, workdir: str, num_batches: int = 32) -> dict:
   return out
 
 
+def albedo_edges(albedo, region, share: float = ALBEDO_EDGE_SHARE) -> np.ndarray:
+  """[B, H, W] bool: in each face's `region`, the `share` of its pixels where
+  the albedo [B, H, W, 3] changes most (the gradient of its luminance
+  relative to the luminance)."""
+  region = np.asarray(region, bool)
+  luminance = np.asarray(shading.luminance(jnp.asarray(albedo)))
+  d_row, d_col = np.gradient(luminance, axis=(1, 2))
+  change = np.hypot(d_row, d_col) / np.maximum(luminance, 0.02)
+  edges = np.zeros_like(region)
+  for k in range(len(region)):
+    values = change[k][region[k]]
+    if values.size:
+      threshold = max(np.quantile(values, 1.0 - share), 1e-6)  # flat albedo has none
+      edges[k] = region[k] & (change[k] >= threshold)
+  return edges
+
+
+def _angles(depth, mask, true_depth, true_mask):
+  """(per-pixel angle in degrees between two depth maps' normals, where
+  both have all four neighbours)."""
+  normals, interior = shading.depth_normals(jnp.asarray(depth), jnp.asarray(mask))
+  true_normals, true_interior = shading.depth_normals(jnp.asarray(true_depth),
+                                                      jnp.asarray(true_mask))
+  cosine = np.clip(np.sum(np.asarray(normals) * np.asarray(true_normals), axis=-1), -1.0, 1.0)
+  return np.degrees(np.arccos(cosine)), np.asarray(interior & true_interior)
+
+
+def evaluate_detail(config, workdir: str, num_batches: int = DETAIL_BATCHES,
+                    batch_size: int = 32) -> dict:
+  """CoarseNet's and FineNet's depth maps against the true detailed depth of
+  synthetic test faces at FineNet's size (module docstring)."""
+  predictor = inference.Predictor(config, workdir, batch_size)
+  size, model = predictor.size, face_models.load(config.model)
+  prior = sources.face_prior(config)
+  stream = sources.SyntheticStream(model, size, batch_size, config.synthetic.test_seed, prior,
+                                   per_host=False, fields=("image", "fine_depth", "mask"))
+  sums = {}
+
+  def add(key, values, weights):
+    total, count = sums.get(key, (0.0, 0.0))
+    sums[key] = (total + float(np.sum(values * weights)), count + float(np.sum(weights)))
+
+  for index in range(num_batches):
+    batch = next(stream)
+    keys = synthetic.sample_keys(config.synthetic.test_seed, index * batch_size, batch_size)
+    albedo = np.asarray(synthetic.albedo_maps(model, keys, prior, size, size,
+                                              config.render_backend))
+    fits = predictor(batch["image"])
+    true_depth, true_mask = batch["fine_depth"], batch["mask"]
+    for name, depth in (("coarse", fits.coarse_depth), ("fine", fits.depth)):
+      both = fits.mask & true_mask
+      add(f"{name}_depth_error", np.abs(depth - true_depth) / size, both)
+      angles, region = _angles(depth, fits.mask, true_depth, true_mask)
+      edges = albedo_edges(albedo, region)
+      add(f"{name}_normal_error", angles, region)
+      add(f"{name}_normal_error_albedo_edges", angles, edges)
+      add(f"{name}_normal_error_elsewhere", angles, region & ~edges)
+  out = {key: total / max(count, 1.0) for key, (total, count) in sums.items()}
+  out["faces"] = num_batches * batch_size
+  out["size"] = size
+  return out
+
+
 def format_table(name: str, results: dict) -> str:
   """The results as a plain-text table."""
   lines = [f"evaluation on {name}"]
@@ -218,6 +293,16 @@ def format_table(name: str, results: dict) -> str:
         continue
       lines.append(f"{key:<28}{results[key]:>12.4f}{results['baseline_' + key]:>12.4f}")
     lines.append(f"over {results['faces']} test faces")
+    detail = results.get("detail")
+    if detail:
+      lines.append(f"detail at {detail['size']}x{detail['size']} over {detail['faces']} "
+                   f"test faces{'':<4}{'CoarseNet':>12}{'FineNet':>12}")
+      for key, title, form in (("depth_error", "depth error", ".5f"),
+                               ("normal_error", "normal error (deg)", ".2f"),
+                               ("normal_error_albedo_edges", "  at albedo edges", ".2f"),
+                               ("normal_error_elsewhere", "  elsewhere", ".2f")):
+        lines.append(f"{title:<28}{detail['coarse_' + key]:>12{form}}"
+                     f"{detail['fine_' + key]:>12{form}}")
   return "\n".join(lines)
 
 
@@ -228,6 +313,8 @@ def run(config, workdir: str, input_path: str, detector=None,
   returns (table text, results)."""
   if input_path == "synthetic":
     name, results = "synthetic_test", evaluate_synthetic(config, workdir)
+    if rundir.RunDir(workdir).fine.has_best():
+      results["detail"] = evaluate_detail(config, workdir)
   else:
     name = os.path.basename(os.path.normpath(input_path))
     results = evaluate_folder(config, workdir, input_path, detector, batch_size)

@@ -388,6 +388,29 @@ def test_evaluate_on_aflw_style_folder_and_synthetic_test_split(run_dir, tmp_pat
     assert np.isfinite(synthetic[key]) and np.isfinite(synthetic["baseline_" + key]), key
   assert "vertex_error" in text
   assert os.path.exists(os.path.join(run_dir, "evaluation_synthetic_test.json"))
+  # The run has a FineNet: its detail against the test faces' true detail.
+  detail = synthetic["detail"]
+  for net in ("coarse", "fine"):
+    for key in ("depth_error", "normal_error", "normal_error_albedo_edges",
+                "normal_error_elsewhere"):
+      assert np.isfinite(detail[f"{net}_{key}"]) and detail[f"{net}_{key}"] > 0, (net, key)
+  assert detail["fine_depth_error"] != detail["coarse_depth_error"]
+  assert detail["faces"] == evaluate.DETAIL_BATCHES * 32
+  assert "at albedo edges" in text
+
+
+def test_albedo_edges_are_where_the_albedo_changes_most():
+  """A face region with a dark band across a light albedo: the edges are
+  the band's borders, the share asked of the region."""
+  albedo = np.full((1, 40, 40, 3), 0.6, np.float32)
+  albedo[:, 18:22] = 0.1
+  region = np.zeros((1, 40, 40), bool)
+  region[:, 5:35, 5:35] = True
+  edges = evaluate.albedo_edges(albedo, region, share=0.2)
+  assert not edges[~region].any()
+  assert edges.sum() == pytest.approx(0.2 * region.sum(), rel=0.5)
+  rows = np.nonzero(edges[0].any(axis=1))[0]
+  assert set(rows) <= {16, 17, 18, 21, 22, 23}
 
 
 def test_a_config_that_differs_from_the_run_is_refused(run_dir, tmp_path):

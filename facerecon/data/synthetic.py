@@ -26,6 +26,7 @@ ground truth for FineNet, which must find the detail from the shading alone.
 """
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -386,8 +387,8 @@ def _render_flat(model, params, colours, specular, height: int, width: int, back
                                 values[..., 0:3], values[..., 3:6], vertices, values[..., 6:])
 
 
-def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int, backend):
-  """The face render and its shaded colour [B, H, W, 3] in [0, 1] (gamma-encoded)."""
+def _render(model, sample: FaceSample, prior: FacePrior, height: int, width: int, backend):
+  """The faces' render, their albedo (skin marks included) in it."""
   if prior.procedural_albedo:
     regions = appearance.vertex_regions(model)
     colours, specular = jax.vmap(lambda look: appearance.vertex_albedo(model, regions, look))(
@@ -402,6 +403,12 @@ def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int,
     face = face._replace(albedo=face.albedo * jax.vmap(
         lambda m, pncc, mask: skin_marks.mark_albedo(m, pncc, mask, where))(
             sample.marks, face.pncc, face.mask))
+  return face
+
+
+def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int, backend):
+  """The face render and its shaded colour [B, H, W, 3] in [0, 1] (gamma-encoded)."""
+  face = _render(model, sample, prior, height, width, backend)
   if prior.detail == (0.0, 0.0) and prior.wrinkles == (0.0, 0.0) and prior.marks == (0.0, 0.0):
     displacement, normals = jnp.zeros_like(face.depth), face.normals  # smooth faces
   else:
@@ -484,6 +491,18 @@ def generate(model: morphable.MorphableModel, keys, prior: FacePrior, height: in
 
 
 generate_jit = jax.jit(generate, static_argnames=("prior", "height", "width", "backend"))
+
+
+@functools.partial(jax.jit, static_argnames=("prior", "height", "width", "backend"))
+def albedo_maps(model: morphable.MorphableModel, keys, prior: FacePrior, height: int,
+                width: int, backend: str | None = None):
+  """The albedo [B, H, W, 3] of the faces `generate` draws from `keys` (0 off
+  the face; linear where the prior paints its own): what the photo's colour
+  is before light, for evaluations (the training batches do not carry it)."""
+  split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+  sample = jax.vmap(lambda k: sample_face(k, model, prior, height, width))(split[:, 0])
+  face = _render(model, sample, prior, height, width, backend)
+  return jnp.where(face.mask[..., None], face.albedo, 0.0)
 
 
 def has_scene(prior: FacePrior) -> bool:
