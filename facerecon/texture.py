@@ -159,8 +159,8 @@ def bake_detail(offset, normals, depth, mask, vertices, triangles, uv, size: int
             & (near[..., 1] < np.shape(mask)[0]))
   on_mask = np.zeros(points.shape[:2], bool)
   on_mask[inside] = np.asarray(mask)[near[..., 1][inside], near[..., 0][inside]]
-  seen = found.covered & on_mask & (np.abs(points[..., 2] - _sample(depth, points, cv2.INTER_NEAREST))
-                                    <= tolerance)
+  surface_depth = _sample(depth, points, cv2.INTER_NEAREST)
+  seen = found.covered & on_mask & (np.abs(points[..., 2] - surface_depth) <= tolerance)
   displacement = np.where(seen, _sample(offset, points), 0.0)
   y_up = vertices * np.array([1.0, -1.0, 1.0])  # the normals' frame
   mesh_normals = np.asarray(morphable.vertex_normals(y_up, found.triangles))

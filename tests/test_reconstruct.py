@@ -293,9 +293,10 @@ def test_detail_maps_carry_the_detail_into_the_uv_layout(tmp_path):
   assert displacement.min() >= 0.0 and displacement.max() <= 2.0 * side / size + 1e-4
   levels = cv2.imread(stem + "_displacement.png", cv2.IMREAD_UNCHANGED)
   assert levels.dtype == np.uint16
+  per_level = info["displacement_photo_pixels_per_level"]
   np.testing.assert_allclose(
-      (levels.astype(np.float64) - info["displacement_zero_level"])
-      * info["displacement_photo_pixels_per_level"], displacement, atol=info["displacement_photo_pixels_per_level"])
+      (levels.astype(np.float64) - info["displacement_zero_level"]) * per_level, displacement,
+      atol=per_level)
   normal_map = cv2.imread(stem + "_normal_map.png")[..., ::-1] / 127.5 - 1.0
   # Seen texels: the depth map's normals, which face the viewer.
   assert np.mean(normal_map[seen][:, 2] > 0.0) > 0.97
