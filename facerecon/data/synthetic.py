@@ -387,8 +387,11 @@ def _render_flat(model, params, colours, specular, height: int, width: int, back
                                 values[..., 0:3], values[..., 3:6], vertices, values[..., 6:])
 
 
-def _render(model, sample: FaceSample, prior: FacePrior, height: int, width: int, backend):
-  """The faces' render, their albedo (skin marks included) in it."""
+def _render(model, sample: FaceSample, prior: FacePrior, height: int, width: int, backend,
+            where: wrinkles_lib.WrinkleGeometry | None = None):
+  """The faces' render, their albedo (skin marks included) in it; `where`:
+  the model's wrinkle geometry (built here when the marks need it and it is
+  not given)."""
   if prior.procedural_albedo:
     regions = appearance.vertex_regions(model)
     colours, specular = jax.vmap(lambda look: appearance.vertex_albedo(model, regions, look))(
@@ -399,7 +402,7 @@ def _render(model, sample: FaceSample, prior: FacePrior, height: int, width: int
                                    backend)
   if prior.marks != (0.0, 0.0):
     # Moles and scars are colour as well as relief.
-    where = wrinkles_lib.geometry(model)
+    where = wrinkles_lib.geometry(model) if where is None else where
     face = face._replace(albedo=face.albedo * jax.vmap(
         lambda m, pncc, mask: skin_marks.mark_albedo(m, pncc, mask, where))(
             sample.marks, face.pncc, face.mask))
@@ -408,7 +411,10 @@ def _render(model, sample: FaceSample, prior: FacePrior, height: int, width: int
 
 def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int, backend):
   """The face render and its shaded colour [B, H, W, 3] in [0, 1] (gamma-encoded)."""
-  face = _render(model, sample, prior, height, width, backend)
+  # Wrinkles and skin marks are placed by the same landmark geometry: built once.
+  where = (wrinkles_lib.geometry(model)
+           if prior.wrinkles != (0.0, 0.0) or prior.marks != (0.0, 0.0) else None)
+  face = _render(model, sample, prior, height, width, backend, where)
   if prior.detail == (0.0, 0.0) and prior.wrinkles == (0.0, 0.0) and prior.marks == (0.0, 0.0):
     displacement, normals = jnp.zeros_like(face.depth), face.normals  # smooth faces
   else:
@@ -420,12 +426,10 @@ def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int,
     if prior.detail != (0.0, 0.0):
       displacement = detail_displacement(sample.detail, face.pncc, face.mask, face_width)
     if prior.wrinkles != (0.0, 0.0):
-      where = wrinkles_lib.geometry(model)
       displacement = displacement + face_width[:, None, None] * jax.vmap(
           lambda w, pncc, mask: wrinkles_lib.wrinkle_height(w, pncc, mask, where))(
               sample.wrinkles, face.pncc, face.mask)
     if prior.marks != (0.0, 0.0):
-      where = wrinkles_lib.geometry(model)
       displacement = displacement + face_width[:, None, None] * jax.vmap(
           lambda m, pncc, mask: skin_marks.mark_height(m, pncc, mask, where))(
               sample.marks, face.pncc, face.mask)
