@@ -34,6 +34,7 @@ import numpy as np
 
 from facerecon import detect
 from facerecon import inference
+from facerecon import outputs
 from facerecon import rundir
 from facerecon import video
 from facerecon.data import photos
@@ -73,12 +74,15 @@ def write_clip(path: str, photo: np.ndarray, frames: int, pan: float, noise: flo
   writer.release()
 
 
+TRACK_OUTPUTS = ("landmarks",)  # what each clip writes
+
+
 def track(predictor, detector, path: str, out: str, smoothing: bool):
   """(landmarks [T, 68, 2] of face 0 per frame, ms per frame)."""
   stem = os.path.join(out, "clip")
   start = time.perf_counter()
   summary = video.reconstruct_video(path, stem, predictor, detector, model_name="",
-                                    outputs=("landmarks",), smoothing=smoothing)
+                                    outputs=TRACK_OUTPUTS, smoothing=smoothing)
   elapsed = time.perf_counter() - start
   marks = [np.loadtxt(os.path.join(stem + "_frames", f"{t:06d}_face0_landmarks.txt"))
            for t in range(summary.frames)]
@@ -95,7 +99,9 @@ def main(argv):
   video.MIN_CUTOFF, video.SPEED_COEFFICIENT = _MIN_CUTOFF.value, _BETA.value
   run = rundir.RunDir(_WORKDIR.value) if _WORKDIR.value else rundir.default_run()
   config = rundir.resolve_config(run)
-  predictor = inference.Predictor(config, run.path, 1)
+  # As reconstruct does: FineNet only for outputs that carry its detail.
+  predictor = inference.Predictor(config, run.path, 1,
+                                  fine=outputs.needs_detail(TRACK_OUTPUTS))
   detector = detect.from_name("blazeface")
   if _PHOTOS.value:
     chosen = photos.find_photos(_PHOTOS.value)[:_MAX_PHOTOS.value]

@@ -77,9 +77,10 @@ def get_config():
   coarse.checkpoint_every = 250
   coarse.best_metric = "landmark_nme"
   # FineNet over the shipped CoarseNet: not trained by default (steps 0).
+  # The package ships the FineNet this trains (data_pipeline.ship_run):
   #   python main.py --config=configs/real.py --workdir=runs/real_fine \
   #     --config.coarse.num_train_steps=0 \
-  #     --config.fine.coarse_workdir=facerecon/assets/run --config.fine.num_train_steps=1500 \
+  #     --config.fine.coarse_workdir=facerecon/assets/run --config.fine.num_train_steps=2000 \
   #     --config.synthetic.prior.wrinkles="(0.004,0.012)"
   # 128-pixel photos (CoarseNet sees them shrunk to 96), the faces' true
   # detail learnt (with wrinkles where faces fold, deepened by age and

@@ -46,6 +46,10 @@ def ship(workdir: str, output: str) -> None:
   # The CoarseNet's normalisation is the one its weights learnt (and the one
   # a FineNet trained over it used).
   shutil.copy2(coarse.statistics, shipped.statistics)
+  if coarse_workdir:
+    # The shipped config says how both networks were trained: CoarseNet's
+    # stage as the other run trained it.
+    record["config"]["coarse"] = rundir.read_record(coarse)["config"]["coarse"]
   record["config"]["fine"]["coarse_workdir"] = None
   with open(shipped.config_file, "w") as f:
     json.dump(record, f, indent=2)

@@ -41,7 +41,8 @@ class Face:
   vertices: np.ndarray      # [N, 3] x, y, z: the dense mesh (FineNet's detail on it if any)
   triangles: np.ndarray     # [T, 3] the model's (facing the viewer: clockwise in these
   #                           y-down coordinates, counter-clockwise with y up as in OBJ files)
-  depth: np.ndarray         # [S, S] the crop's depth map (crop pixels towards the viewer; NaN off the face)
+  depth: np.ndarray         # [S, S] the crop's depth map (crop pixels towards the viewer; NaN off
+  #                           the face), S FineNet's photo size (CoarseNet's without one)
   crop: cropping.Square     # the crop the networks saw
   params: np.ndarray        # [P] the model's parameters, posed in the photo (camera layout)
 
@@ -50,9 +51,10 @@ class Reconstructor:
   """Faces from image arrays with a trained run (default: the shipped one)."""
 
   def __init__(self, workdir: str | None = None, detector="blazeface", batch_size: int = 16,
-               max_faces: int = 8):
+               max_faces: int = 8, mirror: bool = True):
     """`detector`: a detector of `facerecon.detect`, its name, or None (each
-    image is a face crop already)."""
+    image is a face crop already). `mirror`: each fit averaged with its
+    mirror image's (`inference.Predictor`)."""
     run = rundir.RunDir(workdir) if workdir else rundir.default_run()
     if run is None:
       raise FileNotFoundError(f"no trained run: pass workdir= (no ${rundir.RUN_VARIABLE}, "
@@ -60,7 +62,7 @@ class Reconstructor:
     if not (run.has_best() or run.fine.has_best()):
       raise FileNotFoundError(f"{run.path} has no trained networks")
     self.config = rundir.resolve_config(run)
-    self.predictor = inference.Predictor(self.config, run.path, batch_size)
+    self.predictor = inference.Predictor(self.config, run.path, batch_size, mirror=mirror)
     self.model = self.predictor.model
     self.detector = detect_lib.from_name(detector) if isinstance(detector, str) else detector
     self.max_faces = max_faces

@@ -95,6 +95,9 @@ _WRITE = flags.DEFINE_list(
     f"{', '.join(outputs.OUTPUTS)} (facerecon.outputs; obj is textured when the model has "
     "UVs). Default: all for photos; for videos "
     f"{', '.join(video.DEFAULT_OUTPUTS)} (per frame; overlay, pncc and normals as videos).")
+_MIRROR = flags.DEFINE_bool("mirror", True, "reconstruct/evaluate: average each face's fit "
+                             "with the mirrored fit of its mirror image (left-right symmetric "
+                             "face models).")
 _SMOOTH = flags.DEFINE_bool("smooth", True, "reconstruct, videos: smooth each tracked face's "
                             "parameters over time (One Euro filter, facerecon.video).")
 _REDETECT = flags.DEFINE_integer(
@@ -205,7 +208,7 @@ def _apply_trained(explicit_config) -> int:
     from facerecon import evaluate  # pylint: disable=import-outside-toplevel
 
     table, _ = evaluate.run(config, run.path, inputs[0], detector, _BATCH.value,
-                            results_dir)
+                            results_dir, _MIRROR.value)
     print(table)
     return 0
   if not _OUTPUT.value:
@@ -219,7 +222,8 @@ def _apply_trained(explicit_config) -> int:
   summary = reconstruct.reconstruct(config, run.path, inputs, _OUTPUT.value,
                                     batch_size=_BATCH.value, detector=detector,
                                     max_faces=_MAX_FACES.value, outputs=written,
-                                    smoothing=_SMOOTH.value, redetect_every=_REDETECT.value)
+                                    smoothing=_SMOOTH.value, redetect_every=_REDETECT.value,
+                                    mirror=_MIRROR.value)
   sources = [f"{summary.photos_read()} of {summary.photos} photos"] if summary.photos else []
   if summary.videos:
     sources.append(f"{len(summary.videos)} videos "

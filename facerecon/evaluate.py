@@ -111,16 +111,17 @@ def _shading_residuals(crops, coarse_depth, fine_depth, mask):
 
 
 def evaluate_folder(config, workdir: str, folder: str, detector=None,
-                    batch_size: int = 32) -> dict:
+                    batch_size: int = 32, mirror: bool = True) -> dict:
   """AFLW2000-3D-style evaluation of the run in `workdir` on `folder`;
   `detector` (a `facerecon.detect.FaceDetector` or None) adds the detector
-  crops. Unreadable photos and malformed .mat files are reported in
+  crops; `mirror`: as `inference.Predictor`'s (recorded in the results).
+  Unreadable photos and malformed .mat files are reported in
   'skipped' and left out. A run with a FineNet also gets the mean shading
   residual of CoarseNet's and FineNet's depth on the ground-truth crops
   (`_shading_residuals`): FineNet's detail should explain the photos'
   shading better."""
   pairs = mat_folders.find_pairs(folder)
-  predictor = inference.Predictor(config, workdir, batch_size)
+  predictor = inference.Predictor(config, workdir, batch_size, mirror=mirror)
   size = predictor.size  # the crops' side
   results = {"truth": ([], []), "detector": ([], [])}  # (nme, yaw) per crop rule
   residual_sums = np.zeros(2)  # CoarseNet's, FineNet's
@@ -159,7 +160,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   if not results["truth"][0]:
     raise ValueError(f"no photo in {folder} could be evaluated: "
                      + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
-  out = {"photos": len(pairs), "skipped": skipped,
+  out = {"photos": len(pairs), "skipped": skipped, "mirror": predictor.mirror is not None,
          "ground_truth_crops": yaw_table(*results["truth"])}
   if detector is not None:
     out["detector_crops"] = {**yaw_table(*results["detector"]), "missed": missed}
@@ -307,7 +308,8 @@ def format_table(name: str, results: dict) -> str:
 
 
 def run(config, workdir: str, input_path: str, detector=None,
-        batch_size: int = 32, results_dir: str | None = None) -> tuple[str, dict]:
+        batch_size: int = 32, results_dir: str | None = None,
+        mirror: bool = True) -> tuple[str, dict]:
   """Evaluates on `input_path` (a folder, or 'synthetic'); writes the
   results as evaluation_<name>.json in `results_dir` (default: the run) and
   returns (table text, results)."""
@@ -317,7 +319,7 @@ def run(config, workdir: str, input_path: str, detector=None,
       results["detail"] = evaluate_detail(config, workdir)
   else:
     name = os.path.basename(os.path.normpath(input_path))
-    results = evaluate_folder(config, workdir, input_path, detector, batch_size)
+    results = evaluate_folder(config, workdir, input_path, detector, batch_size, mirror)
   out = rundir.RunDir(results_dir or workdir)
   export.write_json(out.evaluation(name), _json_safe(results))
   return format_table(name, results), results

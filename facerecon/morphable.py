@@ -33,6 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.spatial
 
 from facerecon import fileio
 from facerecon import params as params_lib
@@ -299,6 +300,65 @@ def vertex_normals(vertices, triangles):
 def landmarks(model: MorphableModel, vertices):
   """The 68 iBUG landmark vertices: [..., N, 3] -> [..., 68, 3]."""
   return jnp.take(vertices, model.landmark_indices, axis=-2)
+
+
+# --- Left-right mirroring -----------------------------------------------------------------
+
+MIRROR_TOLERANCE = 0.01  # of the face's size: how far a vertex's mirror partner may be
+# How much of a basis's mirror image its own modes may miss (relative norm;
+# ICT-FaceKit's: 0.4 %; the embedded model's expressions: 10.5 %, not symmetric).
+MIRROR_BASIS_TOLERANCE = 0.02
+
+
+class MirrorMaps(NamedTuple):
+  """Coefficient maps of a left-right symmetric model: the face mirrored in
+  x (its vertices' partners swapped) has shape @ shape and expression @
+  expression as coefficients (row vectors; least squares, exact when the
+  bases mirror into themselves, as ICT-FaceKit's do to 0.4 %)."""
+  shape: np.ndarray       # [Ks, Ks] float32
+  expression: np.ndarray  # [Ke, Ke] float32
+
+
+def mirror_maps(model: MorphableModel) -> MirrorMaps | None:
+  """The model's MirrorMaps, or None when it is not left-right symmetric
+  about x = 0, the plane the camera mirrors about: a vertex of the mean shape
+  without a mirror partner within MIRROR_TOLERANCE of the face's size, or a
+  basis whose mirror image its modes miss by more than MIRROR_BASIS_TOLERANCE."""
+  mean = np.asarray(model.mean_shape, np.float64)
+  distance, partner = scipy.spatial.cKDTree(mean).query(mean * [-1.0, 1.0, 1.0])
+  if distance.max() > MIRROR_TOLERANCE * np.ptp(mean, axis=0).max():
+    return None
+
+  def coefficient_map(basis):
+    basis = np.asarray(basis, np.float64)
+    k = basis.shape[0]
+    if k == 0:
+      return np.zeros((0, 0), np.float32)
+    flipped = np.empty_like(basis)
+    flipped[:, partner] = basis * [-1.0, 1.0, 1.0]
+    modes, images = basis.reshape(k, -1).T, flipped.reshape(k, -1).T
+    # modes A = images: A's column j holds mode j's mirror image in the modes.
+    solution = np.linalg.lstsq(modes, images, rcond=1e-6)[0]
+    if np.linalg.norm(modes @ solution - images) > MIRROR_BASIS_TOLERANCE * np.linalg.norm(images):
+      return None
+    return solution.T.astype(np.float32)  # row vectors: coefficients @ map
+
+  maps = MirrorMaps(coefficient_map(model.shape_basis), coefficient_map(model.expression_basis))
+  return None if maps.shape is None or maps.expression is None else maps
+
+
+def mirror_params(params, layout: params_lib.ParamLayout, maps: MirrorMaps, width: int):
+  """The parameters [..., P] of the face mirrored left-right in an image
+  `width` pixels wide (column x -> width - 1 - x): the rotation F R F with
+  F = diag(-1, 1, 1) is yaw and roll negated (`facerecon.camera`), the x
+  translation mirrored, the coefficients through `maps`."""
+  params = jnp.asarray(params)
+  face = params_lib.split(params, layout)
+  angles = face.pose[..., params_lib.ANGLES] * jnp.array([1.0, -1.0, -1.0])
+  translation = face.pose[..., params_lib.TRANSLATION]
+  translation = jnp.concatenate([(width - 1) - translation[..., :1], translation[..., 1:]], -1)
+  return jnp.concatenate([angles, translation, face.pose[..., params_lib.SCALE:],
+                          face.shape @ maps.shape, face.expression @ maps.expression], axis=-1)
 
 
 def save_model(model: MorphableModel, path: str | os.PathLike, compact: bool = False) -> None:

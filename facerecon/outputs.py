@@ -64,6 +64,9 @@ DISPLACEMENT_ZERO = 32768
 DISPLACEMENT_LEVELS = 2 ** 19
 OUTPUTS = ("obj", "ply", "depth", "landmarks", "json", "overlay", "pncc", "normals")
 PHOTO_IMAGES = ("overlay", "pncc", "normals")  # one image per photo, not per face
+# The files FineNet's detail changes (the photo images are renders of the
+# parameters): without one of them a run's FineNet need not run.
+DETAIL_OUTPUTS = ("obj", "ply", "depth")
 
 
 def check_outputs(outputs) -> tuple[str, ...]:
@@ -74,6 +77,11 @@ def check_outputs(outputs) -> tuple[str, ...]:
     raise ValueError(f"--outputs: unknown or none: {sorted(unknown) or 'empty'} (choose "
                      f"from {', '.join(OUTPUTS)})")
   return outputs
+
+
+def needs_detail(outputs) -> bool:
+  """Whether any of `outputs` carries FineNet's detail."""
+  return bool(set(outputs) & set(DETAIL_OUTPUTS))
 
 
 @dataclasses.dataclass

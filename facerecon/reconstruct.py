@@ -94,14 +94,14 @@ def _reason(path: str, error: Exception) -> str:
 def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: str, *,
                 batch_size: int = 16, detector="blazeface", max_faces: int = 8,
                 progress: bool = True, outputs=None, smoothing: bool = True,
-                redetect_every: int = video.REDETECT_EVERY) -> Summary:
+                redetect_every: int = video.REDETECT_EVERY, mirror: bool = True) -> Summary:
   """Reconstructs every face in `input_path` (a photo or a folder, or a list
   of them) with the networks trained in `workdir`, writing into
   `output_dir`. `detector`: a detector of `facerecon.detect` or its name
   (`detect.DETECTORS`; 'none' or None: each photo is a face crop already).
   `outputs`: which files (`outputs.OUTPUTS`; None: all for photos,
   `video.DEFAULT_OUTPUTS` for videos). `smoothing`, `redetect_every`: see
-  `facerecon.video`. Returns the Summary (also written as
+  `facerecon.video`; `mirror`: as `inference.Predictor`'s. Returns the Summary (also written as
   `<output_dir>/summary.json`)."""
   photo_outputs = outputs_lib.check_outputs(outputs_lib.OUTPUTS if outputs is None else outputs)
   video_outputs = video.DEFAULT_OUTPUTS if outputs is None else photo_outputs
@@ -115,8 +115,18 @@ def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: s
   stems = _output_stems(paths, bases, output_dir)
   videos = [(p, s) for p, s in zip(paths, stems) if photos.is_video(p)]
   stills = [(p, s) for p, s in zip(paths, stems) if not photos.is_video(p)]
-  predictor = inference.Predictor(config, workdir, batch_size)
-  size = predictor.size  # the crops' side
+  # FineNet runs only for outputs that carry its detail (video's defaults do not).
+  predictors = {}
+
+  def predictor_for(outputs):
+    fine = outputs_lib.needs_detail(outputs)
+    if fine not in predictors:
+      predictors[fine] = inference.Predictor(config, workdir, batch_size, fine=fine,
+                                             mirror=mirror)
+    return predictors[fine]
+
+  predictor = predictor_for(photo_outputs) if stills else None
+  size = predictor.size if stills else None  # the photos' crops' side
   summary = Summary(photos=len(stills))
   os.makedirs(output_dir, exist_ok=True)
 
@@ -158,8 +168,9 @@ def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: s
   for path, stem in tqdm.tqdm(videos, desc="videos", unit="video", disable=not progress):
     try:
       summary.videos.append(video.reconstruct_video(
-          path, stem, predictor, detector, model_name=config.model, max_faces=max_faces,
-          outputs=video_outputs, smoothing=smoothing, redetect_every=redetect_every))
+          path, stem, predictor_for(video_outputs), detector, model_name=config.model,
+          max_faces=max_faces, outputs=video_outputs, smoothing=smoothing,
+          redetect_every=redetect_every))
       summary.faces += summary.videos[-1].faces
     except (ValueError, OSError) as e:
       summary.failures.append((path, _reason(path, e)))

@@ -3,6 +3,7 @@ tiny configs: starts as the identity, ImageNet vgg_16 names, outputs and
 resume, end-to-end mode, photo folders, and clear errors (4 devices:
 tests/multidevice)."""
 
+import dataclasses
 import json
 import os
 import re
@@ -19,8 +20,10 @@ import pytest
 from conftest import ROOT
 import events
 from facerecon import config_checks
+from facerecon import face_models
 from facerecon import inference
 from facerecon import losses
+from facerecon import morphable
 from facerecon.data import input_pipeline
 from facerecon.data import sources
 from facerecon.models import fine
@@ -303,6 +306,42 @@ def test_main_trains_coarsenet_then_finenet(tmp_path):
   assert (tmp_path / "reconstructions.png").exists()
   assert (tmp_path / "fine" / "fine_reconstructions.png").exists()
   assert (tmp_path / "fine" / "best" / "best.json").exists()
+
+
+@pytest.mark.slow
+def test_both_stages_in_one_run_of_a_model_with_rendered_only_parts(tmp_path):
+  """A model whose last vertices are a rendered-only part (as ICT's eyes and
+  teeth): FineNet's stage records the same whole model CoarseNet's did, so
+  it trains in the same run directory, and CoarseNet's fit is rendered with
+  the whole model (the depth FineNet refines covers the rendered part)."""
+  model = face_models.load("embedded:25")
+  cut = model.num_vertices * 4 // 5
+  triangles = np.asarray(model.triangles)
+  on_surface = triangles.max(axis=1) < cut
+  model = dataclasses.replace(
+      model, triangles=np.concatenate([triangles[on_surface], triangles[~on_surface]]),
+      landmark_indices=np.minimum(np.asarray(model.landmark_indices), cut - 1).astype(np.int32),
+      parts=(morphable.Part("face", morphable.SURFACE, (0, cut), (0, int(on_surface.sum()))),
+             morphable.Part("inside", morphable.RENDERED, (cut, model.num_vertices),
+                            (int(on_surface.sum()), model.num_triangles))))
+  path = str(tmp_path / "parts.npz")
+  morphable.save_model(model, path)
+  config = tiny.config(model=path, coarse__num_train_steps=2, coarse__eval_every=2,
+                       fine__num_train_steps=2)
+  workdir = str(tmp_path / "run")
+  coarse.train_and_evaluate(config, workdir)
+  fine_stage.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["num_vertices"] == model.num_vertices
+  loaded = face_models.load(path)
+  surface = morphable.surface(loaded)
+  predictor = inference.Predictor(config, workdir)
+  fit_fn = fine_stage.coarse_fit_fn(predictor.coarse_net, config)
+  photos = np.zeros((1, 32, 32, 3), np.uint8)
+  statistics = predictor.statistics
+  whole = fit_fn(predictor.coarse_variables, photos, surface, statistics, loaded)
+  cut_only = fit_fn(predictor.coarse_variables, photos, surface, statistics, surface)
+  assert int(whole.mask.sum()) > int(cut_only.mask.sum())
 
 
 @pytest.mark.slow

@@ -131,7 +131,8 @@ def test_the_readme_first_command_reconstructs_its_photo_and_videos_too(tmp_path
           in result.stdout), result.stdout
   stem = out / os.path.splitext(os.path.basename(photo))[0]
   for suffix in ("_face0.obj", "_face0_texture.png", "_face0_landmarks.txt", "_overlay.png",
-                 "_pncc.png", "_normals.png"):
+                 "_pncc.png", "_normals.png", "_face0_displacement.png",
+                 "_face0_normal_map.png"):  # the shipped run has a FineNet: detail maps
     assert os.path.exists(f"{stem}{suffix}"), suffix
   with open(out / "summary.json") as f:
     assert [v["detector_runs"] for v in json.load(f)["videos"]] == [1, 1]

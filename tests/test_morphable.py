@@ -6,7 +6,9 @@ from jax import test_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.spatial
 
+from facerecon import camera
 from facerecon import embedded_face
 from facerecon import face_models
 from facerecon import morphable
@@ -361,3 +363,41 @@ def test_bad_parts_are_named(small_model):
     morphable.validate(dataclasses.replace(small_model, expression_kind="sparse"))
   with pytest.raises(ValueError, match="'uv'"):
     morphable.validate(dataclasses.replace(small_model, uv=np.zeros((n, 3), np.float32)))
+
+
+def test_mirror_params_give_the_mirror_image_of_the_face():
+  """On the ICT head, the mirrored parameters project each vertex's mirror
+  partner where the vertex's image, mirrored in the image's width, is;
+  mirroring twice is the identity; a model that is not symmetric (shifted,
+  or the embedded model's expressions) has no mirror maps."""
+  model = morphable.surface(face_models.load("ict"))
+  maps = morphable.mirror_maps(model)
+  assert maps is not None
+  layout, width = model.layout, 200
+  rng = np.random.default_rng(0)
+  params = np.zeros((3, layout.size), np.float32)
+  params[:, :3] = rng.uniform(-0.5, 0.5, (3, 3))
+  vertices = np.asarray(morphable.vertices(model, np.zeros(layout.num_shape),
+                                           np.zeros(layout.num_expression)))
+  params[:, 6] = 120.0 / np.ptp(vertices[:, 0])  # the face 120 pixels wide
+  params[:, 3:6] = [90.0, 110.0, 0.0]
+  params[:, layout.shape] = rng.normal(size=(3, layout.num_shape)) * np.asarray(model.shape_std)
+  params[:, layout.expression] = (rng.uniform(size=(3, layout.num_expression))
+                                  * np.asarray(model.expression_std))
+  mirrored = np.asarray(morphable.mirror_params(params, layout, maps, width))
+
+  def image_points(p):
+    return np.asarray(camera.project_scaled_orthographic(
+        morphable.vertices_from_params(model, p), p[..., :7], width))
+
+  partner = scipy.spatial.cKDTree(vertices).query(vertices * [-1.0, 1.0, 1.0])[1]
+  expected = image_points(params)[:, partner] * [-1.0, 1.0, 1.0] + [width - 1.0, 0.0, 0.0]
+  error = np.abs(image_points(mirrored) - expected)
+  assert error.mean() < 0.1 and error.max() < 1.5  # pixels, of a 120-pixel face
+  np.testing.assert_allclose(mirrored[:, :3], params[:, :3] * [1, -1, -1], atol=1e-6)
+  twice = np.asarray(morphable.mirror_params(mirrored, layout, maps, width))
+  assert np.abs(image_points(twice) - image_points(params)).max() < 1.5
+  lopsided = dataclasses.replace(
+      model, mean_shape=np.asarray(model.mean_shape) + [0.05 * np.ptp(vertices[:, 0]), 0, 0])
+  assert morphable.mirror_maps(lopsided) is None
+  assert morphable.mirror_maps(face_models.load("embedded:25")) is None

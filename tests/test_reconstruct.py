@@ -145,6 +145,23 @@ def test_reconstruct_writes_every_output_and_reports_failures(run_dir, photo_fol
   assert not [n for n in os.listdir(out) if n.startswith(".")]  # no partial files
 
 
+def test_finenet_runs_only_for_outputs_that_carry_its_detail(run_dir, photo_folder, tmp_path):
+  """Landmarks and JSON only: the run's FineNet is left out (the JSON says
+  so), and the fit is CoarseNet's as with every output."""
+  config = tiny.config(**CONFIG)
+  photo = os.path.join(photo_folder, "astronaut.jpg")
+  both = {}
+  for outputs_asked in (("landmarks", "json"), ("json", "depth")):
+    out = str(tmp_path / "_".join(outputs_asked))
+    reconstruct.reconstruct(config, run_dir, photo, out, progress=False, outputs=outputs_asked)
+    with open(os.path.join(out, "astronaut_face0.json")) as f:
+      both[outputs_asked] = json.load(f)
+  assert both[("landmarks", "json")]["depth"]["fine"] is False
+  assert both[("json", "depth")]["depth"]["fine"] is True
+  np.testing.assert_allclose(both[("landmarks", "json")]["landmarks"],
+                             both[("json", "depth")]["landmarks"], atol=1e-3)
+
+
 def test_reconstruct_fits_whole_batches_and_photos_split_between_them(tmp_path, monkeypatch):
   """Faces go to the networks `batch_size` at a time (never more, so no
   padded batch mid-run); a photo whose faces span two batches is written
@@ -157,7 +174,7 @@ def test_reconstruct_fits_whole_batches_and_photos_split_between_them(tmp_path, 
   class FixedFits:
     """Every crop gets the same, framed, mean face."""
 
-    def __init__(self, config, workdir, batch_size):
+    def __init__(self, config, workdir, batch_size, **options):
       self.batch_size, self.model, self.has_fine, self.size = batch_size, model, False, size
 
     def __call__(self, crops):
@@ -216,6 +233,30 @@ def test_predictions_do_not_depend_on_the_batching(run_dir):
   assert not np.allclose(one.depth, one.coarse_depth)  # FineNet ran
   with pytest.raises(ValueError, match=r"crops must be \[n, 32, 32, 3\]"):
     inference.Predictor(config, run_dir)(crops[:, :16])
+
+
+def test_fits_averaged_with_their_mirror_images(run_dir):
+  """`regress_mirrored` averages a crop's fit with the mirrored fit of its
+  mirror image, so (with maps that are their own inverse) the mirror image
+  gets exactly the mirrored fit; the Predictor uses it only for a symmetric
+  model (the embedded model's expressions are not)."""
+  config = tiny.config(**CONFIG)
+  crops = np.random.default_rng(1).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+  predictor = inference.Predictor(config, run_dir, batch_size=4)
+  assert predictor.mirror is None
+  layout = predictor.model.layout
+  maps = morphable.MirrorMaps(np.eye(layout.num_shape, dtype=np.float32)[::-1],
+                              np.eye(layout.num_expression, dtype=np.float32))
+  fit = jax.jit(lambda crops, maps: inference.regress_mirrored(
+      predictor.coarse_net, predictor.coarse_variables, crops, predictor.model,
+      predictor.statistics, predictor.start_face, config.image_size, maps))
+  params, flipped = np.asarray(fit(crops, maps)), np.asarray(fit(crops[:, :, ::-1], maps))
+  np.testing.assert_allclose(
+      flipped, np.asarray(morphable.mirror_params(params, layout, maps, 32)), atol=1e-4)
+  np.testing.assert_allclose(flipped[:, :6], params[:, :6] * [1, -1, -1, -1, 1, 1]
+                             + [0, 0, 0, 31, 0, 0], atol=1e-4)
+  plain = inference.Predictor(config, run_dir, batch_size=4)(crops).params
+  assert np.abs(plain - params).max() > 1e-3  # the mirror image changed the fit
 
 
 def _write_aflw_style(folder, count: int, seed: int, shape_entries: int = 199):
@@ -339,9 +380,9 @@ def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
 
   class Oracle:
     model = face_models.load("embedded:25")
-    size, has_fine = tiny.config().image_size, False
+    size, has_fine, mirror = tiny.config().image_size, False, None
 
-    def __init__(self, *args):
+    def __init__(self, *args, **options):
       pass
 
     def __call__(self, crops):
@@ -517,19 +558,23 @@ def test_a_shipped_run_is_used_without_workdir(run_dir, tmp_path):
 def test_a_finenet_over_another_runs_coarsenet_ships_with_it(run_dir, tmp_path):
   """A FineNet stage trained over another run's CoarseNet
   (fine.coarse_workdir) ships with that CoarseNet's best and statistics, and
-  the shipped config no longer names the other run; the copy loads as one
+  the shipped config no longer names the other run and has its CoarseNet
+  stage as the other run trained it; the copy loads as one
   run with both networks."""
   over = tmp_path / "over"
   shutil.copytree(os.path.join(run_dir, "fine"), over / "fine")
   with open(os.path.join(run_dir, "config.json")) as f:
     record = json.load(f)
+  coarse_stage = dict(record["config"]["coarse"])
   record["config"]["fine"]["coarse_workdir"] = run_dir
+  record["config"]["coarse"]["num_train_steps"] = 0  # this run trained FineNet only
   (over / "config.json").write_text(json.dumps(record))
   shipped = tmp_path / "shipped"
   ship_run.ship(str(over), str(shipped))
   assert sorted(os.listdir(shipped)) == ["best", "config.json", "fine", "statistics.npz"]
-  assert json.loads((shipped / "config.json").read_text())["config"]["fine"][
-      "coarse_workdir"] is None
+  shipped_config = json.loads((shipped / "config.json").read_text())["config"]
+  assert shipped_config["fine"]["coarse_workdir"] is None
+  assert shipped_config["coarse"] == coarse_stage  # how the shipped CoarseNet was trained
   for stage in ("", "fine"):
     originals = sorted(os.path.relpath(os.path.join(folder, name), os.path.join(run_dir, stage))
                        for folder, _, names in os.walk(os.path.join(run_dir, stage, "best"))

@@ -22,6 +22,7 @@ from facerecon import rundir
 from facerecon.data import cropping
 from facerecon.data import mat_folders
 from facerecon.data import normalization
+from facerecon.data import preprocessing
 
 DEV_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                        "aflw2000-3d-dev")
@@ -44,7 +45,8 @@ def shipped():
 def test_the_shipped_run_is_complete_and_small(shipped):
   config, path = shipped
   assert config.model == "ict" and config.coarse.backbone == "mobilenet_v1"
-  for name in ("config.json", "statistics.npz", os.path.join("best", "best.json")):
+  for name in ("config.json", "statistics.npz", os.path.join("best", "best.json"),
+               os.path.join("fine", "best", "best.json")):
     assert os.path.exists(os.path.join(path, name)), name
   total = sum(os.path.getsize(os.path.join(folder, name))
               for folder, _, names in os.walk(face_models.ASSETS) for name in names)
@@ -170,8 +172,9 @@ def test_the_python_api_reconstructs_faces_in_image_arrays(shipped, tmp_path):
   assert face.vertices.shape == (reconstructor.model.num_vertices, 3)
   assert face.triangles.shape == np.asarray(reconstructor.model.triangles).shape
   assert np.all(np.isfinite(face.pose_degrees)) and abs(face.pose_degrees[1]) < 45
-  size = config.image_size
-  assert face.depth.shape == (size, size) and np.isfinite(face.depth).sum() > 0.1 * size**2
+  size = preprocessing.fine_image_size(config)  # the run has a FineNet: its photo size
+  assert size > config.image_size and face.depth.shape == (size, size)
+  assert np.isfinite(face.depth).sum() > 0.1 * size**2
   # The face looks at the viewer: its triangles at the landmarks are
   # counter-clockwise with y up, so clockwise (cross product z < 0) here.
   a, b, c = (face.vertices[face.triangles[:, i]].astype(np.float64) for i in range(3))

@@ -170,7 +170,11 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   parallel.check_batch_sizes(stage.batch_sizes())
   coarse_net, coarse_variables, model, statistics = networks.load_coarse(
       config, networks.coarse_run(config, run), mesh)
-  rundir.record_config(run, config, model)
+  # The run records the whole model, as CoarseNet's stage does: `model` is
+  # its surface (what CoarseNet fits), `whole_model` also renders the parts
+  # the synthetic photos show (eyes, teeth, mouth interior).
+  whole_model = face_models.load(config.model)
+  rundir.record_config(run, config, whole_model)
   coarse_fit = coarse_fit_fn(coarse_net, config, mesh)
   fine_net = networks.fine_net(config)
   fine_params = networks.initial_fine_params(config, fine_net)
@@ -179,8 +183,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   tx, schedule = make_optimizer(stage)
   replicated = parallel.replicated(mesh)
   state = jax.device_put(TrainState.create(params, {}, tx), replicated)
-  context = jax.device_put((model, statistics, coarse_variables,
-                            face_models.load(config.model)), replicated)
+  context = jax.device_put((model, statistics, coarse_variables, whole_model), replicated)
   step_fn = jit_train_step(make_train_step(loss_fn(fine_net, coarse_fit, config, mesh), tx),
                            mesh)
   evaluate = evaluation_fn(fine_net, coarse_fit, config, mesh)
