@@ -125,6 +125,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (absolute depth difference, 1 - cosine of the normals); 0: unsupervised.
   config.fine.loss.depth = 0.0
   config.fine.loss.normal = 0.0
+  # FineNet's albedo estimate against the true albedo (mean absolute RGB
+  # difference); > 0 gives FineNet its albedo output.
+  config.fine.loss.albedo = 0.0
   config.fine.data = ml_collections.ConfigDict()
   # 'synthetic' (rendered faces; their labels evaluate FineNet and, with
   # fine.loss.depth or .normal, supervise it), 'tfds'

@@ -126,7 +126,7 @@ def check(config) -> None:
   _check_widths(config, "fine.widths")
   _check_widths(config, "fine.head")
   _choice(config, "fine.data.source", FINE_SOURCES)
-  for field in ("depth", "normal"):
+  for field in ("depth", "normal", "albedo"):
     _require(not config.fine.loss.get(field) or config.fine.data.source == "synthetic",
              f"fine.loss.{field}", config.fine.loss.get(field),
              "0 unless fine.data.source is 'synthetic' (only synthetic faces have the "

@@ -27,6 +27,7 @@ from facerecon import rundir
 from facerecon.data import normalization
 from facerecon.data import preprocessing
 from facerecon.models import coarse_net as coarse_net_lib
+from facerecon.models import fine as fine_lib
 
 
 class FaceFits(NamedTuple):
@@ -88,8 +89,9 @@ def _predict_fn(coarse_net, fine_net, config, mesh):
     params = regress_mirrored(coarse_net, coarse_variables, crops, model, statistics,
                               start_face, config.image_size, mirror)
     vertices, depth, mask, landmarks = render_fit(params, model, render_model)
-    fine = depth if fine_net is None else fine_net.apply(
-        {"params": fine_params}, preprocessing.network_images(crops, statistics), depth, mask)
+    fine = depth if fine_net is None else fine_lib.split_outputs(fine_net.apply(
+        {"params": fine_params}, preprocessing.network_images(crops, statistics), depth,
+        mask))[0]
     return FaceFits(params, landmarks, vertices, depth, fine, mask)
 
   return jax.jit(predict)

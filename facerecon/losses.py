@@ -239,27 +239,33 @@ class FineLossWeights(NamedTuple):
   # only; 0: the paper's unsupervised loss).
   depth: float = 0.0
   normal: float = 0.0
+  # FineNet's albedo estimate against the true albedo (synthetic faces only;
+  # > 0 also gives FineNet its albedo output, `networks.fine_net`).
+  albedo: float = 0.0
 
   @property
   def supervised(self) -> bool:
-    return self.depth > 0 or self.normal > 0
+    return self.depth > 0 or self.normal > 0 or self.albedo > 0
 
 
 def fine_loss(fine_depth, coarse_depth, mask, intensity, albedo, weights: FineLossWeights,
-              true_depth=None, true_mask=None):
+              true_depth=None, true_mask=None, fine_albedo=None, true_albedo=None):
   """(total, terms) of FineNet's loss on depth maps [B, H, W] (pixels of
   this image) against grey photos `intensity` with grey `albedo` (0..1):
 
       sfs * shading_fit(fine) + fidelity * |fine - coarse|^2
           + smoothness * |laplacian(fine)|^2
           + depth * |fine - true| + normal * (1 - cos(normals, true normals))
+          + albedo * |fine albedo - true albedo|
 
   (`facerecon.shading`; the first-order SH light is solved per image inside
-  the graph). The first three are the paper's unsupervised loss; the last
-  two need the true detailed depth and mask (synthetic faces) and are
-  computed whenever those are given. Depths are measured in pixels of a
-  REFERENCE_SIZE image (the paper's size) and the shading residual in grey
-  levels 0..255, so the weights mean the same at every image size."""
+  the graph). The first three are the paper's unsupervised loss; the
+  depth and normal terms need the true detailed depth and mask (synthetic
+  faces) and are computed whenever those are given, the albedo term
+  (`albedo_error`) FineNet's albedo [B, H, W, 3] and the true one too.
+  Depths are measured in pixels of a REFERENCE_SIZE image (the paper's size)
+  and the shading residual in grey levels 0..255, so the weights mean the
+  same at every image size."""
   unit = fine_depth.shape[-2] / REFERENCE_SIZE  # this image's pixels per 200-image pixel
   terms = {"sfs": shading_residual(fine_depth, mask, intensity, albedo),
            "fidelity": shading.fidelity(fine_depth, coarse_depth, mask) / unit ** 2,
@@ -268,11 +274,24 @@ def fine_loss(fine_depth, coarse_depth, mask, intensity, albedo, weights: FineLo
   if true_depth is not None:
     terms.update(detail_errors(fine_depth, mask, true_depth, true_mask))
     terms["depth"] = terms["depth"] / unit
+    if fine_albedo is not None:
+      terms["albedo"] = albedo_error(fine_albedo, true_albedo, mask & true_mask)
   elif weights.supervised:
     raise ValueError("FineNet's supervised loss terms (config.fine.loss.depth, "
-                     "config.fine.loss.normal) need the true detailed depth: synthetic data")
+                     "config.fine.loss.normal, config.fine.loss.albedo) need the true "
+                     "detailed depth: synthetic data")
+  if weights.albedo > 0 and "albedo" not in terms:
+    raise ValueError("config.fine.loss.albedo needs FineNet's albedo and the true albedo")
   total = sum(getattr(weights, name) * value for name, value in terms.items())
   return total, terms
+
+
+def albedo_error(albedo, true_albedo, region):
+  """Mean absolute difference of two albedo maps [B, H, W, 3] (RGB 0..1)
+  over the pixels of `region` [B, H, W], per image, then over the images
+  (so a batch split over devices gives the same mean)."""
+  return shading.masked_mean(jnp.mean(jnp.abs(albedo - true_albedo), axis=-1),
+                             jnp.asarray(region, albedo.dtype))
 
 
 def shading_residual(depth, mask, intensity, albedo):

@@ -62,6 +62,7 @@ def initial_coarse_variables(net, config, mesh, model, statistics):
 def fine_net(config) -> fine_lib.FineNet:
   """FineNet as `config.fine` says."""
   return fine_lib.FineNet(widths=tuple(config.fine.widths), head=tuple(config.fine.head),
+                          albedo=config.fine.loss.get("albedo", 0.0) > 0,
                           dtype=jnp.dtype(config.dtype))
 
 

@@ -59,6 +59,30 @@ def test_finenet_starts_as_the_identity_and_keeps_off_face_pixels():
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 
 
+def test_finenet_albedo_output_and_its_error():
+  """With `albedo`, FineNet also returns an RGB albedo in (0, 1) on the mask
+  and 0 off it, its depth unchanged; `albedo_error` is the mean absolute
+  difference over a region; the albedo term needs both albedos."""
+  images, depth, mask = _net_inputs()
+  plain = fine.FineNet(widths=(4, 8, 8), head=(6,))
+  with_albedo = fine.FineNet(widths=(4, 8, 8), head=(6,), albedo=True)
+  variables = with_albedo.init(jax.random.PRNGKey(0), images, depth, mask)
+  fine_depth, albedo = with_albedo.apply(variables, images, depth, mask)
+  assert albedo.shape == images.shape[:3] + (3,)
+  assert float(albedo[mask].min()) > 0 and float(albedo[mask].max()) < 1
+  assert float(jnp.abs(albedo[~mask]).max()) == 0
+  np.testing.assert_array_equal(fine_depth, depth)  # the detail starts at zero
+  assert fine.split_outputs(fine_depth) == (fine_depth, None)
+  assert "albedo" not in plain.init(jax.random.PRNGKey(0), images, depth, mask)["params"]
+  region = jnp.zeros(mask.shape, bool).at[:, :2, :2].set(True)
+  true = jnp.zeros_like(albedo).at[:, :2, :2].set(jnp.array([0.5, 0.2, 0.2]))
+  np.testing.assert_allclose(losses.albedo_error(jnp.full_like(albedo, 0.5), true, region),
+                             0.2, rtol=1e-6)
+  weights = losses.FineLossWeights(albedo=1.0)
+  with pytest.raises(ValueError, match="albedo"):
+    losses.fine_loss(depth, depth, mask, images[..., 0], images[..., 0], weights, depth, mask)
+
+
 def test_finenet_hypercolumns_see_beyond_the_first_block():
   """The output at a pixel depends on pixels the first block cannot see
   (4 3x3 convs: 4 pixels away): the upsampled deeper blocks are used."""
@@ -188,18 +212,19 @@ def test_fine_stage_writes_outputs(coarse_workdir, tmp_path):
   """Checkpoints, the best checkpoint (FineNet's variables only: CoarseNet
   is frozen), TensorBoard, the picture, the run's config, and every metric.
   Resuming is the shared train loop's (training.loop), tested with CoarseNet.
-  Trained with the paper's terms and the supervised ones (the unsupervised
-  loss alone: the folder and tfds tests)."""
+  Trained with the paper's terms and the supervised ones, the albedo output's
+  included (the unsupervised loss alone: the folder and tfds tests)."""
   workdir = str(tmp_path / "run")
   metrics = fine_stage.train_and_evaluate(
-      _config(coarse_workdir, loss__sfs=1.0, loss__fidelity=2.0), workdir)
-  for name in ("loss", "sfs", "fidelity", "smoothness", "depth", "normal", "depth_error",
-               "normal_error", "coarse_depth_error", "coarse_normal_error"):
+      _config(coarse_workdir, loss__sfs=1.0, loss__fidelity=2.0, loss__albedo=1.0), workdir)
+  for name in ("loss", "sfs", "fidelity", "smoothness", "depth", "normal", "albedo",
+               "depth_error", "normal_error", "coarse_depth_error", "coarse_normal_error"):
     assert np.isfinite(metrics[name]), name
   assert metrics["fidelity"] > 0  # FineNet moved off the coarse depth
+  assert 0 < metrics["albedo"] < 1
   stage = os.path.join(workdir, "fine")
   assert sorted(os.listdir(os.path.join(stage, "checkpoints"))) == ["2", "4"]
-  assert sorted(_best_variables(stage)["params"]) == ["detail", "head_1", "vgg_16"]
+  assert sorted(_best_variables(stage)["params"]) == ["albedo", "detail", "head_1", "vgg_16"]
   assert os.path.getsize(os.path.join(stage, "fine_reconstructions.png")) > 0
   assert {"train/sfs", "eval/normal_error", "eval/fine_reconstructions"} <= events.tags(
       os.path.join(stage, "tensorboard"))

@@ -54,7 +54,12 @@ class SyntheticStream:
     faces = synthetic.generate_photos(self._model, self._seed, first, self._batch, self._prior,
                                       self._size, self._size, self._photos)
     self.position += 1
-    return {name: getattr(faces, name) for name in self._fields}
+    batch = {name: getattr(faces, name) for name in self._fields if name != "albedo"}
+    if "albedo" in self._fields:  # not a SyntheticBatch field: rendered again, when asked
+      batch["albedo"] = np.asarray(synthetic.albedo_maps(
+          self._model, synthetic.sample_keys(self._seed, first, self._batch), self._prior,
+          self._size, self._size))
+    return batch
 
   def get_state(self) -> dict:
     return {"position": self.position}
@@ -152,11 +157,14 @@ def open_labelled(config, statistics, split: str, batch_size: int):
 def open_photos(config, split: str, batch_size: int, labels: bool = False):
   """An iterator of FineNet's host batches of `split` ('train' or 'val'):
   'image' uint8; synthetic batches with `labels` (for evaluation or a
-  supervised loss) also 'fine_depth' and 'mask' (the true detailed surface)."""
+  supervised loss) also 'fine_depth' and 'mask' (the true detailed surface),
+  and 'albedo' when FineNet learns it (config.fine.loss.albedo)."""
   data = config.fine.data
   size = preprocessing.fine_image_size(config)
   if data.source == "synthetic":
     fields = ("image", "fine_depth", "mask") if labels else ("image",)
+    if labels and config.fine.loss.get("albedo", 0.0) > 0:
+      fields += ("albedo",)
     return SyntheticStream(face_models.load(config.model), size, batch_size,
                            synthetic_seed(config, split, "fine"), face_prior(config),
                            fields=fields)

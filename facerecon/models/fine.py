@@ -8,11 +8,15 @@ A fully convolutional hypercolumn network:
     columns  = concat(block 1, block 2 and block 3 resized to full resolution)
     detail   = 1x1 convs (50, 50, 10 with ReLU, then 1, zero-initialised)
     fine     = coarse + detail on the mask
+    albedo   = (with `albedo=True`) a sigmoid of 3 more 1x1 outputs of the
+               same head: RGB 0..1, 0 off the mask
 
 The network predicts the detail in pixels of depth, added to the coarse
 depth, so it starts as the identity (the last layer is zero) and the
 fidelity term measures the detail itself. Off the face mask the output is
-the coarse depth (0).
+the coarse depth (0). The albedo output lets the network say what is colour
+(brows, lips, make-up) apart from what is relief; it is learnt from synthetic
+faces' true albedo (`losses.albedo_error`).
 """
 
 from typing import Any, Sequence
@@ -25,6 +29,11 @@ from facerecon.models import backbones
 
 Dtype = Any
 SCOPE = "vgg_16"  # the blocks' scope: slim's vgg_16 names (models.pretrained)
+
+
+def split_outputs(outputs):
+  """(depth, albedo or None) of a FineNet's output."""
+  return outputs if isinstance(outputs, tuple) else (outputs, None)
 
 
 def depth_input(depth, mask):
@@ -40,9 +49,11 @@ def depth_input(depth, mask):
 class FineNet(nn.Module):
   """`__call__(images, coarse_depth, mask)`: images [B, H, W, C] normalised
   (image minus the mean image), coarse depth and mask [B, H, W]. Returns the
-  refined depth [B, H, W] float32 (pixels, larger nearer, 0 off the mask)."""
+  refined depth [B, H, W] float32 (pixels, larger nearer, 0 off the mask),
+  and with `albedo` (depth, albedo [B, H, W, 3]) (`split_outputs`)."""
   widths: Sequence[int] = backbones.VGG16_DEPTHS[:3]  # conv1..conv3 channels
   head: Sequence[int] = (50, 50, 10)                  # the 1x1 convs before the output
+  albedo: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -67,4 +78,9 @@ class FineNet(nn.Module):
                           name=f"head_{i + 1}")(x))
     detail = nn.Conv(1, (1, 1), kernel_init=nn.initializers.zeros, dtype=jnp.float32,
                      param_dtype=jnp.float32, name="detail")(x.astype(jnp.float32))[..., 0]
-    return jnp.where(mask, coarse_depth + detail, coarse_depth)
+    depth = jnp.where(mask, coarse_depth + detail, coarse_depth)
+    if not self.albedo:
+      return depth
+    albedo = nn.sigmoid(nn.Conv(3, (1, 1), dtype=jnp.float32, param_dtype=jnp.float32,
+                                name="albedo")(x.astype(jnp.float32)))
+    return depth, jnp.where(mask[..., None], albedo, 0.0)

@@ -34,6 +34,7 @@ from facerecon import visualize
 from facerecon.data import normalization
 from facerecon.data import preprocessing
 from facerecon.data import sources
+from facerecon.models import fine as fine_lib
 from facerecon.training import loop
 from facerecon.training.state import jit_train_step
 from facerecon.training.state import make_optimizer
@@ -83,6 +84,16 @@ def _photos(batch, statistics):
   return images, shading.luminance(batch["image"].astype(jnp.float32) / 255.0)
 
 
+def _truth(batch, fine_albedo):
+  """The supervised terms' arguments of `losses.fine_loss` after the
+  unsupervised ones: the true detailed depth and mask, then FineNet's albedo
+  and the true one where both are there."""
+  truth = (batch["fine_depth"], batch["mask"])
+  if fine_albedo is not None and "albedo" in batch:
+    truth += (fine_albedo, batch["albedo"])
+  return truth
+
+
 def loss_fn(fine_net, coarse_fit, config, mesh=None):
   """The train step's loss_fn(params, batch_stats, batch, rng, context), with
   context = (model, statistics, CoarseNet variables, whole model): see
@@ -93,7 +104,8 @@ def loss_fn(fine_net, coarse_fit, config, mesh=None):
   def per_device(fine, coarse, mask, intensity, albedo, *truth):
     return losses.fine_loss(fine, coarse, mask, intensity, albedo, weights, *truth)
 
-  loss = parallel.mean_per_device(per_device, mesh, num_batched=7 if weights.supervised else 5)
+  num_truth = (2 if weights.supervised else 0) + (2 if weights.albedo > 0 else 0)
+  loss = parallel.mean_per_device(per_device, mesh, num_batched=5 + num_truth)
 
   def compute(params, batch_stats, batch, rng, context):
     del batch_stats, rng
@@ -104,8 +116,9 @@ def loss_fn(fine_net, coarse_fit, config, mesh=None):
     fit = coarse_fit(coarse_variables, batch["image"], model, statistics, whole_model)
     if not end_to_end:
       fit = jax.lax.stop_gradient(fit)
-    fine = fine_net.apply({"params": fine_params}, images, fit.depth, fit.mask)
-    truth = (batch["fine_depth"], batch["mask"]) if weights.supervised else ()
+    fine, fine_albedo = fine_lib.split_outputs(
+        fine_net.apply({"params": fine_params}, images, fit.depth, fit.mask))
+    truth = _truth(batch, fine_albedo) if weights.supervised else ()
     total, terms = loss(fine, fit.depth, fit.mask, intensity, fit.albedo, *truth)
     return total, ({}, terms)
 
@@ -119,7 +132,8 @@ def evaluation_fn(fine_net, coarse_fit, config, mesh=None):
   and coarse: depth error as in CoarseNet's evaluation (mean absolute
   difference over the pixels both masks cover, in units of the image
   height), normal error the mean angle in degrees between the depth maps'
-  normals where both have all four neighbours. Jitted."""
+  normals where both have all four neighbours; with an albedo output and the
+  true albedo, its error is the 'albedo' term. Jitted."""
   weights = losses.FineLossWeights(**config.fine.loss)
   end_to_end = config.fine.end_to_end
   size = preprocessing.fine_image_size(config)
@@ -138,9 +152,9 @@ def evaluation_fn(fine_net, coarse_fit, config, mesh=None):
     total, out = losses.fine_loss(fine, coarse, mask, intensity, albedo, weights, *truth)
     out = dict(out, loss=total)
     if truth:
-      truth = (*truth, *shading.depth_normals(*truth))
-      out["depth_error"], out["normal_error"] = errors(fine, mask, *truth)
-      out["coarse_depth_error"], out["coarse_normal_error"] = errors(coarse, mask, *truth)
+      surface = (*truth[:2], *shading.depth_normals(*truth[:2]))
+      out["depth_error"], out["normal_error"] = errors(fine, mask, *surface)
+      out["coarse_depth_error"], out["coarse_normal_error"] = errors(coarse, mask, *surface)
     return out
 
   def evaluate(params, batch, context):
@@ -149,8 +163,9 @@ def evaluation_fn(fine_net, coarse_fit, config, mesh=None):
                                                                coarse_variables)
     images, intensity = _photos(batch, statistics)
     fit = coarse_fit(coarse_variables, batch["image"], model, statistics, whole_model)
-    fine = fine_net.apply({"params": fine_params}, images, fit.depth, fit.mask)
-    truth = ((batch["fine_depth"], batch["mask"]) if "fine_depth" in batch else ())
+    fine, fine_albedo = fine_lib.split_outputs(
+        fine_net.apply({"params": fine_params}, images, fit.depth, fit.mask))
+    truth = _truth(batch, fine_albedo) if "fine_depth" in batch else ()
     values = parallel.mean_per_device(metrics, mesh, num_batched=5 + len(truth))(
         fine, fit.depth, fit.mask, intensity, fit.albedo, *truth)
     return values, (fine, fit.depth, fit.mask)

@@ -56,10 +56,11 @@ def test_fine_stage_on_four_devices_matches_one(coarse_workdir, tmp_path):
   a run completes. (Trained parameters are not compared: Adam's first steps
   are nearly sign(gradient), so float summation order decides tiny
   gradients' steps.)"""
-  # Every loss term weighted: the paper's and the supervised ones.
+  # Every loss term weighted: the paper's and the supervised ones (albedo's too).
   config = tiny.config(coarse__num_train_steps=2, fine__num_train_steps=1,
                        fine__coarse_workdir=coarse_workdir, fine__loss__sfs=1.0,
-                       fine__loss__fidelity=2.0, fine__loss__smoothness=1.0)
+                       fine__loss__fidelity=2.0, fine__loss__smoothness=1.0,
+                       fine__loss__albedo=1.0)
   one = loss_and_gradient(config, coarse_workdir, jax.devices()[:1])
   four = loss_and_gradient(config, coarse_workdir, jax.devices())
   assert sorted(four) == sorted(one) and len(one) > 10
