@@ -15,7 +15,8 @@ sittings.
 The variants (`VARIANTS`) each take one part away from the full prior:
 hair (on the scalp and long), spectacles, photo backgrounds, occluders, the
 rich light (second-order environment, highlights, fill light, coloured
-casts), the photos' tone (luminance spread and brightness), and the ICT
+casts), the photos' tone (luminance spread and brightness), their colour
+(the face's and the background's saturation), and the ICT
 head itself (the built-in procedural face, painted by the same procedural
 appearance). The procedural appearance itself has no variant: the ICT head
 has no texture model to fall back on. With --init_from every variant
@@ -50,6 +51,8 @@ VARIANTS = {
     "procedural_head": {"model": "embedded"},
     "no_tone": {"synthetic.prior.luminance_std": (0.0, 0.0),
                 "synthetic.prior.luminance_mean": (0.0, 0.0)},
+    "no_colour": {"synthetic.prior.saturation": (0.0, 0.0),
+                  "synthetic.prior.background_saturation": (0.0, 0.0)},
 }
 
 def variant_config(config, name: str, steps: int, init_from: str | None = None):

@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
       procedural_albedo=False, hair=1.0, photo_backgrounds=0.0, clutter=0.0, occluders=0.0,
       long_hair=0.0, glasses=0.0,
       blur=0.0, grey=0.0, jpeg=0.0, luminance_std=(0.0, 0.0), luminance_mean=(0.0, 0.0),
+      saturation=(0.0, 0.0), background_saturation=(0.0, 0.0),
       detail=(0.002, 0.006), detail_frequency=(4.0, 10.0), wrinkles=(0.0, 0.0),
       marks=(0.0, 0.0)))
   config.synthetic.statistics_samples = 1024  # faces the label statistics come from
@@ -108,6 +109,9 @@ def get_config() -> ml_collections.ConfigDict:
   # coarse.num_train_steps = 0) to train only FineNet.
   config.fine.coarse_workdir = placeholder(str)
   config.fine.end_to_end = False       # also fine-tune CoarseNet through the renderer
+  # A run whose best FineNet this one starts from (fine-tuning it, e.g. over
+  # a newer CoarseNet); it must have the same FineNet (widths, head, size).
+  config.fine.init_from = placeholder(str)
   # FineNet's photos' side (None: image_size). Larger than CoarseNet's, so
   # detail a pixel wide at CoarseNet's size is there to see; CoarseNet gets
   # the same photos shrunk to image_size, and reconstruct crops at this size.

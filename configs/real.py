@@ -5,8 +5,9 @@ clutter, long hair, glasses, occluders, blur, grey and JPEG; yaw to 90
 degrees), MobileNet v1 (width 0.5) at 96x96, one iteration: 3DDFA_V2's
 class of network, at a smaller input than its 120x120 because on 2 CPU
 cores the step at 96 is 1.6 times faster (benchmarks/train.py). The
-package ships the model this trains (`--mode=reconstruct` and `--mode=evaluate` use it when
-no --workdir is given):
+package ships a model trained with it (`--mode=reconstruct` and `--mode=evaluate` use it
+when no --workdir is given; its commands, a run and fine-tunings of it as the
+config grew: docs/training.md):
 
     python main.py --config=configs/real.py --workdir=runs/real
 
@@ -24,7 +25,12 @@ def get_config():
 
   prior = config.synthetic.prior
   prior.expression_active = 0.15
-  prior.pitch = (-45.0, 45.0)
+  # The dev photos' frontal faces sit at a median pitch of -12 degrees in
+  # the ICT head's frame (5 of them the frame's tilt against the BFM's), and
+  # a network trained on pitches centred on 0 read them too far up: the
+  # range (and its middle third, where the frontal faces are drawn) is
+  # centred on -15 (docs/reconstruction.md).
+  prior.pitch = (-60.0, 30.0)
   prior.yaw = (-90.0, 90.0)
   prior.roll = (-30.0, 30.0)
   prior.frontal_fraction = 0.5      # AFLW2000-3D: two thirds within 30 degrees of yaw
@@ -54,6 +60,9 @@ def get_config():
   # flatter; these ranges match the dev photos' crops in distribution).
   prior.luminance_std = (45.0, 120.0)
   prior.luminance_mean = (35.0, 150.0)
+  # Their colour: the face's and the background's saturation (docs/data.md).
+  prior.saturation = (40.0, 160.0)
+  prior.background_saturation = (10.0, 150.0)
   prior.detail = (0.0, 0.0)         # CoarseNet only: no fine detail needed
 
   coarse = config.coarse
@@ -77,7 +86,10 @@ def get_config():
   coarse.checkpoint_every = 250
   coarse.best_metric = "landmark_nme"
   # FineNet over the shipped CoarseNet: not trained by default (steps 0).
-  # The package ships the FineNet this trains (data_pipeline.ship_run):
+  # The package ships the FineNet this trains (data_pipeline.ship_run), over
+  # the CoarseNet of the time (before the pitch and colour ranges), then
+  # fine-tuned over the newer one
+  # (--config.fine.init_from=runs/real_fine, 500 steps; docs/training.md):
   #   python main.py --config=configs/real.py --workdir=runs/real_fine \
   #     --config.coarse.num_train_steps=0 \
   #     --config.fine.coarse_workdir=facerecon/assets/run --config.fine.num_train_steps=2000 \

@@ -28,6 +28,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from facerecon import camera
 from facerecon import fileio
 from facerecon import morphable
 from facerecon.data import mat_folders
@@ -99,6 +100,30 @@ def read_points(label_dir: str) -> list[np.ndarray]:
     pt3d = fileio.require_field(fields, "pt3d_68", mat_path, (3, 68))
     points.append(np.stack([pt3d[0], -pt3d[1], pt3d[2]], axis=-1).astype(np.float64))
   return points
+
+
+def read_angles(label_dir: str) -> np.ndarray:
+  """Pose_Para's (pitch, yaw, roll) in degrees [L, 3], in `read_points`' order."""
+  return np.stack([np.degrees(mat_folders.read_labels(mat_path, layout=None).params[:3])
+                   for _, mat_path in mat_folders.find_pairs(label_dir)])
+
+
+def frame_offset(model: morphable.MorphableModel, landmarks: np.ndarray,
+                 points: list[np.ndarray], angles: np.ndarray, max_yaw: float = 30.0):
+  """(median of the fitted pose's angles minus the labels' [3] (pitch, yaw,
+  roll, degrees), the fitted angles [L', 3], how many labels): how the
+  model's frame sits in the labels' (the BFM's for AFLW2000-3D), and the
+  labels' poses in the model's frame, over labels within `max_yaw`."""
+  fit = Fit(model, landmarks)
+  kept = np.flatnonzero(np.abs(angles[:, 1]) <= max_yaw)
+  fitted = []
+  for k in kept:
+    coefficients, _ = fit(points[k])
+    shape = fit.mean + (coefficients @ fit.basis).reshape(-1, 3)
+    _, rotation, _ = similarity(shape, points[k])
+    fitted.append(np.degrees(np.asarray(camera.angles_from_rotation(rotation))))
+  fitted = np.asarray(fitted).reshape(-1, 3)
+  return np.median(fitted - angles[kept], axis=0), fitted, len(kept)
 
 
 def landmark_table(model: morphable.MorphableModel, landmarks: np.ndarray,
@@ -183,6 +208,11 @@ def main(argv):
   new, moved, before, after = calibrate(model, points, FLAGS.threshold)
   print_table(face_size(model), before, after, old, new)
   print(f"moved landmarks: {', '.join(map(str, moved)) or 'none'}")
+  offset, fitted, count = frame_offset(model, new, points, read_angles(FLAGS.labels))
+  print(f"over the {count} labels within 30 degrees of yaw: the model's frame in the "
+        "labels', fitted minus labelled pitch, yaw, roll (medians) "
+        + ", ".join(f"{v:+.1f}" for v in offset) + " degrees; the fitted pitch's quartiles "
+        + " / ".join(f"{v:+.1f}" for v in np.percentile(fitted[:, 0], [25, 50, 75])))
   if FLAGS.output:
     calibrated = dataclasses.replace(model, landmark_indices=new.astype(np.int32))
     morphable.save_model(calibrated, FLAGS.output, compact=FLAGS.compact)

@@ -120,6 +120,8 @@ def check(config) -> None:
            "coarse.data.num_workers", coarse.data.num_workers, "an integer >= 0")
 
   _check_stage(config, "fine")
+  _require(not (config.fine.get("init_from") and config.fine.pretrained), "fine.init_from",
+           config.fine.get("init_from"), "unset when fine.pretrained is set (one start only)")
   fine_size = config.fine.get("image_size")
   _require(fine_size is None or (_is_int(fine_size) and fine_size >= config.image_size),
            "fine.image_size", fine_size, "unset or an integer >= image_size")

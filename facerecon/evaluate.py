@@ -16,6 +16,13 @@ the protocol of 3DDFA and later papers:
   detector (`detector.crop_squares`; the detected box whose centre lies inside the
   landmark box, best first). Photos where the detector finds no such face
   are counted as missed and left out of its NME.
+- Head pose (`pose_table`): the fits' (pitch, yaw, roll) against
+  Pose_Para's, in degrees, per crop rule: the mean absolute error per angle
+  and their mean (photos with a label angle beyond 99 degrees left out, as
+  the head-pose literature does), and the mean signed error per angle. The
+  labels' angles are the BFM's frame: a model whose own frame is tilted
+  from it carries that tilt in the signed error (ICT-FaceKit's head: about
+  5 degrees of pitch, docs/reconstruction.md).
 
 The synthetic test split (config.coarse.data.source 'synthetic': faces from
 config.synthetic.test_seed, a seed neither training nor validation uses;
@@ -59,6 +66,8 @@ from facerecon.data import synthetic
 from facerecon.training import coarse
 
 YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
+POSE_LIMIT = 99.0  # head-pose protocol: photos with a label angle beyond it are left out
+ANGLES = ("pitch", "yaw", "roll")
 CHUNK = 64  # photos read and fitted at a time
 DETAIL_BATCHES = 8
 ALBEDO_EDGE_SHARE = 0.1
@@ -85,6 +94,23 @@ def yaw_table(nme, yaw_degrees) -> dict:
   means = [table[f"[{low:g},{high:g}]"] for low, high in YAW_BINS]
   table["mean"] = float(np.mean(means))  # NaN when a bin is empty, as it should read
   table["all"] = 100.0 * float(nme.mean()) if nme.size else float("nan")
+  return table
+
+
+def pose_table(predicted, truth) -> dict:
+  """Head-pose errors (degrees) of predicted against labelled (pitch, yaw,
+  roll) [N, 3], the protocol of the head-pose literature on AFLW2000-3D:
+  photos whose labels have an angle beyond POSE_LIMIT are left out; the
+  mean absolute error per angle and their mean ('MAE'), and the mean signed
+  error per angle ('bias ...': a model whose frame or reading is tilted)."""
+  predicted, truth = np.asarray(predicted, np.float64), np.asarray(truth, np.float64)
+  kept = np.all(np.abs(truth) <= POSE_LIMIT, axis=-1)
+  error = (predicted[kept] - truth[kept] + 180.0) % 360.0 - 180.0  # wrapped
+  table = {"count": int(kept.sum())}
+  for k, name in enumerate(ANGLES):
+    table[name] = float(np.abs(error[:, k]).mean()) if kept.any() else float("nan")
+    table[f"bias {name}"] = float(error[:, k].mean()) if kept.any() else float("nan")
+  table["MAE"] = float(np.mean([table[name] for name in ANGLES]))
   return table
 
 
@@ -123,7 +149,8 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   pairs = mat_folders.find_pairs(folder)
   predictor = inference.Predictor(config, workdir, batch_size, mirror=mirror)
   size = predictor.size  # the crops' side
-  results = {"truth": ([], []), "detector": ([], [])}  # (nme, yaw) per crop rule
+  # Per crop rule: NME, label yaw, predicted and labelled angles (degrees).
+  results = {rule: ([], [], [], []) for rule in ("truth", "detector")}
   residual_sums = np.zeros(2)  # CoarseNet's, FineNet's
   skipped, missed = [], 0
   for start in tqdm.trange(0, len(pairs), CHUNK, desc="photos", unit="chunk"):
@@ -137,7 +164,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
       except (ValueError, KeyError, OSError) as e:
         skipped.append({"file": image_path, "reason": str(e)})
         continue
-      yaw = np.degrees(labels.params[1])
+      angles = np.degrees(labels.params[:3])  # pitch, yaw, roll
       squares = {"truth": cropping.square_from_landmarks(labels.landmarks)}
       if detector is not None:
         squares["detector"] = _detected_square(detector, photo, labels.landmarks)
@@ -145,7 +172,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
       for rule, square in squares.items():
         if square is not None:
           crops[rule].append((cropping.crop(photo, square, size), square, labels.landmarks,
-                              yaw))
+                              angles))
     for rule, faces in crops.items():
       if not faces:
         continue
@@ -153,7 +180,10 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
       predicted = np.stack([cropping.to_photo(points, f[1], size)
                             for points, f in zip(fits.landmarks, faces)])
       results[rule][0].extend(landmark_nme(predicted, np.stack([f[2] for f in faces])))
-      results[rule][1].extend(f[3] for f in faces)
+      results[rule][1].extend(f[3][1] for f in faces)
+      # A crop is a similarity without rotation: the angles are the photo's.
+      results[rule][2].extend(np.degrees(np.asarray(fits.params)[:, :3]))
+      results[rule][3].extend(f[3] for f in faces)
       if rule == "truth" and predictor.has_fine:
         residual_sums += np.asarray(_shading_residuals(
             np.stack([f[0] for f in faces]), fits.coarse_depth, fits.depth, fits.mask))
@@ -161,9 +191,12 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
     raise ValueError(f"no photo in {folder} could be evaluated: "
                      + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
   out = {"photos": len(pairs), "skipped": skipped, "mirror": predictor.mirror is not None,
-         "ground_truth_crops": yaw_table(*results["truth"])}
+         "ground_truth_crops": yaw_table(*results["truth"][:2]),
+         "ground_truth_crops_pose": pose_table(*results["truth"][2:])}
   if detector is not None:
-    out["detector_crops"] = {**yaw_table(*results["detector"]), "missed": missed}
+    out["detector_crops"] = {**yaw_table(*results["detector"][:2]), "missed": missed}
+    if results["detector"][0]:
+      out["detector_crops_pose"] = pose_table(*results["detector"][2:])
   if predictor.has_fine:
     coarse, fine = residual_sums / len(results["truth"][0])
     out["shading_residual"] = {"coarse": float(coarse), "fine": float(fine)}
@@ -281,6 +314,15 @@ def format_table(name: str, results: dict) -> str:
     if "detector_crops" in results:
       lines.append(f"detector missed {results['detector_crops']['missed']} of "
                    f"{results['photos'] - len(results['skipped'])} photos")
+    lines.append(f"{'pose error (deg)':<22}" + "".join(f"{n:>10}" for n in ANGLES)
+                 + f"{'MAE':>10}{'photos':>10}   mean signed (pitch, yaw, roll)")
+    for key, title in (("ground_truth_crops_pose", "ground-truth crops"),
+                       ("detector_crops_pose", "detector crops")):
+      if key in results:
+        row = results[key]
+        lines.append(f"{title:<22}" + "".join(f"{row[n]:>10.2f}" for n in ANGLES)
+                     + f"{row['MAE']:>10.2f}{row['count']:>10d}   "
+                     + ", ".join(f"{row['bias ' + n]:+.2f}" for n in ANGLES))
     if "shading_residual" in results:
       residual = results["shading_residual"]
       lines.append(f"shading residual (grey levels^2, ground-truth crops): CoarseNet "

@@ -74,11 +74,37 @@ def init_fine_params(config, net, seed: int = 0):
                                       zeros > 0))(jax.random.PRNGKey(seed))["params"]
 
 
+# What a FineNet's parameters depend on: a run's FineNet can start another
+# one (config.fine.init_from) when these agree.
+FINE_NETWORK_FIELDS = ("fine.widths", "fine.head", "fine.image_size", "image_size")
+
+
 def initial_fine_params(config, net):
   """The parameters a FineNet run starts from: `init_fine_params` of
   config.fine.seed, with the ImageNet vgg_16 weights of config.fine.pretrained
-  where it is set."""
+  where it is set, or the best FineNet of the run config.fine.init_from
+  (fine-tuning, e.g. over a newer CoarseNet; it must have the same FineNet).
+  A resumed run restores over them."""
   params = init_fine_params(config, net, config.fine.seed)
+  if config.fine.get("init_from"):
+    source = rundir.RunDir(config.fine.init_from)
+    if not source.fine.has_best():
+      raise FileNotFoundError(f"config.fine.init_from: no trained FineNet in "
+                              f"{source.fine.best}")
+    where = f"config.fine.init_from: the FineNet run in {source.path}"
+    record = rundir.read_record(source)
+    if record is None:
+      raise FileNotFoundError(f"{where}: no {source.config_file}")
+    rundir.check_same_networks(config, record, where, FINE_NETWORK_FIELDS)
+    recorded = record["config"]["fine"]
+    if recorded.get("end_to_end"):
+      raise ValueError(f"{where} also trained its CoarseNet (fine.end_to_end): start from a "
+                       "FineNet trained alone")
+    if (recorded["loss"].get("albedo", 0.0) > 0) != (config.fine.loss.get("albedo", 0.0) > 0):
+      raise ValueError(f"config.fine.loss.albedo: {where} has "
+                       f"{'an' if recorded['loss'].get('albedo', 0.0) > 0 else 'no'} albedo "
+                       "output and this config asks otherwise")
+    return restore_best(source.fine, {"params": params, "batch_stats": {}})["params"]
   if config.fine.pretrained:
     params = pretrained.init_from_slim(
         {"params": params}, pretrained.load_slim_arrays(config.fine.pretrained),

@@ -5,7 +5,10 @@ import re
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
+import scipy.io
 
 from conftest import ROOT
 
@@ -102,3 +105,47 @@ def test_download_benchmark_streams_downloads_and_reads_a_url_list():
   assert re.search(r"^2 downloaded, 0 failed", result.stdout, re.M)
   assert re.search(r"^8 downloaded, 0 failed", result.stdout, re.M)
   assert "read 30 lines into a list" in result.stdout
+
+
+def test_photo_statistics_measure_tone_and_colour_and_count_grey_images_apart():
+  from benchmarks import photo_statistics
+
+  images = np.zeros((3, 8, 8, 3), np.uint8)
+  images[0] = (200, 100, 100)  # HSV saturation 255 * (1 - 100 / 200), rounded
+  images[1] = (90, 90, 90)     # grey
+  images[2, :, :4] = (60, 60, 60)
+  images[2, :, 4:] = (180, 180, 180)
+  images[2, 2:6, 2:6] = (100, 50, 50)  # the centre: saturation 128
+  stats = photo_statistics.statistics(images)
+  np.testing.assert_allclose(stats["grey share"], [0, 1, 0])
+  np.testing.assert_allclose(stats["saturation, centre"], [128, 128], atol=1)  # colour only
+  np.testing.assert_allclose(stats["red / green, centre"], [2.0, 2.0])
+  assert stats["luminance std, crop"][0] < 1e-3 and stats["luminance std, crop"][2] > 50
+  np.testing.assert_allclose(stats["luminance mean"][1], 90, atol=0.01)
+
+
+@pytest.mark.slow
+def test_photo_statistics_compare_synthetic_faces_with_a_labelled_folder(tmp_path):
+  rng = np.random.default_rng(0)
+  for k in range(2):
+    cv2.imwrite(str(tmp_path / f"image{k:05d}.jpg"),
+                rng.integers(0, 255, (120, 100, 3)).astype(np.uint8))
+    points = np.stack([rng.uniform(30, 70, 68), rng.uniform(30, 90, 68), np.zeros(68)])
+    scipy.io.savemat(tmp_path / f"image{k:05d}.mat", {
+        "Pose_Para": np.zeros((1, 7)), "Shape_Para": np.zeros((199, 1)),
+        "Exp_Para": np.zeros((29, 1)), "pt3d_68": points})
+  result = subprocess.run(
+      [sys.executable, "benchmarks/photo_statistics.py", f"--photos={tmp_path}", "--faces=8",
+       "--config=configs/synthetic.py", "--config.image_size=32"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = {line.split("synthetic")[0].strip(): line for line in result.stdout.splitlines()
+          if " synthetic " in line and " photos " in line}
+  assert set(rows) == {"luminance std, crop", "luminance std, centre", "luminance mean",
+                       "saturation, centre", "saturation, crop", "red / green, centre",
+                       "grey share"}, result.stdout
+  assert re.search(r"photos\s+\d+ / \d+ / \d+$", rows["luminance mean"]), rows
+  missing = subprocess.run([sys.executable, "benchmarks/photo_statistics.py",
+                            f"--photos={tmp_path / 'nowhere'}"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert missing.returncode != 0 and "--photos must be" in missing.stderr

@@ -57,6 +57,26 @@ def test_labels_that_agree_move_nothing(small_model):
   assert before[2].mean() < 5e-3 * calibrate_landmarks.face_size(small_model)
 
 
+def test_frame_offset_finds_how_the_models_frame_is_tilted_in_the_labels(small_model):
+  """Labels posed at their stated angles plus a fixed tilt (as a model whose
+  frame is pitched against the BFM's): the median fitted-minus-stated angle
+  is that tilt; labels turned beyond 30 degrees of yaw are left out."""
+  rng = np.random.default_rng(3)
+  landmarks = np.asarray(small_model.landmark_indices)
+  vertices = np.asarray(morphable.vertices(
+      small_model, np.zeros(small_model.layout.num_shape),
+      np.zeros(small_model.layout.num_expression)), np.float64)[landmarks]
+  tilt = np.array([8.0, 0.0, -3.0])
+  angles = np.concatenate([rng.uniform(-20, 20, (9, 3)), [[0.0, 50.0, 0.0]]])
+  points = [1.5 * vertices @ np.asarray(camera.rotation_matrix(np.deg2rad(a + tilt))).T
+            for a in angles]
+  offset, fitted, count = calibrate_landmarks.frame_offset(small_model, landmarks, points,
+                                                           angles)
+  assert count == 9
+  np.testing.assert_allclose(offset, tilt, atol=0.2)
+  np.testing.assert_allclose(fitted, angles[:9] + tilt, atol=0.2)
+
+
 @pytest.mark.skipif(not os.path.isdir(DEV_DIR), reason="needs ../shared/data/aflw2000-3d-dev")
 def test_the_shipped_landmarks_fit_the_dev_labels_better():
   """The calibration on AFLW2000-3D's dev labels (docs/data.md): the shipped

@@ -24,6 +24,7 @@ from facerecon import face_models
 from facerecon import inference
 from facerecon import losses
 from facerecon import morphable
+from facerecon import networks
 from facerecon.data import input_pipeline
 from facerecon.data import sources
 from facerecon.models import fine
@@ -243,6 +244,37 @@ def test_end_to_end_mode_fine_tunes_coarsenet_too(coarse_workdir, tmp_path):
   after = jax.tree.leaves(joint["params"]["coarse"])
   assert len(before) == len(after)
   assert max(float(np.abs(a - b).max()) for a, b in zip(after, before)) > 0
+
+
+@pytest.mark.slow
+def test_a_finenet_starts_from_another_runs_finenet(coarse_workdir, tmp_path):
+  """fine.init_from: FineNet fine-tuned from another run's best FineNet
+  (e.g. over a newer CoarseNet); other FineNets and starts are refused."""
+  first = str(tmp_path / "first")
+  fine_stage.train_and_evaluate(_config(coarse_workdir, num_train_steps=2), first)
+  config = _config(coarse_workdir, num_train_steps=2, init_from=first)
+  net = networks.fine_net(config)
+  start = networks.initial_fine_params(config, net)
+  trained = _best_variables(os.path.join(first, "fine"))["params"]
+  fresh = networks.init_fine_params(config, net, config.fine.seed)
+  for a, b, c in zip(jax.tree.leaves(start), jax.tree.leaves(trained), jax.tree.leaves(fresh)):
+    np.testing.assert_array_equal(a, b)
+  assert any(np.abs(a - c).max() > 0 for a, c in zip(jax.tree.leaves(start),
+                                                     jax.tree.leaves(fresh)))
+  metrics = fine_stage.train_and_evaluate(config, str(tmp_path / "second"))
+  assert np.isfinite(metrics["normal_error"])
+
+  with pytest.raises(FileNotFoundError, match="no trained FineNet"):
+    networks.initial_fine_params(_config(coarse_workdir, init_from=coarse_workdir), net)
+  wider = _config(coarse_workdir, init_from=first, widths=(4, 8, 16))
+  with pytest.raises(ValueError, match="config.fine.widths"):
+    networks.initial_fine_params(wider, networks.fine_net(wider))
+  with_albedo = _config(coarse_workdir, init_from=first, loss__albedo=1.0)
+  with pytest.raises(ValueError, match="config.fine.loss.albedo: .* no albedo output"):
+    networks.initial_fine_params(with_albedo, networks.fine_net(with_albedo))
+  both = _config(coarse_workdir, init_from=first, pretrained="vgg.npz")
+  with pytest.raises(ValueError, match="fine.init_from"):
+    config_checks.check(both)
 
 
 def _write_photos(folder, count=12):

@@ -32,6 +32,7 @@ from facerecon import rundir
 from facerecon import texture
 from facerecon import training
 from facerecon.data import cropping
+from facerecon.data import mat_folders
 from facerecon.data import photos
 from facerecon.data import sources
 import tiny
@@ -364,19 +365,37 @@ def test_nme_and_yaw_bins_follow_the_protocol():
   assert np.isnan(evaluate.yaw_table([0.01], [10.0])["mean"])  # empty bins show
 
 
+def test_pose_table_follows_the_head_pose_protocol():
+  """Mean absolute and signed errors per angle, wrapped at 180 degrees;
+  photos with a label angle beyond 99 degrees are left out."""
+  truth = np.array([[10.0, 20.0, 95.0], [-5.0, 0.0, 0.0], [0.0, 120.0, 0.0]])
+  predicted = np.array([[14.0, 18.0, -175.0], [-3.0, 6.0, 1.0], [50.0, 50.0, 50.0]])
+  table = evaluate.pose_table(predicted, truth)
+  assert table["count"] == 2
+  assert table["pitch"] == pytest.approx(3.0) and table["bias pitch"] == pytest.approx(3.0)
+  assert table["yaw"] == pytest.approx(4.0) and table["bias yaw"] == pytest.approx(2.0)
+  # -175 is 185 degrees: 90 from 95, not 270.
+  assert table["roll"] == pytest.approx(45.5) and table["bias roll"] == pytest.approx(45.5)
+  assert table["MAE"] == pytest.approx((3.0 + 4.0 + 45.5) / 3)
+
+
 def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
-  """The protocol's bookkeeping (crop, fit, map back, NME) end to end, with
-  a predictor that knows each crop's true landmarks: NME 0."""
+  """The protocol's bookkeeping (crop, fit, map back, NME, pose errors) end
+  to end, with a predictor that knows each crop's true landmarks and pose:
+  NME 0 and pose errors 0."""
   size = tiny.config().image_size
   # Labels fit with another model than the run's (as AFLW2000-3D's BFM fits
   # are for the ICT head): only their pose and landmarks are read.
   _, landmarks = _write_aflw_style(str(tmp_path), 4, seed=5, shape_entries=40)
-  truth_of_crop = {}
+  truth_of_crop, pose_of_crop = {}, {}
   for k in range(4):
     photo = photos.read_photo(str(tmp_path / f"image{k:05d}.jpg"))
     square = cropping.square_from_landmarks(landmarks[k])
     scale, offset = cropping.crop_transform(square, size)
-    truth_of_crop[cropping.crop(photo, square, size).tobytes()] = scale * landmarks[k] + offset
+    crop = cropping.crop(photo, square, size).tobytes()
+    truth_of_crop[crop] = scale * landmarks[k] + offset
+    pose_of_crop[crop] = mat_folders.read_labels(str(tmp_path / f"image{k:05d}.mat"),
+                                                 layout=None).params[:7]
 
   class Oracle:
     model = face_models.load("embedded:25")
@@ -387,11 +406,14 @@ def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
 
     def __call__(self, crops):
       points = np.stack([truth_of_crop[c.tobytes()] for c in crops])
-      return inference.FaceFits(None, points, None, None, None, None)
+      params = np.stack([pose_of_crop[c.tobytes()] for c in crops])
+      return inference.FaceFits(params, points, None, None, None, None)
 
   monkeypatch.setattr(inference, "Predictor", Oracle)
   results = evaluate.evaluate_folder(tiny.config(), "unused", str(tmp_path))
   assert results["ground_truth_crops"]["all"] == pytest.approx(0.0, abs=1e-4)
+  pose = results["ground_truth_crops_pose"]
+  assert pose["count"] == 4 and pose["MAE"] == pytest.approx(0.0, abs=1e-4)
   assert sum(results["ground_truth_crops"][f"count {b}"]
              for b in ("[0,30]", "[30,60]", "[60,90]")) == 4
   assert results["skipped"] == []
@@ -411,6 +433,7 @@ def test_evaluate_on_aflw_style_folder_and_synthetic_test_split(run_dir, tmp_pat
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "ground-truth crops" in result.stdout and "detector crops" in result.stdout
+  assert "pose error (deg)" in result.stdout
   with open(os.path.join(run_dir, "evaluation_AFLW2000.json")) as f:
     results = json.load(f)
   table = results["ground_truth_crops"]
@@ -418,6 +441,8 @@ def test_evaluate_on_aflw_style_folder_and_synthetic_test_split(run_dir, tmp_pat
   assert table["all"] > 0 and results["photos"] == 7
   assert [os.path.basename(s["file"]) for s in results["skipped"]] == ["image99999.jpg"]
   assert results["detector_crops"]["missed"] <= 6
+  pose = results["ground_truth_crops_pose"]
+  assert pose["count"] == 6 and 0 < pose["MAE"] < 90
   # The run has a FineNet: both depths' shading residuals, printed too.
   residual = results["shading_residual"]
   assert residual["coarse"] > 0 and residual["fine"] > 0

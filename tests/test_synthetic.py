@@ -182,6 +182,30 @@ def test_tone_sets_the_luminance_spread_and_brightness():
   assert abs(kept_mean.mean() - (image.astype(np.float64) @ [0.299, 0.587, 0.114]).mean()) < 1
 
 
+def test_tone_sets_the_saturation_of_the_face_and_of_the_background():
+  rng = np.random.default_rng(1)
+  image = rng.integers(40, 200, (48, 48, 3)).astype(np.uint8)  # loud colours
+  face = np.zeros((48, 48), bool)
+  face[12:36, 12:36] = True
+  plain = scenes.tone(image, 50.0, 100.0)
+  luminance = lambda im: im.astype(np.float64) @ [0.299, 0.587, 0.114]
+  assert scenes.mean_saturation(plain, face) > 100
+  # The whole image's colours, scaled by the face's measure.
+  muted = scenes.tone(image, 50.0, 100.0, saturation=40.0, face=face)
+  assert abs(scenes.mean_saturation(muted, face) - 40.0) < 3
+  assert abs(scenes.mean_saturation(muted, ~face) - 40.0) < 10
+  # The luminance map stays the one `std` and `mean` ask for.
+  assert abs(luminance(muted).std() - 50.0) < 2 and abs(luminance(muted).mean() - 100.0) < 2
+  # Face and background apart.
+  both = scenes.tone(image, 50.0, 100.0, saturation=60.0, face=face, background_saturation=20.0)
+  assert abs(scenes.mean_saturation(both, face) - 60.0) < 3
+  assert abs(scenes.mean_saturation(both, ~face) - 20.0) < 3
+  # A grey image stays grey whatever the target.
+  grey = np.repeat(image[..., :1], 3, axis=-1)
+  np.testing.assert_array_equal(scenes.tone(grey, 50.0, 100.0, saturation=80.0, face=face),
+                                scenes.tone(grey, 50.0, 100.0))
+
+
 def test_the_real_config_matches_the_luminance_of_photos():
   """configs/real.py's tone ranges: the training faces' luminance spread is
   that of photo crops (docs/data.md), where without them it is flatter."""
@@ -197,6 +221,15 @@ def test_the_real_config_matches_the_luminance_of_photos():
                                    .std(axis=(1, 2)))
   assert spread(flat) < 45 < spread(toned)
   np.testing.assert_array_equal(toned.params, flat.params)  # the same faces
+  # Its colour ranges: without them the tone's contrast made the colours as
+  # loud (docs/data.md: saturation 158 against the photos' 92, median).
+  loud = synthetic.generate_photos(
+      model, 9, 0, 32, dataclasses.replace(prior, saturation=(0.0, 0.0),
+                                           background_saturation=(0.0, 0.0)), 64, 64, photos)
+  saturation = lambda batch: np.median([scenes.mean_saturation(image)
+                                        for image in batch.image])
+  assert saturation(toned) < 0.8 * saturation(loud)
+  assert 60 < saturation(toned) < 130
 
 
 def _family_only(family: str, depth: float = 0.01):

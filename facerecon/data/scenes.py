@@ -238,22 +238,70 @@ def photo_background(rng, photos: np.ndarray, height: int, width: int) -> np.nda
   return np.clip(crop * gain, 0, 255).astype(np.uint8)
 
 
+_SATURATION_STEPS = 4
+_MAX_SATURATION_SCALE = 1.5  # muted renders (grey, colour casts) are not made loud
+
+
 def has_tone(prior) -> bool:
   """Whether a `synthetic.FacePrior` changes the finished photo's tone."""
-  return max(prior.luminance_std) > 0 or max(prior.luminance_mean) > 0
+  return (max(prior.luminance_std) > 0 or max(prior.luminance_mean) > 0
+          or max(prior.saturation) > 0)
 
 
-def tone(image: np.ndarray, std: float, mean: float) -> np.ndarray:
+def mean_saturation(image: np.ndarray, region: np.ndarray | None = None) -> float:
+  """The mean HSV saturation (0..255) of a uint8 RGB image [H, W, 3], over
+  `region` (bool [H, W]) when it has a pixel."""
+  saturation = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[..., 1]
+  return float(saturation[region].mean() if region is not None and region.any()
+               else saturation.mean())
+
+
+def tone(image: np.ndarray, std: float, mean: float, saturation: float = 0.0,
+         face: np.ndarray | None = None, background_saturation: float = 0.0) -> np.ndarray:
   """uint8 image [H, W, 3] with its luminance's standard deviation made
   `std` and its mean `mean` (0..255; either 0: as it is) by one affine map
-  of the luminance (colours keep their offsets from their pixel's grey,
-  scaled alike); clipped."""
+  of the luminance, colours keeping their offsets from their pixel's grey,
+  scaled alike; clipped. With `saturation` > 0 the offsets are then scaled
+  so that the mean HSV saturation (0..255) of `face` (bool [H, W]; None:
+  the whole image) is about `saturation`, and with `background_saturation`
+  > 0 the other pixels' separately to theirs (the luminance map alone makes
+  a flat render's colours as loud as its contrast grows)."""
   pixels = image.astype(np.float32)
   luminance = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)  # as the grey photos are made
   old_mean, old_std = float(luminance.mean()), float(luminance.std())
   gain = std / max(old_std, 1.0) if std > 0 else 1.0
   new_mean = mean if mean > 0 else old_mean
-  return np.clip(np.rint(gain * (pixels - old_mean) + new_mean), 0, 255).astype(np.uint8)
+  out = gain * (pixels - old_mean) + new_mean
+  if saturation <= 0:
+    return _to_uint8(out)
+  grey = (gain * (luminance - old_mean) + new_mean)[..., None]
+  chroma = out - grey
+  face = np.ones(luminance.shape, bool) if face is None else face
+  # (pixels scaled, pixels measured, target): the face and the rest apart,
+  # or every pixel by the face's measure.
+  parts = ([(face, face, saturation), (~face, ~face, background_saturation)]
+           if background_saturation > 0 else [(np.ones_like(face), face, saturation)])
+  scales = np.ones(len(parts), np.float32)
+
+  def scaled_image():
+    scale_map = np.zeros(face.shape + (1,), np.float32)
+    for (region, _, _), scale in zip(parts, scales):
+      scale_map[region] = scale
+    return _to_uint8(grey + chroma * scale_map)
+
+  for _ in range(_SATURATION_STEPS):
+    # Clipping makes the saturation of dark pixels grow faster than their
+    # colour offsets: a few fixed-point steps find each part's scale.
+    image = scaled_image()
+    for k, (_, measured, target) in enumerate(parts):
+      current = mean_saturation(image, measured)
+      if current >= 1.0:  # a grey region has no colour to scale
+        scales[k] = min(scales[k] * target / current, _MAX_SATURATION_SCALE)
+  return scaled_image()
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+  return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def finish_photo(rng, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, prior,
@@ -286,7 +334,13 @@ def finish_photo(rng, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray
       _draw_shape(rng, out, 0.5 * (low + high), 0.4 * float(np.max(high - low)),
                   np.clip(colour, 0, 255))
   if has_tone(prior):
-    out = tone(out, rng.uniform(*prior.luminance_std), rng.uniform(*prior.luminance_mean))
+    std, mean = rng.uniform(*prior.luminance_std), rng.uniform(*prior.luminance_mean)
+    # Saturations are drawn only when asked, so runs without them keep their faces.
+    saturation, background = (
+        rng.uniform(*prior.saturation) if max(prior.saturation) > 0 else 0.0,
+        rng.uniform(*prior.background_saturation)
+        if max(prior.background_saturation) > 0 else 0.0)
+    out = tone(out, std, mean, saturation, mask, background)
   if prior.blur > 0:
     sigma = rng.uniform(0, prior.blur)
     if sigma > 0.3:

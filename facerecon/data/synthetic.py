@@ -102,9 +102,14 @@ class FacePrior:
   # (0..255) given a standard deviation drawn from `luminance_std` and a
   # mean from `luminance_mean`, each left as rendered when its range is
   # (0, 0). Renders are flatter and more evenly exposed than photos
-  # (docs/data.md).
+  # (docs/data.md). `saturation`: the mean HSV saturation (0..255) of the
+  # face, drawn for colour photos, and `background_saturation` the rest's
+  # (`scenes.tone`); (0, 0): colours scale with the luminance map (the
+  # background with the face when only the face's is given).
   luminance_std: tuple[float, float] = (0.0, 0.0)
   luminance_mean: tuple[float, float] = (0.0, 0.0)
+  saturation: tuple[float, float] = (0.0, 0.0)
+  background_saturation: tuple[float, float] = (0.0, 0.0)
   # Fine detail: wave height as a fraction of the face's width, and wave
   # frequencies in cycles per face width. (0, 0): smooth faces.
   detail: tuple[float, float] = (0.002, 0.006)
