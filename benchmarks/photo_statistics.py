@@ -34,12 +34,7 @@ from facerecon.data import mat_folders
 from facerecon.data import photos as photos_lib
 from facerecon.data import sources
 
-config_flags.DEFINE_config_file("config", os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "real.py"),
-    "The config whose synthetic faces to measure.")
-_PHOTOS = flags.DEFINE_string("photos", None, "AFLW2000-3D-style folder (.jpg + .mat).")
-_FACES = flags.DEFINE_integer("faces", 256, "Synthetic faces to measure.")
-_SEED = flags.DEFINE_integer("seed", 7, "The synthetic faces' seed.")
+FLAGS = flags.FLAGS
 _BATCH = 64
 _GREY_CHROMA = 2.0  # mean |R - G| below this: a grey image
 
@@ -83,14 +78,25 @@ def photo_crops(folder: str, size: int) -> np.ndarray:
   return np.stack(crops)
 
 
+def define_flags():
+  """The command's flags (defined when run, so importing the module for its
+  functions defines none)."""
+  config_flags.DEFINE_config_file("config", os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "real.py"),
+      "The config whose synthetic faces to measure.")
+  flags.DEFINE_string("photos", None, "AFLW2000-3D-style folder (.jpg + .mat).")
+  flags.DEFINE_integer("faces", 256, "Synthetic faces to measure.")
+  flags.DEFINE_integer("seed", 7, "The synthetic faces' seed.")
+
+
 def main(argv):
   del argv
-  if not _PHOTOS.value or not os.path.isdir(_PHOTOS.value):
-    raise app.UsageError(f"--photos must be an AFLW2000-3D-style folder, got {_PHOTOS.value!r}")
-  config = flags.FLAGS.config
-  rows = {"synthetic": statistics(synthetic_crops(config, _FACES.value, _SEED.value)),
-          "photos": statistics(photo_crops(_PHOTOS.value, config.image_size))}
-  print(f"{_FACES.value} synthetic faces of the config at {config.image_size}x"
+  if not FLAGS.photos or not os.path.isdir(FLAGS.photos):
+    raise app.UsageError(f"--photos must be an AFLW2000-3D-style folder, got {FLAGS.photos!r}")
+  config = FLAGS.config
+  rows = {"synthetic": statistics(synthetic_crops(config, FLAGS.faces, FLAGS.seed)),
+          "photos": statistics(photo_crops(FLAGS.photos, config.image_size))}
+  print(f"{FLAGS.faces} synthetic faces of the config at {config.image_size}x"
         f"{config.image_size} against the photos' ground-truth crops; 10th / 50th / 90th "
         "percentiles (grey share: the mean)")
   for name in rows["synthetic"]:
@@ -103,4 +109,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
