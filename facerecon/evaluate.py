@@ -296,6 +296,14 @@ def evaluate_detail(config, workdir: str, num_batches: int = DETAIL_BATCHES,
   return out
 
 
+def _crop_rule_rows(results: dict, suffix: str, cells) -> list[str]:
+  """One titled line per crop rule with results under '<rule>_crops<suffix>'."""
+  return [f"{title:<22}" + cells(results[key + suffix])
+          for key, title in (("ground_truth_crops", "ground-truth crops"),
+                             ("detector_crops", "detector crops"))
+          if key + suffix in results]
+
+
 def format_table(name: str, results: dict) -> str:
   """The results as a plain-text table."""
   lines = [f"evaluation on {name}"]
@@ -303,12 +311,8 @@ def format_table(name: str, results: dict) -> str:
     bins = [f"[{low:g},{high:g}]" for low, high in YAW_BINS]
     lines.append(f"{'NME (%)':<22}" + "".join(f"{b:>10}" for b in bins)
                  + f"{'mean':>10}{'all':>10}")
-    for key, title in (("ground_truth_crops", "ground-truth crops"),
-                       ("detector_crops", "detector crops")):
-      if key in results:
-        row = results[key]
-        lines.append(f"{title:<22}" + "".join(f"{row[b]:>10.2f}" for b in bins)
-                     + f"{row['mean']:>10.2f}{row['all']:>10.2f}")
+    lines += _crop_rule_rows(results, "", lambda row: "".join(
+        f"{row[b]:>10.2f}" for b in bins) + f"{row['mean']:>10.2f}{row['all']:>10.2f}")
     lines.append(f"{'photos per bin':<22}" + "".join(
         f"{results['ground_truth_crops']['count ' + b]:>10d}" for b in bins))
     if "detector_crops" in results:
@@ -316,13 +320,9 @@ def format_table(name: str, results: dict) -> str:
                    f"{results['photos'] - len(results['skipped'])} photos")
     lines.append(f"{'pose error (deg)':<22}" + "".join(f"{n:>10}" for n in ANGLES)
                  + f"{'MAE':>10}{'photos':>10}   mean signed (pitch, yaw, roll)")
-    for key, title in (("ground_truth_crops_pose", "ground-truth crops"),
-                       ("detector_crops_pose", "detector crops")):
-      if key in results:
-        row = results[key]
-        lines.append(f"{title:<22}" + "".join(f"{row[n]:>10.2f}" for n in ANGLES)
-                     + f"{row['MAE']:>10.2f}{row['count']:>10d}   "
-                     + ", ".join(f"{row['bias ' + n]:+.2f}" for n in ANGLES))
+    lines += _crop_rule_rows(results, "_pose", lambda row: "".join(
+        f"{row[n]:>10.2f}" for n in ANGLES) + f"{row['MAE']:>10.2f}{row['count']:>10d}   "
+        + ", ".join(f"{row['bias ' + n]:+.2f}" for n in ANGLES))
     if "shading_residual" in results:
       residual = results["shading_residual"]
       lines.append(f"shading residual (grey levels^2, ground-truth crops): CoarseNet "
