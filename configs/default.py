@@ -61,7 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.synthetic = ml_collections.ConfigDict()
   # facerecon.data.synthetic.FacePrior's fields (angles in degrees).
   config.synthetic.prior = ml_collections.ConfigDict(dict(
-      shape_sigma=1.0, expression_sigma=1.0, expression_active=0.15, texture_sigma=1.0,
+      shape_sigma=1.0, expression_sigma=1.0, expression_active=0.15,
+      expression_archetypes=0.0, texture_sigma=1.0,
       pitch=(-75.0, 45.0), yaw=(-90.0, 90.0), roll=(-30.0, 30.0), frontal_fraction=0.0,
       fill=(0.55, 0.85), frame_by_landmarks=False, shift=0.08, ambient=(0.45, 0.9),
       directional=(0.0, 0.6), fill_light=(0.0, 0.0), light_colour=0.0,

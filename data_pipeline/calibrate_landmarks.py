@@ -34,6 +34,12 @@ from facerecon import morphable
 from facerecon.data import mat_folders
 
 _MOVED_MIN = 0.02  # of the face size: smaller systematic offsets are left alone
+# A landmark moves only to vertices the expressions move as they move its own
+# (each expression at full weight, or one std, within this fraction of the face
+# size): on a closed mouth the lips' inner edges touch, and the vertex nearest
+# to where the labels put a lower lip's point may lie on the upper lip, which
+# stays when the jaw opens.
+_MOTION_TOLERANCE = 0.05
 
 
 class Fit:
@@ -145,6 +151,14 @@ def face_size(model: morphable.MorphableModel) -> float:
   return float(np.sqrt(np.mean(np.sum((mean - mean.mean(axis=0)) ** 2, axis=-1))))
 
 
+def expression_motion(model: morphable.MorphableModel) -> np.ndarray:
+  """[Ke, N, 3]: how each expression (at full weight, or one std) moves
+  each surface vertex."""
+  num_vertices, _ = morphable.surface_size(model)
+  basis = np.asarray(model.expression_basis[:, :num_vertices], np.float64)
+  return basis * np.asarray(model.expression_std, np.float64)[:, None, None]
+
+
 def calibrate(model: morphable.MorphableModel, points: list[np.ndarray],
               threshold: float = 0.25, rounds: int = 3):
   """(new landmark indices [68], moved landmark numbers, table before, after).
@@ -157,6 +171,9 @@ def calibrate(model: morphable.MorphableModel, points: list[np.ndarray],
   size = face_size(model)
   num_vertices, _ = morphable.surface_size(model)
   surface = np.asarray(model.mean_shape[:num_vertices], np.float64)
+  motion = expression_motion(model)
+  allowed = [np.flatnonzero(np.max(np.linalg.norm(motion - motion[:, [v]], axis=-1), axis=0)
+                            <= _MOTION_TOLERANCE * size) for v in landmarks]
   for _ in range(rounds):
     mean, spread, distance = current
     offset = np.linalg.norm(mean, axis=-1)
@@ -164,7 +181,8 @@ def calibrate(model: morphable.MorphableModel, points: list[np.ndarray],
     proposal = landmarks.copy()
     for k in candidates:
       target = surface[landmarks[k]] + mean[k]
-      proposal[k] = int(np.argmin(np.sum((surface - target) ** 2, axis=-1)))
+      proposal[k] = int(allowed[k][np.argmin(np.sum((surface[allowed[k]] - target) ** 2,
+                                                    axis=-1))])
     if np.array_equal(proposal, landmarks):
       break
     trial = landmark_table(model, proposal, points)

@@ -22,7 +22,7 @@ the protocol of 3DDFA and later papers:
   the head-pose literature does), and the mean signed error per angle. The
   labels' angles are the BFM's frame: a model whose own frame is tilted
   from it carries that tilt in the signed error (ICT-FaceKit's head: about
-  5 degrees of pitch, docs/reconstruction.md).
+  3 degrees of pitch, docs/reconstruction.md).
 
 The synthetic test split (config.coarse.data.source 'synthetic': faces from
 config.synthetic.test_seed, a seed neither training nor validation uses;

@@ -1,5 +1,6 @@
 """Landmark calibration against 3-D labels (data_pipeline.calibrate_landmarks)."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -48,6 +49,34 @@ def test_moves_a_landmark_the_labels_put_elsewhere(small_model):
   assert np.mean(new == landmarks) > 0.9
 
 
+def test_a_landmark_moves_only_to_vertices_the_expressions_move_alike(small_model):
+  """As a lower lip's inner edge touches the upper lip's on a closed mouth:
+  the vertex where the labels put the nose tip is one that an expression
+  moves far, unlike the nose tip's own vertex, so the landmark goes to the
+  nearest vertex that moves as its own does."""
+  landmarks = np.asarray(small_model.landmark_indices)
+  mean = np.asarray(small_model.mean_shape)
+  size = calibrate_landmarks.face_size(small_model)
+  distance = np.linalg.norm(mean - mean[landmarks[30]], axis=-1)
+  target = int(np.argmin(np.abs(distance - 0.3 * size)))
+  elsewhere = landmarks.copy()
+  elsewhere[30] = target
+  points = _labels(small_model, elsewhere, 30)
+  basis = np.asarray(small_model.expression_basis).copy()
+  basis[0, target] += 0.2 * size / float(small_model.expression_std[0])
+  model = dataclasses.replace(small_model, expression_basis=basis)
+  new, moved, _, _ = calibrate_landmarks.calibrate(model, points)
+  assert 30 in moved and new[30] != target
+  motion = calibrate_landmarks.expression_motion(model)
+  assert np.max(np.linalg.norm(motion[:, new[30]] - motion[:, landmarks[30]], axis=-1)) <= (
+      calibrate_landmarks._MOTION_TOLERANCE * size)
+  # Towards where the labels put it (a coarse grid: its next vertices).
+  assert np.linalg.norm(mean[new[30]] - mean[target]) < 0.2 * size < distance[target]
+  # Without that expression the nearest vertex is the labels' own.
+  plain, _, _, _ = calibrate_landmarks.calibrate(small_model, points)
+  assert plain[30] == target
+
+
 def test_labels_that_agree_move_nothing(small_model):
   points = _labels(small_model, np.asarray(small_model.landmark_indices), 20)
   new, moved, before, _ = calibrate_landmarks.calibrate(small_model, points)
@@ -89,3 +118,16 @@ def test_the_shipped_landmarks_fit_the_dev_labels_better():
   _, _, calibrated = calibrate_landmarks.landmark_table(
       shipped, np.asarray(shipped.landmark_indices), points)
   assert calibrated.mean() < 0.5 * own.mean()
+
+
+def test_the_shipped_lips_part_when_the_jaw_opens():
+  """The inner lips' landmarks (61-63 upper, 65-67 lower) stay on their own
+  lips: jawOpen moves the lower ones down, away from the upper ones."""
+  shipped = face_models.load("ict")
+  landmarks = np.asarray(shipped.landmark_indices)
+  motion = calibrate_landmarks.expression_motion(shipped)[
+      list(shipped.expression_names).index("jawOpen")]
+  upper, lower = motion[landmarks[61:64], 1], motion[landmarks[65:68], 1]
+  outer_lower = motion[landmarks[56:59], 1]
+  assert np.all(lower < upper.min() - 10.0)  # millimetres, y up
+  np.testing.assert_allclose(lower, outer_lower, atol=8.0)

@@ -169,6 +169,39 @@ def test_blendshape_prior_is_sparse_and_in_range():
   assert 0.35 < together < 0.75  # half the faces, plus a few with both zero
 
 
+def test_expression_archetypes_open_mouths_and_smile():
+  """A share of the faces start from a common photo expression (smile, open
+  mouth, surprise): mouths open and smile more often than under the sparse
+  random weights alone, within the weights' range; without the archetypes
+  the draws are the same as before they existed."""
+  model = face_models.load("ict")
+  names = list(model.expression_names)
+  keys = synthetic.sample_keys(0, 0, 400)
+  draw = lambda prior: np.asarray(jax.vmap(lambda k: synthetic._expression(k, model, prior))(
+      keys))
+  plain = draw(synthetic.FacePrior(expression_active=0.15))
+  mixed = draw(synthetic.FacePrior(expression_active=0.15, expression_archetypes=0.5))
+  assert mixed.min() >= 0 and mixed.max() <= 1
+  jaw, smile = names.index("jawOpen"), names.index("mouthSmile_L")
+  assert np.mean(mixed[:, jaw] > 0.2) > 1.5 * np.mean(plain[:, jaw] > 0.2)
+  assert np.mean(mixed[:, smile] > 0.3) > 2.0 * np.mean(plain[:, smile] > 0.3)
+  # Half the faces keep sparse random weights only: as many zeros overall
+  # as without archetypes, within what the archetypes set.
+  assert 0.5 < np.mean(mixed == 0) / np.mean(plain == 0) < 1.0
+  np.testing.assert_array_equal(draw(synthetic.FacePrior(expression_active=0.15,
+                                                         expression_archetypes=0.0)), plain)
+  # Models without those names (the embedded one) are left as they were.
+  ranges = synthetic._archetype_ranges(("a", "b"))
+  assert not ranges.any()
+
+
+def test_prior_probabilities_are_checked():
+  config = real.get_config()
+  config.synthetic.prior.expression_archetypes = 1.5
+  with pytest.raises(ValueError, match="expression_archetypes"):
+    sources.face_prior(config)
+
+
 def test_tone_sets_the_luminance_spread_and_brightness():
   rng = np.random.default_rng(0)
   image = rng.integers(100, 156, (32, 32, 3)).astype(np.uint8)  # a flat render

@@ -52,6 +52,24 @@ DETAIL_WAVES = 8  # plane waves summed into each face's displacement
 GAMMA = 2.2       # shading is linear; photos are gamma-encoded
 
 
+# The expressions photos show most, for blendshape models with ARKit-style
+# names (ICT-FaceKit's): (share among the archetypes, {name: weight range});
+# a name without _L/_R stands for both sides. The mouth's expressions come
+# first: on photos of AFLW2000-3D a third of the frontal faces have their
+# lips apart by more than 5% of the face (docs/data.md).
+EXPRESSION_ARCHETYPES = (
+    (0.3, {"mouthSmile": (0.3, 1.0), "cheekSquint": (0.0, 0.6), "eyeSquint": (0.0, 0.4),
+           "mouthDimple": (0.0, 0.4)}),
+    (0.35, {"mouthSmile": (0.4, 1.0), "jawOpen": (0.1, 0.5), "mouthUpperUp": (0.1, 0.7),
+            "mouthLowerDown": (0.0, 0.6), "mouthStretch": (0.0, 0.3),
+            "cheekSquint": (0.0, 0.6), "eyeSquint": (0.0, 0.4)}),
+    (0.25, {"jawOpen": (0.2, 0.9), "mouthLowerDown": (0.0, 0.6), "mouthUpperUp": (0.0, 0.4),
+            "mouthFunnel": (0.0, 0.3)}),
+    (0.1, {"jawOpen": (0.2, 0.8), "browInnerUp": (0.3, 1.0), "browOuterUp": (0.3, 1.0),
+           "eyeWide": (0.2, 1.0)}),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class FacePrior:
   """Ranges of the synthetic faces; angles in degrees; probabilities in [0, 1]."""
@@ -61,6 +79,11 @@ class FacePrior:
   # uniform in [0, expression_sigma], clipped to 1); left/right pairs
   # (names ending _L / _R) move together half the time.
   expression_active: float = 0.15
+  # Blendshape models with ARKit-style names: the share of faces that start
+  # from one of the expressions photos show most (EXPRESSION_ARCHETYPES:
+  # smiles, with teeth or not, open mouths, surprise) before the sparse
+  # random weights (at half `expression_active`) are added.
+  expression_archetypes: float = 0.0
   texture_sigma: float = 1.0
   pitch: tuple[float, float] = (-75.0, 45.0)   # the original's ranges
   yaw: tuple[float, float] = (-90.0, 90.0)
@@ -148,14 +171,43 @@ def _pairs(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(left, np.int32), np.asarray(right, np.int32)
 
 
+def _archetype_ranges(names: tuple[str, ...]) -> np.ndarray:
+  """[archetypes, len(names), 2] weight ranges (zero for the names an
+  archetype leaves alone or the model lacks; a name without _L/_R in the
+  table stands for both sides)."""
+  index = {name: k for k, name in enumerate(names)}
+  ranges = np.zeros((len(EXPRESSION_ARCHETYPES), len(names), 2), np.float32)
+  for a, (_, table) in enumerate(EXPRESSION_ARCHETYPES):
+    for name, bounds in table.items():
+      for full in (name, name + "_L", name + "_R"):
+        if full in index:
+          ranges[a, index[full]] = bounds
+  return ranges
+
+
 def _expression(key, model: morphable.MorphableModel, prior: FacePrior):
   count = model.layout.num_expression
   if model.expression_kind != morphable.BLENDSHAPE:
     return prior.expression_sigma * model.expression_std * jax.random.normal(key, (count,))
   keys = jax.random.split(key, 3)
-  active = jax.random.uniform(keys[0], (count,)) < prior.expression_active
+  ranges = _archetype_ranges(model.expression_names)
+  use_archetypes = prior.expression_archetypes > 0 and np.any(ranges)
+  if use_archetypes:
+    draw_keys = jax.random.split(jax.random.fold_in(key, 1), 3)
+    archetype = jax.random.uniform(draw_keys[0]) < prior.expression_archetypes
+    shares = np.asarray([share for share, _ in EXPRESSION_ARCHETYPES], np.float32)
+    which = jax.random.choice(draw_keys[1], len(shares), p=shares / shares.sum())
+    low, high = ranges[:, :, 0], ranges[:, :, 1]
+    base = jnp.asarray(low)[which] + jax.random.uniform(draw_keys[2], (count,)) * (
+        jnp.asarray(high - low)[which])
+    rate = jnp.where(archetype, 0.5 * prior.expression_active, prior.expression_active)
+  else:
+    rate = prior.expression_active
+  active = jax.random.uniform(keys[0], (count,)) < rate
   weights = jnp.where(active, jax.random.uniform(keys[1], (count,),
                                                  maxval=prior.expression_sigma), 0.0)
+  if use_archetypes:
+    weights = jnp.where(archetype, jnp.maximum(weights, base), weights)
   left, right = _pairs(model.expression_names)
   if left.size:
     weights = jnp.where(jax.random.uniform(keys[2]) < 0.5,
