@@ -68,12 +68,6 @@ class SyntheticStream:
     self.position = int(state["position"])
 
 
-# FacePrior's fields that are shares of the faces (or of their parts).
-_PROBABILITIES = ("expression_active", "expression_archetypes", "frontal_fraction", "hair",
-                  "photo_backgrounds", "clutter", "occluders", "long_hair", "glasses", "grey",
-                  "jpeg")
-
-
 def face_prior(config) -> synthetic.FacePrior:
   """The FacePrior of config.synthetic.prior (its fields override the defaults)."""
   fields = {f.name for f in dataclasses.fields(synthetic.FacePrior)}
@@ -82,7 +76,7 @@ def face_prior(config) -> synthetic.FacePrior:
   if unknown:
     raise ValueError(f"config.synthetic.prior: unknown field(s) {', '.join(unknown)} "
                      f"(FacePrior has {', '.join(sorted(fields))})")
-  for name in _PROBABILITIES:
+  for name in synthetic.PRIOR_PROBABILITIES:
     if name in overrides and not 0.0 <= overrides[name] <= 1.0:
       raise ValueError(f"config.synthetic.prior.{name} is a probability (a share of the "
                        f"faces), got {overrides[name]}")

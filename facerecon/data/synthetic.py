@@ -145,6 +145,12 @@ class FacePrior:
   marks: tuple[float, float] = (0.0, 0.0)
 
 
+# FacePrior's fields that are shares of the faces (or of their parts), in [0, 1].
+PRIOR_PROBABILITIES = ("expression_active", "expression_archetypes", "frontal_fraction", "hair",
+                       "photo_backgrounds", "clutter", "occluders", "long_hair", "glasses",
+                       "grey", "jpeg")
+
+
 class FaceSample(NamedTuple):
   """Everything drawn for a batch of faces."""
   params: jax.Array    # [B, 7 + Ks + Ke], the label (facerecon.params layout)
