@@ -39,7 +39,9 @@ def get_config():
   prior.roll = (-30.0, 30.0)
   prior.frontal_fraction = 0.5      # AFLW2000-3D: two thirds within 30 degrees of yaw
   prior.frame_by_landmarks = True   # framed as photos are cropped (data.cropping)
-  prior.fill = (0.45, 0.6)          # the crop rule's landmark box is 0.52 of the crop
+  # The landmark box's larger side over the image side: detectors' crops
+  # make it 0.52, ground-truth landmarks' 0.56 (facerecon/data/cropping.py).
+  prior.fill = (0.45, 0.6)
   prior.shift = 0.05
   prior.ambient = (0.3, 0.8)
   prior.directional = (0.2, 1.2)

@@ -321,6 +321,6 @@ def _update_tracks(tracks: list, squares, max_faces: int, started: int) -> int:
 def _in_view(square: cropping.Square, height: int, width: int) -> bool:
   """Whether a track's next crop still holds a face worth fitting: its
   centre inside the frame and its face at least MIN_FACE pixels."""
-  face = square.side / cropping.CROP_SCALE
+  face = square.side * cropping.CROP_FILL
   return (face >= MIN_FACE and 0 <= square.centre_x < width
           and 0 <= square.centre_y + cropping.CROP_SHIFT * face < height)

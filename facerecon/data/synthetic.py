@@ -94,7 +94,7 @@ class FacePrior:
   fill: tuple[float, float] = (0.55, 0.85)     # face size / image size
   # Frame by the 68 landmarks the way photos are cropped
   # (facerecon.data.cropping): `fill` is then the landmark box's larger
-  # side over the image side (0.52 in the crop rule), its centre
+  # side over the image side (0.52 in detectors' crops), its centre
   # CROP_SHIFT of that side below the image centre. False: by the mesh.
   frame_by_landmarks: bool = False
   shift: float = 0.08            # centre offset, as a fraction of the image
