@@ -103,6 +103,12 @@ _SMOOTH = flags.DEFINE_bool("smooth", True, "reconstruct, videos: smooth each tr
 _REDETECT = flags.DEFINE_integer(
     "redetect_every", video.REDETECT_EVERY, "reconstruct, videos: frames between detector "
     "runs while faces are tracked (it also runs whenever none is).")
+CACHE_VARIABLE = "FACERECON_COMPILATION_CACHE"
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, "reconstruct/evaluate: a folder where JAX keeps the compiled "
+    "networks between runs, so that later starts skip the compiling (one photo: 17 s, then 9 s "
+    f"on 2 busy cores). Default: ${CACHE_VARIABLE}, else "
+    "$XDG_CACHE_HOME/facerecon/jax or ~/.cache/facerecon/jax; '' for none.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() and let it find the cluster "
     "(Cloud TPU pods, SLURM, ...).")
@@ -130,6 +136,36 @@ def _initialize_distributed():
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _MULTIHOST.value:
     jax.distributed.initialize()
+
+
+def compilation_cache_folder() -> str:
+  """--compilation_cache, else $FACERECON_COMPILATION_CACHE, else the
+  user's cache folder's facerecon/jax ('' for none)."""
+  if _CACHE.value is not None:
+    return _CACHE.value
+  if CACHE_VARIABLE in os.environ:
+    return os.environ[CACHE_VARIABLE]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "facerecon", "jax")
+
+
+def _use_compilation_cache():
+  """JAX's persistent compilation cache in compilation_cache_folder(), when
+  it can be made there (a warning otherwise: JAX would warn at every
+  compile and still compile)."""
+  folder = compilation_cache_folder()
+  if not folder:
+    return
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    logging.warning("no compilation cache: cannot make %s (%s)", folder, e)
+    return
+  if not os.access(folder, os.W_OK):
+    logging.warning("no compilation cache: %s is not writable", folder)
+    return
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _checked(config):
@@ -200,6 +236,7 @@ def _apply_trained(explicit_config) -> int:
     config = _checked(rundir.resolve_config(run, explicit_config))
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  _use_compilation_cache()
   # Built only where photos are detected in (not the synthetic test split).
   detector = None if inputs == ["synthetic"] else detect.from_name(_DETECTOR.value)
   if _MODE.value == "evaluate":

@@ -98,6 +98,33 @@ def test_the_facerecon_command_line_becomes_main_flags():
       cli.command_line_flags(wrong)
 
 
+def test_compilation_cache_folder_and_one_that_cannot_be_made(tmp_path, monkeypatch, caplog):
+  """The folder: the flag, else $FACERECON_COMPILATION_CACHE, else the
+  user's cache folder; one that cannot be made is skipped with a warning
+  (JAX's own cache stays off)."""
+  from absl import flags
+  from absl.testing import flagsaver
+  import jax
+
+  from facerecon import cli
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  monkeypatch.delenv(cli.CACHE_VARIABLE, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  with flagsaver.flagsaver(compilation_cache=None):
+    assert cli.compilation_cache_folder() == str(tmp_path / "xdg" / "facerecon" / "jax")
+    monkeypatch.setenv(cli.CACHE_VARIABLE, "")
+    assert cli.compilation_cache_folder() == ""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  before = jax.config.jax_compilation_cache_dir
+  with flagsaver.flagsaver(compilation_cache=str(blocker / "cache")):
+    cli._use_compilation_cache()  # pylint: disable=protected-access
+  assert "no compilation cache: cannot make" in caplog.text
+  assert jax.config.jax_compilation_cache_dir == before
+
+
 @pytest.mark.slow
 def test_the_readme_first_command_reconstructs_its_photo_and_videos_too(tmp_path):
   """Command 1's reconstruct step as the README writes it (the installed

@@ -518,16 +518,19 @@ def test_the_reconstruct_path_imports_no_training_code():
 
 
 def test_main_reconstruct_exits_non_zero_when_a_photo_fails(run_dir, tmp_path):
-  """--mode=reconstruct needs only the run directory (its config.json)."""
+  """--mode=reconstruct needs only the run directory (its config.json);
+  what it compiled stays in the compilation cache."""
   photos_in = tmp_path / "in"
   photos_in.mkdir()
   cv2.imwrite(str(photos_in / "face.png"), cv2.cvtColor(astronaut_photo(), cv2.COLOR_RGB2BGR))
   (photos_in / "broken.png").write_bytes(b"\x89PNG broken")
   result = subprocess.run(
       [sys.executable, "main.py", "--mode=reconstruct", f"--workdir={run_dir}",
-       f"--input={photos_in}", f"--output={tmp_path / 'out'}"],
+       f"--input={photos_in}", f"--output={tmp_path / 'out'}",
+       f"--compilation_cache={tmp_path / 'cache'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 1, result.stderr[-3000:]
+  assert os.listdir(tmp_path / "cache")
   assert "reconstructed 1 faces from 1 of 2 photos" in result.stdout
   assert "broken.png: cannot decode the image" in result.stdout
   assert (tmp_path / "out" / "face_face0.obj").exists()
