@@ -50,7 +50,10 @@ def initial_coarse_variables(net, config, mesh, model, statistics):
   variables = init_coarse_variables(net, config, mesh, model, statistics, coarse.seed)
   if coarse.get("init_from"):
     source = rundir.RunDir(coarse.init_from)
-    check_coarse_run(config, source, "config.coarse.init_from: ")
+    # Its image size may differ: the convolutions and the global average
+    # take any, and `rundir.statistics` rescales its pixel statistics.
+    check_coarse_run(config, source, "config.coarse.init_from: ",
+                     tuple(f for f in rundir.COARSE_NETWORK_FIELDS if f != "image_size"))
     return restore_best(source, variables)
   if coarse.pretrained:
     scope = backbones.make_backbone(coarse.backbone, **dict(coarse.backbone_kwargs)).name
@@ -134,10 +137,11 @@ def coarse_run(config, run: rundir.RunDir) -> rundir.RunDir:
   return rundir.RunDir(config.fine.coarse_workdir) if config.fine.coarse_workdir else run
 
 
-def check_coarse_run(config, run: rundir.RunDir, context: str = "") -> None:
+def check_coarse_run(config, run: rundir.RunDir, context: str = "",
+                     fields=rundir.COARSE_NETWORK_FIELDS) -> None:
   """FileNotFoundError when `run` has no trained CoarseNet, ValueError when
-  it recorded other networks than `config`'s; `context` prefixes the
-  messages (which setting named the run)."""
+  it recorded other networks than `config`'s (in `fields`); `context`
+  prefixes the messages (which setting named the run)."""
   if not run.has_best():
     raise FileNotFoundError(
         f"{context}no trained CoarseNet in {run.best}: train one there first "
@@ -145,7 +149,7 @@ def check_coarse_run(config, run: rundir.RunDir, context: str = "") -> None:
   record = rundir.read_record(run)
   if record is not None:
     rundir.check_same_networks(config, record, f"{context}the CoarseNet run in {run.path}",
-                               rundir.COARSE_NETWORK_FIELDS)
+                               fields)
 
 
 def load_coarse(config, run: rundir.RunDir, mesh=None):

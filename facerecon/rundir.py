@@ -280,9 +280,17 @@ def statistics(config, model: morphable.MorphableModel, run: RunDir | None = Non
                        f"{model.layout.size}: this run was trained with another face model")
     return stats
   init_from = config.coarse.get("init_from")
-  # A fine-tuned CoarseNet keeps the normalisation its weights learnt.
-  stats = (normalization.load_statistics(RunDir(init_from).statistics) if init_from
-           else sources.label_statistics(config))
+  # A fine-tuned CoarseNet keeps the normalisation its weights learnt (in
+  # pixels of its own image size when it was trained at another).
+  if init_from:
+    source = RunDir(init_from)
+    record = read_record(source)
+    stats = normalization.load_statistics(source.statistics)
+    if record is not None:
+      stats = normalization.statistics_for_size(stats, record["config"]["image_size"],
+                                                config.image_size)
+  else:
+    stats = sources.label_statistics(config)
   if jax.process_index() == 0:
     normalization.save_statistics(stats, run.statistics)
   return stats

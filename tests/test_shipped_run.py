@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from test_cropping import astronaut_photo
 
+from facerecon import camera
 from facerecon import evaluate
 from facerecon import face_models
 from facerecon import fileio
 from facerecon import morphable
 from facerecon import networks
 from facerecon import outputs
+from facerecon import params as params_lib
 from facerecon import reconstruct
 from facerecon import rundir
 from facerecon.data import cropping
@@ -216,6 +218,29 @@ def test_a_run_fine_tunes_the_shipped_coarse_net(shipped, tmp_path):
   net = networks.coarse_net(config)
   start = networks.initial_coarse_variables(net, config, None, surface, statistics)
   _, trained, _, _ = networks.load_coarse(config, rundir.RunDir(path))
+  for ours, theirs in zip(jax.tree.leaves(start), jax.tree.leaves(trained)):
+    np.testing.assert_array_equal(ours, theirs)
+
+  # At another image size: the same weights, and statistics in its pixels
+  # (a face normalised in 96-pixel crops is the same numbers in its
+  # 128-pixel crop).
+  larger = ml_collections.ConfigDict(config.to_dict())
+  larger.image_size = config.image_size * 4 // 3
+  resized = rundir.statistics(larger, surface, rundir.RunDir(str(tmp_path / "larger")),
+                              training=True)
+  ratio = larger.image_size / config.image_size
+  faces = np.asarray(shipped_statistics.param_mean) + np.asarray(
+      shipped_statistics.param_std) * np.random.default_rng(0).normal(
+          size=(5, statistics.param_mean.size))
+  faces_larger = faces.copy()
+  faces_larger[:, :params_lib.NUM_POSE] = camera.pose_after_image_similarity(
+      faces[:, :params_lib.NUM_POSE], ratio, np.full(2, (ratio - 1) / 2), config.image_size,
+      new_height=larger.image_size)
+  np.testing.assert_allclose(normalization.normalize_params(faces_larger, resized),
+                             normalization.normalize_params(faces, shipped_statistics),
+                             rtol=1e-4, atol=1e-4)
+  start = networks.initial_coarse_variables(networks.coarse_net(larger), larger, None, surface,
+                                            resized)
   for ours, theirs in zip(jax.tree.leaves(start), jax.tree.leaves(trained)):
     np.testing.assert_array_equal(ours, theirs)
 

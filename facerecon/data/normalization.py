@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facerecon import camera
 from facerecon import fileio
+from facerecon import params as params_lib
 
 # Parameters that never vary in the training data (std 0) get this std so
 # that normalising cannot divide by zero.
@@ -52,6 +54,28 @@ def normalize_image(image, stats: DataStatistics):
   if mean.shape[-3:-1] != image.shape[-3:-1]:
     mean = jax.image.resize(mean, image.shape[-3:-1] + mean.shape[-1:], "linear")
   return image - mean
+
+
+def statistics_for_size(stats: DataStatistics, size: int, new_size: int) -> DataStatistics:
+  """The statistics of the same faces in `new_size` x `new_size` images
+  instead of `size` x `size`: the pose's translation and scale are pixels,
+  so they follow the resize (its mean exactly, `camera.pose_after_image_similarity`;
+  their spread times the ratio). A CoarseNet fine-tuned at another image
+  size keeps the normalisation its weights learnt this way."""
+  if size == new_size:
+    return stats
+  ratio = new_size / size
+  mean = np.asarray(stats.param_mean, np.float64)
+  std = np.asarray(stats.param_std, np.float64)
+  pose = camera.pose_after_image_similarity(
+      mean[:params_lib.NUM_POSE], ratio, np.full(2, (ratio - 1.0) / 2.0), size,
+      new_height=new_size)
+  mean = np.concatenate([pose, mean[params_lib.NUM_POSE:]])
+  std = std.copy()
+  std[params_lib.TRANSLATION] *= ratio
+  std[params_lib.SCALE] *= ratio
+  return dataclasses.replace(stats, param_mean=mean.astype(np.float32),
+                             param_std=std.astype(np.float32))
 
 
 class StatisticsAccumulator:
