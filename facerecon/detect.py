@@ -415,7 +415,7 @@ def keypoint_square(box, keypoints) -> cropping.Square:
   inner, ears = points[:4].mean(axis=0), points[4:].mean(axis=0)
   centre = inner + np.array(INNER_OFFSET) * w + np.array(EAR_PULL) * (ears - inner)
   return cropping.square_from_landmark_box(centre[0], centre[1], BLAZEFACE_LANDMARK_SCALE * w,
-                                           cropping.DETECTOR_CROP_FILL)
+                                           cropping.ESTIMATE_CROP_FILL)
 
 
 DETECTORS = ("blazeface", "haar", "haar_profile", "none")

@@ -35,7 +35,7 @@ def test_landmark_crop_reproduces_the_training_framing(synthetic_faces):
   prior's framing changes, the rule's constants must follow). From exact
   landmarks the rule crops tighter about the same centre."""
   _, batch = synthetic_faces
-  squares = np.array([cropping.square_from_landmarks(lm, fill=cropping.DETECTOR_CROP_FILL)
+  squares = np.array([cropping.square_from_landmarks(lm, fill=cropping.ESTIMATE_CROP_FILL)
                       for lm in batch["landmarks"]])
   assert np.mean(squares[:, 2]) == pytest.approx(200, rel=0.03)
   assert np.mean(squares[:, 0]) == pytest.approx(99.5, abs=0.03 * 200)
@@ -43,7 +43,7 @@ def test_landmark_crop_reproduces_the_training_framing(synthetic_faces):
   tight = np.array([cropping.square_from_landmarks(lm) for lm in batch["landmarks"]])
   np.testing.assert_allclose(tight[:, :2], squares[:, :2])
   np.testing.assert_allclose(tight[:, 2] * cropping.CROP_FILL,
-                             squares[:, 2] * cropping.DETECTOR_CROP_FILL)
+                             squares[:, 2] * cropping.ESTIMATE_CROP_FILL)
 
 
 @pytest.mark.parametrize("size", [48, 400])  # shrinking and enlarging
@@ -94,7 +94,7 @@ def test_poses_and_landmarks_map_between_photo_and_crop(synthetic_faces):
 
 def test_detector_box_maps_to_a_square_below_its_centre():
   square = cropping.square_from_detection((100, 50, 80, 80))
-  expected_side = cropping.DETECTOR_LANDMARK_SCALE * 80 / cropping.DETECTOR_CROP_FILL
+  expected_side = cropping.DETECTOR_LANDMARK_SCALE * 80 / cropping.ESTIMATE_CROP_FILL
   assert square.side == pytest.approx(expected_side)
   assert square.centre_x == pytest.approx(140)
   assert square.centre_y > 90  # the face's landmarks lie lower than the box centre

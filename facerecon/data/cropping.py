@@ -17,10 +17,11 @@ on:
   best at 0.56 (docs/reconstruction.md): a calibration on the dev set.
 - From a detector box (x, y, w, h): the landmark box it implies, of side
   `DETECTOR_LANDMARK_SCALE` * w, centred `DETECTOR_LANDMARK_SHIFT` * w below
-  the detector box centre; then the landmark rule with `DETECTOR_CROP_FILL`:
-  a box a detector implies is off by some percent, and the wider crop keeps
-  the face whole (on the dev photos BlazeFace's crops are best at 0.52 and
-  worse at 0.56). OpenCV's frontal cascade gave 0.83 and 0.18 (medians over
+  the detector box centre; then the landmark rule with `ESTIMATE_CROP_FILL`,
+  as for every landmark box that is an estimate (a detector's; the
+  landmarks fitted in a video's previous frame): it is off by some percent,
+  and the wider crop keeps the face whole (on the dev photos BlazeFace's
+  crops are best at 0.52 and worse at 0.56). OpenCV's frontal cascade gave 0.83 and 0.18 (medians over
   117 detected synthetic faces) and 0.95 and 0.19 on a real photo (the
   astronaut in scikit-image's data, landmark box read by hand); the
   constants sit between. Each detector has its own pair (`facerecon.detect`).
@@ -41,7 +42,7 @@ import numpy as np
 from facerecon import camera
 
 CROP_FILL = 0.56
-DETECTOR_CROP_FILL = 0.52
+ESTIMATE_CROP_FILL = 0.52
 CROP_SHIFT = 0.145
 DETECTOR_LANDMARK_SCALE = 0.9
 DETECTOR_LANDMARK_SHIFT = 0.18
@@ -73,8 +74,7 @@ def square_from_landmarks(landmarks, fill: float = CROP_FILL) -> Square:
 def square_from_landmark_box(centre_x: float, centre_y: float, size: float,
                              fill: float = CROP_FILL) -> Square:
   """The crop square of a landmark box (its centre and larger side), found
-  or implied by a detector (which passes `DETECTOR_CROP_FILL`): the
-  landmark rule."""
+  or estimated (pass `ESTIMATE_CROP_FILL` then): the landmark rule."""
   return Square(float(centre_x), float(centre_y) - CROP_SHIFT * size, size / fill)
 
 
@@ -86,7 +86,7 @@ def square_from_detection(box, landmark_scale: float = DETECTOR_LANDMARK_SCALE,
   if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
     raise ValueError(f"bad detection box {tuple(box)}")
   return square_from_landmark_box(x + 0.5 * w, y + 0.5 * h + landmark_shift * w,
-                                  landmark_scale * w, DETECTOR_CROP_FILL)
+                                  landmark_scale * w, ESTIMATE_CROP_FILL)
 
 
 def centred_square(height: int, width: int) -> Square:
