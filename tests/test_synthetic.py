@@ -195,6 +195,21 @@ def test_expression_archetypes_open_mouths_and_smile():
   assert not ranges.any()
 
 
+def test_main_light_from_above():
+  """`light_from_above` of the faces have their main light above the
+  camera's horizon (y up); at 0 the lights are those drawn before it existed."""
+  keys = synthetic.sample_keys(0, 0, 200)
+  def main_lights(fraction):
+    prior = synthetic.FacePrior(light_from_above=fraction)
+    return np.asarray(jax.vmap(lambda k: synthetic._light(
+        jax.random.split(k, 3), jax.random.fold_in(k, 1), prior)[2][:3])(keys))
+  anywhere, above, most = main_lights(0.0), main_lights(1.0), main_lights(0.8)
+  assert 0.35 < np.mean(anywhere[:, 1] > 0) < 0.65
+  assert np.all(above[:, 1] >= 0)
+  assert 0.85 < np.mean(most[:, 1] >= 0) < 0.95  # 0.8 + 0.2 of the other half
+  np.testing.assert_allclose(np.abs(above), np.abs(anywhere))
+
+
 def test_prior_probabilities_are_checked():
   config = real.get_config()
   config.synthetic.prior.expression_archetypes = 1.5

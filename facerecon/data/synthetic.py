@@ -101,6 +101,9 @@ class FacePrior:
   ambient: tuple[float, float] = (0.45, 0.9)
   directional: tuple[float, float] = (0.0, 0.6)
   fill_light: tuple[float, float] = (0.0, 0.0)  # a second directional light
+  # This fraction of faces has its main light from above the camera's
+  # horizon (photos' lights mostly are); the others from any side.
+  light_from_above: float = 0.0
   light_colour: float = 0.0      # log-range of the lights' colour casts
   second_order_light: bool = False  # band-2 harmonics: environment light
   specular: bool = False         # highlights (strength drawn per face)
@@ -148,7 +151,7 @@ class FacePrior:
 # FacePrior's fields that are shares of the faces (or of their parts), in [0, 1].
 PRIOR_PROBABILITIES = ("expression_active", "expression_archetypes", "frontal_fraction", "hair",
                        "photo_backgrounds", "clutter", "occluders", "long_hair", "glasses",
-                       "grey", "jpeg")
+                       "grey", "jpeg", "light_from_above")
 
 
 class FaceSample(NamedTuple):
@@ -251,6 +254,9 @@ def _light(keys, extra_key, prior: FacePrior):
   colour casts and an environment; highlight [4]: direction, shininess).
   `keys` [3]: direction, ambient, intensity."""
   main = _direction(keys[0], 0.3)
+  # Camera frame, y up; its own key, so that the other draws stay as they were.
+  above = jax.random.uniform(jax.random.fold_in(extra_key, 2)) < prior.light_from_above
+  main = main.at[1].set(jnp.where(above, jnp.abs(main[1]), main[1]))
   ambient = _uniform(keys[1], (1,), prior.ambient)
   intensity = _uniform(keys[2], (), prior.directional)
   lighting = jnp.concatenate([ambient, intensity * main])
