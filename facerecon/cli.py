@@ -104,11 +104,13 @@ _REDETECT = flags.DEFINE_integer(
     "redetect_every", video.REDETECT_EVERY, "reconstruct, videos: frames between detector "
     "runs while faces are tracked (it also runs whenever none is).")
 CACHE_VARIABLE = "FACERECON_COMPILATION_CACHE"
+CACHE_MAX_BYTES = 256 << 20
 _CACHE = flags.DEFINE_string(
     "compilation_cache", None, "reconstruct/evaluate: a folder where JAX keeps the compiled "
     "networks between runs, so that later starts skip the compiling (one photo: 17 s, then 9 s "
-    f"on 2 busy cores). Default: ${CACHE_VARIABLE}, else "
-    "$XDG_CACHE_HOME/facerecon/jax or ~/.cache/facerecon/jax; '' for none.")
+    f"on 2 busy cores). Default: JAX's own if set ($JAX_COMPILATION_CACHE_DIR), else "
+    f"${CACHE_VARIABLE}, else $XDG_CACHE_HOME/facerecon/jax or ~/.cache/facerecon/jax; '' "
+    "for none.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() and let it find the cluster "
     "(Cloud TPU pods, SLURM, ...).")
@@ -139,10 +141,14 @@ def _initialize_distributed():
 
 
 def compilation_cache_folder() -> str:
-  """--compilation_cache, else $FACERECON_COMPILATION_CACHE, else the
-  user's cache folder's facerecon/jax ('' for none)."""
+  """--compilation_cache; else '' (leave it to JAX) when JAX has a cache
+  folder already ($JAX_COMPILATION_CACHE_DIR); else
+  $FACERECON_COMPILATION_CACHE; else the user's cache folder's
+  facerecon/jax. '' for none of ours."""
   if _CACHE.value is not None:
     return _CACHE.value
+  if jax.config.jax_compilation_cache_dir:
+    return ""
   if CACHE_VARIABLE in os.environ:
     return os.environ[CACHE_VARIABLE]
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -165,7 +171,12 @@ def _use_compilation_cache():
     logging.warning("no compilation cache: %s is not writable", folder)
     return
   jax.config.update("jax_compilation_cache_dir", folder)
+  # Every program (a reconstruct compiles about 120, most under a second);
+  # a size limit turns on JAX's file lock (concurrent runs) and evicts the
+  # oldest entries.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  if jax.config.jax_compilation_cache_max_size < 0:
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
 
 
 def _checked(config):

@@ -414,8 +414,7 @@ def keypoint_square(box, keypoints) -> cropping.Square:
   points = np.asarray(keypoints, np.float64)
   inner, ears = points[:4].mean(axis=0), points[4:].mean(axis=0)
   centre = inner + np.array(INNER_OFFSET) * w + np.array(EAR_PULL) * (ears - inner)
-  return cropping.square_from_landmark_box(centre[0], centre[1], BLAZEFACE_LANDMARK_SCALE * w,
-                                           cropping.ESTIMATE_CROP_FILL)
+  return cropping.square_from_landmark_box(centre[0], centre[1], BLAZEFACE_LANDMARK_SCALE * w)
 
 
 DETECTORS = ("blazeface", "haar", "haar_profile", "none")

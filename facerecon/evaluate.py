@@ -10,10 +10,10 @@ the protocol of 3DDFA and later papers:
   bounding box, per photo; averaged within the absolute-yaw bins [0, 30],
   (30, 60] and (60, 90] degrees (yaw: Pose_Para's gamma; beyond 90 counts
   as 90), and the mean of the three bins' means.
-- Two crops: from the ground-truth landmarks (`cropping.square_from_landmarks`:
-  a square of 1.92 times the landmark box's larger side, centred 0.145 of
-  it above the box centre: the synthetic training faces' framing) and from the face
-  detector (`detector.crop_squares`; the detected box whose centre lies inside the
+- Two crops: from the ground-truth landmarks (`cropping.square_from_landmarks`
+  at `GROUND_TRUTH_FILL`: a square the landmark box's larger side fills 0.56
+  of, centred 0.145 of that side above the box centre: the synthetic
+  training faces' framing, a little tighter) and from the face detector (`detector.crop_squares`; the detected box whose centre lies inside the
   landmark box, best first). Photos where the detector finds no such face
   are counted as missed and left out of its NME.
 - Head pose (`pose_table`): the fits' (pitch, yaw, roll) against
@@ -165,7 +165,8 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
         skipped.append({"file": image_path, "reason": str(e)})
         continue
       angles = np.degrees(labels.params[:3])  # pitch, yaw, roll
-      squares = {"truth": cropping.square_from_landmarks(labels.landmarks)}
+      squares = {"truth": cropping.square_from_landmarks(labels.landmarks,
+                                                         cropping.GROUND_TRUTH_FILL)}
       if detector is not None:
         squares["detector"] = _detected_square(detector, photo, labels.landmarks)
         missed += squares["detector"] is None

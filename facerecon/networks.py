@@ -50,10 +50,13 @@ def initial_coarse_variables(net, config, mesh, model, statistics):
   variables = init_coarse_variables(net, config, mesh, model, statistics, coarse.seed)
   if coarse.get("init_from"):
     source = rundir.RunDir(coarse.init_from)
-    # Its image size may differ: the convolutions and the global average
-    # take any, and `rundir.statistics` rescales its pixel statistics.
+    # Its image size may differ where a global average ends the backbone
+    # (the convolutions take any size; `rundir.statistics` rescales the
+    # pixel statistics); a flattened last feature map fixes it.
+    flattened = dict(coarse.backbone_kwargs).get("pool") == "flatten"
     check_coarse_run(config, source, "config.coarse.init_from: ",
-                     tuple(f for f in rundir.COARSE_NETWORK_FIELDS if f != "image_size"))
+                     tuple(f for f in rundir.COARSE_NETWORK_FIELDS
+                           if f != "image_size" or flattened))
     return restore_best(source, variables)
   if coarse.pretrained:
     scope = backbones.make_backbone(coarse.backbone, **dict(coarse.backbone_kwargs)).name

@@ -283,12 +283,10 @@ def statistics(config, model: morphable.MorphableModel, run: RunDir | None = Non
   # A fine-tuned CoarseNet keeps the normalisation its weights learnt (in
   # pixels of its own image size when it was trained at another).
   if init_from:
-    source = RunDir(init_from)
-    record = read_record(source)
-    stats = normalization.load_statistics(source.statistics)
-    if record is not None:
-      stats = normalization.statistics_for_size(stats, record["config"]["image_size"],
-                                                config.image_size)
+    stats = normalization.load_statistics(RunDir(init_from).statistics)
+    # Its mean image is at the size it was trained at.
+    stats = normalization.statistics_for_size(stats, stats.mean_image.shape[0],
+                                              config.image_size)
   else:
     stats = sources.label_statistics(config)
   if jax.process_index() == 0:

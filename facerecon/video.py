@@ -5,8 +5,8 @@ reconstructed, faces tracked between frames.
 Tracking: the detector runs on the first frame, every `redetect_every`
 frames after it (to find faces that came in) and on every frame where no
 face is tracked. In between, a face's crop is the landmark crop
-(`cropping.square_from_landmarks` at `ESTIMATE_CROP_FILL`, the framing the
-networks were trained on) of its landmarks in the frame before, as 3DDFA_V2's video demo does. A
+(`cropping.square_from_landmarks`, the framing the networks were trained
+on) of its landmarks in the frame before, as 3DDFA_V2's video demo does. A
 track ends when its face leaves the frame or shrinks below MIN_FACE, or
 when the detector, run again, fails to see it MAX_MISSES times in a row.
 
@@ -277,8 +277,7 @@ def reconstruct_video(path: str, stem: str, predictor, detector, *, model_name: 
           faces += outputs_lib.render_fits(fits, model, 1, size)
           # The next frame's crop follows the raw landmarks: smoothing lags.
           if detector is not None:
-            track.square = cropping.square_from_landmarks(landmarks,
-                                                          cropping.ESTIMATE_CROP_FILL)
+            track.square = cropping.square_from_landmarks(landmarks)
         photo.fitted = faces
         writers.write(outputs_lib.write_photo(photo, model, size, model_name,
                                               predictor.has_fine, outputs))
@@ -322,6 +321,6 @@ def _update_tracks(tracks: list, squares, max_faces: int, started: int) -> int:
 def _in_view(square: cropping.Square, height: int, width: int) -> bool:
   """Whether a track's next crop still holds a face worth fitting: its
   centre inside the frame and its face at least MIN_FACE pixels."""
-  face = square.side * cropping.ESTIMATE_CROP_FILL
+  face = square.side * cropping.CROP_FILL
   return (face >= MIN_FACE and 0 <= square.centre_x < width
           and 0 <= square.centre_y + cropping.CROP_SHIFT * face < height)

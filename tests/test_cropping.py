@@ -30,20 +30,20 @@ def synthetic_faces():
 
 
 def test_landmark_crop_reproduces_the_training_framing(synthetic_faces):
-  """The rule's squares of synthetic faces with the detectors' fill are, on
-  average, the images they came from: the framing CoarseNet learnt (if the
-  prior's framing changes, the rule's constants must follow). From exact
-  landmarks the rule crops tighter about the same centre."""
+  """The rule's squares of synthetic faces are, on average, the images they
+  came from: the framing CoarseNet learnt (if the prior's framing changes,
+  the rule's constants must follow). The evaluation's ground-truth crops
+  are tighter about the same centre."""
   _, batch = synthetic_faces
-  squares = np.array([cropping.square_from_landmarks(lm, fill=cropping.ESTIMATE_CROP_FILL)
-                      for lm in batch["landmarks"]])
+  squares = np.array([cropping.square_from_landmarks(lm) for lm in batch["landmarks"]])
   assert np.mean(squares[:, 2]) == pytest.approx(200, rel=0.03)
   assert np.mean(squares[:, 0]) == pytest.approx(99.5, abs=0.03 * 200)
   assert np.mean(squares[:, 1]) == pytest.approx(99.5, abs=0.03 * 200)
-  tight = np.array([cropping.square_from_landmarks(lm) for lm in batch["landmarks"]])
+  tight = np.array([cropping.square_from_landmarks(lm, cropping.GROUND_TRUTH_FILL)
+                    for lm in batch["landmarks"]])
   np.testing.assert_allclose(tight[:, :2], squares[:, :2])
-  np.testing.assert_allclose(tight[:, 2] * cropping.CROP_FILL,
-                             squares[:, 2] * cropping.ESTIMATE_CROP_FILL)
+  np.testing.assert_allclose(tight[:, 2] * cropping.GROUND_TRUTH_FILL,
+                             squares[:, 2] * cropping.CROP_FILL)
 
 
 @pytest.mark.parametrize("size", [48, 400])  # shrinking and enlarging
@@ -94,7 +94,7 @@ def test_poses_and_landmarks_map_between_photo_and_crop(synthetic_faces):
 
 def test_detector_box_maps_to_a_square_below_its_centre():
   square = cropping.square_from_detection((100, 50, 80, 80))
-  expected_side = cropping.DETECTOR_LANDMARK_SCALE * 80 / cropping.ESTIMATE_CROP_FILL
+  expected_side = cropping.DETECTOR_LANDMARK_SCALE * 80 / cropping.CROP_FILL
   assert square.side == pytest.approx(expected_side)
   assert square.centre_x == pytest.approx(140)
   assert square.centre_y > 90  # the face's landmarks lie lower than the box centre

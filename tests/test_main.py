@@ -99,9 +99,9 @@ def test_the_facerecon_command_line_becomes_main_flags():
 
 
 def test_compilation_cache_folder_and_one_that_cannot_be_made(tmp_path, monkeypatch, caplog):
-  """The folder: the flag, else $FACERECON_COMPILATION_CACHE, else the
-  user's cache folder; one that cannot be made is skipped with a warning
-  (JAX's own cache stays off)."""
+  """The folder: the flag, else JAX's own (set: none of ours), else
+  $FACERECON_COMPILATION_CACHE, else the user's cache folder; one that
+  cannot be made is skipped with a warning (JAX's cache stays off)."""
   from absl import flags
   from absl.testing import flagsaver
   import jax
@@ -112,17 +112,23 @@ def test_compilation_cache_folder_and_one_that_cannot_be_made(tmp_path, monkeypa
     flags.FLAGS.mark_as_parsed()
   monkeypatch.delenv(cli.CACHE_VARIABLE, raising=False)
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-  with flagsaver.flagsaver(compilation_cache=None):
-    assert cli.compilation_cache_folder() == str(tmp_path / "xdg" / "facerecon" / "jax")
-    monkeypatch.setenv(cli.CACHE_VARIABLE, "")
-    assert cli.compilation_cache_folder() == ""
-  blocker = tmp_path / "a_file"
-  blocker.write_text("")
-  before = jax.config.jax_compilation_cache_dir
-  with flagsaver.flagsaver(compilation_cache=str(blocker / "cache")):
-    cli._use_compilation_cache()  # pylint: disable=protected-access
-  assert "no compilation cache: cannot make" in caplog.text
-  assert jax.config.jax_compilation_cache_dir == before
+  jax_own = jax.config.jax_compilation_cache_dir  # the tests' shared cache, if any
+  try:
+    with flagsaver.flagsaver(compilation_cache=None):
+      jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_own"))
+      assert cli.compilation_cache_folder() == ""
+      jax.config.update("jax_compilation_cache_dir", None)
+      assert cli.compilation_cache_folder() == str(tmp_path / "xdg" / "facerecon" / "jax")
+      monkeypatch.setenv(cli.CACHE_VARIABLE, "")
+      assert cli.compilation_cache_folder() == ""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with flagsaver.flagsaver(compilation_cache=str(blocker / "cache")):
+      cli._use_compilation_cache()  # pylint: disable=protected-access
+    assert "no compilation cache: cannot make" in caplog.text
+    assert jax.config.jax_compilation_cache_dir is None
+  finally:
+    jax.config.update("jax_compilation_cache_dir", jax_own)
 
 
 @pytest.mark.slow

@@ -75,8 +75,8 @@ class CentredFits:
     landmarks = np.asarray(camera.project_landmarks(self.vertices[0], model.landmark_indices,
                                                     pose, size))
     low, high = landmarks.min(0), landmarks.max(0)
-    scale = size * cropping.ESTIMATE_CROP_FILL / (high - low).max()
-    centre = (size - 1) / 2 + np.array([0.0, cropping.CROP_SHIFT * size * cropping.ESTIMATE_CROP_FILL])
+    scale = size * cropping.CROP_FILL / (high - low).max()
+    centre = (size - 1) / 2 + np.array([0.0, cropping.CROP_SHIFT * size * cropping.CROP_FILL])
     offset = centre - scale * (low + high) / 2
     params[0, :7] = camera.pose_after_image_similarity(np.asarray(pose), scale, offset, size)
     self.params, self.landmarks = params, scale * landmarks + offset

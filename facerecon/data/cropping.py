@@ -12,19 +12,21 @@ on:
   faces of the built-in model from the default prior, at 200 px, the
   landmark box's larger side is 0.520 of the image side on average (median
   0.518), and its centre lies 0.145 of that side below the image centre;
-  the real-photo config draws it from 0.45 to 0.6. From the ground-truth
-  landmarks of the AFLW2000-3D dev photos the shipped network reads faces
-  best at 0.56 (docs/reconstruction.md): a calibration on the dev set.
+  the real-photo config draws it from 0.45 to 0.6.
+- The evaluation's crops from ground-truth landmarks are tighter,
+  `GROUND_TRUTH_FILL`: from exact landmarks the shipped network reads the
+  AFLW2000-3D dev photos best at 0.56 (docs/reconstruction.md: a
+  calibration on the dev set). Boxes that are estimates (a detector's, the
+  landmarks fitted in a video's frame before) keep `CROP_FILL`: off by some
+  percent, they are worse tighter (BlazeFace's crops: 10.32 at 0.52, 10.70
+  at 0.56).
 - From a detector box (x, y, w, h): the landmark box it implies, of side
   `DETECTOR_LANDMARK_SCALE` * w, centred `DETECTOR_LANDMARK_SHIFT` * w below
-  the detector box centre; then the landmark rule with `ESTIMATE_CROP_FILL`,
-  as for every landmark box that is an estimate (a detector's; the
-  landmarks fitted in a video's previous frame): it is off by some percent,
-  and the wider crop keeps the face whole (on the dev photos BlazeFace's
-  crops are best at 0.52 and worse at 0.56). OpenCV's frontal cascade gave 0.83 and 0.18 (medians over
-  117 detected synthetic faces) and 0.95 and 0.19 on a real photo (the
-  astronaut in scikit-image's data, landmark box read by hand); the
-  constants sit between. Each detector has its own pair (`facerecon.detect`).
+  the detector box centre; then the landmark rule. OpenCV's frontal cascade
+  gave 0.83 and 0.18 (medians over 117 detected synthetic faces) and 0.95
+  and 0.19 on a real photo (the astronaut in scikit-image's data, landmark
+  box read by hand); the constants sit between. Each detector has its own
+  pair (`facerecon.detect`).
 
 A crop is a similarity p' = scale * p + offset from photo pixels to crop
 pixels (pixel centres at integer coordinates), so poses and landmarks map
@@ -41,8 +43,8 @@ import numpy as np
 
 from facerecon import camera
 
-CROP_FILL = 0.56
-ESTIMATE_CROP_FILL = 0.52
+CROP_FILL = 0.52
+GROUND_TRUTH_FILL = 0.56
 CROP_SHIFT = 0.145
 DETECTOR_LANDMARK_SCALE = 0.9
 DETECTOR_LANDMARK_SHIFT = 0.18
@@ -74,7 +76,7 @@ def square_from_landmarks(landmarks, fill: float = CROP_FILL) -> Square:
 def square_from_landmark_box(centre_x: float, centre_y: float, size: float,
                              fill: float = CROP_FILL) -> Square:
   """The crop square of a landmark box (its centre and larger side), found
-  or estimated (pass `ESTIMATE_CROP_FILL` then): the landmark rule."""
+  or implied by a detector: the landmark rule."""
   return Square(float(centre_x), float(centre_y) - CROP_SHIFT * size, size / fill)
 
 
@@ -86,7 +88,7 @@ def square_from_detection(box, landmark_scale: float = DETECTOR_LANDMARK_SCALE,
   if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
     raise ValueError(f"bad detection box {tuple(box)}")
   return square_from_landmark_box(x + 0.5 * w, y + 0.5 * h + landmark_shift * w,
-                                  landmark_scale * w, ESTIMATE_CROP_FILL)
+                                  landmark_scale * w)
 
 
 def centred_square(height: int, width: int) -> Square:

@@ -74,6 +74,7 @@ def statistics_for_size(stats: DataStatistics, size: int, new_size: int) -> Data
   std = std.copy()
   std[params_lib.TRANSLATION] *= ratio
   std[params_lib.SCALE] *= ratio
+  std = np.maximum(std, MIN_STD)  # a constant parameter's floor stays one
   return dataclasses.replace(stats, param_mean=mean.astype(np.float32),
                              param_std=std.astype(np.float32))
 
