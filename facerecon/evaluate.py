@@ -13,7 +13,8 @@ the protocol of 3DDFA and later papers:
 - Two crops: from the ground-truth landmarks (`cropping.square_from_landmarks`
   at `GROUND_TRUTH_FILL`: a square the landmark box's larger side fills 0.56
   of, centred 0.145 of that side above the box centre: the synthetic
-  training faces' framing, a little tighter) and from the face detector (`detector.crop_squares`; the detected box whose centre lies inside the
+  training faces' framing, a little tighter) and from the face detector
+  (`detector.crop_squares`; the detected box whose centre lies inside the
   landmark box, best first). Photos where the detector finds no such face
   are counted as missed and left out of its NME.
 - Head pose (`pose_table`): the fits' (pitch, yaw, roll) against
