@@ -107,8 +107,8 @@ CACHE_VARIABLE = "FACERECON_COMPILATION_CACHE"
 CACHE_MAX_BYTES = 256 << 20
 _CACHE = flags.DEFINE_string(
     "compilation_cache", None, "reconstruct/evaluate: a folder where JAX keeps the compiled "
-    "networks between runs, so that later starts skip the compiling (one photo: 17 s, then 9 s "
-    f"on 2 busy cores). Default: JAX's own if set ($JAX_COMPILATION_CACHE_DIR), else "
+    "networks between runs, so that later starts skip the compiling (one photo: 12 s, then 7 s "
+    f"on 2 cores). Default: JAX's own if set ($JAX_COMPILATION_CACHE_DIR), else "
     f"${CACHE_VARIABLE}, else $XDG_CACHE_HOME/facerecon/jax or ~/.cache/facerecon/jax; '' "
     "for none.")
 _MULTIHOST = flags.DEFINE_bool(
