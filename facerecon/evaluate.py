@@ -138,10 +138,12 @@ def _shading_residuals(crops, coarse_depth, fine_depth, mask):
 
 
 def evaluate_folder(config, workdir: str, folder: str, detector=None,
-                    batch_size: int = 32, mirror: bool = True) -> dict:
+                    batch_size: int = 32, mirror: bool = True,
+                    ground_truth_fill: float = cropping.GROUND_TRUTH_FILL) -> dict:
   """AFLW2000-3D-style evaluation of the run in `workdir` on `folder`;
   `detector` (a `facerecon.detect.FaceDetector` or None) adds the detector
-  crops; `mirror`: as `inference.Predictor`'s (recorded in the results).
+  crops; `mirror`: as `inference.Predictor`'s (recorded in the results);
+  `ground_truth_fill`: the ground-truth crops' fill (`cropping`).
   Unreadable photos and malformed .mat files are reported in
   'skipped' and left out. A run with a FineNet also gets the mean shading
   residual of CoarseNet's and FineNet's depth on the ground-truth crops
@@ -166,8 +168,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
         skipped.append({"file": image_path, "reason": str(e)})
         continue
       angles = np.degrees(labels.params[:3])  # pitch, yaw, roll
-      squares = {"truth": cropping.square_from_landmarks(labels.landmarks,
-                                                         cropping.GROUND_TRUTH_FILL)}
+      squares = {"truth": cropping.square_from_landmarks(labels.landmarks, ground_truth_fill)}
       if detector is not None:
         squares["detector"] = _detected_square(detector, photo, labels.landmarks)
         missed += squares["detector"] is None

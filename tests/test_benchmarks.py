@@ -149,3 +149,27 @@ def test_photo_statistics_compare_synthetic_faces_with_a_labelled_folder(tmp_pat
                             f"--photos={tmp_path / 'nowhere'}"],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert missing.returncode != 0 and "--photos must be" in missing.stderr
+
+
+def test_crop_fill_benchmark_prints_a_row_per_fill(tmp_path):
+  """The shipped run on two labelled photos, at two fills of the
+  ground-truth crops: a row of NME per fill, and the fills differ."""
+  rng = np.random.default_rng(1)
+  for k in range(2):
+    cv2.imwrite(str(tmp_path / f"image{k:05d}.jpg"),
+                rng.integers(0, 255, (160, 140, 3)).astype(np.uint8))
+    points = np.stack([rng.uniform(40, 100, 68), rng.uniform(40, 120, 68), np.zeros(68)])
+    scipy.io.savemat(tmp_path / f"image{k:05d}.mat", {
+        "Pose_Para": np.zeros((1, 7)), "Shape_Para": np.zeros((199, 1)),
+        "Exp_Para": np.zeros((29, 1)), "pt3d_68": points})
+  result = subprocess.run(
+      [sys.executable, "benchmarks/crop_fill.py", f"--dev={tmp_path}", "--fills=0.45,0.6"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = [line.split() for line in result.stdout.splitlines() if re.match(r"0\.\d+ ", line)]
+  assert [row[0] for row in rows] == ["0.450", "0.600"], result.stdout
+  frontal = [float(row[1]) for row in rows]
+  assert all(np.isfinite(frontal)) and frontal[0] != frontal[1]
+  wrong = subprocess.run([sys.executable, "benchmarks/crop_fill.py", f"--dev={tmp_path}",
+                          "--fills=1.5"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert wrong.returncode != 0 and "--fills must be in (0, 1)" in wrong.stderr
