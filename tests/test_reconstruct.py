@@ -390,7 +390,7 @@ def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
   truth_of_crop, pose_of_crop = {}, {}
   for k in range(4):
     photo = photos.read_photo(str(tmp_path / f"image{k:05d}.jpg"))
-    square = cropping.square_from_landmarks(landmarks[k])
+    square = cropping.square_from_landmarks(landmarks[k], cropping.GROUND_TRUTH_FILL)
     scale, offset = cropping.crop_transform(square, size)
     crop = cropping.crop(photo, square, size).tobytes()
     truth_of_crop[crop] = scale * landmarks[k] + offset
