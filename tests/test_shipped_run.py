@@ -107,7 +107,7 @@ def test_the_shipped_run_beats_a_constant_layout_on_dev_photos(shipped, tmp_path
   in_crops, squares, truths = [], [], []
   for k, (image, mat) in enumerate(pairs):
     truth = mat_folders.read_labels(mat, layout=None).landmarks
-    square = cropping.square_from_landmarks(truth)
+    square = cropping.square_from_landmarks(truth, cropping.GROUND_TRUTH_FILL)
     if k in chosen:
       squares.append(square)
       truths.append(truth)
