@@ -125,15 +125,22 @@ def test_photo_statistics_measure_tone_and_colour_and_count_grey_images_apart():
 
 
 @pytest.mark.slow
-def test_photo_statistics_compare_synthetic_faces_with_a_labelled_folder(tmp_path):
-  rng = np.random.default_rng(0)
+def _write_labelled_noise(folder, seed: int, height: int, width: int, margin: int):
+  """Two AFLW2000-3D-style pairs of noise photos and random landmarks
+  `margin` pixels or more inside them (pose 0)."""
+  rng = np.random.default_rng(seed)
   for k in range(2):
-    cv2.imwrite(str(tmp_path / f"image{k:05d}.jpg"),
-                rng.integers(0, 255, (120, 100, 3)).astype(np.uint8))
-    points = np.stack([rng.uniform(30, 70, 68), rng.uniform(30, 90, 68), np.zeros(68)])
-    scipy.io.savemat(tmp_path / f"image{k:05d}.mat", {
+    cv2.imwrite(str(folder / f"image{k:05d}.jpg"),
+                rng.integers(0, 255, (height, width, 3)).astype(np.uint8))
+    points = np.stack([rng.uniform(margin, width - margin, 68),
+                       rng.uniform(margin, height - margin, 68), np.zeros(68)])
+    scipy.io.savemat(folder / f"image{k:05d}.mat", {
         "Pose_Para": np.zeros((1, 7)), "Shape_Para": np.zeros((199, 1)),
         "Exp_Para": np.zeros((29, 1)), "pt3d_68": points})
+
+
+def test_photo_statistics_compare_synthetic_faces_with_a_labelled_folder(tmp_path):
+  _write_labelled_noise(tmp_path, seed=0, height=120, width=100, margin=30)
   result = subprocess.run(
       [sys.executable, "benchmarks/photo_statistics.py", f"--photos={tmp_path}", "--faces=8",
        "--config=configs/synthetic.py", "--config.image_size=32"],
@@ -154,14 +161,7 @@ def test_photo_statistics_compare_synthetic_faces_with_a_labelled_folder(tmp_pat
 def test_crop_fill_benchmark_prints_a_row_per_fill(tmp_path):
   """The shipped run on two labelled photos, at two fills of the
   ground-truth crops: a row of NME per fill, and the fills differ."""
-  rng = np.random.default_rng(1)
-  for k in range(2):
-    cv2.imwrite(str(tmp_path / f"image{k:05d}.jpg"),
-                rng.integers(0, 255, (160, 140, 3)).astype(np.uint8))
-    points = np.stack([rng.uniform(40, 100, 68), rng.uniform(40, 120, 68), np.zeros(68)])
-    scipy.io.savemat(tmp_path / f"image{k:05d}.mat", {
-        "Pose_Para": np.zeros((1, 7)), "Shape_Para": np.zeros((199, 1)),
-        "Exp_Para": np.zeros((29, 1)), "pt3d_68": points})
+  _write_labelled_noise(tmp_path, seed=1, height=160, width=140, margin=40)
   result = subprocess.run(
       [sys.executable, "benchmarks/crop_fill.py", f"--dev={tmp_path}", "--fills=0.45,0.6"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
