@@ -59,19 +59,14 @@ def normalize_image(image, stats: DataStatistics):
 def statistics_for_size(stats: DataStatistics, size: int, new_size: int) -> DataStatistics:
   """The statistics of the same faces in `new_size` x `new_size` images
   instead of `size` x `size`: the pose's translation and scale are pixels,
-  so they follow the resize (its mean exactly, `camera.pose_after_image_similarity`;
+  so they follow the resize (its mean exactly, `camera.params_after_resize`;
   their spread times the ratio). A CoarseNet fine-tuned at another image
   size keeps the normalisation its weights learnt this way."""
   if size == new_size:
     return stats
   ratio = new_size / size
-  mean = np.asarray(stats.param_mean, np.float64)
-  std = np.asarray(stats.param_std, np.float64)
-  pose = camera.pose_after_image_similarity(
-      mean[:params_lib.NUM_POSE], ratio, np.full(2, (ratio - 1.0) / 2.0), size,
-      new_height=new_size)
-  mean = np.concatenate([pose, mean[params_lib.NUM_POSE:]])
-  std = std.copy()
+  mean = np.asarray(camera.params_after_resize(stats.param_mean, size, new_size))
+  std = np.array(stats.param_std, np.float64)
   std[params_lib.TRANSLATION] *= ratio
   std[params_lib.SCALE] *= ratio
   std = np.maximum(std, MIN_STD)  # a constant parameter's floor stays one
