@@ -81,8 +81,10 @@ def init_fine_params(config, net, seed: int = 0):
 
 
 # What a FineNet's parameters depend on: a run's FineNet can start another
-# one (config.fine.init_from) when these agree.
-FINE_NETWORK_FIELDS = ("fine.widths", "fine.head", "fine.image_size", "image_size")
+# one (config.fine.init_from) when these agree. Its photos' size is not one
+# (it is convolutional): a FineNet may be fine-tuned at another size, as a
+# CoarseNet may (coarse.init_from), or over a CoarseNet of another size.
+FINE_NETWORK_FIELDS = ("fine.widths", "fine.head")
 
 
 def initial_fine_params(config, net):

@@ -264,6 +264,12 @@ def test_a_finenet_starts_from_another_runs_finenet(coarse_workdir, tmp_path):
   metrics = fine_stage.train_and_evaluate(config, str(tmp_path / "second"))
   assert np.isfinite(metrics["normal_error"])
 
+  # Its photos' size is not part of a FineNet: it starts one at another size.
+  larger = _config(coarse_workdir, init_from=first, image_size=2 * config.image_size)
+  for a, b in zip(jax.tree.leaves(networks.initial_fine_params(larger, networks.fine_net(larger))),
+                  jax.tree.leaves(trained)):
+    np.testing.assert_array_equal(a, b)
+
   with pytest.raises(FileNotFoundError, match="no trained FineNet"):
     networks.initial_fine_params(_config(coarse_workdir, init_from=coarse_workdir), net)
   wider = _config(coarse_workdir, init_from=first, widths=(4, 8, 16))
