@@ -9,8 +9,11 @@ import pytest
 from data_pipeline import calibrate_landmarks
 from data_pipeline import prepare_ict
 from facerecon import camera
+from facerecon import evaluate
 from facerecon import face_models
 from facerecon import morphable
+from facerecon import rundir
+from facerecon.data import mat_folders
 
 DEV_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                        "aflw2000-3d-dev")
@@ -131,3 +134,88 @@ def test_the_shipped_lips_part_when_the_jaw_opens():
   outer_lower = motion[landmarks[56:59], 1]
   assert np.all(lower < upper.min() - 10.0)  # millimetres, y up
   np.testing.assert_allclose(lower, outer_lower, atol=8.0)
+
+
+def _fits(count, num_vertices=30, seed=0):
+  """Projected vertices [F, V, 2] of `count` made-up fits (pixels)."""
+  return np.random.default_rng(seed).uniform(0.0, 100.0, (count, num_vertices, 2))
+
+
+def test_choose_by_fits_takes_the_vertex_the_labels_sit_on():
+  projected = _fits(12)
+  truth = np.random.default_rng(1).permutation(30)[:6]  # six landmarks' true vertices
+  labels = projected[:, truth] + np.random.default_rng(2).normal(0.0, 0.5, (12, len(truth), 2))
+  # Yaws across the three bins; each landmark may go anywhere.
+  yaw = np.linspace(-85.0, 85.0, 12)
+  chosen = calibrate_landmarks.choose_by_fits(projected, labels, yaw,
+                                              [np.arange(30)] * len(truth))
+  np.testing.assert_array_equal(chosen, truth)
+  # Only among its candidates: the nearest of those.
+  allowed = [np.setdiff1d(np.arange(30), [t]) for t in truth]
+  again = calibrate_landmarks.choose_by_fits(projected, labels, yaw, allowed)
+  assert not np.any(again == truth)
+
+
+def test_choose_by_fits_weighs_each_yaw_bin_as_the_nme_does():
+  """Eight frontal photos whose label sits on vertex 0 (vertex 1 a pixel
+  off) and one profile whose label sits on vertex 1 (vertex 0 four pixels
+  off): in the NME's mean over bins the profile's bin weighs as much as the
+  frontal one, so vertex 1 wins, although a plain mean over photos prefers 0."""
+  corners = np.array([[0.0, 0.0], [50.0, 50.0]])  # every label box alike
+  projected = np.zeros((9, 2, 2))
+  labels = np.zeros((9, 3, 2))
+  labels[:, 1:] = corners
+  projected[:8, 1] = [1.0, 0.0]
+  projected[8, 0] = [4.0, 0.0]
+  yaw = np.array([0.0] * 8 + [80.0])
+  candidates = [np.array([0, 1]), np.array([0]), np.array([0])]
+  chosen = calibrate_landmarks.choose_by_fits(projected, labels, yaw, candidates)
+  assert chosen[0] == 1
+  # All photos in one bin: the plain mean, vertex 0.
+  chosen = calibrate_landmarks.choose_by_fits(projected, labels, np.zeros(9), candidates)
+  assert chosen[0] == 0
+
+
+def test_held_out_gains_are_positive_where_the_labels_sit_elsewhere_and_none_otherwise():
+  projected = _fits(40, num_vertices=20, seed=3)
+  current = np.arange(5)
+  elsewhere = np.arange(5, 10)
+  noise = np.random.default_rng(4).normal(0.0, 1.0, (40, 5, 2))
+  yaw = np.random.default_rng(5).uniform(-90.0, 90.0, 40)
+  candidates = [np.arange(20)] * 5
+  gains = calibrate_landmarks.held_out_gains(projected, projected[:, elsewhere] + noise, yaw,
+                                             candidates, current, splits=3)
+  assert gains.shape == (6,) and np.all(gains > 5.0)
+  same = calibrate_landmarks.held_out_gains(projected, projected[:, current] + noise, yaw,
+                                            candidates, current, splits=3)
+  np.testing.assert_allclose(same, 0.0, atol=1e-9)
+
+
+def test_allowed_vertices_keep_within_the_radius(small_model):
+  landmarks = np.asarray(small_model.landmark_indices)
+  size = calibrate_landmarks.face_size(small_model)
+  mean = np.asarray(small_model.mean_shape, np.float64)
+  near = calibrate_landmarks.allowed_vertices(small_model, landmarks, radius=0.2)
+  anywhere = calibrate_landmarks.allowed_vertices(small_model, landmarks)
+  for k, v in enumerate(landmarks):
+    assert v in near[k] and set(near[k]) <= set(anywhere[k])
+    assert np.all(np.linalg.norm(mean[near[k]] - mean[v], axis=-1) <= 0.2 * size)
+  assert sum(map(len, near)) < sum(map(len, anywhere))
+
+
+@pytest.mark.skipif(not os.path.isdir(DEV_DIR), reason="needs ../shared/data/aflw2000-3d-dev")
+def test_fit_photos_places_the_landmarks_where_the_evaluation_does(tmp_path):
+  """The shipped run's fits of four dev photos: its landmark vertices'
+  projections give the evaluation's NME (the same crops, fits and camera)."""
+  run = rundir.default_run()
+  config = rundir.resolve_config(run)
+  pairs = mat_folders.find_pairs(DEV_DIR)[::100]
+  for pair in pairs:
+    for source in pair:
+      os.symlink(os.path.abspath(source), tmp_path / os.path.basename(source))
+  landmarks = np.asarray(face_models.load(config.model).landmark_indices)
+  projected, labels, yaw = calibrate_landmarks.fit_photos(run, str(tmp_path), landmarks)
+  assert projected.shape == (4, 68, 2) and labels.shape == (4, 68, 2) and yaw.shape == (4,)
+  table = evaluate.yaw_table(evaluate.landmark_nme(projected, labels), yaw)
+  expected = evaluate.evaluate_folder(config, run.path, str(tmp_path))["ground_truth_crops"]
+  assert abs(table["all"] - expected["all"]) < 1e-3
