@@ -28,7 +28,9 @@ fitted camera instead of a 3-D fit of the labels: the choice corrects what
 the labels' points mean and also how this network's fits sit on the
 photos, so it is the run's (its meshes do not change). It prints the NME
 table before and after and the gain on held-out halves (chosen on a random
-half of the photos, measured on the other).
+half of the photos, measured on the other). A run's record names its face
+model by content, landmarks included: the model written is used by a run
+fine-tuned with it (`coarse.init_from` the calibrated run; docs/training.md).
 
 This is calibration on the labels given; with AFLW2000-3D's dev set it is
 reported as such.
@@ -52,7 +54,6 @@ from facerecon import params as params_lib
 from facerecon import rundir
 from facerecon.data import cropping
 from facerecon.data import mat_folders
-from facerecon.data import photos
 
 _MOVED_MIN = 0.02  # of the face size: smaller systematic offsets are left alone
 # A landmark moves only to vertices the expressions move as they move its own
@@ -244,18 +245,12 @@ def fit_photos(run: rundir.RunDir, folder: str, vertices: np.ndarray, batch_size
   config = rundir.resolve_config(run)
   predictor = inference.Predictor(config, run.path, batch_size)
   size, layout = predictor.size, predictor.model.layout
-  vertices = np.asarray(vertices)
-  projected, labels, yaw = [], [], []
+  projected, labels, yaw, skipped = [], [], [], []
   pairs = mat_folders.find_pairs(folder)
   for start in range(0, len(pairs), batch_size):
     crops, squares = [], []
-    for image_path, mat_path in pairs[start:start + batch_size]:
-      try:
-        label = mat_folders.read_labels(mat_path, layout=None)
-        photo = photos.read_photo(image_path)
-      except (ValueError, KeyError, OSError) as e:
-        logging.warning("skipped %s: %s", image_path, e)
-        continue
+    for _, label, photo in evaluate.read_labelled_photos(pairs[start:start + batch_size],
+                                                          skipped):
       squares.append(cropping.square_from_landmarks(label.landmarks,
                                                     cropping.GROUND_TRUTH_FILL))
       crops.append(cropping.crop(photo, squares[-1], size))
@@ -265,9 +260,11 @@ def fit_photos(run: rundir.RunDir, folder: str, vertices: np.ndarray, batch_size
       continue
     fits = predictor(np.stack(crops))
     pose = params_lib.split(np.asarray(fits.params), layout).pose
-    points = np.asarray(camera.project_landmarks(np.asarray(fits.vertices), vertices, pose,
-                                                 size))
+    points = np.asarray(camera.project_landmarks(np.asarray(fits.vertices),
+                                                 np.asarray(vertices), pose, size))
     projected.extend(cropping.to_photo(p, square, size) for p, square in zip(points, squares))
+  for entry in skipped:
+    logging.warning("skipped %s: %s", entry["file"], entry["reason"])
   if not labels:
     raise ValueError(f"no photo in {folder} could be fitted")
   return np.stack(projected), np.stack(labels), np.asarray(yaw)
@@ -276,11 +273,8 @@ def fit_photos(run: rundir.RunDir, folder: str, vertices: np.ndarray, batch_size
 def _photo_weights(labels: np.ndarray, yaw: np.ndarray) -> np.ndarray:
   """[F] per-photo weights of the NME's mean over yaw bins (each bin's
   photos share its weight), over the labels' box size (sqrt(w * h))."""
-  extent = labels.max(axis=1) - labels.min(axis=1)
-  weights = 1.0 / np.sqrt(extent[:, 0] * extent[:, 1])
-  yaw = np.minimum(np.abs(yaw), 90.0)
-  for low, high in evaluate.YAW_BINS:
-    inside = ((yaw > low) | (low == 0.0)) & (yaw <= high)
+  weights = 1.0 / evaluate.landmark_box_size(labels)
+  for inside in evaluate.yaw_bins(yaw):
     weights[inside] /= max(int(inside.sum()), 1)
   return weights
 
@@ -313,7 +307,7 @@ def held_out_gains(projected: np.ndarray, labels: np.ndarray, yaw: np.ndarray,
     for chosen_on, measured_on in (halves, halves[::-1]):
       chosen = choose_by_fits(projected[chosen_on], labels[chosen_on], yaw[chosen_on],
                               candidates)
-      table = [evaluate.yaw_table(evaluate.landmark_nme(projected[measured_on][:, which],
+      table = [evaluate.yaw_table(evaluate.landmark_nme(projected[np.ix_(measured_on, which)],
                                                         labels[measured_on]),
                                   yaw[measured_on])["mean"] for which in (current, chosen)]
       gains.append(table[0] - table[1])
@@ -369,8 +363,10 @@ def _main_by_fits(model: morphable.MorphableModel) -> np.ndarray:
   run = rundir.RunDir(FLAGS.run)
   if not run.has_best():
     raise app.UsageError(f"--run: no trained CoarseNet in {run.path}")
-  run_model = rundir.read_record(run) or {}
-  if run_model.get("model", {}).get("fingerprint") != face_models.fingerprint(model):
+  record = rundir.read_record(run)
+  if record is None:
+    raise app.UsageError(f"--run: {run.path} has no {run.config_file}")
+  if record.get("model", {}).get("fingerprint") != face_models.fingerprint(model):
     raise app.UsageError(f"--run: {run.path} was not trained with the face model {FLAGS.model}")
   old = np.asarray(model.landmark_indices)
   new, before, after, gains = calibrate_by_fits(model, run, FLAGS.labels)
@@ -380,7 +376,7 @@ def _main_by_fits(model: morphable.MorphableModel) -> np.ndarray:
   for k in np.flatnonzero(new != old):
     print(f"{k:8d}  {old[k]:6d} -> {new[k]:6d}     "
           f"{np.linalg.norm(surface[new[k]] - surface[old[k]]) / size:.3f}")
-  bins = [f"[{low:g},{high:g}]" for low, high in evaluate.YAW_BINS] + ["mean"]
+  bins = [evaluate.bin_name(low, high) for low, high in evaluate.YAW_BINS] + ["mean"]
   for name, table in (("before", before), ("after", after)):
     print(f"NME (%) {name}: " + ", ".join(f"{b} {table[b]:.2f}" for b in bins))
   print(f"chosen on a random half, the other half's NME mean drops by {gains.mean():.2f} "

@@ -74,25 +74,40 @@ DETAIL_BATCHES = 8
 ALBEDO_EDGE_SHARE = 0.1
 
 
+def landmark_box_size(truth) -> np.ndarray:
+  """sqrt(w * h) of each face's landmark box, NME's unit: [N, L, 2] -> [N]."""
+  truth = np.asarray(truth, np.float64)
+  extent = truth.max(axis=1) - truth.min(axis=1)
+  return np.sqrt(extent[:, 0] * extent[:, 1])
+
+
 def landmark_nme(predicted, truth) -> np.ndarray:
   """Per-face NME: mean point distance / sqrt(w * h) of the true landmarks'
   box. predicted, truth [N, L, 2] -> [N]."""
   predicted, truth = np.asarray(predicted, np.float64), np.asarray(truth, np.float64)
-  extent = truth.max(axis=1) - truth.min(axis=1)
-  size = np.sqrt(extent[:, 0] * extent[:, 1])
-  return np.linalg.norm(predicted - truth, axis=-1).mean(axis=1) / size
+  return np.linalg.norm(predicted - truth, axis=-1).mean(axis=1) / landmark_box_size(truth)
+
+
+def bin_name(low: float, high: float) -> str:
+  return f"[{low:g},{high:g}]"
+
+
+def yaw_bins(yaw_degrees) -> list[np.ndarray]:
+  """Per `YAW_BINS` bin, which faces fall in it by their absolute yaw
+  (beyond 90 degrees counts as 90; [0, 30], then (30, 60], (60, 90])."""
+  yaw = np.minimum(np.abs(np.asarray(yaw_degrees, np.float64)), 90.0)
+  return [((yaw > low) | (low == 0.0)) & (yaw <= high) for low, high in YAW_BINS]
 
 
 def yaw_table(nme, yaw_degrees) -> dict:
   """NME (%) per absolute-yaw bin, their counts, and the mean of the bin means."""
-  nme, yaw = np.asarray(nme, np.float64), np.minimum(np.abs(yaw_degrees), 90.0)
+  nme = np.asarray(nme, np.float64)
   table = {}
-  for low, high in YAW_BINS:
-    inside = ((yaw > low) | (low == 0.0)) & (yaw <= high)
-    name = f"[{low:g},{high:g}]"
+  for (low, high), inside in zip(YAW_BINS, yaw_bins(yaw_degrees)):
+    name = bin_name(low, high)
     table[name] = 100.0 * float(nme[inside].mean()) if inside.any() else float("nan")
     table[f"count {name}"] = int(inside.sum())
-  means = [table[f"[{low:g},{high:g}]"] for low, high in YAW_BINS]
+  means = [table[bin_name(low, high)] for low, high in YAW_BINS]
   table["mean"] = float(np.mean(means))  # NaN when a bin is empty, as it should read
   table["all"] = 100.0 * float(nme.mean()) if nme.size else float("nan")
   return table
@@ -137,6 +152,21 @@ def _shading_residuals(crops, coarse_depth, fine_depth, mask):
                for depth in (coarse_depth, fine_depth))
 
 
+def read_labelled_photos(pairs, skipped: list):
+  """(image path, labels, photo) of each readable (image, .mat) pair; the
+  others are appended to `skipped` ({'file', 'reason'}). Only the labels'
+  pose and landmarks are meant to be used: they may come from another model
+  than the run's (AFLW2000-3D: the BFM)."""
+  for image_path, mat_path in pairs:
+    try:
+      labels = mat_folders.read_labels(mat_path, layout=None)
+      photo = photos.read_photo(image_path)
+    except (ValueError, KeyError, OSError) as e:
+      skipped.append({"file": image_path, "reason": str(e)})
+      continue
+    yield image_path, labels, photo
+
+
 def evaluate_folder(config, workdir: str, folder: str, detector=None,
                     batch_size: int = 32, mirror: bool = True,
                     ground_truth_fill: float = cropping.GROUND_TRUTH_FILL) -> dict:
@@ -158,15 +188,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   skipped, missed = [], 0
   for start in tqdm.trange(0, len(pairs), CHUNK, desc="photos", unit="chunk"):
     crops = {"truth": [], "detector": []}
-    for image_path, mat_path in pairs[start:start + CHUNK]:
-      try:
-        # Only the pose (the yaw bin) and the landmarks are used: the labels
-        # may come from another model than the run's (AFLW2000-3D: the BFM).
-        labels = mat_folders.read_labels(mat_path, layout=None)
-        photo = photos.read_photo(image_path)
-      except (ValueError, KeyError, OSError) as e:
-        skipped.append({"file": image_path, "reason": str(e)})
-        continue
+    for _, labels, photo in read_labelled_photos(pairs[start:start + CHUNK], skipped):
       angles = np.degrees(labels.params[:3])  # pitch, yaw, roll
       squares = {"truth": cropping.square_from_landmarks(labels.landmarks, ground_truth_fill)}
       if detector is not None:
@@ -311,7 +333,7 @@ def format_table(name: str, results: dict) -> str:
   """The results as a plain-text table."""
   lines = [f"evaluation on {name}"]
   if "ground_truth_crops" in results:
-    bins = [f"[{low:g},{high:g}]" for low, high in YAW_BINS]
+    bins = [bin_name(low, high) for low, high in YAW_BINS]
     lines.append(f"{'NME (%)':<22}" + "".join(f"{b:>10}" for b in bins)
                  + f"{'mean':>10}{'all':>10}")
     lines += _crop_rule_rows(results, "", lambda row: "".join(
