@@ -22,7 +22,9 @@ evaluation makes from its ground-truth landmarks, and each landmark moves to
 the vertex whose projection in those fits lies closest to the labelled 2-D
 point on average (the NME's normalisation, each yaw bin weighing as much as
 the NME's mean over bins weighs it), among the vertices the expressions
-move as they move its own within `_FIT_RADIUS` of the face's size. The
+move as they move its own within `_FIT_RADIUS` of the face's size; in
+mirror pairs (left and right chosen together, the midline's on it) where
+the model is left-right symmetric. The
 labels' 2-D points are what AFLW2000-3D's NME measures, seen through a
 fitted camera instead of a 3-D fit of the labels: the choice corrects what
 the labels' points mean and also how this network's fits sit on the
@@ -280,21 +282,40 @@ def _photo_weights(labels: np.ndarray, yaw: np.ndarray) -> np.ndarray:
 
 
 def choose_by_fits(projected: np.ndarray, labels: np.ndarray, yaw: np.ndarray,
-                   candidates: list[np.ndarray]) -> np.ndarray:
+                   candidates: list[np.ndarray], partner: np.ndarray | None = None
+                   ) -> np.ndarray:
   """[68] per landmark k, the vertex among `candidates[k]` (numbers into the
   projected vertices) whose image points lie closest to the labelled points
   in the NME's weighting (`_photo_weights`). projected [F, V, 2]: the fits'
-  vertices; labels [F, 68, 2]; yaw [F] degrees."""
+  vertices; labels [F, 68, 2]; yaw [F] degrees. With `partner` [V] (each
+  projected vertex's mirror partner's number, a model symmetric in x) the
+  landmarks are chosen in mirror pairs, so that the set stays symmetric:
+  landmark k's vertex and the partner of it for its mirror landmark
+  (`morphable.LANDMARK_MIRROR`), both labels counting, and those of the
+  midline on it where they can be."""
   weights = _photo_weights(labels, yaw)
+
+  def cost(k, options):
+    return weights @ np.linalg.norm(projected[:, options] - labels[:, k, None], axis=-1)
+
   chosen = np.zeros(len(candidates), np.int64)
   for k, options in enumerate(candidates):
-    distance = np.linalg.norm(projected[:, options] - labels[:, k, None], axis=-1)
-    chosen[k] = options[np.argmin(weights @ distance)]
+    if partner is None:
+      chosen[k] = options[np.argmin(cost(k, options))]
+      continue
+    mirror = morphable.LANDMARK_MIRROR[k]
+    if mirror < k:
+      continue  # chosen with its partner
+    if mirror == k and np.any(partner[options] == options):
+      options = options[partner[options] == options]
+    best = options[np.argmin(cost(k, options) + cost(mirror, partner[options]))]
+    chosen[k], chosen[mirror] = best, partner[best]
   return chosen
 
 
 def held_out_gains(projected: np.ndarray, labels: np.ndarray, yaw: np.ndarray,
-                   candidates: list[np.ndarray], current: np.ndarray, splits: int = 5,
+                   candidates: list[np.ndarray], current: np.ndarray,
+                   partner: np.ndarray | None = None, splits: int = 5,
                    seed: int = 0) -> np.ndarray:
   """[2 * splits] the NME mean over yaw bins (%) of one random half of the
   photos with the `current` landmarks minus with those chosen on the other
@@ -306,7 +327,7 @@ def held_out_gains(projected: np.ndarray, labels: np.ndarray, yaw: np.ndarray,
     halves = order[:len(order) // 2], order[len(order) // 2:]
     for chosen_on, measured_on in (halves, halves[::-1]):
       chosen = choose_by_fits(projected[chosen_on], labels[chosen_on], yaw[chosen_on],
-                              candidates)
+                              candidates, partner)
       table = [evaluate.yaw_table(evaluate.landmark_nme(projected[np.ix_(measured_on, which)],
                                                         labels[measured_on]),
                                   yaw[measured_on])["mean"] for which in (current, chosen)]
@@ -317,18 +338,24 @@ def held_out_gains(projected: np.ndarray, labels: np.ndarray, yaw: np.ndarray,
 def calibrate_by_fits(model: morphable.MorphableModel, run: rundir.RunDir, folder: str):
   """(new landmark indices [68], the NME tables (`evaluate.yaw_table`)
   before and after, the held-out gains) by the run's fits of the photos in
-  `folder` (the module's docstring)."""
+  `folder` (the module's docstring); in mirror pairs where the model is
+  symmetric."""
   landmarks = np.asarray(model.landmark_indices)
   candidates = allowed_vertices(model, landmarks, _FIT_RADIUS)
+  partners = morphable.mirror_partners(model, morphable.surface_size(model)[0])
   vertices = np.unique(np.concatenate(candidates))  # only these are projected
-  position = {int(v): k for k, v in enumerate(vertices)}
-  local = [np.asarray([position[int(v)] for v in options]) for options in candidates]
+  if partners is not None:
+    vertices = np.union1d(vertices, partners[vertices])
+  position = np.full(len(model.mean_shape), -1)
+  position[vertices] = np.arange(len(vertices))
+  local = [position[options] for options in candidates]
+  partner = None if partners is None else position[partners[vertices]]
   projected, labels, yaw = fit_photos(run, folder, vertices)
-  current = np.asarray([position[int(v)] for v in landmarks])
-  chosen = choose_by_fits(projected, labels, yaw, local)
+  current = position[landmarks]
+  chosen = choose_by_fits(projected, labels, yaw, local, partner)
   tables = [evaluate.yaw_table(evaluate.landmark_nme(projected[:, which], labels), yaw)
             for which in (current, chosen)]
-  gains = held_out_gains(projected, labels, yaw, local, current)
+  gains = held_out_gains(projected, labels, yaw, local, current, partner)
   return vertices[chosen], tables[0], tables[1], gains
 
 

@@ -302,6 +302,15 @@ def landmarks(model: MorphableModel, vertices):
   return jnp.take(vertices, model.landmark_indices, axis=-2)
 
 
+# Landmark k of a face is landmark LANDMARK_MIRROR[k] of its mirror image
+# (iBUG 68: the jaw, brows, nostrils, eyes and lips swap sides; the nose's
+# ridge and the midline points stay).
+LANDMARK_MIRROR = (tuple(range(16, -1, -1)) + tuple(range(26, 16, -1)) + (27, 28, 29, 30)
+                   + (35, 34, 33, 32, 31) + (45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40)
+                   + (54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55)
+                   + (64, 63, 62, 61, 60, 67, 66, 65))
+
+
 # --- Left-right mirroring -----------------------------------------------------------------
 
 MIRROR_TOLERANCE = 0.01  # of the face's size: how far a vertex's mirror partner may be
@@ -319,14 +328,25 @@ class MirrorMaps(NamedTuple):
   expression: np.ndarray  # [Ke, Ke] float32
 
 
+def mirror_partners(model: MorphableModel, count: int | None = None) -> np.ndarray | None:
+  """[N] each vertex's mirror partner in x = 0 (the nearest vertex of the
+  mirrored mean shape), or None when one has none within MIRROR_TOLERANCE
+  of the face's size; among the first `count` vertices only (e.g. the
+  surface: other parts may touch it) when given."""
+  mean = np.asarray(model.mean_shape[:count], np.float64)
+  distance, partner = scipy.spatial.cKDTree(mean).query(mean * [-1.0, 1.0, 1.0])
+  if distance.max() > MIRROR_TOLERANCE * np.ptp(mean, axis=0).max():
+    return None
+  return partner
+
+
 def mirror_maps(model: MorphableModel) -> MirrorMaps | None:
   """The model's MirrorMaps, or None when it is not left-right symmetric
   about x = 0, the plane the camera mirrors about: a vertex of the mean shape
   without a mirror partner within MIRROR_TOLERANCE of the face's size, or a
   basis whose mirror image its modes miss by more than MIRROR_BASIS_TOLERANCE."""
-  mean = np.asarray(model.mean_shape, np.float64)
-  distance, partner = scipy.spatial.cKDTree(mean).query(mean * [-1.0, 1.0, 1.0])
-  if distance.max() > MIRROR_TOLERANCE * np.ptp(mean, axis=0).max():
+  partner = mirror_partners(model)
+  if partner is None:
     return None
 
   def coefficient_map(basis):

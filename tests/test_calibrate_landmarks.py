@@ -224,3 +224,37 @@ def test_fit_photos_places_the_landmarks_where_the_evaluation_does(tmp_path):
   table = evaluate.yaw_table(evaluate.landmark_nme(projected, labels), yaw)
   expected = evaluate.evaluate_folder(config, run.path, str(tmp_path))["ground_truth_crops"]
   assert abs(table["all"] - expected["all"]) < 1e-3
+
+
+def test_choose_by_fits_keeps_a_symmetric_model_s_landmarks_in_mirror_pairs():
+  """Vertices 0/1 and 2/3 are mirror partners, 4 and 5 lie on the midline.
+  Alone, the left jaw end (landmark 0) would take vertex 2, a little nearer
+  its labels, and the nose tip (30) vertex 0, off the midline; in pairs the
+  left jaw end takes 0, whose partner 1 is where the right one's (16) labels
+  sit, and the nose tip the nearest midline vertex."""
+  points = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 1.0], [10.0, 5.0], [5.0, 0.0], [5.0, 3.0]])
+  projected = np.broadcast_to(points, (2, 6, 2))
+  labels = np.tile(np.array([[0.0, 0.0], [10.0, 5.0]]), (2, 34, 1))  # a common box
+  labels[:, 0] = [0.0, 0.8]
+  labels[:, 16] = [10.0, 0.0]
+  labels[:, 30] = [0.2, 0.1]
+  yaw = np.zeros(2)
+  candidates = [np.arange(6)] * 68
+  alone = calibrate_landmarks.choose_by_fits(projected, labels, yaw, candidates)
+  assert (alone[0], alone[16], alone[30]) == (2, 1, 0)
+  partner = np.array([1, 0, 3, 2, 4, 5])
+  paired = calibrate_landmarks.choose_by_fits(projected, labels, yaw, candidates, partner)
+  assert (paired[0], paired[16], paired[30]) == (0, 1, 4)
+  mirror = np.asarray(morphable.LANDMARK_MIRROR)
+  np.testing.assert_array_equal(partner[paired], paired[mirror])
+
+
+def test_the_shipped_landmarks_are_mirror_pairs():
+  """LANDMARK_MIRROR is an involution, and the shipped head's landmark
+  vertices (chosen in pairs) are each other's mirror partners by it."""
+  mirror = np.asarray(morphable.LANDMARK_MIRROR)
+  np.testing.assert_array_equal(mirror[mirror], np.arange(68))
+  shipped = face_models.load("ict")
+  partner = morphable.mirror_partners(shipped, morphable.surface_size(shipped)[0])
+  landmarks = np.asarray(shipped.landmark_indices)
+  np.testing.assert_array_equal(partner[landmarks], landmarks[mirror])
