@@ -48,7 +48,6 @@ import numpy as np
 
 from facerecon import camera
 from facerecon import evaluate
-from facerecon import face_models
 from facerecon import fileio
 from facerecon import inference
 from facerecon import morphable
@@ -393,8 +392,10 @@ def _main_by_fits(model: morphable.MorphableModel) -> np.ndarray:
   record = rundir.read_record(run)
   if record is None:
     raise app.UsageError(f"--run: {run.path} has no {run.config_file}")
-  if record.get("model", {}).get("fingerprint") != face_models.fingerprint(model):
-    raise app.UsageError(f"--run: {run.path} was not trained with the face model {FLAGS.model}")
+  try:
+    rundir.check_model(record, rundir.model_record(FLAGS.model, model), f"--run: {run.path}")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   old = np.asarray(model.landmark_indices)
   new, before, after, gains = calibrate_by_fits(model, run, FLAGS.labels)
   surface = np.asarray(model.mean_shape, np.float64)
@@ -414,13 +415,14 @@ def _main_by_fits(model: morphable.MorphableModel) -> np.ndarray:
 def main(argv):
   del argv
   model = morphable.load_model(FLAGS.model)
-  if FLAGS.run:
-    new = _main_by_fits(model)
-    if FLAGS.output:
-      morphable.save_model(dataclasses.replace(model, landmark_indices=new.astype(np.int32)),
-                           FLAGS.output, compact=FLAGS.compact)
-      logging.info("wrote %s", os.fspath(FLAGS.output))
-    return
+  new = _main_by_fits(model) if FLAGS.run else _main_by_labels(model)
+  if FLAGS.output:
+    calibrated = dataclasses.replace(model, landmark_indices=new.astype(np.int32))
+    morphable.save_model(calibrated, FLAGS.output, compact=FLAGS.compact)
+    logging.info("wrote %s", os.fspath(FLAGS.output))
+
+
+def _main_by_labels(model: morphable.MorphableModel) -> np.ndarray:
   points = read_points(FLAGS.labels)
   logging.info("fitting %d label sets", len(points))
   old = np.asarray(model.landmark_indices)
@@ -432,10 +434,7 @@ def main(argv):
         "labels', fitted minus labelled pitch, yaw, roll (medians) "
         + ", ".join(f"{v:+.1f}" for v in offset) + " degrees; the fitted pitch's quartiles "
         + " / ".join(f"{v:+.1f}" for v in np.percentile(fitted[:, 0], [25, 50, 75])))
-  if FLAGS.output:
-    calibrated = dataclasses.replace(model, landmark_indices=new.astype(np.int32))
-    morphable.save_model(calibrated, FLAGS.output, compact=FLAGS.compact)
-    logging.info("wrote %s", os.fspath(FLAGS.output))
+  return new
 
 
 if __name__ == "__main__":
