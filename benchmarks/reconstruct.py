@@ -14,7 +14,8 @@ astronaut in scikit-image's data, one face, 512x512; or --photo):
 - FineNet (where the run has one): its depth from the crop and the coarse
   depth, batch 1;
 - network call: facerecon.inference.Predictor on one crop (CoarseNet, dense
-  mesh, depth map, landmarks; FineNet where the run has one);
+  mesh, depth map, landmarks; FineNet where the run has one), and the same
+  with the crop alone (`--window_shift=0`: no shifted windows averaged);
 - end to end: detect + crop + network call + the mesh posed in the photo.
 Without --workdir the networks are freshly initialised (the timings do not
 depend on the weights). The goal is 3DDFA_V2's figures on this
@@ -40,8 +41,8 @@ from facerecon import morphable
 from facerecon import outputs
 from facerecon import rundir
 from facerecon.data import cropping
-from facerecon.data import preprocessing
 from facerecon.data import photos
+from facerecon.data import preprocessing
 
 config_flags.DEFINE_config_file("config", "configs/mobile.py", "The network's config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (default: random weights).")
@@ -74,6 +75,7 @@ def main(argv):
   large = np.full((3000, 4000, 3), 128, np.uint8)
   large[1000:1000 + photo.shape[0], 2000:2000 + photo.shape[1]] = photo
   predictor = inference.Predictor(config, _WORKDIR.value, batch_size=1)
+  crop_alone = inference.Predictor(config, _WORKDIR.value, batch_size=1, window_shift=0.0)
   size = predictor.size  # the crops' side: FineNet's where the run has one
   crop = cropping.crop(photo, square, size)
   model, statistics = predictor.model, predictor.statistics
@@ -111,6 +113,8 @@ def main(argv):
           fine, predictor.fine_params, one, fits.coarse_depth, fits.mask, repeats=repeats)}
          if predictor.has_fine else {}),
       "network call (per face)": timing.median_ms(predictor, one, repeats=repeats),
+      "network call, crop alone (per face)": timing.median_ms(crop_alone, one,
+                                                              repeats=repeats),
       "end to end (per photo)": timing.median_ms(end_to_end, repeats=repeats),
   }
   print(f"{config.coarse.backbone} {dict(config.coarse.backbone_kwargs)}, "

@@ -51,10 +51,12 @@ class Reconstructor:
   """Faces from image arrays with a trained run (default: the shipped one)."""
 
   def __init__(self, workdir: str | None = None, detector="blazeface", batch_size: int = 16,
-               max_faces: int = 8, mirror: bool = True):
+               max_faces: int = 8, mirror: bool = True,
+               window_shift: float = inference.WINDOW_SHIFT):
     """`detector`: a detector of `facerecon.detect`, its name, or None (each
     image is a face crop already). `mirror`: each fit averaged with its
-    mirror image's (`inference.Predictor`)."""
+    mirror image's; `window_shift`: and over four windows of its crop moved by
+    this part of its side (`inference.Predictor`)."""
     run = rundir.RunDir(workdir) if workdir else rundir.default_run()
     if run is None:
       raise FileNotFoundError(f"no trained run: pass workdir= (no ${rundir.RUN_VARIABLE}, "
@@ -62,7 +64,8 @@ class Reconstructor:
     if not (run.has_best() or run.fine.has_best()):
       raise FileNotFoundError(f"{run.path} has no trained networks")
     self.config = rundir.resolve_config(run)
-    self.predictor = inference.Predictor(self.config, run.path, batch_size, mirror=mirror)
+    self.predictor = inference.Predictor(self.config, run.path, batch_size, mirror=mirror,
+                                         window_shift=window_shift)
     self.model = self.predictor.model
     self.detector = detect_lib.from_name(detector) if isinstance(detector, str) else detector
     self.max_faces = max_faces

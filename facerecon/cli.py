@@ -51,6 +51,7 @@ from ml_collections import config_flags
 
 from facerecon import config_checks
 from facerecon import detect
+from facerecon import inference
 from facerecon import memory
 from facerecon import outputs
 from facerecon import reconstruct
@@ -98,6 +99,9 @@ _WRITE = flags.DEFINE_list(
 _MIRROR = flags.DEFINE_bool("mirror", True, "reconstruct/evaluate: average each face's fit "
                              "with the mirrored fit of its mirror image (left-right symmetric "
                              "face models).")
+_WINDOW_SHIFT = flags.DEFINE_float(
+    "window_shift", inference.WINDOW_SHIFT, "reconstruct/evaluate: also average each fit "
+    "over four windows of its crop moved by this part of its side (0: the crop alone).")
 _SMOOTH = flags.DEFINE_bool("smooth", True, "reconstruct, videos: smooth each tracked face's "
                             "parameters over time (One Euro filter, facerecon.video).")
 _REDETECT = flags.DEFINE_integer(
@@ -229,6 +233,10 @@ def _apply_trained(explicit_config) -> int:
     raise app.UsageError(f"--mode={_MODE.value} needs --input")
   if _MODE.value == "evaluate" and len(inputs) > 1:
     raise app.UsageError("--mode=evaluate takes one --input")
+  try:
+    inference.window_offsets(1, _WINDOW_SHIFT.value)
+  except ValueError as e:
+    raise app.UsageError(f"--window_shift: {e}") from None
   for given in inputs:
     if given != "synthetic" and not os.path.exists(given):
       raise app.UsageError(f"--input {given} does not exist")
@@ -256,7 +264,7 @@ def _apply_trained(explicit_config) -> int:
     from facerecon import evaluate  # pylint: disable=import-outside-toplevel
 
     table, _ = evaluate.run(config, run.path, inputs[0], detector, _BATCH.value,
-                            results_dir, _MIRROR.value)
+                            results_dir, _MIRROR.value, _WINDOW_SHIFT.value)
     print(table)
     return 0
   if not _OUTPUT.value:
@@ -271,7 +279,8 @@ def _apply_trained(explicit_config) -> int:
                                     batch_size=_BATCH.value, detector=detector,
                                     max_faces=_MAX_FACES.value, outputs=written,
                                     smoothing=_SMOOTH.value, redetect_every=_REDETECT.value,
-                                    mirror=_MIRROR.value)
+                                    mirror=_MIRROR.value,
+                                    window_shift=_WINDOW_SHIFT.value)
   sources = [f"{summary.photos_read()} of {summary.photos} photos"] if summary.photos else []
   if summary.videos:
     sources.append(f"{len(summary.videos)} videos "

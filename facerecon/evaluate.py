@@ -169,10 +169,12 @@ def read_labelled_photos(pairs, skipped: list):
 
 def evaluate_folder(config, workdir: str, folder: str, detector=None,
                     batch_size: int = 32, mirror: bool = True,
+                    window_shift: float = inference.WINDOW_SHIFT,
                     ground_truth_fill: float = cropping.GROUND_TRUTH_FILL) -> dict:
   """AFLW2000-3D-style evaluation of the run in `workdir` on `folder`;
   `detector` (a `facerecon.detect.FaceDetector` or None) adds the detector
-  crops; `mirror`: as `inference.Predictor`'s (recorded in the results);
+  crops; `mirror`, `window_shift`: as `inference.Predictor`'s (recorded in
+  the results);
   `ground_truth_fill`: the ground-truth crops' fill (`cropping`).
   Unreadable photos and malformed .mat files are reported in
   'skipped' and left out. A run with a FineNet also gets the mean shading
@@ -180,7 +182,8 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   (`_shading_residuals`): FineNet's detail should explain the photos'
   shading better."""
   pairs = mat_folders.find_pairs(folder)
-  predictor = inference.Predictor(config, workdir, batch_size, mirror=mirror)
+  predictor = inference.Predictor(config, workdir, batch_size, mirror=mirror,
+                                  window_shift=window_shift)
   size = predictor.size  # the crops' side
   # Per crop rule: NME, label yaw, predicted and labelled angles (degrees).
   results = {rule: ([], [], [], []) for rule in ("truth", "detector")}
@@ -216,6 +219,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
     raise ValueError(f"no photo in {folder} could be evaluated: "
                      + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
   out = {"photos": len(pairs), "skipped": skipped, "mirror": predictor.mirror is not None,
+         "window_shift": window_shift,
          "ground_truth_crops": yaw_table(*results["truth"][:2]),
          "ground_truth_crops_pose": pose_table(*results["truth"][2:])}
   if detector is not None:
@@ -376,7 +380,8 @@ def format_table(name: str, results: dict) -> str:
 
 def run(config, workdir: str, input_path: str, detector=None,
         batch_size: int = 32, results_dir: str | None = None,
-        mirror: bool = True) -> tuple[str, dict]:
+        mirror: bool = True, window_shift: float = inference.WINDOW_SHIFT
+        ) -> tuple[str, dict]:
   """Evaluates on `input_path` (a folder, or 'synthetic'); writes the
   results as evaluation_<name>.json in `results_dir` (default: the run) and
   returns (table text, results)."""
@@ -386,7 +391,8 @@ def run(config, workdir: str, input_path: str, detector=None,
       results["detail"] = evaluate_detail(config, workdir)
   else:
     name = os.path.basename(os.path.normpath(input_path))
-    results = evaluate_folder(config, workdir, input_path, detector, batch_size, mirror)
+    results = evaluate_folder(config, workdir, input_path, detector, batch_size, mirror,
+                              window_shift)
   out = rundir.RunDir(results_dir or workdir)
   export.write_json(out.evaluation(name), _json_safe(results))
   return format_table(name, results), results

@@ -260,6 +260,63 @@ def test_fits_averaged_with_their_mirror_images(run_dir):
   assert np.abs(plain - params).max() > 1e-3  # the mirror image changed the fit
 
 
+def test_window_offsets():
+  """The crop alone where the shift rounds to no pixel; else four windows
+  moved by the rounded shift; shifts outside [0, 0.25) refused."""
+  assert inference.window_offsets(128, 0.0) == ((0, 0),)
+  assert inference.window_offsets(10, 0.03) == ((0, 0),)
+  assert inference.window_offsets(128, 0.03) == ((0, 0), (4, 0), (-4, 0), (0, 4), (0, -4))
+  for bad in (-0.01, 0.25):
+    with pytest.raises(ValueError, match="window shift"):
+      inference.window_offsets(128, bad)
+
+
+def test_shifted_windows_show_the_crop_moved():
+  """Window pixel p shows crop pixel p + offset; beyond the crop its edge
+  pixels repeat; windows come window-major."""
+  crops = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+  offsets = ((0, 0), (2, 0), (0, -3))
+  windows = np.asarray(inference.shifted_windows(crops, offsets)).reshape(3, 2, 8, 8, 3)
+  np.testing.assert_array_equal(windows[0], crops)
+  np.testing.assert_array_equal(windows[1][:, :, :6], crops[:, :, 2:])
+  np.testing.assert_array_equal(windows[1][:, :, 6:], np.repeat(crops[:, :, 7:], 2, axis=2))
+  np.testing.assert_array_equal(windows[2][:, 3:], crops[:, :5])
+  np.testing.assert_array_equal(windows[2][:, :3], np.repeat(crops[:, :1], 3, axis=1))
+
+
+def test_window_fits_are_averaged_in_the_crop_frame(run_dir):
+  """Each window's fit, mapped into the crop's frame, puts the landmarks
+  where the window's fit puts them plus the window's offset; the average of
+  the mapped fits is the Predictor's fit, which the windows change."""
+  config = tiny.config(**CONFIG)
+  crops = np.random.default_rng(2).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+  offsets = ((0, 0), (3, 0), (0, -2))
+  predictor = inference.Predictor(config, run_dir, batch_size=2, fine=False)
+  model, size = predictor.model, config.image_size
+
+  def fit(crops, offsets):
+    return np.asarray(inference.regress_averaged(
+        predictor.coarse_net, predictor.coarse_variables, jax.numpy.asarray(crops), model,
+        predictor.statistics, predictor.start_face, size, None, offsets))
+
+  mapped = []
+  for dx, dy in offsets:
+    window = np.asarray(inference.shifted_windows(crops, ((dx, dy),)))
+    own = fit(window, ((0, 0),))
+    pose = camera.pose_after_image_similarity(own[:, :7], 1.0, np.array([dx, dy], np.float32),
+                                              size)
+    mapped.append(np.concatenate([np.asarray(pose), own[:, 7:]], axis=-1))
+    np.testing.assert_allclose(
+        np.asarray(face_render.project_landmarks(model, mapped[-1], size)),
+        np.asarray(face_render.project_landmarks(model, own, size)) + [dx, dy], atol=1e-3)
+  averaged = fit(crops, offsets)
+  np.testing.assert_allclose(averaged, np.mean(mapped, axis=0), rtol=1e-4, atol=1e-4)
+  windows = inference.Predictor(config, run_dir, batch_size=2, fine=False, window_shift=0.1)
+  assert windows.window_offsets == ((0, 0), (3, 0), (-3, 0), (0, 3), (0, -3))
+  plain = inference.Predictor(config, run_dir, batch_size=2, fine=False, window_shift=0.0)
+  assert np.abs(windows(crops).params - plain(crops).params).max() > 1e-3
+
+
 def _write_aflw_style(folder, count: int, seed: int, shape_entries: int = 199):
   """Synthetic faces saved as AFLW2000-3D saves its photos: <stem>.jpg and
   a .mat with 1-based MATLAB pixel coordinates (`shape_entries` shape

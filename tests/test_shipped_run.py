@@ -148,6 +148,9 @@ def test_the_facerecon_command_reconstructs_photos_and_folders(tmp_path):
     assert os.path.exists(tmp_path / "out" / f"{stem}_face0.obj"), stem
   result = subprocess.run([command, "evaluate"], capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and "needs --input" in result.stderr
+  result = subprocess.run([command, "evaluate", str(folder), "--window_shift=0.5"],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and "--window_shift: window shift must be in" in result.stderr
   result = subprocess.run([command, "fly"], capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and "usage: facerecon" in result.stderr
 
