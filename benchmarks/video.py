@@ -48,6 +48,8 @@ _NOISE = flags.DEFINE_float("noise", 3.0, "Sensor noise per frame (grey levels, 
 _PAN = flags.DEFINE_float("pan", 2.0, "Pan clip: pixels per frame.")
 _MIN_CUTOFF = flags.DEFINE_float("min_cutoff", video.MIN_CUTOFF, "The One Euro filter's "
                                  "cutoff for a still face, Hz (facerecon.video).")
+_WINDOW_SHIFT = flags.DEFINE_float("window_shift", inference.WINDOW_SHIFT, "As reconstruct's "
+                                    "(0: each crop's fit alone).")
 _BETA = flags.DEFINE_float("beta", video.SPEED_COEFFICIENT, "The One Euro filter's speed "
                            "coefficient (facerecon.video).")
 FPS = 25.0
@@ -101,7 +103,8 @@ def main(argv):
   config = rundir.resolve_config(run)
   # As reconstruct does: FineNet only for outputs that carry its detail.
   predictor = inference.Predictor(config, run.path, 1,
-                                  fine=outputs.needs_detail(TRACK_OUTPUTS))
+                                  fine=outputs.needs_detail(TRACK_OUTPUTS),
+                                  window_shift=_WINDOW_SHIFT.value)
   detector = detect.from_name("blazeface")
   if _PHOTOS.value:
     chosen = photos.find_photos(_PHOTOS.value)[:_MAX_PHOTOS.value]
