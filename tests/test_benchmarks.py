@@ -84,7 +84,9 @@ def _flatten(tree, prefix=""):
 @pytest.mark.slow
 def test_video_benchmark_prints_jitter_and_lag_with_and_without_smoothing():
   result = subprocess.run(
-      [sys.executable, "benchmarks/video.py", "--frames=12"], cwd=ROOT,
+      # Each crop's fit alone: averaged over shifted windows her still head
+      # barely jitters (0.33% of her face's size), leaving little to smooth.
+      [sys.executable, "benchmarks/video.py", "--frames=12", "--window_shift=0"], cwd=ROOT,
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   rows = [line.split() for line in result.stdout.splitlines()
