@@ -234,7 +234,7 @@ def _apply_trained(explicit_config) -> int:
   if _MODE.value == "evaluate" and len(inputs) > 1:
     raise app.UsageError("--mode=evaluate takes one --input")
   try:
-    inference.window_offsets(1, _WINDOW_SHIFT.value)
+    inference.check_window_shift(_WINDOW_SHIFT.value)
   except ValueError as e:
     raise app.UsageError(f"--window_shift: {e}") from None
   for given in inputs:

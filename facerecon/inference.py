@@ -76,13 +76,18 @@ def regress_mirrored(coarse_net, coarse_variables, crops, model, statistics, sta
 WINDOW_SHIFT = 0.03
 
 
+def check_window_shift(shift: float) -> None:
+  """Raises ValueError unless `shift` is a window shift: in [0, 0.25)."""
+  if not 0.0 <= shift < 0.25:
+    raise ValueError(f"window shift must be in [0, 0.25), got {shift}")
+
+
 def window_offsets(size: int, shift: float) -> tuple[tuple[int, int], ...]:
   """The (column, row) pixel offsets of the windows over a `size` x `size`
   crop that a fit is averaged over: the crop itself, and where `shift` (a
   part of the side) rounds to at least a pixel, four windows moved by it
   right, left, down and up."""
-  if not 0.0 <= shift < 0.25:
-    raise ValueError(f"window shift must be in [0, 0.25), got {shift}")
+  check_window_shift(shift)
   step = int(round(shift * size))
   if step == 0:
     return ((0, 0),)
@@ -95,8 +100,6 @@ def shifted_windows(crops, offsets):
   p + offset), window-major; beyond the crop its edge pixels repeat, as
   `cropping.crop` repeats the photo's."""
   margin = max(max(abs(dx), abs(dy)) for dx, dy in offsets)
-  if margin == 0:
-    return crops
   side = crops.shape[-2]
   padded = jnp.pad(crops, ((0, 0), (margin, margin), (margin, margin), (0, 0)), mode="edge")
   return jnp.concatenate([padded[:, margin + dy:margin + dy + side,
@@ -109,9 +112,6 @@ def regress_averaged(coarse_net, coarse_variables, crops, model, statistics, sta
   """`regress_mirrored` over each window of `offsets` (`shifted_windows`;
   one batch of all), each window's parameters mapped into the crop's frame
   (`camera.pose_after_image_similarity`) and averaged."""
-  if len(offsets) == 1 and offsets[0] == (0, 0):
-    return regress_mirrored(coarse_net, coarse_variables, crops, model, statistics,
-                            start_face, size, mirror)
   params = regress_mirrored(coarse_net, coarse_variables, shifted_windows(crops, offsets),
                             model, statistics, start_face, size, mirror)
   params = params.reshape((len(offsets), crops.shape[0], params.shape[-1]))
