@@ -239,36 +239,21 @@ def calibrate(model: morphable.MorphableModel, points: list[np.ndarray],
 
 def fit_photos(run: rundir.RunDir, folder: str, vertices: np.ndarray, batch_size: int = 32):
   """A run's fits of the photos of an AFLW2000-3D-style folder, in the
-  evaluation's ground-truth crops (`evaluate.evaluate_folder`'s, each fit
-  averaged with its mirror image's): (the image (x, y) of `vertices` in each
-  photo [F, V, 2], the labelled landmarks [F, 68, 2], the labels' yaw [F]
-  in degrees). Unreadable photos and labels are skipped with a warning."""
-  config = rundir.resolve_config(run)
-  predictor = inference.Predictor(config, run.path, batch_size)
-  size, layout = predictor.size, predictor.model.layout
-  projected, labels, yaw, skipped = [], [], [], []
-  pairs = mat_folders.find_pairs(folder)
-  for start in range(0, len(pairs), batch_size):
-    crops, squares = [], []
-    for _, label, photo in evaluate.read_labelled_photos(pairs[start:start + batch_size],
-                                                          skipped):
-      squares.append(cropping.square_from_landmarks(label.landmarks,
-                                                    cropping.GROUND_TRUTH_FILL))
-      crops.append(cropping.crop(photo, squares[-1], size))
-      labels.append(label.landmarks[:, :2])
-      yaw.append(np.degrees(label.params[1]))
-    if not crops:
-      continue
-    fits = predictor(np.stack(crops))
-    pose = params_lib.split(np.asarray(fits.params), layout).pose
-    points = np.asarray(camera.project_landmarks(np.asarray(fits.vertices),
-                                                 np.asarray(vertices), pose, size))
-    projected.extend(cropping.to_photo(p, square, size) for p, square in zip(points, squares))
-  for entry in skipped:
+  evaluation's ground-truth crops (`evaluate.fit_labelled_photos`, each fit
+  averaged as the evaluation averages it): (the image (x, y) of `vertices`
+  in each photo [F, V, 2], the labelled landmarks [F, 68, 2], the labels'
+  yaw [F] in degrees). Unreadable photos and labels are skipped with a
+  warning."""
+  predictor = inference.Predictor(rundir.resolve_config(run), run.path, batch_size)
+  fitted = evaluate.fit_labelled_photos(predictor, folder)
+  for entry in fitted.skipped:
     logging.warning("skipped %s: %s", entry["file"], entry["reason"])
-  if not labels:
-    raise ValueError(f"no photo in {folder} could be fitted")
-  return np.stack(projected), np.stack(labels), np.asarray(yaw)
+  pose = params_lib.split(fitted.fits.params, predictor.model.layout).pose
+  points = np.asarray(camera.project_landmarks(fitted.fits.vertices, np.asarray(vertices),
+                                               pose, predictor.size))
+  projected = [cropping.to_photo(p, square, predictor.size)
+               for p, square in zip(points, fitted.squares)]
+  return np.stack(projected), fitted.labels, fitted.yaw
 
 
 def _photo_weights(labels: np.ndarray, yaw: np.ndarray) -> np.ndarray:

@@ -2,9 +2,9 @@ r"""Copies what reconstruction needs of a trained run into the package.
 
     python -m data_pipeline.ship_run --workdir=runs/real [--output=facerecon/assets/run]
 
-Copies the run's config.json, statistics.npz and best/ checkpoint (and its
-FineNet stage's, if it has one), nothing else: the package then ships the
-run, and `main.py --mode=reconstruct` and `--mode=evaluate` use it without
+Copies the run's config.json, statistics.npz, best/ checkpoint (and its
+FineNet stage's, if it has one) and pose calibration (if it has one),
+nothing else: the package then ships the run, and `main.py --mode=reconstruct` and `--mode=evaluate` use it without
 --workdir (`facerecon.rundir.default_run`). A FineNet trained over another
 run's CoarseNet (`config.fine.coarse_workdir`) ships with that CoarseNet:
 its best/ and statistics are copied in, and the shipped config.json no
@@ -46,6 +46,9 @@ def ship(workdir: str, output: str) -> None:
   # The CoarseNet's normalisation is the one its weights learnt (and the one
   # a FineNet trained over it used).
   shutil.copy2(coarse.statistics, shipped.statistics)
+  # The pose calibration was made on the run as shipped (`data_pipeline.calibrate_pose`).
+  if os.path.exists(run.pose_calibration):
+    shutil.copy2(run.pose_calibration, shipped.pose_calibration)
   if coarse_workdir:
     # The shipped config says how both networks were trained: CoarseNet's
     # stage as the other run trained it.

@@ -181,6 +181,18 @@ def pose_after_image_similarity(pose, scale, offset, height: int,
 
 
 
+def pose_with_angles(pose, angles, centre):
+  """The pose [..., 7] with `angles` [..., 3] instead of its own that keeps
+  the model-space point `centre` [..., 3] where `pose` put it (image x, y
+  and depth): the face turned about that point (scaled orthographic, so
+  t3d' = t3d + f R c - f R' c)."""
+  scale = pose[..., params_lib.SCALE][..., None]
+  moved = scale * (rotate(rotation_matrix(pose[..., params_lib.ANGLES]), centre[..., None, :])
+                   - rotate(rotation_matrix(angles), centre[..., None, :]))[..., 0, :]
+  return params_lib.make_pose(angles, pose[..., params_lib.TRANSLATION] + moved,
+                              pose[..., params_lib.SCALE])
+
+
 def params_after_resize(params, size: int, new_size: int):
   """Parameter vectors [..., P] (pose first) that render the same faces in
   a square image of `size` resized to `new_size` (pixel centres at integer

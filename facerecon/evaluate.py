@@ -43,6 +43,7 @@ The table is printed and written as `<workdir>/evaluation_<name>.json`.
 """
 
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -167,6 +168,42 @@ def read_labelled_photos(pairs, skipped: list):
     yield image_path, labels, photo
 
 
+class LabelledFits(NamedTuple):
+  """A predictor's fits of labelled photos in their ground-truth crops."""
+  fits: inference.FaceFits   # [F] in the crops' frame
+  squares: list              # [F] the crop squares (`cropping.square_from_landmarks`)
+  labels: np.ndarray         # [F, 68, 2] the labelled landmarks in the photos
+  angles: np.ndarray         # [F, 3] the labels' (pitch, yaw, roll), degrees
+  skipped: list              # {'file', 'reason'} of the photos left out
+
+  @property
+  def yaw(self) -> np.ndarray:
+    return self.angles[:, 1]
+
+
+def fit_labelled_photos(predictor: inference.Predictor, folder: str,
+                        ground_truth_fill: float = cropping.GROUND_TRUTH_FILL) -> LabelledFits:
+  """The predictor's fits of the photos of an AFLW2000-3D-style folder in the
+  evaluation's ground-truth crops (for commands that calibrate a run on
+  them). Unreadable photos and malformed .mat files are in 'skipped'."""
+  pairs = mat_folders.find_pairs(folder)
+  parts, squares, labels, angles, skipped = [], [], [], [], []
+  for start in range(0, len(pairs), CHUNK):
+    crops = []
+    for _, label, photo in read_labelled_photos(pairs[start:start + CHUNK], skipped):
+      squares.append(cropping.square_from_landmarks(label.landmarks, ground_truth_fill))
+      crops.append(cropping.crop(photo, squares[-1], predictor.size))
+      labels.append(label.landmarks[:, :2])
+      angles.append(np.degrees(label.params[:3]))
+    if crops:
+      parts.append(predictor(np.stack(crops)))
+  if not parts:
+    raise ValueError(f"no photo in {folder} could be fitted: "
+                     + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
+  fits = inference.FaceFits(*(np.concatenate(field) for field in zip(*parts)))
+  return LabelledFits(fits, squares, np.stack(labels), np.stack(angles), skipped)
+
+
 def evaluate_folder(config, workdir: str, folder: str, detector=None,
                     batch_size: int = 32, mirror: bool = True,
                     window_shift: float = inference.WINDOW_SHIFT,
@@ -220,6 +257,9 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
                      + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
   out = {"photos": len(pairs), "skipped": skipped, "mirror": predictor.mirror is not None,
          "window_shift": window_shift,
+         "sharpen": predictor.sharpen,
+         "pose_calibration": (None if predictor.calibration is None
+                              else predictor.calibration._asdict()),
          "ground_truth_crops": yaw_table(*results["truth"][:2]),
          "ground_truth_crops_pose": pose_table(*results["truth"][2:])}
   if detector is not None:

@@ -50,9 +50,9 @@ def image_landmarks(model: morphable.MorphableModel, image_vertices):
 def project_landmarks(model: morphable.MorphableModel, params, height: int):
   """Image (x, y) [..., 68, 2] of the landmarks of parameter vectors [..., P]
   (only the 68 landmark vertices are posed)."""
-  face = params_lib.split(params, model.layout)
-  vertices = morphable.vertices(model, face.shape, face.expression)
-  return camera.project_landmarks(vertices, model.landmark_indices, face.pose, height)
+  pose = params_lib.split(params, model.layout).pose
+  return camera.project_scaled_orthographic(morphable.landmarks_from_params(model, params),
+                                            pose, height)[..., :2]
 
 
 def render_face(model: morphable.MorphableModel, params, texture, height: int, width: int,

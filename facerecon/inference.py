@@ -40,12 +40,13 @@ class FaceFits(NamedTuple):
   mask: np.ndarray          # [n, S, S] bool, the rendered face
 
 
-def regress(coarse_net, coarse_variables, crops, model, statistics, start_face, size: int):
+def regress(coarse_net, coarse_variables, crops, model, statistics, start_face, size: int,
+            sharpen: float = 0.0):
   """Raw parameters [n, P] of CoarseNet's last iteration, in the frame of
   the uint8 crops [n, S, S, 3], which CoarseNet sees shrunk to `size` (its
-  config.image_size). `start_face`: CoarseNet's first input render
-  (`coarse_net.render_start`)."""
-  images = preprocessing.network_images(crops, statistics, size=size)
+  config.image_size) and sharpened by `sharpen` (`SHARPEN`). `start_face`:
+  CoarseNet's first input render (`coarse_net.render_start`)."""
+  images = preprocessing.network_images(crops, statistics, size=size, sharpen=sharpen)
   estimates = coarse_net.apply(coarse_variables, images, model, statistics, train=False,
                                start_face=start_face)
   return camera.params_after_resize(normalization.denormalize_params(estimates[-1], statistics),
@@ -53,15 +54,16 @@ def regress(coarse_net, coarse_variables, crops, model, statistics, start_face, 
 
 
 def regress_mirrored(coarse_net, coarse_variables, crops, model, statistics, start_face,
-                     size: int, mirror: morphable.MirrorMaps | None):
+                     size: int, mirror: morphable.MirrorMaps | None, sharpen: float = 0.0):
   """`regress`, averaged with the mirrored parameters of the crops' mirror
   images (`morphable.mirror_params`; one batch of both) when `mirror` is
   given: a network's left-right bias cancels (on the AFLW2000-3D dev photos
   the shipped model's NME drops from 10.35 to 9.90)."""
   if mirror is None:
-    return regress(coarse_net, coarse_variables, crops, model, statistics, start_face, size)
+    return regress(coarse_net, coarse_variables, crops, model, statistics, start_face, size,
+                   sharpen)
   both = regress(coarse_net, coarse_variables, jnp.concatenate([crops, crops[:, :, ::-1]]),
-                 model, statistics, start_face, size)
+                 model, statistics, start_face, size, sharpen)
   count = crops.shape[0]
   mirrored = morphable.mirror_params(both[count:], model.layout, mirror, crops.shape[-2])
   return 0.5 * (both[:count] + mirrored)
@@ -74,6 +76,14 @@ def regress_mirrored(coarse_net, coarse_variables, crops, model, statistics, sta
 # windows takes its AFLW2000-3D dev NME (mean of the yaw bins) from 8.26 to
 # 8.16 at 0.03; 8.19 at 0.02, 8.29 at 0.045 (docs/reconstruction.md).
 WINDOW_SHIFT = 0.03
+
+
+# CoarseNet's input is sharpened by this amount (`preprocessing.unsharp_mask`,
+# a Gaussian of 1 pixel at its input size) when it fits photos. It reads
+# sharper photos better: on the AFLW2000-3D dev photos the shipped model's
+# mean NME is 7.94 unsharpened, 7.81 at 1, 7.85 at 1.5 and 7.94 at 2 (its
+# pose calibration made unsharpened; docs/reconstruction.md).
+SHARPEN = 1.0
 
 
 def check_window_shift(shift: float) -> None:
@@ -108,12 +118,12 @@ def shifted_windows(crops, offsets):
 
 def regress_averaged(coarse_net, coarse_variables, crops, model, statistics, start_face,
                      size: int, mirror: morphable.MirrorMaps | None,
-                     offsets=((0, 0),)):
+                     offsets=((0, 0),), sharpen: float = 0.0):
   """`regress_mirrored` over each window of `offsets` (`shifted_windows`;
   one batch of all), each window's parameters mapped into the crop's frame
   (`camera.pose_after_image_similarity`) and averaged."""
   params = regress_mirrored(coarse_net, coarse_variables, shifted_windows(crops, offsets),
-                            model, statistics, start_face, size, mirror)
+                            model, statistics, start_face, size, mirror, sharpen)
   params = params.reshape((len(offsets), crops.shape[0], params.shape[-1]))
   pose = camera.pose_after_image_similarity(
       params[..., :params_lib.NUM_POSE], 1.0,
@@ -121,12 +131,52 @@ def regress_averaged(coarse_net, coarse_variables, crops, model, statistics, sta
   return jnp.concatenate([pose, params[..., params_lib.NUM_POSE:]], axis=-1).mean(axis=0)
 
 
+class PoseCalibration(NamedTuple):
+  """A run's correction of its fits' pitch on real photos, made on labelled
+  photos after training (`python -m data_pipeline.calibrate_pose`; kept in
+  the run's pose_calibration.json): `pitch` degrees added to a frontal fit's
+  pitch, tapering linearly to none at `yaw_taper` degrees of |yaw|. On the
+  AFLW2000-3D dev photos the shipped CoarseNet reads frontal faces' pitch
+  about 6 degrees too high (its pitch error's mean) and turned faces' less
+  (docs/reconstruction.md)."""
+  pitch: float
+  yaw_taper: float
+
+  @classmethod
+  def from_record(cls, record: dict, where: str) -> "PoseCalibration":
+    """From pose_calibration.json's contents (`where` names the file in errors)."""
+    values = {}
+    for name, low, high in (("pitch", -45.0, 45.0), ("yaw_taper", 1.0, 90.0)):
+      value = record.get(name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+          low <= value <= high):
+        raise ValueError(f"{where}: field '{name}' must be a number in [{low}, {high}], "
+                         f"got {value!r}")
+      values[name] = float(value)
+    return cls(**values)
+
+
+def calibrated_params(params, model, calibration: PoseCalibration):
+  """Parameter vectors [..., P] with `calibration`'s pitch added (weighted by
+  the fit's own |yaw|), each face turned about its landmarks' centroid so
+  that it stays where it was in the crop."""
+  params = jnp.asarray(params)
+  pose = params[..., :params_lib.NUM_POSE]
+  yaw = jnp.degrees(jnp.abs(pose[..., 1]))
+  weight = jnp.clip(1.0 - yaw / calibration.yaw_taper, 0.0, 1.0)
+  angles = pose[..., params_lib.ANGLES].at[..., 0].add(jnp.radians(calibration.pitch) * weight)
+  centre = morphable.landmarks_from_params(model, params).mean(-2)
+  pose = camera.pose_with_angles(pose, angles, centre)
+  return jnp.concatenate([pose, params[..., params_lib.NUM_POSE:]], axis=-1)
+
+
 def crop_size(config, has_fine: bool) -> int:
   """The side of the crops a run's networks take: FineNet's where it has one."""
   return preprocessing.fine_image_size(config) if has_fine else config.image_size
 
 
-def _predict_fn(coarse_net, fine_net, config, mesh, offsets):
+def _predict_fn(coarse_net, fine_net, config, mesh, offsets,
+                calibration: PoseCalibration | None, sharpen: float):
   size = crop_size(config, fine_net is not None)
 
   def render_fit(params, model, render_model):
@@ -142,7 +192,9 @@ def _predict_fn(coarse_net, fine_net, config, mesh, offsets):
   def predict(coarse_variables, fine_params, crops, model, statistics, start_face,
               render_model, mirror):
     params = regress_averaged(coarse_net, coarse_variables, crops, model, statistics,
-                              start_face, config.image_size, mirror, offsets)
+                              start_face, config.image_size, mirror, offsets, sharpen)
+    if calibration is not None:
+      params = calibrated_params(params, model, calibration)
     vertices, depth, mask, landmarks = render_fit(params, model, render_model)
     fine = depth if fine_net is None else fine_lib.split_outputs(fine_net.apply(
         {"params": fine_params}, preprocessing.network_images(crops, statistics), depth,
@@ -156,14 +208,18 @@ class Predictor:
   """The trained networks of a run directory, ready to apply to crops."""
 
   def __init__(self, config, workdir: str | None, batch_size: int = 16, fine: bool = True,
-               mirror: bool = True, window_shift: float = WINDOW_SHIFT):
+               mirror: bool = True, window_shift: float = WINDOW_SHIFT,
+               calibrate: bool = True, sharpen: float = SHARPEN):
     """`workdir` None: CoarseNet freshly initialised, no FineNet (for
     timings). `fine` False: the run's FineNet is left out (CoarseNet's crops
     and depth; for outputs its detail does not change). `mirror`: each fit
     averaged with its mirror image's (`regress_mirrored`) where the model is
     left-right symmetric (`self.mirror` None where not, or not asked).
     `window_shift`: each fit also averaged over four windows of the crop
-    moved by this part of its side (`regress_averaged`; 0: the crop alone)."""
+    moved by this part of its side (`regress_averaged`; 0: the crop alone).
+    `calibrate`: the run's pose calibration applied where it has one
+    (`PoseCalibration`; `self.calibration` None where not, or not asked).
+    `sharpen`: how much CoarseNet's input is sharpened (`SHARPEN`; 0: not)."""
     self.mesh = parallel.make_mesh()
     self.batch_size = self._whole_devices(batch_size)
     trained = (networks.fresh(config, self.mesh) if workdir is None
@@ -175,6 +231,15 @@ class Predictor:
     self.has_fine = trained.fine_net is not None
     self.size = crop_size(config, self.has_fine)  # the crops' side
     self.window_offsets = window_offsets(self.size, window_shift)
+    if not 0.0 <= sharpen <= 5.0:
+      raise ValueError(f"sharpen must be in [0, 5], got {sharpen}")
+    self.sharpen = float(sharpen)
+    self.calibration = None
+    if calibrate and workdir is not None:
+      run = rundir.RunDir(workdir)
+      record = rundir.read_pose_calibration(run)
+      if record is not None:
+        self.calibration = PoseCalibration.from_record(record, run.pose_calibration)
     replicated = parallel.replicated(self.mesh)
     self._arguments = jax.device_put((trained.coarse_variables, trained.fine_params), replicated)
     self.coarse_variables, self.fine_params = self._arguments
@@ -191,7 +256,7 @@ class Predictor:
                                     self.mirror), replicated)
     self.start_face = self._context[2]
     self._predict = _predict_fn(trained.coarse_net, trained.fine_net, config, self.mesh,
-                                self.window_offsets)
+                                self.window_offsets, self.calibration, self.sharpen)
 
   def _whole_devices(self, batch_size: int) -> int:
     """`batch_size` rounded up to a multiple of the devices (at least one each)."""

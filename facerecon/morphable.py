@@ -302,6 +302,16 @@ def landmarks(model: MorphableModel, vertices):
   return jnp.take(vertices, model.landmark_indices, axis=-2)
 
 
+def landmarks_from_params(model: MorphableModel, params):
+  """The 68 landmark vertices of parameter vectors [..., P] -> [..., 68, 3]
+  (only their rows of the bases are used)."""
+  face = params_lib.split(params, model.layout)
+  rows = model.landmark_indices
+  return (jnp.take(model.mean_shape, rows, axis=0)
+          + apply_basis(face.shape, jnp.take(model.shape_basis, rows, axis=1))
+          + apply_basis(face.expression, jnp.take(model.expression_basis, rows, axis=1)))
+
+
 # Landmark k of a face is landmark LANDMARK_MIRROR[k] of its mirror image
 # (iBUG 68: the jaw, brows, nostrils, eyes and lips swap sides; the nose's
 # ridge and the midline points stay).

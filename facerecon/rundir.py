@@ -9,6 +9,8 @@
       tensorboard/        event files
       reconstructions.png the latest evaluation's picture
       evaluation_<name>.json   --mode=evaluate's results
+      pose_calibration.json    a correction of the fits' pitch on real photos
+                          (`python -m data_pipeline.calibrate_pose`), if made
       fine/               FineNet's stage, laid out the same way (its picture
                           is fine_reconstructions.png)
 
@@ -39,6 +41,7 @@ from facerecon.data import sources
 
 CONFIG_FILE = "config.json"
 STATISTICS_FILE = "statistics.npz"
+POSE_CALIBRATION_FILE = "pose_calibration.json"
 CONFIG_FORMAT = 1
 
 # The fields that define what the trained networks are and what they see:
@@ -80,6 +83,10 @@ class RunDir:
   @property
   def statistics(self) -> str:
     return self.join(STATISTICS_FILE)
+
+  @property
+  def pose_calibration(self) -> str:
+    return self.join(POSE_CALIBRATION_FILE)
 
   @property
   def checkpoints(self) -> str:
@@ -170,6 +177,21 @@ def read_record(run: RunDir) -> dict | None:
       raise ValueError(f"format {record.get('format')}, expected {CONFIG_FORMAT}")
   except ValueError as e:  # JSONDecodeError is a ValueError
     raise ValueError(f"{run.config_file} is not a facerecon run config: {e}") from None
+  return record
+
+
+def read_pose_calibration(run: RunDir) -> dict | None:
+  """pose_calibration.json's contents, or None when the run has none."""
+  try:
+    data = fileio.read_bytes(run.pose_calibration)
+  except FileNotFoundError:
+    return None
+  try:
+    record = json.loads(data)
+  except ValueError as e:
+    raise ValueError(f"{run.pose_calibration} is not JSON: {e}") from None
+  if not isinstance(record, dict):
+    raise ValueError(f"{run.pose_calibration}: expected a JSON object, got {record!r}")
   return record
 
 

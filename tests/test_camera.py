@@ -202,3 +202,24 @@ def test_params_after_resize_maps_pixel_centres():
                              rtol=1e-5, atol=1e-3)
   np.testing.assert_array_equal(np.asarray(resized[0, 7:]), np.arange(4.0))
   assert camera.params_after_resize(params, 32, 32) is params
+
+
+def test_pose_with_angles_turns_the_face_about_a_point():
+  """The new angles replace the old, the scale stays, the point keeps its
+  image position and depth, and every other point turns about it."""
+  rng = np.random.default_rng(7)
+  vertices = jnp.asarray(rng.normal(size=(20, 3)) * 30, jnp.float32)
+  pose = jnp.array([[0.2, -0.4, 0.1, 60.0, 70.0, 3.0, 0.9], [-0.3, 1.1, 0.0, 5.0, 9.0, 1.0, 2.0]])
+  centre = jnp.asarray(rng.normal(size=(2, 3)) * 20, jnp.float32)
+  angles = pose[:, :3] + jnp.array([[0.15, 0.0, 0.0], [-0.1, 0.2, 0.05]])
+  turned = camera.pose_with_angles(pose, angles, centre)
+  np.testing.assert_allclose(np.asarray(turned[:, :3]), np.asarray(angles), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(turned[:, 6]), np.asarray(pose[:, 6]))
+  for k in range(2):
+    before = camera.transform_scaled_orthographic(centre[k][None], pose[k])
+    after = camera.transform_scaled_orthographic(centre[k][None], turned[k])
+    np.testing.assert_allclose(np.asarray(after), np.asarray(before), atol=1e-3)
+    moved = camera.transform_scaled_orthographic(vertices, turned[k])
+    expected = after + pose[k, 6] * camera.rotate(camera.rotation_matrix(angles[k]),
+                                                  vertices - centre[k])
+    np.testing.assert_allclose(np.asarray(moved), np.asarray(expected), atol=1e-3)

@@ -2,6 +2,7 @@
 
 import os
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -188,7 +189,6 @@ def test_photos_of_another_size_are_cropped_from_their_landmarks(dataset):
   """300W-LP's photos are 450x450: with image_size the pipeline crops them
   by the landmark rule (facerecon.data.cropping), and the label follows: the new
   landmarks are the new parameters' projected landmarks, inside the crop."""
-  import cv2
 
   source = _source(dataset, features=("image", "params", "landmarks", "mask"))
   model = face_models.load(MODEL)
@@ -247,3 +247,24 @@ def test_dataset_statistics_of_a_tfds_train_split(dataset, tmp_path):
   assert got.mean_image.shape == want.mean_image.shape == (SIZE, SIZE, 3)
   difference = np.abs(np.asarray(got.mean_image) - np.asarray(want.mean_image))
   assert difference.mean() < 1 / 255 and difference.max() < 8 / 255  # (JPEG's losses)
+
+
+def test_unsharp_mask_matches_opencv_and_keeps_flat_images():
+  """The unsharp mask against OpenCV's Gaussian (7 taps at sigma 1, edge
+  pixels repeated); a flat image and amount 0 are left as they are; edges
+  get steeper."""
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0.0, 1.0, (2, 12, 10, 3)).astype(np.float32)
+  sharpened = np.asarray(jax.jit(preprocessing.unsharp_mask, static_argnums=(1, 2))(
+      images, 1.5, 1.0))
+  for image, got in zip(images, sharpened):
+    blurred = cv2.GaussianBlur(image, (7, 7), 1.0, borderType=cv2.BORDER_REPLICATE)
+    np.testing.assert_allclose(got, image + 1.5 * (image - blurred), atol=1e-5)
+  flat = np.full((1, 8, 8, 3), 0.4, np.float32)
+  np.testing.assert_allclose(np.asarray(preprocessing.unsharp_mask(flat, 2.0)), flat, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(preprocessing.unsharp_mask(images, 0.0)), images,
+                             atol=1e-6)
+  step = np.zeros((1, 8, 8, 1), np.float32)
+  step[:, :, 4:] = 1.0
+  edge = np.asarray(preprocessing.unsharp_mask(step, 1.0))[0, 0, :, 0]
+  assert edge[4] - edge[3] > 1.0 and edge[3] < 0.0 and edge[4] > 1.0

@@ -169,6 +169,17 @@ def test_vertices_jit_vmap_and_batches(small_model):
   np.testing.assert_allclose(np.asarray(mapped), single, rtol=1e-5, atol=1e-1)
 
 
+def test_landmarks_from_params_are_the_landmark_vertices(small_model):
+  m = small_model
+  rng = np.random.default_rng(1)
+  params = np.concatenate([rng.normal(size=(3, 7)), rng.normal(size=(3, 12)) * m.shape_std,
+                           rng.normal(size=(3, 6))], axis=1).astype(np.float32)
+  got = jax.jit(morphable.landmarks_from_params)(m, params)
+  want = morphable.landmarks(m, morphable.vertices_from_params(m, params))
+  assert got.shape == (3, 68, 3)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-2)
+
+
 def test_vertex_colours(small_model):
   m = small_model
   texture = np.zeros(10, np.float32)

@@ -260,6 +260,76 @@ def test_fits_averaged_with_their_mirror_images(run_dir):
   assert np.abs(plain - params).max() > 1e-3  # the mirror image changed the fit
 
 
+def test_a_runs_pose_calibration_turns_its_fits(run_dir, tmp_path):
+  """A run's pose_calibration.json: its pitch added to each fit, weighted by
+  the fit's |yaw| (none beyond the taper), the face turned about its
+  landmarks' centroid (they stay where they were); `calibrate=False` leaves
+  it out; the evaluation records it, ship_run ships it, and a broken file
+  is refused naming the file and the field."""
+  config = tiny.config(**CONFIG)
+  crops = np.random.default_rng(3).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+  plain = inference.Predictor(config, run_dir, batch_size=4)(crops)
+  calibrated_run = tmp_path / "calibrated"
+  shutil.copytree(run_dir, calibrated_run)
+  calibration = rundir.RunDir(str(calibrated_run)).pose_calibration
+  with open(calibration, "w") as f:
+    json.dump({"pitch": -10.0, "yaw_taper": 60.0}, f)
+  predictor = inference.Predictor(config, str(calibrated_run), batch_size=4)
+  assert predictor.calibration == inference.PoseCalibration(-10.0, 60.0)
+  fits = predictor(crops)
+  weight = np.clip(1 - np.degrees(np.abs(plain.params[:, 1])) / 60.0, 0.0, 1.0)
+  assert weight.max() > 0.5
+  np.testing.assert_allclose(fits.params[:, 0] - plain.params[:, 0],
+                             np.radians(-10.0) * weight, atol=1e-5)
+  np.testing.assert_allclose(fits.params[:, 1:3], plain.params[:, 1:3], atol=1e-6)
+  np.testing.assert_allclose(fits.params[:, 7:], plain.params[:, 7:], atol=1e-6)
+  np.testing.assert_allclose(fits.landmarks.mean(1), plain.landmarks.mean(1), atol=1e-3)
+  assert np.abs(fits.landmarks - plain.landmarks).max() > 0.05  # the face turned
+  unturned = inference.Predictor(config, str(calibrated_run), batch_size=4, calibrate=False)
+  np.testing.assert_allclose(unturned(crops).params, plain.params, atol=1e-6)
+
+  folder = tmp_path / "AFLW2000"
+  folder.mkdir()
+  _write_aflw_style(str(folder), 2, seed=3)
+  results = evaluate.evaluate_folder(config, str(calibrated_run), str(folder))
+  assert results["pose_calibration"] == {"pitch": -10.0, "yaw_taper": 60.0}
+  assert evaluate.evaluate_folder(config, run_dir, str(folder))["pose_calibration"] is None
+  ship_run.ship(str(calibrated_run), str(tmp_path / "shipped"))
+  assert os.path.exists(tmp_path / "shipped" / rundir.POSE_CALIBRATION_FILE)
+
+  for contents, message in (("{", "is not JSON"),
+                            ('{"pitch": "-10", "yaw_taper": 60}', "field 'pitch'"),
+                            ('{"pitch": -10}', "field 'yaw_taper'"),
+                            ('{"pitch": -10, "yaw_taper": 0}', "field 'yaw_taper'"),
+                            ("[1, 2]", "expected a JSON object")):
+    with open(calibration, "w") as f:
+      f.write(contents)
+    with pytest.raises(ValueError, match=message) as error:
+      inference.Predictor(config, str(calibrated_run))
+    assert calibration in str(error.value)
+
+
+def test_coarsenets_input_is_sharpened_as_asked(run_dir):
+  """`sharpen` 0 leaves CoarseNet's input as it was; the default sharpens it
+  (`preprocessing.unsharp_mask` inside `network_images`), which changes the
+  fits; a sharpening out of range is refused."""
+  config = tiny.config(**CONFIG)
+  crops = np.random.default_rng(4).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+  plain = inference.Predictor(config, run_dir, batch_size=2, window_shift=0.0, sharpen=0.0)
+  sharp = inference.Predictor(config, run_dir, batch_size=2, window_shift=0.0)
+  assert sharp.sharpen == inference.SHARPEN > 0
+  fit = jax.jit(lambda crops, sharpen: inference.regress(
+      plain.coarse_net, plain.coarse_variables, crops, plain.model, plain.statistics,
+      plain.start_face, config.image_size, sharpen), static_argnums=1)
+  np.testing.assert_allclose(plain(crops).params, np.asarray(fit(crops, 0.0)),
+                             rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(sharp(crops).params, np.asarray(fit(crops, inference.SHARPEN)),
+                             rtol=1e-5, atol=1e-4)
+  assert np.abs(sharp(crops).params - plain(crops).params).max() > 1e-3
+  with pytest.raises(ValueError, match="sharpen must be in"):
+    inference.Predictor(config, run_dir, sharpen=-1.0)
+
+
 def test_window_offsets():
   """The crop alone where the shift rounds to no pixel; else four windows
   moved by the rounded shift; shifts outside [0, 0.25) refused."""
@@ -456,7 +526,7 @@ def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
 
   class Oracle:
     model = face_models.load("embedded:25")
-    size, has_fine, mirror = tiny.config().image_size, False, None
+    size, has_fine, mirror, calibration = tiny.config().image_size, False, None, None
 
     def __init__(self, *args, **options):
       pass

@@ -48,7 +48,7 @@ def test_the_shipped_run_is_complete_and_small(shipped):
   config, path = shipped
   assert config.model == "ict" and config.coarse.backbone == "mobilenet_v1"
   for name in ("config.json", "statistics.npz", os.path.join("best", "best.json"),
-               os.path.join("fine", "best", "best.json")):
+               os.path.join("fine", "best", "best.json"), rundir.POSE_CALIBRATION_FILE):
     assert os.path.exists(os.path.join(path, name)), name
   total = sum(os.path.getsize(os.path.join(folder, name))
               for folder, _, names in os.walk(face_models.ASSETS) for name in names)
