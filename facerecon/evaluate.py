@@ -207,11 +207,12 @@ def fit_labelled_photos(predictor: inference.Predictor, folder: str,
 def evaluate_folder(config, workdir: str, folder: str, detector=None,
                     batch_size: int = 32, mirror: bool = True,
                     window_shift: float = inference.WINDOW_SHIFT,
-                    ground_truth_fill: float = cropping.GROUND_TRUTH_FILL) -> dict:
+                    ground_truth_fill: float = cropping.GROUND_TRUTH_FILL,
+                    sharpen: float = inference.SHARPEN) -> dict:
   """AFLW2000-3D-style evaluation of the run in `workdir` on `folder`;
   `detector` (a `facerecon.detect.FaceDetector` or None) adds the detector
-  crops; `mirror`, `window_shift`: as `inference.Predictor`'s (recorded in
-  the results);
+  crops; `mirror`, `window_shift`, `sharpen`: as `inference.Predictor`'s
+  (recorded in the results);
   `ground_truth_fill`: the ground-truth crops' fill (`cropping`).
   Unreadable photos and malformed .mat files are reported in
   'skipped' and left out. A run with a FineNet also gets the mean shading
@@ -220,7 +221,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   shading better."""
   pairs = mat_folders.find_pairs(folder)
   predictor = inference.Predictor(config, workdir, batch_size, mirror=mirror,
-                                  window_shift=window_shift)
+                                  window_shift=window_shift, sharpen=sharpen)
   size = predictor.size  # the crops' side
   # Per crop rule: NME, label yaw, predicted and labelled angles (degrees).
   results = {rule: ([], [], [], []) for rule in ("truth", "detector")}
