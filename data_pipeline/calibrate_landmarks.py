@@ -304,18 +304,14 @@ def held_out_gains(projected: np.ndarray, labels: np.ndarray, yaw: np.ndarray,
   """[2 * splits] the NME mean over yaw bins (%) of one random half of the
   photos with the `current` landmarks minus with those chosen on the other
   half (`choose_by_fits`), each split both ways."""
-  rng = np.random.default_rng(seed)
   gains = []
-  for _ in range(splits):
-    order = rng.permutation(len(labels))
-    halves = order[:len(order) // 2], order[len(order) // 2:]
-    for chosen_on, measured_on in (halves, halves[::-1]):
-      chosen = choose_by_fits(projected[chosen_on], labels[chosen_on], yaw[chosen_on],
-                              candidates, partner)
-      table = [evaluate.yaw_table(evaluate.landmark_nme(projected[np.ix_(measured_on, which)],
-                                                        labels[measured_on]),
-                                  yaw[measured_on])["mean"] for which in (current, chosen)]
-      gains.append(table[0] - table[1])
+  for chosen_on, measured_on in evaluate.random_halves(len(labels), splits, seed):
+    chosen = choose_by_fits(projected[chosen_on], labels[chosen_on], yaw[chosen_on],
+                            candidates, partner)
+    table = [evaluate.yaw_table(evaluate.landmark_nme(projected[np.ix_(measured_on, which)],
+                                                      labels[measured_on]),
+                                yaw[measured_on])["mean"] for which in (current, chosen)]
+    gains.append(table[0] - table[1])
   return np.asarray(gains)
 
 

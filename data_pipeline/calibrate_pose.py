@@ -66,17 +66,13 @@ def held_out_gains(landmarks: np.ndarray, labels: np.ndarray, yaw: np.ndarray,
   """[2 * splits] the NME mean over yaw bins (%) of one random half of the
   photos uncalibrated (candidate `uncalibrated`) minus under the
   calibration chosen on the other half, each split both ways."""
-  rng = np.random.default_rng(seed)
   gains = []
-  for _ in range(splits):
-    order = rng.permutation(len(labels))
-    halves = order[:len(order) // 2], order[len(order) // 2:]
-    for chosen_on, measured_on in (halves, halves[::-1]):
-      best = choose(landmarks[:, chosen_on], labels[chosen_on], yaw[chosen_on])
-      gains.append(_nme_mean(landmarks[uncalibrated, measured_on], labels[measured_on],
-                             yaw[measured_on])
-                   - _nme_mean(landmarks[best, measured_on], labels[measured_on],
-                               yaw[measured_on]))
+  for chosen_on, measured_on in evaluate.random_halves(len(labels), splits, seed):
+    best = choose(landmarks[:, chosen_on], labels[chosen_on], yaw[chosen_on])
+    gains.append(_nme_mean(landmarks[uncalibrated, measured_on], labels[measured_on],
+                           yaw[measured_on])
+                 - _nme_mean(landmarks[best, measured_on], labels[measured_on],
+                             yaw[measured_on]))
   return np.asarray(gains)
 
 

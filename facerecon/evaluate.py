@@ -114,6 +114,18 @@ def yaw_table(nme, yaw_degrees) -> dict:
   return table
 
 
+def random_halves(count: int, splits: int, seed: int = 0):
+  """(chosen on, measured on): index arrays of two random halves of `count`
+  photos, `splits` random splits each used both ways (for held-out checks
+  of a choice made on labelled photos)."""
+  rng = np.random.default_rng(seed)
+  for _ in range(splits):
+    order = rng.permutation(count)
+    halves = order[:count // 2], order[count // 2:]
+    yield halves
+    yield halves[::-1]
+
+
 def pose_table(predicted, truth) -> dict:
   """Head-pose errors (degrees) of predicted against labelled (pitch, yaw,
   roll) [N, 3], the protocol of the head-pose literature on AFLW2000-3D:

@@ -165,34 +165,33 @@ def model_record(source: str, model: morphable.MorphableModel) -> dict:
           "num_expression": layout.num_expression}
 
 
-def read_record(run: RunDir) -> dict | None:
-  """config.json's contents ({'config', 'model'}), or None when there is none."""
+def _read_json_object(path: str) -> dict | None:
+  """A JSON object file's contents; None when there is no such file."""
   try:
-    data = fileio.read_bytes(run.config_file)
+    data = fileio.read_bytes(path)
   except FileNotFoundError:
     return None
   try:
     record = json.loads(data)
-    if record.get("format") != CONFIG_FORMAT or "config" not in record:
-      raise ValueError(f"format {record.get('format')}, expected {CONFIG_FORMAT}")
   except ValueError as e:  # JSONDecodeError is a ValueError
-    raise ValueError(f"{run.config_file} is not a facerecon run config: {e}") from None
+    raise ValueError(f"{path} is not JSON: {e}") from None
+  if not isinstance(record, dict):
+    raise ValueError(f"{path}: expected a JSON object, got {record!r}")
+  return record
+
+
+def read_record(run: RunDir) -> dict | None:
+  """config.json's contents ({'config', 'model'}), or None when there is none."""
+  record = _read_json_object(run.config_file)
+  if record is not None and (record.get("format") != CONFIG_FORMAT or "config" not in record):
+    raise ValueError(f"{run.config_file} is not a facerecon run config: format "
+                     f"{record.get('format')}, expected {CONFIG_FORMAT}")
   return record
 
 
 def read_pose_calibration(run: RunDir) -> dict | None:
   """pose_calibration.json's contents, or None when the run has none."""
-  try:
-    data = fileio.read_bytes(run.pose_calibration)
-  except FileNotFoundError:
-    return None
-  try:
-    record = json.loads(data)
-  except ValueError as e:
-    raise ValueError(f"{run.pose_calibration} is not JSON: {e}") from None
-  if not isinstance(record, dict):
-    raise ValueError(f"{run.pose_calibration}: expected a JSON object, got {record!r}")
-  return record
+  return _read_json_object(run.pose_calibration)
 
 
 def check_same_networks(config, record: dict, where: str,

@@ -156,11 +156,16 @@ def test_vertices_are_linear_in_coefficients(small_model):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-2)
 
 
+def _random_params(model, count: int, seed: int) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  return np.concatenate([rng.normal(size=(count, 7)),
+                         rng.normal(size=(count, 12)) * model.shape_std,
+                         rng.normal(size=(count, 6))], axis=1).astype(np.float32)
+
+
 def test_vertices_jit_vmap_and_batches(small_model):
   m = small_model
-  rng = np.random.default_rng(0)
-  params = np.concatenate([rng.normal(size=(5, 7)), rng.normal(size=(5, 12)) * m.shape_std,
-                           rng.normal(size=(5, 6))], axis=1).astype(np.float32)
+  params = _random_params(m, 5, seed=0)
   batched = jax.jit(morphable.vertices_from_params)(m, params)
   mapped = jax.vmap(morphable.vertices_from_params, in_axes=(None, 0))(m, params)
   single = np.stack([morphable.vertices_from_params(m, p) for p in params])
@@ -171,9 +176,7 @@ def test_vertices_jit_vmap_and_batches(small_model):
 
 def test_landmarks_from_params_are_the_landmark_vertices(small_model):
   m = small_model
-  rng = np.random.default_rng(1)
-  params = np.concatenate([rng.normal(size=(3, 7)), rng.normal(size=(3, 12)) * m.shape_std,
-                           rng.normal(size=(3, 6))], axis=1).astype(np.float32)
+  params = _random_params(m, 3, seed=1)
   got = jax.jit(morphable.landmarks_from_params)(m, params)
   want = morphable.landmarks(m, morphable.vertices_from_params(m, params))
   assert got.shape == (3, 68, 3)

@@ -608,6 +608,17 @@ def test_albedo_edges_are_where_the_albedo_changes_most():
   assert set(rows) <= {16, 17, 18, 21, 22, 23}
 
 
+def test_a_broken_run_config_is_refused_naming_the_file(tmp_path):
+  run = rundir.RunDir(str(tmp_path))
+  assert rundir.read_record(run) is None and rundir.read_pose_calibration(run) is None
+  for contents, message in (("{", "config.json is not JSON"),
+                            ("[1]", "config.json: expected a JSON object"),
+                            ('{"format": 9, "config": {}}', "is not a facerecon run config")):
+    (tmp_path / "config.json").write_text(contents)
+    with pytest.raises(ValueError, match=message):
+      rundir.read_record(run)
+
+
 def test_a_config_that_differs_from_the_run_is_refused(run_dir, tmp_path):
   """An explicit --config must describe the run's networks: another face
   model (both have 235 parameters) is refused, naming the field; one that
