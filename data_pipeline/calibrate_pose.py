@@ -4,20 +4,20 @@ r"""Calibrates a trained run's pitch on labelled real photos.
 
 DIR is an AFLW2000-3D style folder (`<stem>.jpg` beside `<stem>.mat`). The
 run fits each photo in the crop the evaluation makes from its ground-truth
-landmarks (its windows and mirror image averaged, without any calibration
-it has), and the command chooses the `inference.PoseCalibration` (a pitch
-added to frontal fits, tapering to none at a |yaw|) among PITCHES x TAPERS
-with the lowest NME mean over the yaw bins, each face turned about its
-landmarks' centroid. It prints the NME and the head-pose error before and
-after, and the gain on held-out halves (chosen on a random half of the
-photos, measured on the other), and writes the choice as the run's
-pose_calibration.json (or --output), which `--mode=reconstruct`,
-`--mode=evaluate`, the `facerecon` command and `facerecon.Reconstructor`
-then apply; `data_pipeline.ship_run` ships it with the run.
+landmarks, as the evaluation fits them (windows, mirror image, sharpened
+input) but without any calibration the run has, and the command chooses
+the `inference.PoseCalibration` (a pitch added to frontal fits, tapering
+to none at a |yaw|) among PITCHES x TAPERS with the lowest NME mean over
+the yaw bins, each face turned about its landmarks' centroid. It prints
+the NME and the head-pose error before and after, and the gain on held-out
+halves (chosen on a random half of the photos, measured on the other), and
+writes the choice as the run's pose_calibration.json (or --output), which
+`--mode=reconstruct`, `--mode=evaluate`, the `facerecon` command and
+`facerecon.Reconstructor` then apply; `data_pipeline.ship_run` ships it with the run.
 
 Why: a network trained on synthetic faces can read real faces' pitch with a
 bias the synthetic faces do not show (the shipped CoarseNet reads the
-AFLW2000-3D dev photos' frontal faces about 6 degrees too high). This is
+AFLW2000-3D dev photos' frontal faces about 6 degrees too far up). This is
 calibration on the labels given; with AFLW2000-3D's dev set it is reported
 as such (docs/reconstruction.md).
 """

@@ -4,8 +4,9 @@ r"""Copies what reconstruction needs of a trained run into the package.
 
 Copies the run's config.json, statistics.npz, best/ checkpoint (and its
 FineNet stage's, if it has one) and pose calibration (if it has one),
-nothing else: the package then ships the run, and `main.py --mode=reconstruct` and `--mode=evaluate` use it without
---workdir (`facerecon.rundir.default_run`). A FineNet trained over another
+nothing else: the package then ships the run, and `main.py
+--mode=reconstruct` and `--mode=evaluate` use it without --workdir
+(`facerecon.rundir.default_run`). A FineNet trained over another
 run's CoarseNet (`config.fine.coarse_workdir`) ships with that CoarseNet:
 its best/ and statistics are copied in, and the shipped config.json no
 longer names the other run. The copy is made beside --output and renamed

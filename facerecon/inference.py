@@ -137,7 +137,7 @@ class PoseCalibration(NamedTuple):
   the run's pose_calibration.json): `pitch` degrees added to a frontal fit's
   pitch, tapering linearly to none at `yaw_taper` degrees of |yaw|. On the
   AFLW2000-3D dev photos the shipped CoarseNet reads frontal faces' pitch
-  about 6 degrees too high (its pitch error's mean) and turned faces' less
+  about 6 degrees too far up (its pitch error's mean) and turned faces' less
   (docs/reconstruction.md)."""
   pitch: float
   yaw_taper: float
