@@ -239,8 +239,10 @@ def calibrate(model: morphable.MorphableModel, points: list[np.ndarray],
 
 def fit_photos(run: rundir.RunDir, folder: str, vertices: np.ndarray, batch_size: int = 32):
   """A run's fits of the photos of an AFLW2000-3D-style folder, in the
-  evaluation's ground-truth crops (`evaluate.fit_labelled_photos`, each fit
-  averaged as the evaluation averages it): (the image (x, y) of `vertices`
+  evaluation's ground-truth crops (`evaluate.fit_labelled_photos`), as the
+  evaluation fits them (averaged, sharpened, with the run's pose calibration
+  where it has one: choose the landmarks first, then calibrate the pose,
+  docs/training.md): (the image (x, y) of `vertices`
   in each photo [F, V, 2], the labelled landmarks [F, 68, 2], the labels'
   yaw [F] in degrees). Unreadable photos and labels are skipped with a
   warning."""

@@ -180,12 +180,12 @@ def pose_after_image_similarity(pose, scale, offset, height: int,
                               scale * pose[..., params_lib.SCALE])
 
 
-
 def pose_with_angles(pose, angles, centre):
   """The pose [..., 7] with `angles` [..., 3] instead of its own that keeps
   the model-space point `centre` [..., 3] where `pose` put it (image x, y
   and depth): the face turned about that point (scaled orthographic, so
   t3d' = t3d + f R c - f R' c)."""
+  angles = jnp.asarray(angles)
   scale = pose[..., params_lib.SCALE][..., None]
   moved = scale * (rotate(rotation_matrix(pose[..., params_lib.ANGLES]), centre[..., None, :])
                    - rotate(rotation_matrix(angles), centre[..., None, :]))[..., 0, :]

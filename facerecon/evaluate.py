@@ -345,8 +345,9 @@ def _angles(depth, mask, true_depth, true_mask):
 def evaluate_detail(config, workdir: str, num_batches: int = DETAIL_BATCHES,
                     batch_size: int = 32) -> dict:
   """CoarseNet's and FineNet's depth maps against the true detailed depth of
-  synthetic test faces at FineNet's size (module docstring)."""
-  predictor = inference.Predictor(config, workdir, batch_size)
+  synthetic test faces at FineNet's size (module docstring): the networks
+  as trained, neither sharpened nor calibrated (both are for real photos)."""
+  predictor = inference.Predictor(config, workdir, batch_size, calibrate=False, sharpen=0.0)
   size, model = predictor.size, face_models.load(config.model)
   prior = sources.face_prior(config)
   stream = sources.SyntheticStream(model, size, batch_size, config.synthetic.test_seed, prior,

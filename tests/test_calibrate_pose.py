@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT
 from data_pipeline import calibrate_pose
 from facerecon import evaluate
+from facerecon import face_render
 from facerecon import inference
 from facerecon import rundir
 from facerecon.data import mat_folders
@@ -24,6 +25,25 @@ def _labels(count: int, seed: int):
   rng = np.random.default_rng(seed)
   labels = rng.uniform(0.0, 100.0, (count, 68, 2))
   return labels, rng.uniform(-90.0, 90.0, count)
+
+
+def test_the_calibration_tapers_with_yaw_and_keeps_the_landmarks_centroid(small_model):
+  """Pitch -10 at yaw 0, tapering to none at 60: a frontal face turns by the
+  whole of it, one at 30 degrees by half, one at 70 not at all; each keeps
+  its landmarks' centroid where it was."""
+  params = np.zeros((3, 7 + small_model.layout.num_shape + small_model.layout.num_expression),
+                    np.float32)
+  params[:, 1] = np.radians([0.0, 30.0, -70.0])
+  params[:, 3:7] = [60.0, 50.0, 0.0, 1.5]
+  turned = np.asarray(inference.calibrated_params(
+      params, small_model, inference.PoseCalibration(-10.0, 60.0)))
+  np.testing.assert_allclose(np.degrees(turned[:, 0]), [-10.0, -5.0, 0.0], atol=1e-4)
+  np.testing.assert_allclose(turned[:, 1:3], params[:, 1:3], atol=1e-6)
+  np.testing.assert_allclose(turned[2], params[2], atol=1e-4)
+  before = face_render.project_landmarks(small_model, params, 128)
+  after = face_render.project_landmarks(small_model, turned, 128)
+  np.testing.assert_allclose(np.asarray(after).mean(1), np.asarray(before).mean(1), atol=1e-3)
+  assert np.abs(np.asarray(after[0]) - np.asarray(before[0])).max() > 0.5
 
 
 def test_the_candidate_nearest_the_labels_is_chosen_and_gains_on_held_out_halves():

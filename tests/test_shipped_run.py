@@ -15,6 +15,7 @@ from facerecon import camera
 from facerecon import evaluate
 from facerecon import face_models
 from facerecon import fileio
+from facerecon import inference
 from facerecon import morphable
 from facerecon import networks
 from facerecon import outputs
@@ -50,6 +51,9 @@ def test_the_shipped_run_is_complete_and_small(shipped):
   for name in ("config.json", "statistics.npz", os.path.join("best", "best.json"),
                os.path.join("fine", "best", "best.json"), rundir.POSE_CALIBRATION_FILE):
     assert os.path.exists(os.path.join(path, name)), name
+  calibration = inference.PoseCalibration.from_record(
+      rundir.read_pose_calibration(rundir.RunDir(path)), "the shipped run")
+  assert calibration.pitch < 0  # it reads real faces' pitch too far up
   total = sum(os.path.getsize(os.path.join(folder, name))
               for folder, _, names in os.walk(face_models.ASSETS) for name in names)
   assert total <= ASSETS_LIMIT, f"assets take {total / 2**20:.1f} MiB"

@@ -27,6 +27,7 @@ from facerecon.data import normalization
 # (docs/reconstruction.md).
 SHRINK_FILTER = "lanczos3"
 
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
   """Ranges of the random changes (0 switches one off)."""
