@@ -41,15 +41,12 @@ PITCHES = tuple(float(p) for p in np.arange(-12.0, 12.5, 1.0))  # degrees
 TAPERS = (30.0, 45.0, 60.0, 90.0)                                # degrees of |yaw|
 
 
-def candidate_landmarks(fitted: evaluate.LabelledFits, model, size: int, calibrations):
-  """[C, F, 68, 2]: the fits' landmarks in the photos under each calibration."""
-  out = []
-  for calibration in calibrations:
-    params = inference.calibrated_params(fitted.fits.params, model, calibration)
-    points = np.asarray(face_render.project_landmarks(model, params, size))
-    out.append(np.stack([cropping.to_photo(p, square, size)
-                         for p, square in zip(points, fitted.squares)]))
-  return np.stack(out)
+def landmarks_in_photos(fitted: evaluate.LabelledFits, model, size: int, params) -> np.ndarray:
+  """[F, 68, 2]: the landmarks of parameter vectors [F, P] (in the crops of
+  `fitted`) in the photos."""
+  points = np.asarray(face_render.project_landmarks(model, params, size))
+  return np.stack([cropping.to_photo(p, square, size)
+                   for p, square in zip(points, fitted.squares)])
 
 
 def _nme_mean(landmarks, labels, yaw) -> float:
@@ -87,16 +84,16 @@ def calibrate(run: rundir.RunDir, folder: str, batch_size: int = 32):
   calibrations = [inference.PoseCalibration(pitch, taper)
                   for taper in TAPERS for pitch in PITCHES]
   uncalibrated = calibrations.index(inference.PoseCalibration(0.0, TAPERS[0]))
-  landmarks = candidate_landmarks(fitted, predictor.model, predictor.size, calibrations)
+  params = [np.asarray(inference.calibrated_params(fitted.fits.params, predictor.model,
+                                                   calibration))
+            for calibration in calibrations]
+  landmarks = np.stack([landmarks_in_photos(fitted, predictor.model, predictor.size, p)
+                        for p in params])
   best = choose(landmarks, fitted.labels, fitted.yaw)
   gains = held_out_gains(landmarks, fitted.labels, fitted.yaw, uncalibrated)
   chosen = calibrations[best]
-  pose_labels = []
-  for index in (uncalibrated, best):
-    params = inference.calibrated_params(fitted.fits.params, predictor.model,
-                                         calibrations[index])
-    pose_labels.append(evaluate.pose_table(np.degrees(np.asarray(params)[:, :3]),
-                                           fitted.angles))
+  pose_labels = [evaluate.pose_table(np.degrees(params[index][:, :3]), fitted.angles)
+                 for index in (uncalibrated, best)]
   report = {"photos": len(fitted.labels), "skipped": len(fitted.skipped),
             # What the fits it was chosen on were (the choice depends on them).
             "fits": {"mirror": predictor.mirror is not None,
