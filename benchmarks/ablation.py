@@ -35,6 +35,7 @@ from ml_collections import config_flags
 
 from facerecon import config_checks
 from facerecon import evaluate
+from facerecon import inference
 from facerecon import training
 
 # name -> config overrides (dotted field -> value) taking one part away.
@@ -121,8 +122,9 @@ def main(argv):
     workdir = os.path.join(FLAGS.root, name)
     training.train_and_evaluate(config, workdir)
     # As the table's first rows were measured: CoarseNet's input not sharpened.
-    rows[name] = evaluate.evaluate_folder(config, workdir, FLAGS.dev,
-                                          sharpen=0.0)["ground_truth_crops"]
+    rows[name] = evaluate.evaluate_folder(
+        config, workdir, FLAGS.dev,
+        options=inference.FitOptions(sharpen=0.0))["ground_truth_crops"]
     print(f"{name}: {rows[name]}", flush=True)
   start = f"fine-tuning {FLAGS.init_from}" if FLAGS.init_from else "from scratch"
   print(f"{FLAGS.steps} steps per variant ({start}), ground-truth crops, NME (%):")

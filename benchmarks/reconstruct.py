@@ -75,7 +75,8 @@ def main(argv):
   large = np.full((3000, 4000, 3), 128, np.uint8)
   large[1000:1000 + photo.shape[0], 2000:2000 + photo.shape[1]] = photo
   predictor = inference.Predictor(config, _WORKDIR.value, batch_size=1)
-  crop_alone = inference.Predictor(config, _WORKDIR.value, batch_size=1, window_shift=0.0)
+  crop_alone = inference.Predictor(config, _WORKDIR.value, batch_size=1,
+                                   options=inference.FitOptions(window_shift=0.0))
   size = predictor.size  # the crops' side: FineNet's where the run has one
   crop = cropping.crop(photo, square, size)
   model, statistics = predictor.model, predictor.statistics

@@ -104,7 +104,7 @@ def main(argv):
   # As reconstruct does: FineNet only for outputs that carry its detail.
   predictor = inference.Predictor(config, run.path, 1,
                                   fine=outputs.needs_detail(TRACK_OUTPUTS),
-                                  window_shift=_WINDOW_SHIFT.value)
+                                  options=inference.FitOptions(window_shift=_WINDOW_SHIFT.value))
   detector = detect.from_name("blazeface")
   if _PHOTOS.value:
     chosen = photos.find_photos(_PHOTOS.value)[:_MAX_PHOTOS.value]

@@ -77,7 +77,7 @@ def calibrate(run: rundir.RunDir, folder: str, batch_size: int = 32):
   """(the chosen PoseCalibration, a report dict) from the run's fits of the
   photos in `folder`."""
   predictor = inference.Predictor(rundir.resolve_config(run), run.path, batch_size,
-                                  calibrate=False)
+                                  options=inference.FitOptions(calibrate=False))
   fitted = evaluate.fit_labelled_photos(predictor, folder)
   for entry in fitted.skipped:
     logging.warning("skipped %s: %s", entry["file"], entry["reason"])

@@ -5,7 +5,9 @@
     faces = reconstructor(rgb)                        # uint8 [H, W, 3] (or grey [H, W])
     faces[0].landmarks, faces[0].pose_degrees, faces[0].vertices
 
-`Reconstructor(workdir=RUN)` uses a run you trained. Detection, cropping
+`Reconstructor(workdir=RUN)` uses a run you trained;
+`Reconstructor(options=facerecon.FitOptions(window_shift=0.0))` changes how
+its networks are applied (`inference.FitOptions`). Detection, cropping
 and the networks are those of `--mode=reconstruct` (`facerecon.detect`,
 `facerecon.data.cropping`, `facerecon.inference`); the faces of one call go
 through the networks in batches of `batch_size`.
@@ -29,6 +31,9 @@ from facerecon import params as params_lib
 from facerecon import rundir
 from facerecon.data import cropping
 
+# How the networks are applied, for `Reconstructor(options=...)`; also `facerecon.FitOptions`.
+FitOptions = inference.FitOptions
+
 
 @dataclasses.dataclass(frozen=True)
 class Face:
@@ -51,12 +56,11 @@ class Reconstructor:
   """Faces from image arrays with a trained run (default: the shipped one)."""
 
   def __init__(self, workdir: str | None = None, detector="blazeface", batch_size: int = 16,
-               max_faces: int = 8, mirror: bool = True,
-               window_shift: float = inference.WINDOW_SHIFT):
+               max_faces: int = 8, options: inference.FitOptions | None = None):
     """`detector`: a detector of `facerecon.detect`, its name, or None (each
-    image is a face crop already). `mirror`: each fit averaged with its
-    mirror image's; `window_shift`: and over four windows of its crop moved by
-    this part of its side (`inference.Predictor`)."""
+    image is a face crop already). `options`: how the networks are applied
+    (`FitOptions`: mirror images, shifted windows, the run's pose
+    calibration, sharpening; None: the defaults)."""
     run = rundir.RunDir(workdir) if workdir else rundir.default_run()
     if run is None:
       raise FileNotFoundError(f"no trained run: pass workdir= (no ${rundir.RUN_VARIABLE}, "
@@ -64,8 +68,7 @@ class Reconstructor:
     if not (run.has_best() or run.fine.has_best()):
       raise FileNotFoundError(f"{run.path} has no trained networks")
     self.config = rundir.resolve_config(run)
-    self.predictor = inference.Predictor(self.config, run.path, batch_size, mirror=mirror,
-                                         window_shift=window_shift)
+    self.predictor = inference.Predictor(self.config, run.path, batch_size, options=options)
     self.model = self.predictor.model
     self.detector = detect_lib.from_name(detector) if isinstance(detector, str) else detector
     self.max_faces = max_faces

@@ -102,6 +102,13 @@ _MIRROR = flags.DEFINE_bool("mirror", True, "reconstruct/evaluate: average each 
 _WINDOW_SHIFT = flags.DEFINE_float(
     "window_shift", inference.WINDOW_SHIFT, "reconstruct/evaluate: also average each fit "
     "over four windows of its crop moved by this part of its side (0: the crop alone).")
+_CALIBRATE = flags.DEFINE_bool(
+    "calibrate", True, "reconstruct/evaluate: apply the run's pose calibration (its "
+    "pose_calibration.json, made by data_pipeline.calibrate_pose) where it has one; "
+    "--nocalibrate leaves it out.")
+_SHARPEN = flags.DEFINE_float(
+    "sharpen", inference.SHARPEN, "reconstruct/evaluate: how much CoarseNet's input is "
+    "sharpened (an unsharp mask's amount, in [0, 5]; 0 turns it off).")
 _SMOOTH = flags.DEFINE_bool("smooth", True, "reconstruct, videos: smooth each tracked face's "
                             "parameters over time (One Euro filter, facerecon.video).")
 _REDETECT = flags.DEFINE_integer(
@@ -183,6 +190,18 @@ def _use_compilation_cache():
     jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
 
 
+def fit_options() -> inference.FitOptions:
+  """How reconstruct and evaluate apply the networks: --mirror,
+  --window_shift, --calibrate and --sharpen. A bad value is a usage error
+  naming its flag (FitOptions' messages start with the field's name, which
+  is the flag's)."""
+  try:
+    return inference.FitOptions(mirror=_MIRROR.value, window_shift=_WINDOW_SHIFT.value,
+                                calibrate=_CALIBRATE.value, sharpen=_SHARPEN.value)
+  except ValueError as e:
+    raise app.UsageError(f"--{e}") from None
+
+
 def _checked(config):
   try:
     config_checks.check(config)
@@ -233,10 +252,7 @@ def _apply_trained(explicit_config) -> int:
     raise app.UsageError(f"--mode={_MODE.value} needs --input")
   if _MODE.value == "evaluate" and len(inputs) > 1:
     raise app.UsageError("--mode=evaluate takes one --input")
-  try:
-    inference.check_window_shift(_WINDOW_SHIFT.value)
-  except ValueError as e:
-    raise app.UsageError(f"--window_shift: {e}") from None
+  options = fit_options()
   for given in inputs:
     if given != "synthetic" and not os.path.exists(given):
       raise app.UsageError(f"--input {given} does not exist")
@@ -264,7 +280,7 @@ def _apply_trained(explicit_config) -> int:
     from facerecon import evaluate  # pylint: disable=import-outside-toplevel
 
     table, _ = evaluate.run(config, run.path, inputs[0], detector, _BATCH.value,
-                            results_dir, _MIRROR.value, _WINDOW_SHIFT.value)
+                            results_dir, options)
     print(table)
     return 0
   if not _OUTPUT.value:
@@ -279,8 +295,7 @@ def _apply_trained(explicit_config) -> int:
                                     batch_size=_BATCH.value, detector=detector,
                                     max_faces=_MAX_FACES.value, outputs=written,
                                     smoothing=_SMOOTH.value, redetect_every=_REDETECT.value,
-                                    mirror=_MIRROR.value,
-                                    window_shift=_WINDOW_SHIFT.value)
+                                    options=options)
   sources = [f"{summary.photos_read()} of {summary.photos} photos"] if summary.photos else []
   if summary.videos:
     sources.append(f"{len(summary.videos)} videos "

@@ -217,14 +217,13 @@ def fit_labelled_photos(predictor: inference.Predictor, folder: str,
 
 
 def evaluate_folder(config, workdir: str, folder: str, detector=None,
-                    batch_size: int = 32, mirror: bool = True,
-                    window_shift: float = inference.WINDOW_SHIFT,
-                    ground_truth_fill: float = cropping.GROUND_TRUTH_FILL,
-                    sharpen: float = inference.SHARPEN) -> dict:
+                    batch_size: int = 32, options: inference.FitOptions | None = None,
+                    ground_truth_fill: float = cropping.GROUND_TRUTH_FILL) -> dict:
   """AFLW2000-3D-style evaluation of the run in `workdir` on `folder`;
   `detector` (a `facerecon.detect.FaceDetector` or None) adds the detector
-  crops; `mirror`, `window_shift`, `sharpen`: as `inference.Predictor`'s
-  (recorded in the results);
+  crops; `options`: how the networks are applied (`inference.FitOptions`;
+  None: the defaults), recorded in the results (whether the fits were
+  mirrored, the window shift, the sharpening, the pose calibration applied);
   `ground_truth_fill`: the ground-truth crops' fill (`cropping`).
   Unreadable photos and malformed .mat files are reported in
   'skipped' and left out. A run with a FineNet also gets the mean shading
@@ -232,8 +231,8 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   (`_shading_residuals`): FineNet's detail should explain the photos'
   shading better."""
   pairs = mat_folders.find_pairs(folder)
-  predictor = inference.Predictor(config, workdir, batch_size, mirror=mirror,
-                                  window_shift=window_shift, sharpen=sharpen)
+  options = inference.FitOptions() if options is None else options
+  predictor = inference.Predictor(config, workdir, batch_size, options=options)
   size = predictor.size  # the crops' side
   # Per crop rule: NME, label yaw, predicted and labelled angles (degrees).
   results = {rule: ([], [], [], []) for rule in ("truth", "detector")}
@@ -268,9 +267,11 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   if not results["truth"][0]:
     raise ValueError(f"no photo in {folder} could be evaluated: "
                      + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
+  # What the fits were: mirrored only where asked and the model is symmetric,
+  # and calibrated only where asked and the run has a calibration.
   out = {"photos": len(pairs), "skipped": skipped, "mirror": predictor.mirror is not None,
-         "window_shift": window_shift,
-         "sharpen": predictor.sharpen,
+         "window_shift": options.window_shift,
+         "sharpen": options.sharpen,
          "pose_calibration": (None if predictor.calibration is None
                               else predictor.calibration._asdict()),
          "ground_truth_crops": yaw_table(*results["truth"][:2]),
@@ -347,7 +348,8 @@ def evaluate_detail(config, workdir: str, num_batches: int = DETAIL_BATCHES,
   """CoarseNet's and FineNet's depth maps against the true detailed depth of
   synthetic test faces at FineNet's size (module docstring): the networks
   as trained, neither sharpened nor calibrated (both are for real photos)."""
-  predictor = inference.Predictor(config, workdir, batch_size, calibrate=False, sharpen=0.0)
+  predictor = inference.Predictor(config, workdir, batch_size,
+                                  options=inference.FitOptions(calibrate=False, sharpen=0.0))
   size, model = predictor.size, face_models.load(config.model)
   prior = sources.face_prior(config)
   stream = sources.SyntheticStream(model, size, batch_size, config.synthetic.test_seed, prior,
@@ -434,19 +436,18 @@ def format_table(name: str, results: dict) -> str:
 
 def run(config, workdir: str, input_path: str, detector=None,
         batch_size: int = 32, results_dir: str | None = None,
-        mirror: bool = True, window_shift: float = inference.WINDOW_SHIFT
-        ) -> tuple[str, dict]:
+        options: inference.FitOptions | None = None) -> tuple[str, dict]:
   """Evaluates on `input_path` (a folder, or 'synthetic'); writes the
   results as evaluation_<name>.json in `results_dir` (default: the run) and
-  returns (table text, results)."""
+  returns (table text, results). `options`: for a folder (`evaluate_folder`);
+  the synthetic test split does without (`evaluate_synthetic`, `evaluate_detail`)."""
   if input_path == "synthetic":
     name, results = "synthetic_test", evaluate_synthetic(config, workdir)
     if rundir.RunDir(workdir).fine.has_best():
       results["detail"] = evaluate_detail(config, workdir)
   else:
     name = os.path.basename(os.path.normpath(input_path))
-    results = evaluate_folder(config, workdir, input_path, detector, batch_size, mirror,
-                              window_shift)
+    results = evaluate_folder(config, workdir, input_path, detector, batch_size, options)
   out = rundir.RunDir(results_dir or workdir)
   export.write_json(out.evaluation(name), _json_safe(results))
   return format_table(name, results), results

@@ -8,9 +8,12 @@ where the run has a FineNet, else config.image_size; cropped by
 `facerecon.data.cropping`) returns a `FaceFits` of numpy arrays, all in the
 crop's frame. CoarseNet sees the crops shrunk to config.image_size. One
 jitted function does the whole batch; batches are padded to `batch_size`
-so it compiles once. Nothing here imports the training code.
+so it compiles once. How the networks are applied to photos (mirror
+images, shifted windows, the pose calibration, sharpening) is one
+`FitOptions`. Nothing here imports the training code.
 """
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -90,6 +93,45 @@ def check_window_shift(shift: float) -> None:
   """Raises ValueError unless `shift` is a window shift: in [0, 0.25)."""
   if not 0.0 <= shift < 0.25:
     raise ValueError(f"window shift must be in [0, 0.25), got {shift}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+  """How a run's networks are applied to photos (`Predictor`; the command
+  line's --mirror, --window_shift, --calibrate and --sharpen).
+
+  Attributes:
+    mirror: each fit averaged with its mirror image's (`regress_mirrored`)
+      where the model is left-right symmetric.
+    window_shift: each fit also averaged over four windows of the crop moved
+      by this part of its side (`regress_averaged`, `WINDOW_SHIFT`; 0: the
+      crop alone).
+    calibrate: the run's pose calibration applied where it has one
+      (`PoseCalibration`).
+    sharpen: how much CoarseNet's input is sharpened (`SHARPEN`; 0: not).
+
+  A value out of range raises ValueError whose message starts with the
+  field's name ('sharpen: ...'), so that the command line can name its flag.
+  """
+  mirror: bool = True
+  window_shift: float = WINDOW_SHIFT
+  calibrate: bool = True
+  sharpen: float = SHARPEN
+
+  def __post_init__(self):
+    try:
+      check_window_shift(self.window_shift)
+    except ValueError as e:
+      raise ValueError(f"window_shift: {e}") from None
+    if not 0.0 <= self.sharpen <= 5.0:
+      raise ValueError(f"sharpen: must be in [0, 5], got {self.sharpen}")
+    # Recorded (`as_dict`, the evaluation's JSON) as floats, whatever number was given.
+    object.__setattr__(self, "window_shift", float(self.window_shift))
+    object.__setattr__(self, "sharpen", float(self.sharpen))
+
+  def as_dict(self) -> dict:
+    """The options as a JSON-ready dict (`FitOptions(**d)` makes them again)."""
+    return dataclasses.asdict(self)
 
 
 def window_offsets(size: int, shift: float) -> tuple[tuple[int, int], ...]:
@@ -208,18 +250,19 @@ class Predictor:
   """The trained networks of a run directory, ready to apply to crops."""
 
   def __init__(self, config, workdir: str | None, batch_size: int = 16, fine: bool = True,
-               mirror: bool = True, window_shift: float = WINDOW_SHIFT,
-               calibrate: bool = True, sharpen: float = SHARPEN):
+               *, options: FitOptions | None = None):
     """`workdir` None: CoarseNet freshly initialised, no FineNet (for
     timings). `fine` False: the run's FineNet is left out (CoarseNet's crops
-    and depth; for outputs its detail does not change). `mirror`: each fit
-    averaged with its mirror image's (`regress_mirrored`) where the model is
-    left-right symmetric (`self.mirror` None where not, or not asked).
-    `window_shift`: each fit also averaged over four windows of the crop
-    moved by this part of its side (`regress_averaged`; 0: the crop alone).
-    `calibrate`: the run's pose calibration applied where it has one
-    (`PoseCalibration`; `self.calibration` None where not, or not asked).
-    `sharpen`: how much CoarseNet's input is sharpened (`SHARPEN`; 0: not)."""
+    and depth; for outputs its detail does not change). `options`: how the
+    networks are applied (`FitOptions`; None: the defaults), kept as
+    `self.options`; `self.mirror` (the mirror maps) is None where the model
+    is not left-right symmetric or mirroring was not asked, and
+    `self.calibration` None where the run has no pose calibration or it was
+    not asked."""
+    options = FitOptions() if options is None else options
+    if not isinstance(options, FitOptions):
+      raise TypeError(f"options must be a FitOptions, got {type(options).__name__}")
+    self.options = options
     self.mesh = parallel.make_mesh()
     self.batch_size = self._whole_devices(batch_size)
     trained = (networks.fresh(config, self.mesh) if workdir is None
@@ -230,12 +273,10 @@ class Predictor:
     self.coarse_net = trained.coarse_net
     self.has_fine = trained.fine_net is not None
     self.size = crop_size(config, self.has_fine)  # the crops' side
-    self.window_offsets = window_offsets(self.size, window_shift)
-    if not 0.0 <= sharpen <= 5.0:
-      raise ValueError(f"sharpen must be in [0, 5], got {sharpen}")
-    self.sharpen = float(sharpen)
+    self.window_offsets = window_offsets(self.size, options.window_shift)
+    self.sharpen = options.sharpen
     self.calibration = None
-    if calibrate and workdir is not None:
+    if options.calibrate and workdir is not None:
       run = rundir.RunDir(workdir)
       record = rundir.read_pose_calibration(run)
       if record is not None:
@@ -251,7 +292,7 @@ class Predictor:
     # FineNet refines depth maps of the whole model (eyes, teeth and mouth
     # interior included: `training.fine`); without it the surface's suffice.
     render_model = face_models.load(config.model) if self.has_fine else self.model
-    self.mirror = morphable.mirror_maps(self.model) if mirror else None
+    self.mirror = morphable.mirror_maps(self.model) if options.mirror else None
     self._context = jax.device_put((self.model, self.statistics, start_face, render_model,
                                     self.mirror), replicated)
     self.start_face = self._context[2]

@@ -94,15 +94,16 @@ def _reason(path: str, error: Exception) -> str:
 def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: str, *,
                 batch_size: int = 16, detector="blazeface", max_faces: int = 8,
                 progress: bool = True, outputs=None, smoothing: bool = True,
-                redetect_every: int = video.REDETECT_EVERY, mirror: bool = True,
-                window_shift: float = inference.WINDOW_SHIFT) -> Summary:
+                redetect_every: int = video.REDETECT_EVERY,
+                options: inference.FitOptions | None = None) -> Summary:
   """Reconstructs every face in `input_path` (a photo or a folder, or a list
   of them) with the networks trained in `workdir`, writing into
   `output_dir`. `detector`: a detector of `facerecon.detect` or its name
   (`detect.DETECTORS`; 'none' or None: each photo is a face crop already).
   `outputs`: which files (`outputs.OUTPUTS`; None: all for photos,
   `video.DEFAULT_OUTPUTS` for videos). `smoothing`, `redetect_every`: see
-  `facerecon.video`; `mirror`, `window_shift`: as `inference.Predictor`'s.
+  `facerecon.video`; `options`: how the networks are applied
+  (`inference.FitOptions`; None: the defaults).
   Returns the Summary (also written as `<output_dir>/summary.json`)."""
   photo_outputs = outputs_lib.check_outputs(outputs_lib.OUTPUTS if outputs is None else outputs)
   video_outputs = video.DEFAULT_OUTPUTS if outputs is None else photo_outputs
@@ -123,7 +124,7 @@ def reconstruct(config, workdir: str, input_path: str | list[str], output_dir: s
     fine = outputs_lib.needs_detail(outputs)
     if fine not in predictors:
       predictors[fine] = inference.Predictor(config, workdir, batch_size, fine=fine,
-                                             mirror=mirror, window_shift=window_shift)
+                                             options=options)
     return predictors[fine]
 
   predictor = predictor_for(photo_outputs) if stills else None

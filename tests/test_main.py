@@ -98,6 +98,30 @@ def test_the_facerecon_command_line_becomes_main_flags():
       cli.command_line_flags(wrong)
 
 
+def test_the_fit_flags_make_one_fit_options():
+  """--mirror, --window_shift, --calibrate and --sharpen are the FitOptions'
+  fields, with their defaults; a bad value is a usage error naming its flag."""
+  from absl import app
+  from absl import flags
+  from absl.testing import flagsaver
+
+  from facerecon import cli
+  from facerecon import inference
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  for name, value in inference.FitOptions().as_dict().items():
+    assert flags.FLAGS[name].default == value, name
+  with flagsaver.flagsaver(mirror=False, window_shift=0.1, calibrate=False, sharpen=0.0):
+    assert cli.fit_options() == inference.FitOptions(mirror=False, window_shift=0.1,
+                                                      calibrate=False, sharpen=0.0)
+  for flag, value, message in (("window_shift", 0.5, "--window_shift: window shift must be in"),
+                               ("sharpen", -1.0, "--sharpen: must be in [0, 5], got -1.0")):
+    with flagsaver.flagsaver(**{flag: value}):
+      with pytest.raises(app.UsageError, match=re.escape(message)):
+        cli.fit_options()
+
+
 def test_compilation_cache_folder_and_one_that_cannot_be_made(tmp_path, monkeypatch, caplog):
   """The folder: the flag, else JAX's own (set: none of ours), else
   $FACERECON_COMPILATION_CACHE, else the user's cache folder; one that

@@ -285,7 +285,8 @@ def test_a_runs_pose_calibration_turns_its_fits(run_dir, tmp_path):
   np.testing.assert_allclose(fits.params[:, 7:], plain.params[:, 7:], atol=1e-6)
   np.testing.assert_allclose(fits.landmarks.mean(1), plain.landmarks.mean(1), atol=1e-3)
   assert np.abs(fits.landmarks - plain.landmarks).max() > 0.05  # the face turned
-  unturned = inference.Predictor(config, str(calibrated_run), batch_size=4, calibrate=False)
+  unturned = inference.Predictor(config, str(calibrated_run), batch_size=4,
+                                 options=inference.FitOptions(calibrate=False))
   np.testing.assert_allclose(unturned(crops).params, plain.params, atol=1e-6)
 
   folder = tmp_path / "AFLW2000"
@@ -309,15 +310,44 @@ def test_a_runs_pose_calibration_turns_its_fits(run_dir, tmp_path):
     assert calibration in str(error.value)
 
 
+def test_the_fit_flags_reach_the_evaluation(run_dir, tmp_path):
+  """--mode=evaluate with --sharpen=0 --nocalibrate --window_shift=0.1 (one
+  FitOptions, `cli.fit_options`): the evaluation's JSON records the fits as
+  neither sharpened nor calibrated, though the run has a pose calibration."""
+  from absl import flags
+  from absl.testing import flagsaver
+
+  from facerecon import cli
+
+  calibrated_run = tmp_path / "calibrated"
+  shutil.copytree(run_dir, calibrated_run)
+  with open(rundir.RunDir(str(calibrated_run)).pose_calibration, "w") as f:
+    json.dump({"pitch": -10.0, "yaw_taper": 60.0}, f)
+  folder = tmp_path / "AFLW2000"
+  folder.mkdir()
+  _write_aflw_style(str(folder), 2, seed=3)
+  with flagsaver.flagsaver():  # the flags parsed here are restored after
+    flags.FLAGS(["main.py", "--mode=evaluate", f"--workdir={calibrated_run}",
+                 f"--input={folder}", f"--output={tmp_path / 'results'}", "--detector=none",
+                 "--compilation_cache=", "--sharpen=0", "--nocalibrate", "--window_shift=0.1"])
+    assert cli._apply_trained(None) == 0  # pylint: disable=protected-access
+  with open(tmp_path / "results" / "evaluation_AFLW2000.json") as f:
+    results = json.load(f)
+  assert results["sharpen"] == 0.0 and results["pose_calibration"] is None
+  assert results["window_shift"] == 0.1 and results["ground_truth_crops_pose"]["count"] == 2
+
+
 def test_coarsenets_input_is_sharpened_as_asked(run_dir):
   """`sharpen` 0 leaves CoarseNet's input as it was; the default sharpens it
   (`preprocessing.unsharp_mask` inside `network_images`), which changes the
   fits; a sharpening out of range is refused."""
   config = tiny.config(**CONFIG)
   crops = np.random.default_rng(4).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
-  plain = inference.Predictor(config, run_dir, batch_size=2, window_shift=0.0, sharpen=0.0)
-  sharp = inference.Predictor(config, run_dir, batch_size=2, window_shift=0.0)
-  assert sharp.sharpen == inference.SHARPEN > 0
+  plain = inference.Predictor(config, run_dir, batch_size=2,
+                              options=inference.FitOptions(window_shift=0.0, sharpen=0.0))
+  sharp = inference.Predictor(config, run_dir, batch_size=2,
+                              options=inference.FitOptions(window_shift=0.0))
+  assert sharp.sharpen == sharp.options.sharpen == inference.SHARPEN > 0
   fit = jax.jit(lambda crops, sharpen: inference.regress(
       plain.coarse_net, plain.coarse_variables, crops, plain.model, plain.statistics,
       plain.start_face, config.image_size, sharpen), static_argnums=1)
@@ -326,8 +356,30 @@ def test_coarsenets_input_is_sharpened_as_asked(run_dir):
   np.testing.assert_allclose(sharp(crops).params, np.asarray(fit(crops, inference.SHARPEN)),
                              rtol=1e-5, atol=1e-4)
   assert np.abs(sharp(crops).params - plain(crops).params).max() > 1e-3
-  with pytest.raises(ValueError, match="sharpen must be in"):
-    inference.Predictor(config, run_dir, sharpen=-1.0)
+
+
+def test_fit_options_refuse_bad_values_naming_the_field():
+  """FitOptions: the defaults are the module's; a window shift or a
+  sharpening out of range is refused, the message starting with the field's
+  name (the command line's flag); recorded as a dict they make the same
+  options again."""
+  defaults = inference.FitOptions()
+  assert (defaults.mirror, defaults.window_shift, defaults.calibrate, defaults.sharpen) == (
+      True, inference.WINDOW_SHIFT, True, inference.SHARPEN)
+  for field, bad, message in (("window_shift", -0.01, "window shift must be in"),
+                              ("window_shift", 0.25, "window shift must be in"),
+                              ("sharpen", -1.0, r"must be in \[0, 5\]"),
+                              ("sharpen", 5.5, r"must be in \[0, 5\]"),
+                              ("sharpen", float("nan"), r"must be in \[0, 5\]")):
+    with pytest.raises(ValueError, match=f"^{field}: {message}"):
+      inference.FitOptions(**{field: bad})
+  options = inference.FitOptions(mirror=False, window_shift=0, calibrate=False, sharpen=0)
+  record = options.as_dict()
+  assert record == {"mirror": False, "window_shift": 0.0, "calibrate": False, "sharpen": 0.0}
+  assert isinstance(record["sharpen"], float) and json.loads(json.dumps(record)) == record
+  assert inference.FitOptions(**record) == options
+  with pytest.raises(TypeError, match="options must be a FitOptions"):
+    inference.Predictor(tiny.config(), None, options={"sharpen": 0.0})
 
 
 def test_window_offsets():
@@ -381,9 +433,11 @@ def test_window_fits_are_averaged_in_the_crop_frame(run_dir):
         np.asarray(face_render.project_landmarks(model, own, size)) + [dx, dy], atol=1e-3)
   averaged = fit(crops, offsets)
   np.testing.assert_allclose(averaged, np.mean(mapped, axis=0), rtol=1e-4, atol=1e-4)
-  windows = inference.Predictor(config, run_dir, batch_size=2, fine=False, window_shift=0.1)
+  windows = inference.Predictor(config, run_dir, batch_size=2, fine=False,
+                                options=inference.FitOptions(window_shift=0.1))
   assert windows.window_offsets == ((0, 0), (3, 0), (-3, 0), (0, 3), (0, -3))
-  plain = inference.Predictor(config, run_dir, batch_size=2, fine=False, window_shift=0.0)
+  plain = inference.Predictor(config, run_dir, batch_size=2, fine=False,
+                              options=inference.FitOptions(window_shift=0.0))
   assert np.abs(windows(crops).params - plain(crops).params).max() > 1e-3
 
 
