@@ -145,6 +145,28 @@ _COARSEST_STRIDE = 32  # the graph's smallest feature map (6x6 of 192), upsample
 BLAZEFACE_LANDMARK_SCALE = 0.906
 INNER_OFFSET = (-0.001, 0.127)
 EAR_PULL = (0.615, 0.419)
+
+
+class Framing(NamedTuple):
+  """How a BlazeFace crop is resized and moved from the landmark rule's
+  square, by `nose`: how far the nose keypoint sits from the eyes' midpoint
+  across, in box widths (about 0.06 frontal, 0.23 in profile on the dev
+  photos; its sign says which way the face turns). The side is divided by
+  tighten - turn_growth * max(|nose| - turn_start, 0) and the centre moved
+  nose * turn_shift of the new side across."""
+  tighten: float = 1.0
+  turn_start: float = 0.0
+  turn_growth: float = 0.0
+  turn_shift: float = 0.0
+
+
+# The framing the shipped networks read best (lowest mean NME over the dev
+# photos' yaw bins; `python benchmarks/detector_framing.py`, docs/
+# reconstruction.md; calibration on the dev set too): the least-squares
+# landmark box makes frontal crops a little loose and turned faces' too
+# tight and off to the side they turn from.
+FRAMING = Framing(tighten=1.04, turn_start=0.2, turn_growth=1.7, turn_shift=0.12)
+
 # Tiles are searched when the whole photo's pass would miss faces of this
 # many times `min_face`. The graph finds faces from about 16 input pixels
 # (of 100 dev faces: 84 at 16, 81 at 14, 32 at 10; alike at inputs 128 and
@@ -401,9 +423,9 @@ class BlazeFace:
                          zip(found.boxes, found.keypoints)], found.scores
 
 
-def keypoint_square(box, keypoints) -> cropping.Square:
+def keypoint_square(box, keypoints, framing: Framing = FRAMING) -> cropping.Square:
   """The crop square of a BlazeFace face: the landmark box it implies, then
-  the landmark rule (`cropping`). The landmark box's side is
+  the landmark rule (`cropping`), then `framing`. The landmark box's side is
   BLAZEFACE_LANDMARK_SCALE of the box width; its centre is the mean of the
   four inner keypoints (eyes, nose, mouth), moved by INNER_OFFSET box widths
   and by EAR_PULL of the way towards the ears' mean (a turned face's
@@ -414,7 +436,21 @@ def keypoint_square(box, keypoints) -> cropping.Square:
   points = np.asarray(keypoints, np.float64)
   inner, ears = points[:4].mean(axis=0), points[4:].mean(axis=0)
   centre = inner + np.array(INNER_OFFSET) * w + np.array(EAR_PULL) * (ears - inner)
-  return cropping.square_from_landmark_box(centre[0], centre[1], BLAZEFACE_LANDMARK_SCALE * w)
+  square = cropping.square_from_landmark_box(centre[0], centre[1], BLAZEFACE_LANDMARK_SCALE * w)
+  nose = nose_offset(box, points)
+  # At most twice the rule's side however far the keypoints turn (|nose|
+  # stays under 0.4 on the dev photos).
+  divisor = framing.tighten - framing.turn_growth * max(abs(nose) - framing.turn_start, 0.0)
+  side = square.side / max(divisor, 0.5)
+  return cropping.Square(square.centre_x + framing.turn_shift * nose * side, square.centre_y,
+                         side)
+
+
+def nose_offset(box, keypoints) -> float:
+  """How far the nose keypoint sits from the eyes' midpoint across, in box
+  widths (`Framing`)."""
+  points = np.asarray(keypoints, np.float64)
+  return float((points[2, 0] - points[:2, 0].mean()) / float(box[2]))
 
 
 DETECTORS = ("blazeface", "haar", "haar_profile", "none")

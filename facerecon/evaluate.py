@@ -143,14 +143,23 @@ def pose_table(predicted, truth) -> dict:
   return table
 
 
-def _detected_square(detector, photo, truth):
-  """The crop square of the detected face over the true landmarks, or None."""
-  low, high = truth.min(axis=0), truth.max(axis=0)
-  for (x, y, w, h), square, _ in zip(*detector.crop_squares(photo)):
+def face_over_truth(boxes, truth) -> int | None:
+  """The index of the first (best) detection box (x, y, w, h) whose centre
+  lies within the true landmarks' bounds [L, 2+], or None: the detection
+  that is the labelled face."""
+  low, high = truth[:, :2].min(axis=0), truth[:, :2].max(axis=0)
+  for index, (x, y, w, h) in enumerate(boxes):
     centre = np.array([x + w / 2, y + h / 2])
     if np.all(centre >= low) and np.all(centre <= high):
-      return square
+      return index
   return None
+
+
+def _detected_square(detector, photo, truth):
+  """The crop square of the detected face over the true landmarks, or None."""
+  boxes, squares, _ = detector.crop_squares(photo)
+  index = face_over_truth(boxes, truth)
+  return None if index is None else squares[index]
 
 
 @jax.jit

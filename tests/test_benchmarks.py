@@ -1,6 +1,7 @@
 """The benchmark scripts run and print their figures (tiny settings; the
 figures themselves are measured by hand, see the README)."""
 
+import os
 import re
 import subprocess
 import sys
@@ -175,3 +176,27 @@ def test_crop_fill_benchmark_prints_a_row_per_fill(tmp_path):
   wrong = subprocess.run([sys.executable, "benchmarks/crop_fill.py", f"--dev={tmp_path}",
                           "--fills=1.5"], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert wrong.returncode != 0 and "--fills must be in (0, 1)" in wrong.stderr
+
+
+DEV_DIR = os.path.join(ROOT, "..", "shared", "data", "aflw2000-3d-dev")
+
+
+@pytest.mark.skipif(not os.path.isdir(DEV_DIR), reason="needs ../shared/data/aflw2000-3d-dev")
+def test_detector_framing_benchmark_prints_the_rule_the_framing_and_held_out_halves():
+  """The shipped run on 12 real dev photos: a row per framing, each with
+  three yaw bins and their mean; the held-out lines for size and shift."""
+  result = subprocess.run(
+      [sys.executable, "benchmarks/detector_framing.py", f"--photos={DEV_DIR}",
+       "--max_photos=12"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.splitlines()
+  assert re.match(r"1[0-2] faces found", lines[0]), result.stdout
+  rows = {line[:48].strip(): line[48:].split() for line in lines[1:5]}
+  from facerecon import detect
+
+  framing = "(" + ", ".join(f"{v:g}" for v in detect.FRAMING) + ")"
+  assert list(rows)[:2] == ["landmark rule alone", f"FRAMING {framing}"], result.stdout
+  for cells in rows.values():  # a bin without photos reads nan; their mean is finite
+    values = [float(v) for v in cells]
+    assert len(values) == 4 and np.isfinite(values[3]) and 0 < values[3] < 50
+  assert sum("held out, " in line for line in lines) == 2

@@ -299,3 +299,47 @@ def test_weighted_suppression_merges_one_face_and_keeps_two():
   np.testing.assert_allclose(merged_points[0], 0.25)
   np.testing.assert_allclose(merged[1], boxes[2])
   np.testing.assert_allclose(scores, [0.9, 0.6])
+
+
+def _keypoints(nose_x):
+  """BlazeFace's six keypoints (eyes, nose, mouth, ears) of a 100-pixel box
+  at (0, 0), the nose `nose_x` box widths right of the eyes' midpoint."""
+  return np.array([[35.0, 40.0], [65.0, 40.0], [50.0 + 100.0 * nose_x, 60.0], [50.0, 78.0],
+                   [5.0, 50.0], [95.0, 50.0]])
+
+
+def test_keypoint_square_grows_and_moves_turned_faces():
+  from facerecon import detect
+
+  box = np.array([0.0, 0.0, 100.0, 100.0])
+  landmark_side = detect.BLAZEFACE_LANDMARK_SCALE * 100.0 / cropping.CROP_FILL
+  framing = detect.FRAMING
+  assert detect.nose_offset(box, _keypoints(0.3)) == pytest.approx(0.3)
+
+  def rule_x(nose):  # the landmark rule's centre: inner keypoints, offset, pulled to the ears
+    inner = 50.0 + 25.0 * nose
+    return inner + 100.0 * detect.INNER_OFFSET[0] + detect.EAR_PULL[0] * (50.0 - inner)
+
+  frontal = detect.keypoint_square(box, _keypoints(0.0))
+  # Frontal: the landmark rule's square, tighter; not moved across.
+  assert frontal.side == pytest.approx(landmark_side / framing.tighten)
+  assert frontal.centre_x == pytest.approx(rule_x(0.0))
+  # Turned a little (within TURN_START): the same size, moved the nose's way.
+  slight = detect.keypoint_square(box, _keypoints(0.1))
+  assert slight.side == pytest.approx(frontal.side)
+  assert slight.centre_x - rule_x(0.1) == pytest.approx(framing.turn_shift * 0.1 * slight.side)
+  # In profile: larger by the turn, moved the nose's way; mirrored keypoints
+  # give the same size moved the other way.
+  right, left = (detect.keypoint_square(box, _keypoints(n)) for n in (0.3, -0.3))
+  assert right.side == pytest.approx(
+      landmark_side / (framing.tighten - framing.turn_growth * (0.3 - framing.turn_start)))
+  assert right.side > frontal.side and right.side == pytest.approx(left.side)
+  assert right.centre_x - rule_x(0.3) == pytest.approx(framing.turn_shift * 0.3 * right.side)
+  assert left.centre_x - rule_x(-0.3) == pytest.approx(-framing.turn_shift * 0.3 * left.side)
+  assert right.centre_y == pytest.approx(frontal.centre_y)
+  # Keypoints turned beyond any face keep a finite crop at most twice the rule's.
+  extreme = detect.keypoint_square(box, _keypoints(2.0))
+  assert np.isfinite(extreme.side) and extreme.side == pytest.approx(2.0 * landmark_side)
+  # No framing: the landmark rule's square itself.
+  plain = detect.keypoint_square(box, _keypoints(0.3), detect.Framing())
+  assert plain.side == pytest.approx(landmark_side) and plain.centre_x == pytest.approx(rule_x(0.3))
