@@ -189,6 +189,41 @@ def read_labelled_photos(pairs, skipped: list):
     yield image_path, labels, photo
 
 
+class LabelledCrop(NamedTuple):
+  """One labelled photo's face in one crop."""
+  crop: np.ndarray            # [S, S, 3] uint8
+  square: cropping.Square     # where it is in the photo
+  landmarks: np.ndarray       # [68, 2] the labelled landmarks in the photo
+  angles: np.ndarray          # [3] the label's (pitch, yaw, roll), degrees
+
+
+def labelled_crops(pairs, size: int, skipped: list,
+                   ground_truth_fill: float = cropping.GROUND_TRUTH_FILL, detector=None):
+  """Per chunk of CHUNK (image, .mat) pairs: ({'truth': [LabelledCrop] in
+  the ground-truth crops, and with a `detector` 'detector': [LabelledCrop]
+  in its crop of the labelled face}, how many labelled faces it missed).
+  Unreadable photos and malformed .mat files go to `skipped`."""
+  for start in range(0, len(pairs), CHUNK):
+    crops, missed = {"truth": [], "detector": []}, 0
+    for _, labels, photo in read_labelled_photos(pairs[start:start + CHUNK], skipped):
+      landmarks = labels.landmarks[:, :2]
+      angles = np.degrees(labels.params[:3])  # pitch, yaw, roll
+      squares = {"truth": cropping.square_from_landmarks(landmarks, ground_truth_fill)}
+      if detector is not None:
+        squares["detector"] = _detected_square(detector, photo, landmarks)
+        missed += squares["detector"] is None
+      for rule, square in squares.items():
+        if square is not None:
+          crops[rule].append(LabelledCrop(cropping.crop(photo, square, size), square, landmarks,
+                                          angles))
+    yield crops, missed
+
+
+def _no_photo_error(folder: str, skipped: list, what: str) -> ValueError:
+  return ValueError(f"no photo in {folder} could be {what}: "
+                    + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
+
+
 class LabelledFits(NamedTuple):
   """A predictor's fits of labelled photos in their ground-truth crops."""
   fits: inference.FaceFits   # [F] in the crops' frame
@@ -207,22 +242,18 @@ def fit_labelled_photos(predictor: inference.Predictor, folder: str,
   """The predictor's fits of the photos of an AFLW2000-3D-style folder in the
   evaluation's ground-truth crops (for commands that calibrate a run on
   them). Unreadable photos and malformed .mat files are in 'skipped'."""
-  pairs = mat_folders.find_pairs(folder)
-  parts, squares, labels, angles, skipped = [], [], [], [], []
-  for start in range(0, len(pairs), CHUNK):
-    crops = []
-    for _, label, photo in read_labelled_photos(pairs[start:start + CHUNK], skipped):
-      squares.append(cropping.square_from_landmarks(label.landmarks, ground_truth_fill))
-      crops.append(cropping.crop(photo, squares[-1], predictor.size))
-      labels.append(label.landmarks[:, :2])
-      angles.append(np.degrees(label.params[:3]))
-    if crops:
-      parts.append(predictor(np.stack(crops)))
+  parts, faces, skipped = [], [], []
+  for crops, _ in labelled_crops(mat_folders.find_pairs(folder), predictor.size, skipped,
+                                 ground_truth_fill):
+    if crops["truth"]:
+      parts.append(predictor(np.stack([face.crop for face in crops["truth"]])))
+      faces += crops["truth"]
   if not parts:
-    raise ValueError(f"no photo in {folder} could be fitted: "
-                     + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
+    raise _no_photo_error(folder, skipped, "fitted")
   fits = inference.FaceFits(*(np.concatenate(field) for field in zip(*parts)))
-  return LabelledFits(fits, squares, np.stack(labels), np.stack(angles), skipped)
+  return LabelledFits(fits, [face.square for face in faces],
+                      np.stack([face.landmarks for face in faces]),
+                      np.stack([face.angles for face in faces]), skipped)
 
 
 def evaluate_folder(config, workdir: str, folder: str, detector=None,
@@ -247,35 +278,27 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   results = {rule: ([], [], [], []) for rule in ("truth", "detector")}
   residual_sums = np.zeros(2)  # CoarseNet's, FineNet's
   skipped, missed = [], 0
-  for start in tqdm.trange(0, len(pairs), CHUNK, desc="photos", unit="chunk"):
-    crops = {"truth": [], "detector": []}
-    for _, labels, photo in read_labelled_photos(pairs[start:start + CHUNK], skipped):
-      angles = np.degrees(labels.params[:3])  # pitch, yaw, roll
-      squares = {"truth": cropping.square_from_landmarks(labels.landmarks, ground_truth_fill)}
-      if detector is not None:
-        squares["detector"] = _detected_square(detector, photo, labels.landmarks)
-        missed += squares["detector"] is None
-      for rule, square in squares.items():
-        if square is not None:
-          crops[rule].append((cropping.crop(photo, square, size), square, labels.landmarks,
-                              angles))
+  chunks = labelled_crops(pairs, size, skipped, ground_truth_fill, detector)
+  for crops, chunk_missed in tqdm.tqdm(chunks, total=-(-len(pairs) // CHUNK), desc="photos",
+                                       unit="chunk"):
+    missed += chunk_missed
     for rule, faces in crops.items():
       if not faces:
         continue
-      fits = predictor(np.stack([f[0] for f in faces]))
-      predicted = np.stack([cropping.to_photo(points, f[1], size)
-                            for points, f in zip(fits.landmarks, faces)])
-      results[rule][0].extend(landmark_nme(predicted, np.stack([f[2] for f in faces])))
-      results[rule][1].extend(f[3][1] for f in faces)
+      images = np.stack([face.crop for face in faces])
+      fits = predictor(images)
+      predicted = np.stack([cropping.to_photo(points, face.square, size)
+                            for points, face in zip(fits.landmarks, faces)])
+      results[rule][0].extend(landmark_nme(predicted, np.stack([f.landmarks for f in faces])))
+      results[rule][1].extend(face.angles[1] for face in faces)
       # A crop is a similarity without rotation: the angles are the photo's.
       results[rule][2].extend(np.degrees(np.asarray(fits.params)[:, :3]))
-      results[rule][3].extend(f[3] for f in faces)
+      results[rule][3].extend(face.angles for face in faces)
       if rule == "truth" and predictor.has_fine:
-        residual_sums += np.asarray(_shading_residuals(
-            np.stack([f[0] for f in faces]), fits.coarse_depth, fits.depth, fits.mask))
+        residual_sums += np.asarray(_shading_residuals(images, fits.coarse_depth, fits.depth,
+                                                       fits.mask))
   if not results["truth"][0]:
-    raise ValueError(f"no photo in {folder} could be evaluated: "
-                     + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
+    raise _no_photo_error(folder, skipped, "evaluated")
   # What the fits were: mirrored only where asked and the model is symmetric,
   # and calibrated only where asked and the run has a calibration.
   out = {"photos": len(pairs), "skipped": skipped, "mirror": predictor.mirror is not None,
