@@ -84,7 +84,7 @@ def main(argv):
   start_face = predictor.start_face
   # CoarseNet alone on uint8 crops, its first input render kept (as the Predictor does).
   regress = jax.jit(lambda *arguments: inference.regress(net, *arguments, config.image_size,
-                                                        predictor.sharpen))
+                                                        predictor.options.sharpen))
   one = crop[None]
   many = np.repeat(one, _BATCH.value, axis=0)
   dense = jax.jit(morphable.vertices_from_params)

@@ -274,7 +274,6 @@ class Predictor:
     self.has_fine = trained.fine_net is not None
     self.size = crop_size(config, self.has_fine)  # the crops' side
     self.window_offsets = window_offsets(self.size, options.window_shift)
-    self.sharpen = options.sharpen
     self.calibration = None
     if options.calibrate and workdir is not None:
       run = rundir.RunDir(workdir)
@@ -297,7 +296,12 @@ class Predictor:
                                     self.mirror), replicated)
     self.start_face = self._context[2]
     self._predict = _predict_fn(trained.coarse_net, trained.fine_net, config, self.mesh,
-                                self.window_offsets, self.calibration, self.sharpen)
+                                self.window_offsets, self.calibration, options.sharpen)
+
+  @property
+  def sharpen(self) -> float:
+    """How much CoarseNet's input is sharpened (`FitOptions.sharpen`)."""
+    return self.options.sharpen
 
   def _whole_devices(self, batch_size: int) -> int:
     """`batch_size` rounded up to a multiple of the devices (at least one each)."""

@@ -581,7 +581,6 @@ def test_aflw_style_evaluation_of_perfect_fits_is_zero(tmp_path, monkeypatch):
   class Oracle:
     model = face_models.load("embedded:25")
     size, has_fine, mirror, calibration = tiny.config().image_size, False, None, None
-    sharpen = 0.0
 
     def __init__(self, *args, **options):
       pass
