@@ -44,8 +44,8 @@ def initial_coarse_variables(net, config, mesh, model, statistics):
   """The variables a CoarseNet run starts from: `init_coarse_variables` of
   config.coarse.seed, with the ImageNet weights of config.coarse.pretrained
   where it is set, or the best CoarseNet of the run config.coarse.init_from
-  (fine-tuning; it must have the same networks). A resumed run restores
-  over them."""
+  (fine-tuning; it must have the same networks, or fewer iterations:
+  `grow_iterations`). A resumed run restores over them."""
   coarse = config.coarse
   variables = init_coarse_variables(net, config, mesh, model, statistics, coarse.seed)
   if coarse.get("init_from"):
@@ -56,13 +56,67 @@ def initial_coarse_variables(net, config, mesh, model, statistics):
     flattened = dict(coarse.backbone_kwargs).get("pool") == "flatten"
     check_coarse_run(config, source, "config.coarse.init_from: ",
                      tuple(f for f in rundir.COARSE_NETWORK_FIELDS
-                           if f != "image_size" or flattened))
-    return restore_best(source, variables)
+                           if (f != "image_size" or flattened)
+                           and f != "coarse.num_iterations"))
+    trained = trained_iterations(config, rundir.read_record(source),
+                                 f"the CoarseNet run in {source.path}")
+    restored = restore_best(source, first_iterations(variables, trained))
+    return grow_iterations(restored, variables)
   if coarse.pretrained:
     scope = backbones.make_backbone(coarse.backbone, **dict(coarse.backbone_kwargs)).name
     variables = pretrained.init_from_slim(
         dict(variables), pretrained.load_slim_arrays(coarse.pretrained), scope)
   return variables
+
+
+def trained_iterations(config, record: dict | None, where: str) -> int:
+  """How many iterations the CoarseNet of a run's `record` (its config.json;
+  None: as `config`) has; ValueError when more than `config` asks (`where`
+  names the run): a fine-tuning may add iterations, not drop them."""
+  asked = config.coarse.num_iterations
+  trained = asked if record is None else int(record["config"]["coarse"]["num_iterations"])
+  if trained > asked:
+    raise ValueError(f"config.coarse.num_iterations: {where} has {trained} "
+                     f"iteration{'s' * (trained != 1)}, more than the {asked} asked (a run can "
+                     "gain iterations, not lose them)")
+  return trained
+
+
+def _iteration_number(name: str) -> int:
+  return int(name.rsplit("_", 1)[1])
+
+
+def first_iterations(variables, count: int):
+  """CoarseNet's `variables` ({collection: {'iteration_k': ...}}) with only
+  iterations 1..count."""
+  return {collection: {name: tree for name, tree in trees.items()
+                       if _iteration_number(name) <= count}
+          for collection, trees in variables.items()}
+
+
+def grow_iterations(trained, fresh):
+  """CoarseNet variables shaped like `fresh` (N iterations) from `trained`
+  ones of its first M <= N iterations: those kept, each later one a copy of
+  iteration M's backbone (and its batch statistics) with `fresh`'s head.
+  A fresh head is zero, so the grown network starts with the trained one's
+  estimates, and each new iteration starts from features that already read
+  faces (it sees the same input channels, over the fit so far) instead of
+  from random ones: the paper's later iterations over a trained first."""
+  def grow(collection):
+    kept = trained.get(collection, {})
+    last = f"iteration_{max(map(_iteration_number, kept))}" if kept else None
+    grown = {}
+    for name, tree in fresh[collection].items():
+      if name in kept:
+        grown[name] = kept[name]
+      elif last is None:
+        grown[name] = tree
+      else:
+        # Copies: a train step donates its state's buffers, one at a time.
+        grown[name] = {part: (tree[part] if part == "head" else jax.tree.map(jnp.copy, value))
+                       for part, value in kept[last].items()}
+    return grown
+  return {collection: grow(collection) for collection in fresh}
 
 
 def fine_net(config) -> fine_lib.FineNet:

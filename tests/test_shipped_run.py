@@ -259,3 +259,43 @@ def test_a_run_fine_tunes_the_shipped_coarse_net(shipped, tmp_path):
   with pytest.raises(ValueError, match="init_from"):
     networks.initial_coarse_variables(networks.coarse_net(config), config, None, surface,
                                       statistics)
+
+
+def test_a_run_adds_iterations_to_the_shipped_coarse_net(shipped):
+  """config.coarse.init_from with more iterations: the trained one kept, the
+  new one a copy of its backbone with a zero head, so the grown network
+  starts with the same estimates; fewer iterations are refused."""
+  config, path = shipped
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.coarse.init_from = path
+  config.coarse.num_iterations = 2
+  model = face_models.load(config.model)
+  surface = morphable.surface(model)
+  statistics = normalization.load_statistics(os.path.join(path, "statistics.npz"))
+  net = networks.coarse_net(config)
+  grown = networks.initial_coarse_variables(net, config, None, surface, statistics)
+  trained_config = rundir.resolve_config(rundir.RunDir(path))
+  trained_net, trained, _, _ = networks.load_coarse(trained_config, rundir.RunDir(path))
+  for collection in ("params", "batch_stats"):
+    backbone = {k: v for k, v in trained[collection]["iteration_1"].items() if k != "head"}
+    copied = {k: v for k, v in grown[collection]["iteration_2"].items() if k != "head"}
+    for tree in (grown[collection]["iteration_1"], copied):
+      for ours, theirs in zip(jax.tree.leaves(tree), jax.tree.leaves(
+          trained[collection]["iteration_1"] if tree is not copied else backbone)):
+        np.testing.assert_array_equal(ours, theirs)
+  assert not any(np.any(leaf) for leaf in
+                 jax.tree.leaves(grown["params"]["iteration_2"]["head"]))
+  assert jax.tree.leaves(grown["params"]["iteration_2"]["head"])
+
+  images = np.random.default_rng(0).normal(
+      size=(2, config.image_size, config.image_size, 3)).astype(np.float32)
+  estimates = net.apply(grown, images, surface, statistics)
+  first = trained_net.apply(trained, images, surface, statistics)
+  assert estimates.shape[0] == 2
+  np.testing.assert_allclose(estimates[1], first[0], atol=1e-5)
+
+  record = rundir.read_record(rundir.RunDir(path))
+  assert networks.trained_iterations(config, record, "the shipped run") == 1
+  config.coarse.num_iterations = 0
+  with pytest.raises(ValueError, match="num_iterations: the shipped run has 1 iteration,"):
+    networks.trained_iterations(config, record, "the shipped run")
