@@ -276,26 +276,28 @@ def test_a_run_adds_iterations_to_the_shipped_coarse_net(shipped):
   grown = networks.initial_coarse_variables(net, config, None, surface, statistics)
   trained_config = rundir.resolve_config(rundir.RunDir(path))
   trained_net, trained, _, _ = networks.load_coarse(trained_config, rundir.RunDir(path))
+
+  def without_head(iteration):
+    return {part: tree for part, tree in iteration.items() if part != "head"}
+
   for collection in ("params", "batch_stats"):
-    backbone = {k: v for k, v in trained[collection]["iteration_1"].items() if k != "head"}
-    copied = {k: v for k, v in grown[collection]["iteration_2"].items() if k != "head"}
-    for tree in (grown[collection]["iteration_1"], copied):
-      for ours, theirs in zip(jax.tree.leaves(tree), jax.tree.leaves(
-          trained[collection]["iteration_1"] if tree is not copied else backbone)):
-        np.testing.assert_array_equal(ours, theirs)
-  assert not any(np.any(leaf) for leaf in
-                 jax.tree.leaves(grown["params"]["iteration_2"]["head"]))
-  assert jax.tree.leaves(grown["params"]["iteration_2"]["head"])
+    first = trained[collection]["iteration_1"]
+    jax.tree.map(np.testing.assert_array_equal, grown[collection]["iteration_1"], first)
+    jax.tree.map(np.testing.assert_array_equal,
+                 without_head(grown[collection]["iteration_2"]), without_head(first))
+  head = jax.tree.leaves(grown["params"]["iteration_2"]["head"])
+  assert head and not any(np.any(leaf) for leaf in head)
 
   images = np.random.default_rng(0).normal(
       size=(2, config.image_size, config.image_size, 3)).astype(np.float32)
   estimates = net.apply(grown, images, surface, statistics)
-  first = trained_net.apply(trained, images, surface, statistics)
+  trained_estimates = trained_net.apply(trained, images, surface, statistics)
   assert estimates.shape[0] == 2
-  np.testing.assert_allclose(estimates[1], first[0], atol=1e-5)
+  np.testing.assert_allclose(estimates[1], trained_estimates[0], atol=1e-5)
 
   record = rundir.read_record(rundir.RunDir(path))
   assert networks.trained_iterations(config, record, "the shipped run") == 1
-  config.coarse.num_iterations = 0
-  with pytest.raises(ValueError, match="num_iterations: the shipped run has 1 iteration,"):
+  record["config"]["coarse"]["num_iterations"] = 3
+  with pytest.raises(ValueError, match="num_iterations: the shipped run has 3 iterations, more "
+                                       "than the 2 asked"):
     networks.trained_iterations(config, record, "the shipped run")
