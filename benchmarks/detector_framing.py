@@ -57,14 +57,9 @@ class Tables:
     self.sizes, self.shifts, self.nose, self.yaw = sizes, shifts, nose, yaw
     self.bins = evaluate.yaw_bins(yaw)
 
-  def size_factors(self, framing: detect.Framing) -> np.ndarray:
-    divisor = framing.tighten - framing.turn_growth * np.maximum(
-        self.nose - framing.turn_start, 0.0)
-    return 1.0 / np.maximum(divisor, 0.5)
-
   def sized(self, framing: detect.Framing) -> np.ndarray:
     """[F] NME of each face's crop resized by `framing` (not moved)."""
-    factors = np.clip(self.size_factors(framing), SIZES[0], SIZES[-1])
+    factors = np.clip(detect.framing_side_factor(framing, self.nose), SIZES[0], SIZES[-1])
     return np.array([np.interp(f, SIZES, row) for f, row in zip(factors, self.sizes)])
 
   def shifted(self, turn_shift: float) -> np.ndarray:

@@ -438,12 +438,19 @@ def keypoint_square(box, keypoints, framing: Framing = FRAMING) -> cropping.Squa
   centre = inner + np.array(INNER_OFFSET) * w + np.array(EAR_PULL) * (ears - inner)
   square = cropping.square_from_landmark_box(centre[0], centre[1], BLAZEFACE_LANDMARK_SCALE * w)
   nose = nose_offset(box, points)
-  # At most twice the rule's side however far the keypoints turn (|nose|
-  # stays under 0.4 on the dev photos).
-  divisor = framing.tighten - framing.turn_growth * max(abs(nose) - framing.turn_start, 0.0)
-  side = square.side / max(divisor, 0.5)
+  side = square.side * float(framing_side_factor(framing, nose))
   return cropping.Square(square.centre_x + framing.turn_shift * nose * side, square.centre_y,
                          side)
+
+
+def framing_side_factor(framing: Framing, nose):
+  """What `framing` multiplies the landmark rule's side by for faces whose
+  `nose_offset` is `nose` (a number or an array)."""
+  divisor = framing.tighten - framing.turn_growth * np.maximum(
+      np.abs(nose) - framing.turn_start, 0.0)
+  # At most twice the rule's side however far the keypoints turn (|nose|
+  # stays under 0.4 on the dev photos).
+  return 1.0 / np.maximum(divisor, 0.5)
 
 
 def nose_offset(box, keypoints) -> float:

@@ -289,7 +289,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
       fits = predictor(images)
       predicted = np.stack([cropping.to_photo(points, face.square, size)
                             for points, face in zip(fits.landmarks, faces)])
-      results[rule][0].extend(landmark_nme(predicted, np.stack([f.landmarks for f in faces])))
+      results[rule][0].extend(landmark_nme(predicted, np.stack([face.landmarks for face in faces])))
       results[rule][1].extend(face.angles[1] for face in faces)
       # A crop is a similarity without rotation: the angles are the photo's.
       results[rule][2].extend(np.degrees(np.asarray(fits.params)[:, :3]))

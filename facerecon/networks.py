@@ -102,21 +102,14 @@ def grow_iterations(trained, fresh):
   estimates, and each new iteration starts from features that already read
   faces (it sees the same input channels, over the fit so far) instead of
   from random ones: the paper's later iterations over a trained first."""
-  def grow(collection):
-    kept = trained.get(collection, {})
-    last = f"iteration_{max(map(_iteration_number, kept))}" if kept else None
-    grown = {}
-    for name, tree in fresh[collection].items():
-      if name in kept:
-        grown[name] = kept[name]
-      elif last is None:
-        grown[name] = tree
-      else:
-        # Copies: a train step donates its state's buffers, one at a time.
-        grown[name] = {part: (tree[part] if part == "head" else jax.tree.map(jnp.copy, value))
-                       for part, value in kept[last].items()}
-    return grown
-  return {collection: grow(collection) for collection in fresh}
+  def grow(kept, fresh_iterations):
+    last = kept[f"iteration_{max(map(_iteration_number, kept))}"]
+    # Copies: a train step donates its state's buffers, one at a time.
+    return {name: kept[name] if name in kept else
+            {part: tree[part] if part == "head" else jax.tree.map(jnp.copy, value)
+             for part, value in last.items()}
+            for name, tree in fresh_iterations.items()}
+  return {collection: grow(trained[collection], trees) for collection, trees in fresh.items()}
 
 
 def fine_net(config) -> fine_lib.FineNet:
