@@ -8,7 +8,8 @@ generate_photos`: the jitted renderer, then the host-side scene when the
 config's prior asks for one) at the config's image size (or --size), and
 prints faces per second over --batches batches after a warm-up. Then it
 times the parts on their own, each jitted alone on the same batch: drawing
-the faces, posing the mesh, rasterizing, painting the albedo (procedural
+the faces, posing the mesh, rasterizing, the cast shadows' map (priors with
+`cast_shadows`), painting the albedo (procedural
 priors), the whole jitted render, and the host-side scene. The goal is 200
 faces/s at the training resolution on 2 cores.
 """
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
@@ -86,6 +88,11 @@ def main(argv):
   parts = {"draw the faces": lambda: draw(model, keys),
            "pose the mesh": lambda: pose(model, sample.params),
            "rasterize": lambda: raster(image_vertices, model.triangles)}
+  if prior.cast_shadows:
+    shadow = jax.jit(lambda v, t, d: render.light_visibility(v * jnp.asarray([1.0, -1.0, 1.0]),
+                                                             t, d, size))
+    parts["cast shadows (shadow map)"] = lambda: shadow(image_vertices, model.triangles,
+                                                        sample.highlight[:, :3])
   if prior.procedural_albedo:
     paint = jax.jit(lambda m, looks: jax.vmap(lambda look: appearance.vertex_albedo(
         m, appearance.vertex_regions(m), look))(looks))

@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
       pitch=(-75.0, 45.0), yaw=(-90.0, 90.0), roll=(-30.0, 30.0), frontal_fraction=0.0,
       fill=(0.55, 0.85), frame_by_landmarks=False, shift=0.08, ambient=(0.45, 0.9),
       directional=(0.0, 0.6), fill_light=(0.0, 0.0), light_from_above=0.0, light_colour=0.0,
-      second_order_light=False, specular=False,
+      second_order_light=False, specular=False, cast_shadows=False,
       gain=(0.85, 1.15), offset=(-0.05, 0.05), contrast=(0.6, 1.0), noise=0.01,
       procedural_albedo=False, hair=1.0, photo_backgrounds=0.0, clutter=0.0, occluders=0.0,
       long_hair=0.0, glasses=0.0,

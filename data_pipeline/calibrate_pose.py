@@ -98,7 +98,8 @@ def calibrate(run: rundir.RunDir, folder: str, batch_size: int = 32):
             # What the fits it was chosen on were (the choice depends on them).
             "fits": {"mirror": predictor.mirror is not None,
                      "window_offsets": [list(o) for o in predictor.window_offsets],
-                     "sharpen": predictor.options.sharpen},
+                     "sharpen": predictor.options.sharpen,
+                     "upright": predictor.options.upright},
             "nme_before": evaluate.yaw_table(evaluate.landmark_nme(
                 landmarks[uncalibrated], fitted.labels), fitted.yaw),
             "nme_after": evaluate.yaw_table(evaluate.landmark_nme(

@@ -180,6 +180,35 @@ def pose_after_image_similarity(pose, scale, offset, height: int,
                               scale * pose[..., params_lib.SCALE])
 
 
+def in_plane_angle(pose):
+  """[...]: how far (radians, counter-clockwise as seen) the head's up axis
+  leans from the image's up in the image plane; 0 for an upright face,
+  whatever its pitch and yaw."""
+  rotation = rotation_matrix(pose[..., params_lib.ANGLES])
+  # The model's y axis in the camera frame is R's second column.
+  return jnp.arctan2(-rotation[..., 0, 1], rotation[..., 1, 1])
+
+
+def pose_after_image_rotation(pose, angle, height: int):
+  """The pose that renders the same face after the square image (`height`
+  pixels a side) is turned by `angle` [...] radians counter-clockwise as
+  seen, about its centre: exact for the scaled-orthographic camera, the
+  rotation about the view axis composed with the pose's and the
+  translation turned about the centre (depth unchanged)."""
+  angle = jnp.asarray(angle)
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  zero, one = jnp.zeros_like(angle), jnp.ones_like(angle)
+  turn = jnp.stack([jnp.stack([cos, -sin, zero], -1), jnp.stack([sin, cos, zero], -1),
+                    jnp.stack([zero, zero, one], -1)], -2)
+  angles = angles_from_rotation(turn @ rotation_matrix(pose[..., params_lib.ANGLES]))
+  t = pose[..., params_lib.TRANSLATION]
+  centre = 0.5 * (height - 1)  # the centre in x and in y (= H - 1 - row)
+  t_x = centre + cos * (t[..., 0] - centre) - sin * (t[..., 1] - centre)
+  t_y = centre + sin * (t[..., 0] - centre) + cos * (t[..., 1] - centre)
+  return params_lib.make_pose(angles, jnp.stack([t_x, t_y, t[..., 2]], -1),
+                              pose[..., params_lib.SCALE])
+
+
 def pose_with_angles(pose, angles, centre):
   """The pose [..., 7] with `angles` [..., 3] instead of its own that keeps
   the model-space point `centre` [..., 3] where `pose` put it (image x, y

@@ -109,6 +109,9 @@ _CALIBRATE = flags.DEFINE_bool(
 _SHARPEN = flags.DEFINE_float(
     "sharpen", inference.SHARPEN, "reconstruct/evaluate: how much CoarseNet's input is "
     "sharpened (an unsharp mask's amount, in [0, 5]; 0 turns it off).")
+_UPRIGHT = flags.DEFINE_bool(
+    "upright", True, "reconstruct/evaluate: fit each face again in its crop turned so that "
+    "the first fit stands upright (twice CoarseNet's time; --noupright: one fit).")
 _SMOOTH = flags.DEFINE_bool("smooth", True, "reconstruct, videos: smooth each tracked face's "
                             "parameters over time (One Euro filter, facerecon.video).")
 _REDETECT = flags.DEFINE_integer(
@@ -192,12 +195,13 @@ def _use_compilation_cache():
 
 def fit_options() -> inference.FitOptions:
   """How reconstruct and evaluate apply the networks: --mirror,
-  --window_shift, --calibrate and --sharpen. A bad value is a usage error
+  --window_shift, --calibrate, --sharpen and --upright. A bad value is a usage error
   naming its flag (FitOptions' messages start with the field's name, which
   is the flag's)."""
   try:
     return inference.FitOptions(mirror=_MIRROR.value, window_shift=_WINDOW_SHIFT.value,
-                                calibrate=_CALIBRATE.value, sharpen=_SHARPEN.value)
+                                calibrate=_CALIBRATE.value, sharpen=_SHARPEN.value,
+                                upright=_UPRIGHT.value)
   except ValueError as e:
     raise app.UsageError(f"--{e}") from None
 

@@ -304,6 +304,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
   out = {"photos": len(pairs), "skipped": skipped, "mirror": predictor.mirror is not None,
          "window_shift": options.window_shift,
          "sharpen": options.sharpen,
+         "upright": options.upright,
          "pose_calibration": (None if predictor.calibration is None
                               else predictor.calibration._asdict()),
          "ground_truth_crops": yaw_table(*results["truth"][:2]),

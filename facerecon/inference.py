@@ -89,6 +89,28 @@ WINDOW_SHIFT = 0.03
 SHARPEN = 1.0
 
 
+def regress_upright(coarse_net, coarse_variables, crops, model, statistics, start_face,
+                    size: int, mirror: morphable.MirrorMaps | None, offsets=((0, 0),),
+                    sharpen: float = 0.0):
+  """`regress_averaged` twice: the second time over the crops turned so
+  that the first fit's head stands upright (`camera.in_plane_angle`,
+  `preprocessing.rotate_images`), its parameters turned back into the
+  crop's frame (`camera.pose_after_image_rotation`). CoarseNet reads
+  upright faces best, and misreads faces rolled beyond its training range
+  (30 degrees in configs/real.py) that photos have: on the AFLW2000-3D dev
+  photos the frontal faces rolled more than 30 degrees (17 of 269) had a
+  mean NME of 11 to 19 against 5 (docs/reconstruction.md)."""
+  average = lambda images: regress_averaged(coarse_net, coarse_variables, images, model,
+                                            statistics, start_face, size, mirror, offsets,
+                                            sharpen)
+  first = average(crops)
+  angle = camera.in_plane_angle(first[..., :params_lib.NUM_POSE])
+  second = average(preprocessing.rotate_images(crops, -angle))
+  pose = camera.pose_after_image_rotation(second[..., :params_lib.NUM_POSE], angle,
+                                          crops.shape[-2])
+  return jnp.concatenate([pose, second[..., params_lib.NUM_POSE:]], axis=-1)
+
+
 def check_window_shift(shift: float) -> None:
   """Raises ValueError unless `shift` is a window shift: in [0, 0.25)."""
   if not 0.0 <= shift < 0.25:
@@ -109,6 +131,8 @@ class FitOptions:
     calibrate: the run's pose calibration applied where it has one
       (`PoseCalibration`).
     sharpen: how much CoarseNet's input is sharpened (`SHARPEN`; 0: not).
+    upright: each fit made again in its crop turned so that the face
+      stands upright (`regress_upright`; twice CoarseNet's time).
 
   A value out of range raises ValueError whose message starts with the
   field's name ('sharpen: ...'), so that the command line can name its flag.
@@ -117,6 +141,7 @@ class FitOptions:
   window_shift: float = WINDOW_SHIFT
   calibrate: bool = True
   sharpen: float = SHARPEN
+  upright: bool = True
 
   def __post_init__(self):
     try:
@@ -218,7 +243,7 @@ def crop_size(config, has_fine: bool) -> int:
 
 
 def _predict_fn(coarse_net, fine_net, config, mesh, offsets,
-                calibration: PoseCalibration | None, sharpen: float):
+                calibration: PoseCalibration | None, sharpen: float, upright: bool):
   size = crop_size(config, fine_net is not None)
 
   def render_fit(params, model, render_model):
@@ -233,8 +258,9 @@ def _predict_fn(coarse_net, fine_net, config, mesh, offsets,
 
   def predict(coarse_variables, fine_params, crops, model, statistics, start_face,
               render_model, mirror):
-    params = regress_averaged(coarse_net, coarse_variables, crops, model, statistics,
-                              start_face, config.image_size, mirror, offsets, sharpen)
+    params = (regress_upright if upright else regress_averaged)(
+        coarse_net, coarse_variables, crops, model, statistics, start_face, config.image_size,
+        mirror, offsets, sharpen)
     if calibration is not None:
       params = calibrated_params(params, model, calibration)
     vertices, depth, mask, landmarks = render_fit(params, model, render_model)
@@ -296,7 +322,8 @@ class Predictor:
                                     self.mirror), replicated)
     self.start_face = self._context[2]
     self._predict = _predict_fn(trained.coarse_net, trained.fine_net, config, self.mesh,
-                                self.window_offsets, self.calibration, options.sharpen)
+                                self.window_offsets, self.calibration, options.sharpen,
+                                options.upright)
 
   @property
   def sharpen(self) -> float:

@@ -186,6 +186,40 @@ def test_pose_after_image_similarity_moves_the_projection():
       camera.pose_after_image_similarity(pose, scale, offset, 128)), rtol=1e-6)
 
 
+def test_pose_after_image_rotation_turns_the_projection_about_the_centre():
+  """The image turned by an angle about its centre: every projected point
+  turns with it (counter-clockwise as seen, so clockwise in row-down
+  coordinates), depth stays; the head's in-plane angle grows by the angle."""
+  rng = np.random.default_rng(6)
+  vertices = jnp.asarray(rng.normal(size=(20, 3)) * 30, jnp.float32)
+  pose = jnp.array([0.2, -0.4, 0.1, 60.0, 70.0, 3.0, 0.9])
+  size, angle = 128, 0.7
+  before = np.asarray(camera.project_scaled_orthographic(vertices, pose, size))
+  turned = camera.pose_after_image_rotation(pose, angle, size)
+  after = np.asarray(camera.project_scaled_orthographic(vertices, turned, size))
+  centre = 0.5 * (size - 1)
+  x, y = before[:, 0] - centre, centre - before[:, 1]          # y up
+  expected_x = centre + np.cos(angle) * x - np.sin(angle) * y
+  expected_row = centre - (np.sin(angle) * x + np.cos(angle) * y)
+  np.testing.assert_allclose(after[:, 0], expected_x, atol=1e-3)
+  np.testing.assert_allclose(after[:, 1], expected_row, atol=1e-3)
+  np.testing.assert_allclose(after[:, 2], before[:, 2], atol=1e-3)
+  np.testing.assert_allclose(float(camera.in_plane_angle(turned)),
+                             float(camera.in_plane_angle(pose)) + angle, atol=1e-5)
+
+
+def test_in_plane_angle_is_the_roll_of_a_face_looking_at_the_camera():
+  """0 for any pitch and yaw without roll; minus the roll when the face looks
+  straight at the camera (a positive roll turns the head clockwise as seen:
+  its up axis (0, 1, 0) goes to (sin, cos)); batched."""
+  poses = jnp.array([[0.3, -0.8, 0.0, 0, 0, 0, 1.0], [0.0, 0.0, 0.5, 0, 0, 0, 1.0],
+                     [0.0, 0.0, -1.2, 0, 0, 0, 1.0]])
+  angles = np.asarray(camera.in_plane_angle(poses))
+  np.testing.assert_allclose(angles, [0.0, -0.5, 1.2], atol=1e-6)
+  head_up = np.asarray(camera.rotation_matrix(poses[1, :3]))[:, 1]
+  np.testing.assert_allclose(head_up, [np.sin(0.5), np.cos(0.5), 0.0], atol=1e-6)
+
+
 def test_params_after_resize_maps_pixel_centres():
   """A face in a 32-pixel image, the image resized to 96: pixel centres map
   by p' = 3 (p + 1/2) - 1/2, depth scales by 3, the shape part is kept."""

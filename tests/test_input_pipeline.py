@@ -249,6 +249,27 @@ def test_dataset_statistics_of_a_tfds_train_split(dataset, tmp_path):
   assert difference.mean() < 1 / 255 and difference.max() < 8 / 255  # (JPEG's losses)
 
 
+def test_rotate_images_turns_about_the_centre_and_repeats_the_edges():
+  """A quarter turn counter-clockwise (as seen) moves a pixel right of the
+  centre to above it, exactly; 0 leaves an image as it was; uint8 stays
+  uint8; a half-pixel bilinear sample averages; beyond the image its edge
+  pixels repeat (no black corners)."""
+  image = np.zeros((2, 9, 9, 3), np.uint8)
+  image[:, 4, 7] = 200                                   # 3 pixels right of the centre
+  turned = np.asarray(preprocessing.rotate_images(image, np.array([np.pi / 2, 0.0])))
+  assert turned.dtype == np.uint8
+  expected = np.zeros((9, 9, 3), np.uint8)
+  expected[1, 4] = 200                                   # 3 pixels above it
+  np.testing.assert_array_equal(turned[0], expected)
+  np.testing.assert_array_equal(turned[1], image[1])
+  ramp = np.tile(np.arange(8, dtype=np.float32) * 10, (8, 1))[None, ..., None]
+  # Turned half a turn: column j shows column 7 - j.
+  np.testing.assert_allclose(np.asarray(preprocessing.rotate_images(ramp, np.array([np.pi]))),
+                             ramp[:, :, ::-1], atol=1e-3)
+  edges = np.asarray(preprocessing.rotate_images(ramp, np.array([np.pi / 4])))
+  assert edges.min() >= 0.0 and edges[0, 0, 0, 0] > 0.0  # a corner repeats the edge
+
+
 def test_unsharp_mask_matches_opencv_and_keeps_flat_images():
   """The unsharp mask against OpenCV's Gaussian (7 taps at sigma 1, edge
   pixels repeated); a flat image and amount 0 are left as they are; edges

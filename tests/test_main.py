@@ -99,8 +99,9 @@ def test_the_facerecon_command_line_becomes_main_flags():
 
 
 def test_the_fit_flags_make_one_fit_options():
-  """--mirror, --window_shift, --calibrate and --sharpen are the FitOptions'
-  fields, with their defaults; a bad value is a usage error naming its flag."""
+  """--mirror, --window_shift, --calibrate, --sharpen and --upright are the
+  FitOptions' fields, with their defaults; a bad value is a usage error
+  naming its flag."""
   from absl import app
   from absl import flags
   from absl.testing import flagsaver
@@ -112,9 +113,11 @@ def test_the_fit_flags_make_one_fit_options():
     flags.FLAGS.mark_as_parsed()
   for name, value in inference.FitOptions().as_dict().items():
     assert flags.FLAGS[name].default == value, name
-  with flagsaver.flagsaver(mirror=False, window_shift=0.1, calibrate=False, sharpen=0.0):
+  with flagsaver.flagsaver(mirror=False, window_shift=0.1, calibrate=False, sharpen=0.0,
+                           upright=False):
     assert cli.fit_options() == inference.FitOptions(mirror=False, window_shift=0.1,
-                                                      calibrate=False, sharpen=0.0)
+                                                      calibrate=False, sharpen=0.0,
+                                                      upright=False)
   for flag, value, message in (("window_shift", 0.5, "--window_shift: window shift must be in"),
                                ("sharpen", -1.0, "--sharpen: must be in [0, 5], got -1.0")):
     with flagsaver.flagsaver(**{flag: value}):

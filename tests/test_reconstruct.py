@@ -311,9 +311,10 @@ def test_a_runs_pose_calibration_turns_its_fits(run_dir, tmp_path):
 
 
 def test_the_fit_flags_reach_the_evaluation(run_dir, tmp_path):
-  """--mode=evaluate with --sharpen=0 --nocalibrate --window_shift=0.1 (one
-  FitOptions, `cli.fit_options`): the evaluation's JSON records the fits as
-  neither sharpened nor calibrated, though the run has a pose calibration."""
+  """--mode=evaluate with --sharpen=0 --nocalibrate --window_shift=0.1
+  --noupright (one FitOptions, `cli.fit_options`): the evaluation's JSON
+  records the fits as neither sharpened nor calibrated, though the run has a
+  pose calibration, nor made again upright."""
   from absl import flags
   from absl.testing import flagsaver
 
@@ -329,12 +330,14 @@ def test_the_fit_flags_reach_the_evaluation(run_dir, tmp_path):
   with flagsaver.flagsaver():  # the flags parsed here are restored after
     flags.FLAGS(["main.py", "--mode=evaluate", f"--workdir={calibrated_run}",
                  f"--input={folder}", f"--output={tmp_path / 'results'}", "--detector=none",
-                 "--compilation_cache=", "--sharpen=0", "--nocalibrate", "--window_shift=0.1"])
+                 "--compilation_cache=", "--sharpen=0", "--nocalibrate", "--window_shift=0.1",
+                 "--noupright"])
     assert cli._apply_trained(None) == 0  # pylint: disable=protected-access
   with open(tmp_path / "results" / "evaluation_AFLW2000.json") as f:
     results = json.load(f)
   assert results["sharpen"] == 0.0 and results["pose_calibration"] is None
   assert results["window_shift"] == 0.1 and results["ground_truth_crops_pose"]["count"] == 2
+  assert results["upright"] is False
 
 
 def test_coarsenets_input_is_sharpened_as_asked(run_dir):
@@ -343,10 +346,10 @@ def test_coarsenets_input_is_sharpened_as_asked(run_dir):
   fits; a sharpening out of range is refused."""
   config = tiny.config(**CONFIG)
   crops = np.random.default_rng(4).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
-  plain = inference.Predictor(config, run_dir, batch_size=2,
-                              options=inference.FitOptions(window_shift=0.0, sharpen=0.0))
+  plain = inference.Predictor(config, run_dir, batch_size=2, options=inference.FitOptions(
+      window_shift=0.0, sharpen=0.0, upright=False))
   sharp = inference.Predictor(config, run_dir, batch_size=2,
-                              options=inference.FitOptions(window_shift=0.0))
+                              options=inference.FitOptions(window_shift=0.0, upright=False))
   assert sharp.sharpen == sharp.options.sharpen == inference.SHARPEN > 0
   fit = jax.jit(lambda crops, sharpen: inference.regress(
       plain.coarse_net, plain.coarse_variables, crops, plain.model, plain.statistics,
@@ -364,8 +367,8 @@ def test_fit_options_refuse_bad_values_naming_the_field():
   name (the command line's flag); recorded as a dict they make the same
   options again."""
   defaults = inference.FitOptions()
-  assert (defaults.mirror, defaults.window_shift, defaults.calibrate, defaults.sharpen) == (
-      True, inference.WINDOW_SHIFT, True, inference.SHARPEN)
+  assert (defaults.mirror, defaults.window_shift, defaults.calibrate, defaults.sharpen,
+          defaults.upright) == (True, inference.WINDOW_SHIFT, True, inference.SHARPEN, True)
   for field, bad, message in (("window_shift", -0.01, "window shift must be in"),
                               ("window_shift", 0.25, "window shift must be in"),
                               ("sharpen", -1.0, r"must be in \[0, 5\]"),
@@ -373,9 +376,11 @@ def test_fit_options_refuse_bad_values_naming_the_field():
                               ("sharpen", float("nan"), r"must be in \[0, 5\]")):
     with pytest.raises(ValueError, match=f"^{field}: {message}"):
       inference.FitOptions(**{field: bad})
-  options = inference.FitOptions(mirror=False, window_shift=0, calibrate=False, sharpen=0)
+  options = inference.FitOptions(mirror=False, window_shift=0, calibrate=False, sharpen=0,
+                                 upright=False)
   record = options.as_dict()
-  assert record == {"mirror": False, "window_shift": 0.0, "calibrate": False, "sharpen": 0.0}
+  assert record == {"mirror": False, "window_shift": 0.0, "calibrate": False, "sharpen": 0.0,
+                    "upright": False}
   assert isinstance(record["sharpen"], float) and json.loads(json.dumps(record)) == record
   assert inference.FitOptions(**record) == options
   with pytest.raises(TypeError, match="options must be a FitOptions"):

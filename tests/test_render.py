@@ -268,3 +268,45 @@ def test_interpolate_computes_in_float32_for_bfloat16_inputs(backend):
   np.testing.assert_allclose(np.asarray(grad, np.float32),
                              np.asarray(half(jax.grad(depth_loss)(vertices)), np.float32),
                              rtol=1e-6)
+
+
+def _plate(count: int, half: float, height: float):
+  """A flat square of count x count vertices over [-half, half]^2 at z =
+  height, and its triangles."""
+  xs = np.linspace(-half, half, count)
+  x, y = np.meshgrid(xs, xs)
+  vertices = np.stack([x.ravel(), y.ravel(), np.full(x.size, height)], axis=-1)
+  index = np.arange(x.size).reshape(count, count)
+  a, b, c, d = (index[:-1, :-1].ravel(), index[:-1, 1:].ravel(), index[1:, :-1].ravel(),
+                index[1:, 1:].ravel())
+  return vertices, np.concatenate([np.stack([a, b, c], -1), np.stack([b, d, c], -1)])
+
+
+def test_light_visibility_is_the_shadow_a_roof_casts_on_the_floor():
+  floor, floor_triangles = _plate(21, 10.0, 0.0)   # a vertex every unit
+  roof, roof_triangles = _plate(5, 3.0, 4.0)
+  vertices = np.concatenate([floor, roof]).astype(np.float32)
+  triangles = np.concatenate([floor_triangles, roof_triangles + len(floor)]).astype(np.int32)
+  x, y = floor[:, 0], floor[:, 1]
+  # Light from straight above, then from 45 degrees towards +x: the roof's
+  # shadow moves 4 units (its height) towards -x.
+  directions = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0]], np.float32)
+  batch = np.asarray(render.light_visibility(np.stack([vertices, vertices]), triangles,
+                                             directions, 64))
+  for lit, shift in zip(batch, (0.0, 4.0)):
+    assert lit.shape == (len(vertices),) and set(np.unique(lit)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(lit[len(floor):], 1.0)      # nothing above the roof
+    inside = (np.abs(x + shift) < 2.2) & (np.abs(y) < 2.2)
+    outside = (np.abs(x + shift) > 3.8) | (np.abs(y) > 3.8)
+    np.testing.assert_array_equal(lit[:len(floor)][inside], 0.0)
+    np.testing.assert_array_equal(lit[:len(floor)][outside], 1.0)
+  # One mesh at a time gives the same; a light from below sees the floor
+  # first and lights the floor whole and the roof not at all.
+  np.testing.assert_array_equal(
+      np.asarray(render.light_visibility(vertices, triangles, directions[1], 64)), batch[1])
+  from_below = np.asarray(render.light_visibility(vertices, triangles,
+                                                  np.array([0.0, 0.0, -1.0]), 64))
+  np.testing.assert_array_equal(from_below[:len(floor)], 1.0)
+  np.testing.assert_array_equal(from_below[len(floor):], 0.0)
+  with pytest.raises(ValueError, match="2 pixels"):
+    render.light_visibility(vertices, triangles, directions[0], 1)

@@ -215,6 +215,12 @@ def test_prior_probabilities_are_checked():
   config.synthetic.prior.expression_archetypes = 1.5
   with pytest.raises(ValueError, match="expression_archetypes"):
     sources.face_prior(config)
+  config = real.get_config()
+  config.synthetic.prior.cast_shadows = True
+  assert sources.face_prior(config).cast_shadows
+  config.synthetic.prior.procedural_albedo = False
+  with pytest.raises(ValueError, match="cast_shadows needs procedural_albedo"):
+    sources.face_prior(config)
 
 
 def test_tone_sets_the_luminance_spread_and_brightness():
@@ -403,3 +409,33 @@ def test_synthetic_faces_carry_their_skin_marks(small_model):
   np.testing.assert_array_equal(marked.params, smooth.params)
   changed = np.any(np.asarray(marked.image) != np.asarray(smooth.image), axis=-1)
   assert changed[mask].any() and not changed[~mask].any()
+
+
+def test_cast_shadows_darken_the_neck_under_the_chin_and_nothing_else_changes():
+  """With `cast_shadows` the main light's share is taken from where the head
+  shadows it: never a pixel brighter, the background and the labels as
+  they were; lit from above, the chin shades the neck, not the forehead."""
+  model = face_models.load("ict")
+  prior = synthetic.FacePrior(procedural_albedo=True, frame_by_landmarks=True, fill=(0.5, 0.5),
+                              shift=0.0, pitch=(0.0, 0.0), yaw=(0.0, 0.0), roll=(0.0, 0.0),
+                              ambient=(0.2, 0.2), directional=(1.0, 1.0), light_from_above=1.0,
+                              noise=0.0, hair=0.0)
+  keys = synthetic.sample_keys(3, 0, 4)
+  plain = synthetic.generate_jit(model, keys, prior, 64, 64)
+  shadowed = synthetic.generate_jit(model, keys, dataclasses.replace(prior, cast_shadows=True),
+                                    64, 64)
+  np.testing.assert_array_equal(np.asarray(shadowed.params), np.asarray(plain.params))
+  np.testing.assert_array_equal(np.asarray(shadowed.landmarks), np.asarray(plain.landmarks))
+  darker = np.asarray(plain.image, int) - np.asarray(shadowed.image, int)
+  mask = np.asarray(plain.mask)
+  assert darker.min() == 0 and not darker[~mask].any()
+  assert 0.02 < np.mean(darker.max(-1)[mask] > 4) < 0.5
+  landmarks = np.asarray(plain.landmarks)
+  below_chin, forehead = [], []
+  for k in range(len(keys)):
+    height = np.ptp(landmarks[k, :, 1])
+    column = int(landmarks[k, 8, 0])               # the chin
+    chin, brow = int(landmarks[k, 8, 1] + 0.05 * height), int(landmarks[k, 19, 1])
+    below_chin.append(darker[k, chin:chin + int(0.15 * height), column - 3:column + 4].mean())
+    forehead.append(darker[k, brow - int(0.25 * height):brow, column - 3:column + 4].mean())
+  assert np.mean(below_chin) > 2.0 and np.mean(forehead) < 0.5

@@ -68,6 +68,37 @@ def unsharp_mask(images, amount: float, sigma: float = 1.0):
   return images + amount * (images - blurred)
 
 
+def rotate_images(images, angles):
+  """Square images [n, S, S, C] (any dtype) turned counter-clockwise as seen
+  by `angles` [n] radians about their centres: bilinear, the edge pixels
+  repeated beyond the image (as `cropping.crop` repeats the photo's), the
+  input's dtype kept (rounded for integers). Image pixel (row, column);
+  output pixel q shows the input at centre + R(-angle)(q - centre) in a
+  y-up frame."""
+  size = images.shape[1]
+  centre = 0.5 * (size - 1)
+  rows, columns = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32),
+                               jnp.arange(size, dtype=jnp.float32), indexing="ij")
+  x, y = columns - centre, centre - rows            # y up
+  cos, sin = jnp.cos(angles)[:, None, None], jnp.sin(angles)[:, None, None]
+  source_x = centre + cos * x + sin * y
+  source_row = centre - (-sin * x + cos * y)
+  source_row = jnp.clip(source_row, 0.0, size - 1.0)
+  source_x = jnp.clip(source_x, 0.0, size - 1.0)
+  top = jnp.clip(jnp.floor(source_row), 0, size - 2).astype(jnp.int32)
+  left = jnp.clip(jnp.floor(source_x), 0, size - 2).astype(jnp.int32)
+  down, across = (source_row - top)[..., None], (source_x - left)[..., None]
+  values = images.astype(jnp.float32)
+  pick = jax.vmap(lambda image, r, c: image[r, c])
+  upper = (1 - across) * pick(values, top, left) + across * pick(values, top, left + 1)
+  lower = (1 - across) * pick(values, top + 1, left) + across * pick(values, top + 1, left + 1)
+  out = (1 - down) * upper + down * lower
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    info = jnp.iinfo(images.dtype)
+    out = jnp.clip(jnp.round(out), info.min, info.max)
+  return out.astype(images.dtype)
+
+
 def colour_jitter(images, key, augmentation: Augmentation):
   """Images [B, H, W, 3] in [0, 1], each with its own saturation, contrast and
   brightness change drawn from `key`; clipped to [0, 1]."""

@@ -80,8 +80,12 @@ def face_prior(config) -> synthetic.FacePrior:
     if name in overrides and not 0.0 <= overrides[name] <= 1.0:
       raise ValueError(f"config.synthetic.prior.{name} is a probability (a share of the "
                        f"faces), got {overrides[name]}")
-  return synthetic.FacePrior(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
-                                for k, v in overrides.items()})
+  prior = synthetic.FacePrior(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                                 for k, v in overrides.items()})
+  if prior.cast_shadows and not prior.procedural_albedo:
+    raise ValueError("config.synthetic.prior.cast_shadows needs procedural_albedo=True (the "
+                     "shadows darken the procedural faces' light)")
+  return prior
 
 
 def synthetic_seed(config, split: str, stage: str = "coarse") -> int:

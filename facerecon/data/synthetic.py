@@ -107,6 +107,9 @@ class FacePrior:
   light_colour: float = 0.0      # log-range of the lights' colour casts
   second_order_light: bool = False  # band-2 harmonics: environment light
   specular: bool = False         # highlights (strength drawn per face)
+  # The main light's cast shadows (procedural albedo): the chin's on the
+  # neck, the nose's on the cheek, the brows' in the eye sockets.
+  cast_shadows: bool = False
   gain: tuple[float, float] = (0.85, 1.15)
   offset: tuple[float, float] = (-0.05, 0.05)
   contrast: tuple[float, float] = (0.6, 1.0)   # 1 = full colour, 0 = grey
@@ -163,6 +166,7 @@ class FaceSample(NamedTuple):
   detail: jax.Array    # [B, DETAIL_WAVES, 4] waves: height, frequency u, frequency v, phase
   light: jax.Array     # [B, 9, 3] coloured second-order SH light (shading.sh9_basis)
   highlight: jax.Array  # [B, 4] specular: direction (3), shininess
+  main_light: jax.Array  # [B, 3] the main light's colour (its direction: highlight[:3])
   look: appearance.Appearance  # per-face albedo draws
   wrinkles: jax.Array  # [B, wrinkles.NUM_PARAMS] (facerecon.data.wrinkles)
   marks: jax.Array     # [B, skin_marks.NUM_PARAMS] (facerecon.data.skin_marks)
@@ -251,7 +255,8 @@ def _light(keys, extra_key, prior: FacePrior):
   """(lighting [4]: grey first-order SH, ambient plus one directional light,
   what the texture-model faces are shaded with; light [9, 3]: the same
   light as coloured second-order SH plus, as the prior says, a fill light,
-  colour casts and an environment; highlight [4]: direction, shininess).
+  colour casts and an environment; highlight [4]: direction, shininess;
+  main_light [3]: the main light's colour, for its shadows).
   `keys` [3]: direction, ambient, intensity."""
   main = _direction(keys[0], 0.3)
   # Camera frame, y up; its own key, so that the other draws stay as they were.
@@ -265,7 +270,8 @@ def _light(keys, extra_key, prior: FacePrior):
                                                                    maxval=1.0))
   fill = _direction(more[0], 0.0)
   fill_colour = _uniform(more[1], (), prior.fill_light) * cast(more[2])
-  light = (shading.sh9_directional(main, intensity * cast(more[3]))
+  main_colour = intensity * cast(more[3])
+  light = (shading.sh9_directional(main, main_colour)
            + shading.sh9_directional(fill, fill_colour))
   light = light.at[0].add(ambient * cast(more[4]))
   if prior.second_order_light:
@@ -273,7 +279,7 @@ def _light(keys, extra_key, prior: FacePrior):
   else:
     light = light.at[4:].set(0.0)
   shininess = _uniform(jax.random.fold_in(extra_key, 1), (1,), (8.0, 40.0))
-  return lighting, light, jnp.concatenate([main, shininess])
+  return lighting, light, jnp.concatenate([main, shininess]), main_colour
 
 
 def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: int,
@@ -299,7 +305,7 @@ def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: 
   shift = prior.shift * jnp.array([width, height]) * jax.random.uniform(
       keys[7], (2,), minval=-1.0, maxval=1.0)
   pose = pose.at[params_lib.TRANSLATION.start:params_lib.TRANSLATION.start + 2].add(shift)
-  lighting, light, highlight = _light(keys[8:11], jax.random.fold_in(key, 1005), prior)
+  lighting, light, highlight, main_light = _light(keys[8:11], jax.random.fold_in(key, 1005), prior)
   colour_keys = jax.random.split(keys[11], 3)
   colour = jnp.concatenate([_uniform(colour_keys[0], (3,), prior.gain),
                             _uniform(colour_keys[1], (3,), prior.offset),
@@ -319,7 +325,8 @@ def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: 
   return FaceSample(params.astype(jnp.float32), texture.astype(jnp.float32),
                     lighting.astype(jnp.float32), colour.astype(jnp.float32),
                     detail.astype(jnp.float32), light.astype(jnp.float32),
-                    highlight.astype(jnp.float32), look, folds, marks)
+                    highlight.astype(jnp.float32), main_light.astype(jnp.float32), look,
+                    folds, marks)
 
 
 def _detail_waves(key, prior: FacePrior):
@@ -430,13 +437,23 @@ class SyntheticBatch(NamedTuple):
   landmarks: jax.Array  # [B, 68, 2] float32 image (x, y)
 
 
-def _render_flat(model, params, colours, specular, height: int, width: int, backend):
+def _render_flat(model, params, colours, specular, height: int, width: int, backend,
+                 light_direction=None):
   """`face_render.render_face` with per-vertex colours [B, N, 3] and
   specular weights [B, N], but each pixel's normal its triangle's (flat
   shading): area-weighted vertex normals are a scatter over every triangle,
   a third of the generator's time on a CPU for ICT-FaceKit's 51k triangles,
-  and its triangles are about a pixel at the training sizes."""
+  and its triangles are about a pixel at the training sizes. With a
+  `light_direction` [B, 3] (camera frame, y up) `extra` gains a second
+  channel: where that light reaches (1) or the mesh shadows it (0)."""
   vertices, image_vertices = face_render.posed_vertices(model, params, height)
+  extra = specular[..., None]
+  if light_direction is not None:
+    # Image rows run down: (column, -row, z) is the camera frame, moved.
+    upright = image_vertices * jnp.asarray([1.0, -1.0, 1.0])
+    lit = render.light_visibility(upright, model.triangles, light_direction, height,
+                                   backend=backend)
+    extra = jnp.concatenate([extra, lit[..., None]], axis=-1)
   raster = render.rasterize(image_vertices, model.triangles, height, width, backend)
   # Triangle normals of the image-space mesh; image rows flip y, which
   # flips the cross product: n = (-cx, cy, -cz) in the y-up camera frame.
@@ -448,8 +465,8 @@ def _render_flat(model, params, colours, specular, height: int, width: int, back
       batch, height, width, 3)
   normals = jnp.where(raster.mask[..., None], normals * jax.lax.rsqrt(jnp.maximum(
       normals[..., 0:1] ** 2 + normals[..., 1:2] ** 2 + normals[..., 2:3] ** 2, 1e-24)), 0.0)
-  attributes = jnp.concatenate([jnp.broadcast_to(model.pncc, vertices.shape), colours,
-                                specular[..., None]], axis=-1)
+  attributes = jnp.concatenate([jnp.broadcast_to(model.pncc, vertices.shape), colours, extra],
+                               axis=-1)
   values = render.interpolate(attributes, raster, image_vertices, model.triangles, backend)
   depth = jnp.where(raster.mask, raster.depth, 0.0)
   return face_render.FaceRender(raster, image_vertices, depth, raster.mask, normals,
@@ -465,7 +482,8 @@ def _render(model, sample: FaceSample, prior: FacePrior, height: int, width: int
     regions = appearance.vertex_regions(model)
     colours, specular = jax.vmap(lambda look: appearance.vertex_albedo(model, regions, look))(
         sample.look)
-    face = _render_flat(model, sample.params, colours, specular, height, width, backend)
+    face = _render_flat(model, sample.params, colours, specular, height, width, backend,
+                        sample.highlight[:, :3] if prior.cast_shadows else None)
   else:
     face = face_render.render_face(model, sample.params, sample.texture, height, width,
                                    backend)
@@ -510,7 +528,14 @@ def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int,
     normals = normals * jax.lax.rsqrt(jnp.maximum(
         normals[..., 0:1] ** 2 + normals[..., 1:2] ** 2 + normals[..., 2:3] ** 2, 1e-12))
   if prior.procedural_albedo:
-    irradiance = jnp.maximum(shading.sh9_irradiance(normals, sample.light), 0.0)
+    irradiance = shading.sh9_irradiance(normals, sample.light)
+    if prior.cast_shadows:
+      # In shadow, all but the main light's share.
+      main = jnp.maximum(shading.sh9_irradiance(normals, shading.sh9_directional(
+          sample.highlight[:, :3], sample.main_light)), 0.0)
+      lit = face.extra[..., 1:2]
+      irradiance = irradiance - (1.0 - lit) * main
+    irradiance = jnp.maximum(irradiance, 0.0)
     linear = face.albedo * irradiance
     if prior.specular:
       # Blinn-Phong with the main light; the viewer looks down -z.
@@ -518,6 +543,8 @@ def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int,
       half = half / jnp.linalg.norm(half, axis=-1, keepdims=True)
       cosine = jnp.maximum(jnp.sum(normals * half, axis=-1), 0.0)
       strength = face.extra[..., 0] * jnp.mean(sample.light[:, None, None, 1:4], axis=-1).sum(-1)
+      if prior.cast_shadows:
+        strength = strength * face.extra[..., 1]
       linear = linear + (strength * cosine ** sample.highlight[:, None, None, 3])[..., None]
     shaded = jnp.maximum(linear, 0.0) ** (1.0 / GAMMA)
   else:
