@@ -15,7 +15,8 @@ astronaut in scikit-image's data, one face, 512x512; or --photo):
   depth, batch 1;
 - network call: facerecon.inference.Predictor on one crop (CoarseNet, dense
   mesh, depth map, landmarks; FineNet where the run has one), and the same
-  with the crop alone (`--window_shift=0`: no shifted windows averaged);
+  with the crop alone (`--window_shift=0`: no shifted windows averaged) and
+  with one fit (`--noupright`: not fitted again upright);
 - end to end: detect + crop + network call + the mesh posed in the photo.
 Without --workdir the networks are freshly initialised (the timings do not
 depend on the weights). The goal is 3DDFA_V2's figures on this
@@ -77,6 +78,8 @@ def main(argv):
   predictor = inference.Predictor(config, _WORKDIR.value, batch_size=1)
   crop_alone = inference.Predictor(config, _WORKDIR.value, batch_size=1,
                                    options=inference.FitOptions(window_shift=0.0))
+  one_fit = inference.Predictor(config, _WORKDIR.value, batch_size=1,
+                                options=inference.FitOptions(upright=False))
   size = predictor.size  # the crops' side: FineNet's where the run has one
   crop = cropping.crop(photo, square, size)
   model, statistics = predictor.model, predictor.statistics
@@ -117,6 +120,7 @@ def main(argv):
       "network call (per face)": timing.median_ms(predictor, one, repeats=repeats),
       "network call, crop alone (per face)": timing.median_ms(crop_alone, one,
                                                               repeats=repeats),
+      "network call, one fit (per face)": timing.median_ms(one_fit, one, repeats=repeats),
       "end to end (per photo)": timing.median_ms(end_to_end, repeats=repeats),
   }
   print(f"{config.coarse.backbone} {dict(config.coarse.backbone_kwargs)}, "
