@@ -450,8 +450,8 @@ def _render_flat(model, params, colours, specular, height: int, width: int, back
   extra = specular[..., None]
   if light_direction is not None:
     # Image rows run down: (column, -row, z) is the camera frame, moved.
-    upright = image_vertices * jnp.asarray([1.0, -1.0, 1.0])
-    lit = render.light_visibility(upright, model.triangles, light_direction, height,
+    y_up = image_vertices * jnp.asarray([1.0, -1.0, 1.0])
+    lit = render.light_visibility(y_up, model.triangles, light_direction, height,
                                    backend=backend)
     extra = jnp.concatenate([extra, lit[..., None]], axis=-1)
   raster = render.rasterize(image_vertices, model.triangles, height, width, backend)
