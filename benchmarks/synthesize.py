@@ -23,7 +23,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
@@ -89,9 +88,8 @@ def main(argv):
            "pose the mesh": lambda: pose(model, sample.params),
            "rasterize": lambda: raster(image_vertices, model.triangles)}
   if prior.cast_shadows:
-    shadow = jax.jit(lambda v, t, d: render.light_visibility(v * jnp.asarray([1.0, -1.0, 1.0]),
-                                                             t, d, size))
-    parts["cast shadows (shadow map)"] = lambda: shadow(image_vertices, model.triangles,
+    shadow = jax.jit(lambda m, v, d: synthetic.light_visibility(m, v, d, size))
+    parts["cast shadows (shadow map)"] = lambda: shadow(model, image_vertices,
                                                         sample.highlight[:, :3])
   if prior.procedural_albedo:
     paint = jax.jit(lambda m, looks: jax.vmap(lambda look: appearance.vertex_albedo(

@@ -197,9 +197,9 @@ def pose_after_image_rotation(pose, angle, height: int):
   translation turned about the centre (depth unchanged)."""
   angle = jnp.asarray(angle)
   cos, sin = jnp.cos(angle), jnp.sin(angle)
-  zero, one = jnp.zeros_like(angle), jnp.ones_like(angle)
-  turn = jnp.stack([jnp.stack([cos, -sin, zero], -1), jnp.stack([sin, cos, zero], -1),
-                    jnp.stack([zero, zero, one], -1)], -2)
+  zero = jnp.zeros_like(angle)
+  # A roll of -angle is the turn about the view axis, counter-clockwise as seen.
+  turn = rotation_matrix(jnp.stack([zero, zero, -angle], -1))
   angles = angles_from_rotation(turn @ rotation_matrix(pose[..., params_lib.ANGLES]))
   t = pose[..., params_lib.TRANSLATION]
   centre = 0.5 * (height - 1)  # the centre in x and in y (= H - 1 - row)

@@ -437,6 +437,16 @@ class SyntheticBatch(NamedTuple):
   landmarks: jax.Array  # [B, 68, 2] float32 image (x, y)
 
 
+def light_visibility(model, image_vertices, direction, height: int, backend=None):
+  """[B, N]: 1 where a distant light from `direction` [B, 3] (camera frame,
+  y up) reaches each vertex of the model's meshes posed in an image `height`
+  pixels high (`image_vertices` [B, N, 3]), 0 where they shadow it
+  (`render.light_visibility`, a shadow map the image's size)."""
+  # Image rows run down: (column, -row, z) is the camera frame, moved.
+  return render.light_visibility(image_vertices * jnp.asarray([1.0, -1.0, 1.0]),
+                                 model.triangles, direction, height, backend=backend)
+
+
 def _render_flat(model, params, colours, specular, height: int, width: int, backend,
                  light_direction=None):
   """`face_render.render_face` with per-vertex colours [B, N, 3] and
@@ -449,10 +459,7 @@ def _render_flat(model, params, colours, specular, height: int, width: int, back
   vertices, image_vertices = face_render.posed_vertices(model, params, height)
   extra = specular[..., None]
   if light_direction is not None:
-    # Image rows run down: (column, -row, z) is the camera frame, moved.
-    y_up = image_vertices * jnp.asarray([1.0, -1.0, 1.0])
-    lit = render.light_visibility(y_up, model.triangles, light_direction, height,
-                                   backend=backend)
+    lit = light_visibility(model, image_vertices, light_direction, height, backend)
     extra = jnp.concatenate([extra, lit[..., None]], axis=-1)
   raster = render.rasterize(image_vertices, model.triangles, height, width, backend)
   # Triangle normals of the image-space mesh; image rows flip y, which
@@ -528,13 +535,13 @@ def _shade(model, sample: FaceSample, prior: FacePrior, height: int, width: int,
     normals = normals * jax.lax.rsqrt(jnp.maximum(
         normals[..., 0:1] ** 2 + normals[..., 1:2] ** 2 + normals[..., 2:3] ** 2, 1e-12))
   if prior.procedural_albedo:
-    irradiance = shading.sh9_irradiance(normals, sample.light)
     if prior.cast_shadows:
-      # In shadow, all but the main light's share.
-      main = jnp.maximum(shading.sh9_irradiance(normals, shading.sh9_directional(
-          sample.highlight[:, :3], sample.main_light)), 0.0)
-      lit = face.extra[..., 1:2]
-      irradiance = irradiance - (1.0 - lit) * main
+      # In shadow, all but the main light's share: both from one basis.
+      main = shading.sh9_directional(sample.highlight[:, :3], sample.main_light)
+      both = shading.sh9_irradiance(normals, jnp.concatenate([sample.light, main], axis=-1))
+      irradiance = both[..., :3] - (1.0 - face.extra[..., 1:2]) * jnp.maximum(both[..., 3:], 0.0)
+    else:
+      irradiance = shading.sh9_irradiance(normals, sample.light)
     irradiance = jnp.maximum(irradiance, 0.0)
     linear = face.albedo * irradiance
     if prior.specular:
