@@ -16,7 +16,8 @@ astronaut in scikit-image's data, one face, 512x512; or --photo):
 - network call: facerecon.inference.Predictor on one crop (CoarseNet, dense
   mesh, depth map, landmarks; FineNet where the run has one), and the same
   with the crop alone (`--window_shift=0`: no shifted windows averaged) and
-  with one fit (`--noupright`: not fitted again upright);
+  with one fit (`--noupright --focus=0`: not fitted again, upright and
+  focused);
 - end to end: detect + crop + network call + the mesh posed in the photo.
 Without --workdir the networks are freshly initialised (the timings do not
 depend on the weights). The goal is 3DDFA_V2's figures on this
@@ -79,7 +80,7 @@ def main(argv):
   crop_alone = inference.Predictor(config, _WORKDIR.value, batch_size=1,
                                    options=inference.FitOptions(window_shift=0.0))
   one_fit = inference.Predictor(config, _WORKDIR.value, batch_size=1,
-                                options=inference.FitOptions(upright=False))
+                                options=inference.FitOptions(upright=False, focus=0.0))
   size = predictor.size  # the crops' side: FineNet's where the run has one
   crop = cropping.crop(photo, square, size)
   model, statistics = predictor.model, predictor.statistics

@@ -99,7 +99,8 @@ def calibrate(run: rundir.RunDir, folder: str, batch_size: int = 32):
             "fits": {"mirror": predictor.mirror is not None,
                      "window_offsets": [list(o) for o in predictor.window_offsets],
                      "sharpen": predictor.options.sharpen,
-                     "upright": predictor.options.upright},
+                     "upright": predictor.options.upright,
+                     "focus": predictor.options.focus},
             "nme_before": evaluate.yaw_table(evaluate.landmark_nme(
                 landmarks[uncalibrated], fitted.labels), fitted.yaw),
             "nme_after": evaluate.yaw_table(evaluate.landmark_nme(

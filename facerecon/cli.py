@@ -112,6 +112,11 @@ _SHARPEN = flags.DEFINE_float(
 _UPRIGHT = flags.DEFINE_bool(
     "upright", True, "reconstruct/evaluate: fit each face again in its crop turned so that "
     "the first fit stands upright (twice CoarseNet's time; --noupright: one fit).")
+_FOCUS = flags.DEFINE_float(
+    "focus", inference.FOCUS, "reconstruct/evaluate: fit each face again with what lies "
+    "outside the first fit's face outline blurred by a Gaussian of this many pixels at "
+    "CoarseNet's input size (frontal fits; in [0, 10]; 0 turns it off). With --upright, the "
+    "same second fit.")
 _SMOOTH = flags.DEFINE_bool("smooth", True, "reconstruct, videos: smooth each tracked face's "
                             "parameters over time (One Euro filter, facerecon.video).")
 _REDETECT = flags.DEFINE_integer(
@@ -195,13 +200,13 @@ def _use_compilation_cache():
 
 def fit_options() -> inference.FitOptions:
   """How reconstruct and evaluate apply the networks: --mirror,
-  --window_shift, --calibrate, --sharpen and --upright. A bad value is a usage error
+  --window_shift, --calibrate, --sharpen, --upright and --focus. A bad value is a usage error
   naming its flag (FitOptions' messages start with the field's name, which
   is the flag's)."""
   try:
     return inference.FitOptions(mirror=_MIRROR.value, window_shift=_WINDOW_SHIFT.value,
                                 calibrate=_CALIBRATE.value, sharpen=_SHARPEN.value,
-                                upright=_UPRIGHT.value)
+                                upright=_UPRIGHT.value, focus=_FOCUS.value)
   except ValueError as e:
     raise app.UsageError(f"--{e}") from None
 

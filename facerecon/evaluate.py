@@ -305,6 +305,7 @@ def evaluate_folder(config, workdir: str, folder: str, detector=None,
          "window_shift": options.window_shift,
          "sharpen": options.sharpen,
          "upright": options.upright,
+         "focus": options.focus,
          "pose_calibration": (None if predictor.calibration is None
                               else predictor.calibration._asdict()),
          "ground_truth_crops": yaw_table(*results["truth"][:2]),

@@ -89,21 +89,62 @@ WINDOW_SHIFT = 0.03
 SHARPEN = 1.0
 
 
-def regress_upright(coarse_net, coarse_variables, crops, model, statistics, start_face,
-                    size: int, mirror: morphable.MirrorMaps | None, offsets=((0, 0),),
-                    sharpen: float = 0.0):
-  """`regress_averaged` twice: the second time over the crops turned so
-  that the first fit's head stands upright (`camera.in_plane_angle`,
-  `preprocessing.rotate_images`), its parameters turned back into the
-  crop's frame (`camera.pose_after_image_rotation`). CoarseNet reads
-  upright faces best, and misreads faces rolled beyond its training range
-  (30 degrees in configs/real.py) that photos have: on the AFLW2000-3D dev
+# The second fit's look at the face (`FitOptions.focus`): what lies outside
+# the first fit's outline of the face (the jaw, then the brows back, in the
+# 68 landmarks' iBUG order), grown FOCUS_GROWTH times about the landmarks'
+# mean, is blurred by a Gaussian of FOCUS pixels at CoarseNet's input size.
+# Real photos' surroundings (long hair, clothes, hands, backgrounds) mislead
+# a network trained on synthetic faces, most of all in its reading of pitch:
+# on the AFLW2000-3D dev photos the shipped model's frontal NME drops from
+# 5.30 to 4.98, held out from where these values were chosen
+# (docs/reconstruction.md). A profile's outline is not its silhouette, whose
+# blur costs far more than it gains: fits turned FOCUS_MAX_YAW or more are
+# left unblurred.
+FOCUS = 3.0
+FOCUS_GROWTH = 1.2
+FOCUS_MAX_YAW = 30.0  # degrees
+FACE_OUTLINE = tuple(range(17)) + tuple(range(26, 16, -1))
+
+
+def focused_crops(crops, landmarks, yaw, sigma: float):
+  """uint8 crops [n, S, S, 3] with what lies outside each face's outline
+  (`FACE_OUTLINE` of its landmarks [n, 68, 2], crop pixels, grown
+  `FOCUS_GROWTH` times about their mean) blurred by a Gaussian of `sigma`
+  pixels; crops whose |yaw| (radians [n]) is FOCUS_MAX_YAW degrees or more
+  are returned as they are."""
+  outline = landmarks[:, FACE_OUTLINE]
+  centre = jnp.mean(landmarks, axis=1, keepdims=True)
+  outline = centre + FOCUS_GROWTH * (outline - centre)
+  inside = preprocessing.polygon_masks(outline, crops.shape[1], crops.shape[2])
+  inside = inside | (jnp.abs(yaw) >= jnp.radians(FOCUS_MAX_YAW))[:, None, None]
+  blurred = jnp.round(preprocessing.gaussian_blur(crops.astype(jnp.float32), sigma))
+  return jnp.where(inside[..., None], crops, blurred.astype(crops.dtype))
+
+
+def regress_second_look(coarse_net, coarse_variables, crops, model, statistics, start_face,
+                        size: int, mirror: morphable.MirrorMaps | None, offsets=((0, 0),),
+                        sharpen: float = 0.0, upright: bool = True, focus: float = 0.0):
+  """`regress_averaged` twice: the second time over the crops that the
+  first fit tells how to look at, its parameters in the crops' frame.
+  `upright`: the crops turned so that the first fit's head stands upright
+  (`camera.in_plane_angle`, `preprocessing.rotate_images`; the fit turned
+  back with `camera.pose_after_image_rotation`). CoarseNet reads upright
+  faces best, and misreads faces rolled beyond its training range (30
+  degrees in configs/real.py) that photos have: on the AFLW2000-3D dev
   photos the frontal faces rolled more than 30 degrees (17 of 269) had a
-  mean NME of 11 to 19 against 5 (docs/reconstruction.md)."""
+  mean NME of 11 to 19 against 5 (docs/reconstruction.md). `focus` > 0:
+  the surroundings of the first fit's face blurred (`focused_crops`, a
+  Gaussian of `focus` pixels at CoarseNet's input size `size`)."""
   average = lambda images: regress_averaged(coarse_net, coarse_variables, images, model,
                                             statistics, start_face, size, mirror, offsets,
                                             sharpen)
   first = average(crops)
+  if focus > 0:
+    side = crops.shape[-2]
+    crops = focused_crops(crops, face_render.project_landmarks(model, first, side),
+                          first[..., params_lib.ANGLES][..., 1], focus * side / size)
+  if not upright:
+    return average(crops)
   angle = camera.in_plane_angle(first[..., :params_lib.NUM_POSE])
   second = average(preprocessing.rotate_images(crops, -angle))
   pose = camera.pose_after_image_rotation(second[..., :params_lib.NUM_POSE], angle,
@@ -132,7 +173,11 @@ class FitOptions:
       (`PoseCalibration`).
     sharpen: how much CoarseNet's input is sharpened (`SHARPEN`; 0: not).
     upright: each fit made again in its crop turned so that the face
-      stands upright (`regress_upright`; twice CoarseNet's time).
+      stands upright (`regress_second_look`; twice CoarseNet's time).
+    focus: each fit made again with the face's surroundings blurred by a
+      Gaussian of this many pixels at CoarseNet's input size
+      (`regress_second_look`, `FOCUS`; 0: not). With `upright` too, the
+      same second fit does both.
 
   A value out of range raises ValueError whose message starts with the
   field's name ('sharpen: ...'), so that the command line can name its flag.
@@ -142,6 +187,7 @@ class FitOptions:
   calibrate: bool = True
   sharpen: float = SHARPEN
   upright: bool = True
+  focus: float = FOCUS
 
   def __post_init__(self):
     try:
@@ -150,9 +196,12 @@ class FitOptions:
       raise ValueError(f"window_shift: {e}") from None
     if not 0.0 <= self.sharpen <= 5.0:
       raise ValueError(f"sharpen: must be in [0, 5], got {self.sharpen}")
+    if not 0.0 <= self.focus <= 10.0:
+      raise ValueError(f"focus: must be in [0, 10], got {self.focus}")
     # Recorded (`as_dict`, the evaluation's JSON) as floats, whatever number was given.
     object.__setattr__(self, "window_shift", float(self.window_shift))
     object.__setattr__(self, "sharpen", float(self.sharpen))
+    object.__setattr__(self, "focus", float(self.focus))
 
   def as_dict(self) -> dict:
     """The options as a JSON-ready dict (`FitOptions(**d)` makes them again)."""
@@ -243,7 +292,8 @@ def crop_size(config, has_fine: bool) -> int:
 
 
 def _predict_fn(coarse_net, fine_net, config, mesh, offsets,
-                calibration: PoseCalibration | None, sharpen: float, upright: bool):
+                calibration: PoseCalibration | None, sharpen: float, upright: bool,
+                focus: float):
   size = crop_size(config, fine_net is not None)
 
   def render_fit(params, model, render_model):
@@ -258,9 +308,13 @@ def _predict_fn(coarse_net, fine_net, config, mesh, offsets,
 
   def predict(coarse_variables, fine_params, crops, model, statistics, start_face,
               render_model, mirror):
-    params = (regress_upright if upright else regress_averaged)(
-        coarse_net, coarse_variables, crops, model, statistics, start_face, config.image_size,
-        mirror, offsets, sharpen)
+    if upright or focus > 0:
+      params = regress_second_look(coarse_net, coarse_variables, crops, model, statistics,
+                                   start_face, config.image_size, mirror, offsets, sharpen,
+                                   upright, focus)
+    else:
+      params = regress_averaged(coarse_net, coarse_variables, crops, model, statistics,
+                                start_face, config.image_size, mirror, offsets, sharpen)
     if calibration is not None:
       params = calibrated_params(params, model, calibration)
     vertices, depth, mask, landmarks = render_fit(params, model, render_model)
@@ -323,7 +377,7 @@ class Predictor:
     self.start_face = self._context[2]
     self._predict = _predict_fn(trained.coarse_net, trained.fine_net, config, self.mesh,
                                 self.window_offsets, self.calibration, options.sharpen,
-                                options.upright)
+                                options.upright, options.focus)
 
   @property
   def sharpen(self) -> float:

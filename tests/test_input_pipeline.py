@@ -289,3 +289,49 @@ def test_unsharp_mask_matches_opencv_and_keeps_flat_images():
   step[:, :, 4:] = 1.0
   edge = np.asarray(preprocessing.unsharp_mask(step, 1.0))[0, 0, :, 0]
   assert edge[4] - edge[3] > 1.0 and edge[3] < 0.0 and edge[4] > 1.0
+
+
+def test_gaussian_blur_matches_opencv():
+  """The Gaussian blur (3 sigma each side, edge pixels repeated) against
+  OpenCV's at sigma 1 and 2.5; a flat image is left as it is."""
+  rng = np.random.default_rng(1)
+  images = rng.uniform(0.0, 1.0, (2, 20, 16, 3)).astype(np.float32)
+  for sigma, taps in ((1.0, 7), (2.5, 17)):
+    blurred = np.asarray(jax.jit(preprocessing.gaussian_blur, static_argnums=1)(images, sigma))
+    for image, got in zip(images, blurred):
+      want = cv2.GaussianBlur(image, (taps, taps), sigma, borderType=cv2.BORDER_REPLICATE)
+      np.testing.assert_allclose(got, want, atol=1e-5)
+  flat = np.full((1, 8, 8, 3), 0.7, np.float32)
+  np.testing.assert_allclose(np.asarray(preprocessing.gaussian_blur(flat, 3.0)), flat, atol=1e-6)
+
+
+def test_polygon_masks_agree_with_opencv_and_keep_holes_of_concave_outlines():
+  """Pixel centres inside each polygon (column, row), by the even-odd rule:
+  a square's pixels exactly; a concave outline (a U) leaves its notch out;
+  OpenCV fills the same pixels of a random convex polygon (away from its
+  edges, where the two rules of a pixel on the line may differ); the
+  polygon's point order does not matter."""
+  square = np.array([[1.5, 2.5], [5.5, 2.5], [5.5, 6.5], [1.5, 6.5]], np.float32)
+  notched = np.array([[1.5, 1.5], [8.5, 1.5], [8.5, 8.5], [6.5, 8.5], [6.5, 4.5],
+                      [3.5, 4.5], [3.5, 8.5], [1.5, 8.5]], np.float32)
+  masks = [np.asarray(preprocessing.polygon_masks(p[None], 10, 10))[0] for p in (square, notched)]
+  expected = np.zeros((10, 10), bool)
+  expected[3:7, 2:6] = True                                 # rows 3..6, columns 2..5
+  np.testing.assert_array_equal(masks[0], expected)
+  assert masks[1][2:5, 2:9].all() and masks[1][5:9, 2:4].all() and masks[1][5:9, 7:9].all()
+  assert not masks[1][5:9, 4:7].any()                       # the notch
+  assert masks[1].sum() == 7 * 3 + 2 * (2 * 4)
+  rng = np.random.default_rng(2)
+  angles = np.sort(rng.uniform(0, 2 * np.pi, 9))
+  radii = rng.uniform(8, 12, 9)
+  polygon = np.stack([20 + radii * np.cos(angles), 18 + radii * np.sin(angles)], -1)
+  polygon = cv2.convexHull(polygon.astype(np.float32))[:, 0]
+  filled = np.zeros((40, 40), np.uint8)
+  cv2.fillPoly(filled, [np.round(polygon * 256).astype(np.int32)], 1, cv2.LINE_8, 8)
+  both = np.asarray(preprocessing.polygon_masks(np.stack([polygon, polygon[::-1]]), 40, 40))
+  np.testing.assert_array_equal(both[0], both[1])
+  kernel = np.ones((3, 3), np.uint8)
+  far_from_edges = (cv2.erode(filled, kernel).astype(bool)
+                    | ~cv2.dilate(filled, kernel).astype(bool))
+  np.testing.assert_array_equal(both[0][far_from_edges], filled.astype(bool)[far_from_edges])
+  assert both[0].sum() > 200

@@ -99,7 +99,7 @@ def test_the_facerecon_command_line_becomes_main_flags():
 
 
 def test_the_fit_flags_make_one_fit_options():
-  """--mirror, --window_shift, --calibrate, --sharpen and --upright are the
+  """--mirror, --window_shift, --calibrate, --sharpen, --upright and --focus are the
   FitOptions' fields, with their defaults; a bad value is a usage error
   naming its flag."""
   from absl import app
@@ -114,12 +114,13 @@ def test_the_fit_flags_make_one_fit_options():
   for name, value in inference.FitOptions().as_dict().items():
     assert flags.FLAGS[name].default == value, name
   with flagsaver.flagsaver(mirror=False, window_shift=0.1, calibrate=False, sharpen=0.0,
-                           upright=False):
+                           upright=False, focus=1.5):
     assert cli.fit_options() == inference.FitOptions(mirror=False, window_shift=0.1,
                                                       calibrate=False, sharpen=0.0,
-                                                      upright=False)
+                                                      upright=False, focus=1.5)
   for flag, value, message in (("window_shift", 0.5, "--window_shift: window shift must be in"),
-                               ("sharpen", -1.0, "--sharpen: must be in [0, 5], got -1.0")):
+                               ("sharpen", -1.0, "--sharpen: must be in [0, 5], got -1.0"),
+                               ("focus", 12.0, "--focus: must be in [0, 10], got 12.0")):
     with flagsaver.flagsaver(**{flag: value}):
       with pytest.raises(app.UsageError, match=re.escape(message)):
         cli.fit_options()

@@ -10,6 +10,7 @@ import sys
 
 import cv2
 import jax
+import jax.numpy as jnp
 import numpy as np
 import plyfile
 import pytest
@@ -34,6 +35,7 @@ from facerecon import training
 from facerecon.data import cropping
 from facerecon.data import mat_folders
 from facerecon.data import photos
+from facerecon.data import preprocessing
 from facerecon.data import sources
 import tiny
 
@@ -312,9 +314,9 @@ def test_a_runs_pose_calibration_turns_its_fits(run_dir, tmp_path):
 
 def test_the_fit_flags_reach_the_evaluation(run_dir, tmp_path):
   """--mode=evaluate with --sharpen=0 --nocalibrate --window_shift=0.1
-  --noupright (one FitOptions, `cli.fit_options`): the evaluation's JSON
-  records the fits as neither sharpened nor calibrated, though the run has a
-  pose calibration, nor made again upright."""
+  --noupright --focus=0 (one FitOptions, `cli.fit_options`): the
+  evaluation's JSON records the fits as neither sharpened nor calibrated,
+  though the run has a pose calibration, nor made again upright or focused."""
   from absl import flags
   from absl.testing import flagsaver
 
@@ -331,13 +333,13 @@ def test_the_fit_flags_reach_the_evaluation(run_dir, tmp_path):
     flags.FLAGS(["main.py", "--mode=evaluate", f"--workdir={calibrated_run}",
                  f"--input={folder}", f"--output={tmp_path / 'results'}", "--detector=none",
                  "--compilation_cache=", "--sharpen=0", "--nocalibrate", "--window_shift=0.1",
-                 "--noupright"])
+                 "--noupright", "--focus=0"])
     assert cli._apply_trained(None) == 0  # pylint: disable=protected-access
   with open(tmp_path / "results" / "evaluation_AFLW2000.json") as f:
     results = json.load(f)
   assert results["sharpen"] == 0.0 and results["pose_calibration"] is None
   assert results["window_shift"] == 0.1 and results["ground_truth_crops_pose"]["count"] == 2
-  assert results["upright"] is False
+  assert results["upright"] is False and results["focus"] == 0.0
 
 
 def test_coarsenets_input_is_sharpened_as_asked(run_dir):
@@ -347,9 +349,10 @@ def test_coarsenets_input_is_sharpened_as_asked(run_dir):
   config = tiny.config(**CONFIG)
   crops = np.random.default_rng(4).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
   plain = inference.Predictor(config, run_dir, batch_size=2, options=inference.FitOptions(
-      window_shift=0.0, sharpen=0.0, upright=False))
+      window_shift=0.0, sharpen=0.0, upright=False, focus=0.0))
   sharp = inference.Predictor(config, run_dir, batch_size=2,
-                              options=inference.FitOptions(window_shift=0.0, upright=False))
+                              options=inference.FitOptions(window_shift=0.0, upright=False,
+                                                           focus=0.0))
   assert sharp.sharpen == sharp.options.sharpen == inference.SHARPEN > 0
   fit = jax.jit(lambda crops, sharpen: inference.regress(
       plain.coarse_net, plain.coarse_variables, crops, plain.model, plain.statistics,
@@ -368,23 +371,55 @@ def test_fit_options_refuse_bad_values_naming_the_field():
   options again."""
   defaults = inference.FitOptions()
   assert (defaults.mirror, defaults.window_shift, defaults.calibrate, defaults.sharpen,
-          defaults.upright) == (True, inference.WINDOW_SHIFT, True, inference.SHARPEN, True)
+          defaults.upright, defaults.focus) == (True, inference.WINDOW_SHIFT, True,
+                                                inference.SHARPEN, True, inference.FOCUS)
   for field, bad, message in (("window_shift", -0.01, "window shift must be in"),
                               ("window_shift", 0.25, "window shift must be in"),
                               ("sharpen", -1.0, r"must be in \[0, 5\]"),
                               ("sharpen", 5.5, r"must be in \[0, 5\]"),
-                              ("sharpen", float("nan"), r"must be in \[0, 5\]")):
+                              ("sharpen", float("nan"), r"must be in \[0, 5\]"),
+                              ("focus", -0.5, r"must be in \[0, 10\]"),
+                              ("focus", 11.0, r"must be in \[0, 10\]")):
     with pytest.raises(ValueError, match=f"^{field}: {message}"):
       inference.FitOptions(**{field: bad})
   options = inference.FitOptions(mirror=False, window_shift=0, calibrate=False, sharpen=0,
-                                 upright=False)
+                                 upright=False, focus=2)
   record = options.as_dict()
   assert record == {"mirror": False, "window_shift": 0.0, "calibrate": False, "sharpen": 0.0,
-                    "upright": False}
+                    "upright": False, "focus": 2.0}
   assert isinstance(record["sharpen"], float) and json.loads(json.dumps(record)) == record
   assert inference.FitOptions(**record) == options
   with pytest.raises(TypeError, match="options must be a FitOptions"):
     inference.Predictor(tiny.config(), None, options={"sharpen": 0.0})
+
+
+def test_focused_crops_blur_only_outside_frontal_faces_outlines():
+  """`focused_crops`: inside the face's outline (the jaw, then the brows,
+  grown about the landmarks' mean) the crop is as it was; well outside it,
+  the crop blurred; a fit turned FOCUS_MAX_YAW or more keeps its crop."""
+  size, centre, radius = 64, 31.5, 12.0
+  # The jaw along the lower half of a circle, the brows along its upper half.
+  jaw = np.linspace(np.pi, 2 * np.pi, 17)
+  brows = np.linspace(0.8 * np.pi, 0.2 * np.pi, 10)  # 17 on the left, 26 on the right
+  outline = np.concatenate([jaw, brows])
+  ring = np.stack([centre + radius * np.cos(outline), centre - radius * np.sin(outline)], -1)
+  landmarks = np.full((68, 2), centre)
+  landmarks[:27] = ring
+  landmarks[27:] = centre + np.random.default_rng(5).uniform(-2, 2, (41, 2))
+  crops = np.random.default_rng(6).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+  yaw = np.radians([10.0, inference.FOCUS_MAX_YAW + 1.0])
+  got = np.asarray(inference.focused_crops(jnp.asarray(crops),
+                                           jnp.asarray(np.stack([landmarks] * 2), jnp.float32),
+                                           jnp.asarray(yaw, jnp.float32), 2.0))
+  assert got.dtype == np.uint8
+  rows, columns = np.mgrid[:size, :size]
+  distance = np.hypot(rows - centre, columns - centre)
+  near, far = distance < 0.8 * radius, distance > 1.2 * inference.FOCUS_GROWTH * radius + 2
+  np.testing.assert_array_equal(got[0][near], crops[0][near])
+  blurred = np.round(np.asarray(preprocessing.gaussian_blur(crops[0].astype(np.float32), 2.0)))
+  np.testing.assert_array_equal(got[0][far], blurred[far].astype(np.uint8))
+  assert np.abs(got[0][far].astype(float) - crops[0][far]).mean() > 20
+  np.testing.assert_array_equal(got[1], crops[1])
 
 
 def test_window_offsets():

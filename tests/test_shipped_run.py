@@ -133,7 +133,8 @@ def test_the_shipped_run_beats_a_constant_layout_on_dev_photos(shipped, tmp_path
 @pytest.mark.skipif(not os.path.isdir(DEV_DIR), reason="needs ../shared/data/aflw2000-3d-dev")
 def test_upright_fits_read_rolled_faces_better(shipped):
   """Frontal dev faces in their ground-truth crops turned 25 degrees either
-  way: fitted again upright (`FitOptions.upright`, the default), their
+  way: fitted again upright (`FitOptions.upright`, the default; not focused
+  either way), their
   landmarks are nearer the labels (turned with the crops) than from one
   fit, and the fits' in-plane angles follow the turn."""
   config, path = shipped
@@ -158,12 +159,39 @@ def test_upright_fits_read_rolled_faces_better(shipped):
   nme = {}
   for upright in (False, True):
     predictor = inference.Predictor(config, path, batch_size=16, fine=False,
-                                    options=inference.FitOptions(upright=upright))
+                                    options=inference.FitOptions(upright=upright, focus=0.0))
     fits = predictor(turned)
     nme[upright] = evaluate.landmark_nme(fits.landmarks, labels).mean()
     leans = np.asarray(camera.in_plane_angle(fits.params[:, :params_lib.NUM_POSE]))
     assert np.mean(np.sign(leans) == np.sign(angles)) > 0.9
   assert nme[True] < 0.85 * nme[False], nme
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(DEV_DIR), reason="needs ../shared/data/aflw2000-3d-dev")
+def test_focused_fits_read_frontal_dev_faces_better(shipped):
+  """The frontal faces of the first 96 dev photos in their ground-truth
+  crops: fitted again with their surroundings blurred (`FitOptions.focus`,
+  the default), their landmarks are nearer the labels than without
+  (measured: NME 0.0466 against 0.0509)."""
+  config, path = shipped
+  size = config.image_size
+  crops, truths = [], []
+  for _, labels, photo in evaluate.read_labelled_photos(mat_folders.find_pairs(DEV_DIR)[:96], []):
+    if abs(np.degrees(labels.params[1])) < 30:
+      truth = labels.landmarks[:, :2]
+      square = cropping.square_from_landmarks(truth, cropping.GROUND_TRUTH_FILL)
+      crops.append(cropping.crop(photo, square, size))
+      scale, offset = cropping.crop_transform(square, size)
+      truths.append(truth * scale + offset)
+  assert len(crops) >= 50
+  nme = {}
+  for focus in (0.0, inference.FOCUS):
+    predictor = inference.Predictor(config, path, batch_size=16, fine=False,
+                                    options=inference.FitOptions(focus=focus))
+    nme[focus] = evaluate.landmark_nme(predictor(np.stack(crops)).landmarks,
+                                       np.stack(truths)).mean()
+  assert nme[inference.FOCUS] < 0.95 * nme[0.0], nme
 
 
 @pytest.mark.slow

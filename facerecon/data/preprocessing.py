@@ -50,9 +50,8 @@ class Augmentation:
 NO_AUGMENTATION = Augmentation(0.0, 0.0, 0.0, 0.0, 0.0)
 
 
-def unsharp_mask(images, amount: float, sigma: float = 1.0):
-  """Float images [..., H, W, C] sharpened: plus `amount` times their
-  difference from themselves blurred by a Gaussian of `sigma` pixels
+def gaussian_blur(images, sigma: float):
+  """Float images [..., H, W, C] blurred by a Gaussian of `sigma` pixels
   (separable, 3 sigma each side, edge pixels repeated)."""
   radius = max(1, int(round(3 * sigma)))
   taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1) / sigma) ** 2)
@@ -65,7 +64,31 @@ def unsharp_mask(images, amount: float, sigma: float = 1.0):
     size = images.shape[axis]
     blurred = sum(taps[k] * jax.lax.slice_in_dim(padded, k, k + size, axis=axis % images.ndim)
                   for k in range(2 * radius + 1))
-  return images + amount * (images - blurred)
+  return blurred
+
+
+def unsharp_mask(images, amount: float, sigma: float = 1.0):
+  """Float images [..., H, W, C] sharpened: plus `amount` times their
+  difference from themselves blurred by a Gaussian of `sigma` pixels
+  (`gaussian_blur`)."""
+  return images + amount * (images - gaussian_blur(images, sigma))
+
+
+def polygon_masks(polygons, height: int, width: int):
+  """[n, H, W] bool: which pixel centres lie inside each closed polygon
+  [n, K, 2] (column, row; pixel (r, c) is the point (c, r)), by the even-odd
+  rule."""
+  rows, columns = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                               jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  start = polygons[:, None, None, :, :]                      # [n, 1, 1, K, 2]
+  end = jnp.roll(polygons, -1, axis=1)[:, None, None, :, :]
+  x, y = columns[None, :, :, None], rows[None, :, :, None]   # [1, H, W, 1]
+  # Edges that the horizontal ray from the pixel to the right crosses.
+  straddles = (start[..., 1] > y) != (end[..., 1] > y)
+  rise = jnp.where(straddles, end[..., 1] - start[..., 1], 1.0)
+  crossing = start[..., 0] + (y - start[..., 1]) * (end[..., 0] - start[..., 0]) / rise
+  crossings = jnp.sum(straddles & (x < crossing), axis=-1)
+  return crossings % 2 == 1
 
 
 def rotate_images(images, angles):
