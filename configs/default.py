@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
       second_order_light=False, specular=False, cast_shadows=False,
       gain=(0.85, 1.15), offset=(-0.05, 0.05), contrast=(0.6, 1.0), noise=0.01,
       procedural_albedo=False, hair=1.0, photo_backgrounds=0.0, clutter=0.0, occluders=0.0,
-      long_hair=0.0, glasses=0.0,
+      long_hair=0.0, glasses=0.0, headwear=0.0,
       blur=0.0, grey=0.0, jpeg=0.0, luminance_std=(0.0, 0.0), luminance_mean=(0.0, 0.0),
       saturation=(0.0, 0.0), background_saturation=(0.0, 0.0),
       detail=(0.002, 0.006), detail_frequency=(4.0, 10.0), wrinkles=(0.0, 0.0),

@@ -4,6 +4,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from facerecon import camera
 from facerecon import face_models
@@ -155,6 +156,47 @@ def test_glasses_sit_over_the_eyes_and_skip_a_hidden_eye():
       near_bridge = np.argmin(np.abs(eyes[:, 0] - landmarks[27, 0]))
       hidden, shown = eyes[near_bridge], eyes[1 - near_bridge]
       assert not np.any((columns - hidden[0]) * np.sign(hidden[0] - shown[0]) > 1), yaw
+
+
+def test_headwear_sits_on_the_head_above_the_eyes():
+  """Each kind of headwear, on faces turned up to 40 degrees and rolled:
+  it is drawn, above the eyes in the head's frame and never as low as the
+  nose tip; the eyes are kept (a cap's brim may come down to the brows);
+  a kind that is not one is refused; the scene draws it only when asked."""
+  model = face_models.load("ict")
+  image = np.full((96, 96, 3), 128, np.uint8)
+  for yaw in (0.0, 40.0, -40.0):
+    landmarks = _landmarks_at_yaw(model, yaw)
+    for roll in (0.0, 20.0):
+      turn = np.radians(roll)
+      centre = landmarks.mean(0)
+      rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+      points = (landmarks - centre) @ rotation.T + centre
+      eyes = np.stack([points[36:42].mean(0), points[42:48].mean(0)])
+      along = (eyes[1] - eyes[0]) / np.linalg.norm(eyes[1] - eyes[0])
+      up = np.array([along[1], -along[0]])
+      for seed, kind in enumerate(scenes.HEADWEAR_KINDS * 3):
+        drawn = image.copy()
+        scenes.draw_headwear(np.random.default_rng(seed), drawn, points, kind)
+        rows, columns = np.nonzero(np.any(drawn != image, axis=-1))
+        assert len(rows) > 20, (yaw, roll, kind)
+        height = (np.stack([columns, rows], -1) - eyes.mean(0)) @ up  # above the eyes
+        assert height.min() > (points[30] - eyes.mean(0)) @ up + 1, (yaw, roll, kind)
+        assert np.median(height) > 0, (yaw, roll, kind)
+        if kind != "cap":
+          for eye in eyes:
+            np.testing.assert_array_equal(drawn[int(eye[1]), int(eye[0])],
+                                          image[int(eye[1]), int(eye[0])])
+  with pytest.raises(ValueError, match="headwear kind must be one of"):
+    scenes.draw_headwear(np.random.default_rng(0), image.copy(), landmarks, "crown")
+  mask = np.zeros((96, 96), bool)
+  plain = synthetic.FacePrior(glasses=1.0)
+  worn = synthetic.FacePrior(glasses=1.0, headwear=1.0)
+  assert synthetic.has_scene(synthetic.FacePrior(headwear=0.2))
+  outs = [scenes.finish_photo(np.random.default_rng(2), image, mask, landmarks, prior, None)
+          for prior in (plain, plain, worn)]
+  np.testing.assert_array_equal(outs[0], outs[1])
+  assert np.any(outs[2] != outs[0])
 
 
 def test_long_hair_falls_beside_the_face(small_model):

@@ -6,8 +6,9 @@ Backgrounds are crops of real non-face photos that installed packages ship
 (scikit-image's data images; scikit-learn's sample images when it is
 installed), flipped and colour-shifted, or procedural (a gradient with
 waves), with random shapes as clutter. Long hair falls from the temples
-past the jaw (behind the head, sometimes a lock over the face) and
-spectacles sit over the eyes, both placed by the 68 landmarks. Occluders
+past the jaw (behind the head, sometimes a lock over the face),
+spectacles sit over the eyes, and beanies, caps and headbands on the head,
+all placed by the 68 landmarks. Occluders
 are random shapes drawn over the face (skin-coloured like hands, dark like
 hair, or any colour like objects). Degradations: blur, grey images, noise (the caller's), colour
 casts and low light (`synthetic.colour_transform`).
@@ -200,6 +201,79 @@ def draw_long_hair(rng, background, image, landmarks):
     _fill_hair(rng, image, [lock], colour)
 
 
+HEADWEAR_KINDS = ("beanie", "cap", "headband")
+
+
+def draw_headwear(rng, image, landmarks, kind: str | None = None):
+  """Headwear on the head of a face's 68 landmarks (iBUG order), drawn into
+  `image` [H, W, 3] uint8 in the head's frame (up square to the eyes'
+  line): a beanie (a knitted dome over the crown from a rim across the
+  forehead), a cap (a dome and a brim jutting out the way the face looks)
+  or a headband across the forehead; `kind` one of HEADWEAR_KINDS, or None
+  for a random one. Cloth of any colour, dark ones commonest, with stripes
+  of varied brightness along the head's up."""
+  eyes = np.stack([landmarks[36:42].mean(axis=0), landmarks[42:48].mean(axis=0)])
+  along = eyes[1] - eyes[0]
+  if float(np.linalg.norm(along)) < 1.0:
+    return
+  along = along / np.linalg.norm(along)
+  up = np.array([along[1], -along[0]])                   # image rows grow downwards
+  brow = landmarks[17:27].mean(axis=0)
+  height = float(np.dot(brow - landmarks[8], up))         # brows above the chin
+  width = float(np.ptp(landmarks[:, :2] @ along))
+  if height < 2.0 or width < 2.0:
+    return
+  kind = HEADWEAR_KINDS[rng.integers(len(HEADWEAR_KINDS))] if kind is None else kind
+  if kind not in HEADWEAR_KINDS:
+    raise ValueError(f"headwear kind must be one of {HEADWEAR_KINDS}, got {kind!r}")
+  colour = rng.uniform(0, 80, 3) if rng.uniform() < 0.6 else _random_colour(rng)
+  # Where the head's middle is across the image: the jaw's ends, not the
+  # brows (which a turned head moves towards its side).
+  middle = 0.5 * (landmarks[0] + landmarks[16])
+  rim = (brow + up * rng.uniform(0.1, 0.4) * height
+         + along * float(np.dot(middle - brow, along)) * rng.uniform(0.3, 0.7))
+  angle = float(np.degrees(np.arctan2(along[1], along[0])))
+  half_width = rng.uniform(0.5, 0.65) * width
+  scale = 16  # cv2's shift=4 sub-pixel units
+
+  def point(p):
+    return tuple(int(round(v * scale)) for v in p)
+
+  def fill(shape, shade=1.0):
+    cv2.fillPoly(image, [np.round(shape * scale).astype(np.int32)],
+                 tuple(float(c) for c in np.clip(colour * shade, 0, 255)), cv2.LINE_AA, 4)
+
+  if kind == "headband":
+    band = rng.uniform(0.08, 0.2) * height
+    corners = [rim + side * along * half_width + lift * up
+               for side, lift in ((-1, 0.0), (1, 0.0), (1, band), (-1, band))]
+    fill(np.stack(corners))
+    return
+  # The dome: the upper half of an ellipse over the rim.
+  crown = rng.uniform(0.5, 0.9) * height
+  arc = np.radians(np.linspace(0.0, 180.0, 33))
+  dome = rim + np.cos(arc)[:, None] * along * half_width + np.sin(arc)[:, None] * up * crown
+  fill(dome)
+  for _ in range(int(rng.integers(4, 12))):  # stripes (knit, seams) along the up
+    x = rng.uniform(-0.9, 0.9)
+    top = rim + along * x * half_width + up * crown * np.sqrt(1.0 - x * x)
+    shade = tuple(float(c) for c in np.clip(colour * rng.uniform(0.6, 1.4), 0, 255))
+    cv2.line(image, point(rim + along * x * half_width), point(top), shade, 1, cv2.LINE_AA, 4)
+  if kind == "beanie":  # the folded rim, a band of its own shade
+    band = rng.uniform(0.08, 0.2) * height
+    fill(np.stack([rim - along * half_width, rim + along * half_width,
+                   rim + along * half_width + up * band, rim - along * half_width + up * band]),
+         rng.uniform(0.7, 1.3))
+    return
+  # A cap's brim: a flat ellipse at the rim, pushed the way the nose points.
+  facing = float(np.dot(landmarks[30] - middle, along))
+  brim = rim + along * 1.5 * facing
+  length = rng.uniform(0.15, 0.35) * height
+  cv2.ellipse(image, point(brim), (int(half_width * 1.05 * scale), int(length * scale)), angle,
+              0, 360, tuple(float(c) for c in np.clip(colour * 0.8, 0, 255)), -1, cv2.LINE_AA,
+              4)
+
+
 def _fill_hair(rng, image, locks, colour, ellipse=None):
   """Fills each lock (a polygon [K, 2] whose first two points are its top
   and whose last points run back up its inner side) or the `ellipse`
@@ -324,6 +398,9 @@ def finish_photo(rng, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray
   out = np.where(mask[..., None], head, background)
   if rng.uniform() < prior.glasses:
     draw_glasses(rng, out, landmarks)
+  # Drawn only when asked, so runs without headwear keep their faces.
+  if prior.headwear > 0 and rng.uniform() < prior.headwear:
+    draw_headwear(rng, out, landmarks)
   low, high = landmarks.min(axis=0), landmarks.max(axis=0)
   face_colour = np.median(image[mask], axis=0) if mask.any() else _random_colour(rng)
   for _ in range(2):

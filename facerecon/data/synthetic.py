@@ -124,6 +124,7 @@ class FacePrior:
   occluders: float = 0.0         # probability of each occluder over the face
   long_hair: float = 0.0         # share of faces with long hair (needs landmarks)
   glasses: float = 0.0           # share of faces with spectacles
+  headwear: float = 0.0          # share of faces with a beanie, cap or headband
   blur: float = 0.0              # largest blur sigma, pixels
   grey: float = 0.0              # share of grey photos
   jpeg: float = 0.0              # share of JPEG-compressed photos (quality 20..95)
@@ -154,7 +155,7 @@ class FacePrior:
 # FacePrior's fields that are shares of the faces (or of their parts), in [0, 1].
 PRIOR_PROBABILITIES = ("expression_active", "expression_archetypes", "frontal_fraction", "hair",
                        "photo_backgrounds", "clutter", "occluders", "long_hair", "glasses",
-                       "grey", "jpeg", "light_from_above")
+                       "headwear", "grey", "jpeg", "light_from_above")
 
 
 class FaceSample(NamedTuple):
@@ -615,8 +616,8 @@ def albedo_maps(model: morphable.MorphableModel, keys, prior: FacePrior, height:
 def has_scene(prior: FacePrior) -> bool:
   """Whether the prior asks for the host-side scene (`generate_photos`)."""
   return any(getattr(prior, name) > 0 for name in
-             ("photo_backgrounds", "clutter", "occluders", "long_hair", "glasses", "blur",
-              "grey", "jpeg")) or scenes.has_tone(prior)
+             ("photo_backgrounds", "clutter", "occluders", "long_hair", "glasses", "headwear",
+              "blur", "grey", "jpeg")) or scenes.has_tone(prior)
 
 
 def generate_photos(model: morphable.MorphableModel, seed: int, start: int, count: int,
