@@ -3,10 +3,12 @@ r"""Synthetic training faces per second on this machine, and where the time goes
     python benchmarks/synthesize.py [--config=configs/real.py] [--batch=32]
     python benchmarks/synthesize.py --config=configs/synthetic.py --size=200 --batch=16
 
-Draws and renders batches as training does (`facerecon.data.synthetic.
-generate_photos`: the jitted renderer, then the host-side scene when the
-config's prior asks for one) at the config's image size (or --size), and
-prints faces per second over --batches batches after a warm-up. Then it
+Draws and renders batches as training does (`facerecon.data.sources.
+SyntheticStream`: the jitted renderer, then the host-side scene when the
+config's prior asks for one, the next batch's render started before this
+one's scene) at the config's image size (or --size), and prints faces per
+second over --batches batches after a warm-up, twice, each time beside the
+same stream one batch at a time (no render started ahead). Then it
 times the parts on their own, each jitted alone on the same batch: drawing
 the faces, posing the mesh, rasterizing, the cast shadows' map (priors with
 `cast_shadows`), painting the albedo (procedural
@@ -63,17 +65,22 @@ def main(argv):
   size = _SIZE.value or config.image_size
   batch = _BATCH.value
   photos = scenes.background_photos(2 * size) if prior.photo_backgrounds > 0 else None
-  run = lambda start: synthetic.generate_photos(model, 0, start, batch, prior, size, size,
-                                                photos)
-  run(0)  # compile
-  start = time.perf_counter()
-  for b in range(_BATCHES.value):
-    run((b + 1) * batch)
-  seconds = time.perf_counter() - start
-  faces = batch * _BATCHES.value
   print(f"{config.model}: {model.num_vertices} vertices, {model.num_triangles} triangles, "
-        f"{size}x{size}, batch {batch}: {faces / seconds:.1f} faces/s "
-        f"({1e3 * seconds / faces:.2f} ms per face)")
+        f"{size}x{size}, batch {batch}:")
+  # Training's stream (the next batch's render started before this one's
+  # scene is drawn), then one batch at a time as the baseline, alternating.
+  for _ in range(2):
+    for prefetch in (True, False):
+      stream = sources.SyntheticStream(model, size, batch, 0, prior, per_host=False,
+                                       prefetch=prefetch)
+      next(stream)  # compile, and start the next batch where it prefetches
+      start = time.perf_counter()
+      for _ in range(_BATCHES.value):
+        next(stream)
+      seconds = time.perf_counter() - start
+      faces = batch * _BATCHES.value
+      print(f"  {'as training streams them' if prefetch else 'one batch at a time'}: "
+            f"{faces / seconds:.1f} faces/s ({1e3 * seconds / faces:.2f} ms per face)")
 
   # The parts, each jitted alone (XLA fuses differently inside the whole).
   keys = synthetic.sample_keys(0, 0, batch)

@@ -42,6 +42,26 @@ def test_samples_do_not_depend_on_batching(small_model):
   assert not np.array_equal(np.asarray(other_seed.params), np.asarray(together.params))
 
 
+def test_a_prefetching_stream_gives_the_same_batches(small_model):
+  """A SyntheticStream that starts the next batch's render ahead gives the
+  same batches, scene included, as one that renders each when asked; also
+  after its position is set elsewhere (a resumed run) and back."""
+  prior = synthetic.FacePrior(clutter=0.5, occluders=0.5, glasses=0.5, jpeg=0.5)
+  plain, ahead = (sources.SyntheticStream(small_model, 32, 3, 7, prior, per_host=False,
+                                          prefetch=prefetch) for prefetch in (False, True))
+  wanted = [next(plain) for _ in range(4)]
+  got = [next(ahead), next(ahead)]
+  ahead.set_state({"position": 3})
+  got.append(next(ahead))
+  ahead.set_state({"position": 2})
+  got.insert(2, next(ahead))
+  assert ahead.get_state() == {"position": 3}
+  for want, batch in zip(wanted, got):
+    assert want.keys() == batch.keys()
+    for name in want:
+      np.testing.assert_array_equal(batch[name], want[name])
+
+
 def test_labels_describe_the_images(small_model):
   batch = _generate(small_model, 0, 6)
   layout = small_model.layout

@@ -358,10 +358,9 @@ def tone(image: np.ndarray, std: float, mean: float, saturation: float = 0.0,
   scales = np.ones(len(parts), np.float32)
 
   def scaled_image():
-    scale_map = np.zeros(face.shape + (1,), np.float32)
-    for (region, _, _), scale in zip(parts, scales):
-      scale_map[region] = scale
-    return _to_uint8(grey + chroma * scale_map)
+    scale = (np.where(face, scales[0], scales[1])[..., None] if len(parts) == 2
+             else scales[0])
+    return _to_uint8(grey + chroma * scale)
 
   for _ in range(_SATURATION_STEPS):
     # Clipping makes the saturation of dark pixels grow faster than their
@@ -375,7 +374,8 @@ def tone(image: np.ndarray, std: float, mean: float, saturation: float = 0.0,
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-  return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+  """Float pixels rounded and clipped to uint8 (`pixels` is overwritten)."""
+  return np.rint(np.clip(pixels, 0, 255, out=pixels), out=pixels).astype(np.uint8)
 
 
 def finish_photo(rng, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, prior,
@@ -402,10 +402,14 @@ def finish_photo(rng, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray
   if prior.headwear > 0 and rng.uniform() < prior.headwear:
     draw_headwear(rng, out, landmarks)
   low, high = landmarks.min(axis=0), landmarks.max(axis=0)
-  face_colour = np.median(image[mask], axis=0) if mask.any() else _random_colour(rng)
+  # The face's colour (for hand-like occluders) is measured only when one is
+  # drawn; a face out of the frame gets a random one, drawn here as always.
+  face_colour = None if mask.any() else _random_colour(rng)
   for _ in range(2):
     if rng.uniform() < prior.occluders:
       kind = rng.integers(3)  # hand-like, hair-like, anything
+      if kind == 0 and face_colour is None:
+        face_colour = np.median(image[mask], axis=0)
       colour = (face_colour * rng.uniform(0.8, 1.2, 3) if kind == 0 else
                 rng.uniform(0, 60, 3) if kind == 1 else _random_colour(rng))
       _draw_shape(rng, out, 0.5 * (low + high), 0.4 * float(np.max(high - low)),

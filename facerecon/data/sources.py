@@ -32,10 +32,14 @@ class SyntheticStream:
   of (seed), so the stream is reproducible and its position is its whole
   state. Each host renders its own part of the global batch. `model` is the
   whole face model, rendered parts (eyes, teeth, ...) included; the streams
-  of a config render `face_models.load(config.model)`."""
+  of a config render `face_models.load(config.model)`. With `prefetch` the
+  next batch's jitted render is started before this one's host-side scene
+  is drawn, so that the two overlap (the same batches; on 2 CPU cores
+  configs/real.py's faces come 15-20% faster: docs/benchmarks.md)."""
 
   def __init__(self, model, size: int, batch_size: int, seed: int, prior=None,
-               per_host: bool = True, fields=("image", "params", "landmarks")):
+               per_host: bool = True, fields=("image", "params", "landmarks"),
+               prefetch: bool = False):
     self._model, self._size, self._batch, self._seed = model, size, batch_size, seed
     self._fields = tuple(fields)  # of SyntheticBatch, copied to the host
     self._prior = prior or synthetic.FacePrior()
@@ -44,15 +48,29 @@ class SyntheticStream:
     # per_host=False: every host gets the same batches (for statistics).
     self._hosts, self._host = ((jax.process_count(), jax.process_index()) if per_host
                                else (1, 0))
+    self._prefetch = prefetch
+    self._pending = None  # (position, the jitted render started for it)
     self.position = 0
 
   def __iter__(self):
     return self
 
+  def _first(self, position: int) -> int:
+    return (position * self._hosts + self._host) * self._batch
+
+  def _render(self, position: int):
+    """The jitted render of batch `position`, started (JAX dispatches it and returns)."""
+    keys = synthetic.sample_keys(self._seed, self._first(position), self._batch)
+    return position, synthetic.generate_jit(self._model, keys, self._prior, self._size,
+                                            self._size)
+
   def __next__(self) -> dict:
-    first = (self.position * self._hosts + self._host) * self._batch
-    faces = synthetic.generate_photos(self._model, self._seed, first, self._batch, self._prior,
-                                      self._size, self._size, self._photos)
+    position, rendered = (self._pending if self._pending is not None
+                          and self._pending[0] == self.position else self._render(self.position))
+    self._pending = self._render(position + 1) if self._prefetch else None
+    first = self._first(position)
+    faces = synthetic.finish_photos(jax.tree.map(np.asarray, rendered), self._prior,
+                                    self._seed, first, self._photos)
     self.position += 1
     batch = {name: getattr(faces, name) for name in self._fields if name != "albedo"}
     if "albedo" in self._fields:  # not a SyntheticBatch field: rendered again, when asked
@@ -149,7 +167,8 @@ def open_labelled(config, statistics, split: str, batch_size: int):
   data = config.coarse.data
   if data.source == "synthetic":
     return SyntheticStream(face_models.load(config.model), config.image_size, batch_size,
-                           synthetic_seed(config, split), face_prior(config))
+                           synthetic_seed(config, split), face_prior(config),
+                           prefetch=split == "train")
   # Grain and tfds take about a second to import; only these sources need
   # them (reconstruction never does).
   from facerecon.data import input_pipeline
@@ -175,7 +194,7 @@ def open_photos(config, split: str, batch_size: int, labels: bool = False):
       fields += ("albedo",)
     return SyntheticStream(face_models.load(config.model), size, batch_size,
                            synthetic_seed(config, split, "fine"), face_prior(config),
-                           fields=fields)
+                           fields=fields, prefetch=split == "train")
   if data.source not in ("tfds", "folder"):
     raise ValueError(f"config.fine.data.source: unknown source '{data.source}' "
                      "(use 'synthetic', 'tfds' or 'folder')")
