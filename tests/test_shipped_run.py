@@ -129,24 +129,31 @@ def test_the_shipped_run_beats_a_constant_layout_on_dev_photos(shipped, tmp_path
   assert network["all"] < 100 * constant.mean() - 1.0, (network, 100 * constant.mean())
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(DEV_DIR), reason="needs ../shared/data/aflw2000-3d-dev")
-def test_upright_fits_read_rolled_faces_better(shipped):
-  """Frontal dev faces in their ground-truth crops turned 25 degrees either
-  way: fitted again upright (`FitOptions.upright`, the default; not focused
-  either way), their
-  landmarks are nearer the labels (turned with the crops) than from one
-  fit, and the fits' in-plane angles follow the turn."""
-  config, path = shipped
-  size = config.image_size
+def _frontal_dev_crops(count: int, size: int):
+  """(crops, landmarks in them) of the frontal faces (|yaw| under 30
+  degrees) among the first `count` dev photos, in their ground-truth crops."""
   crops, truths = [], []
-  for _, labels, photo in evaluate.read_labelled_photos(mat_folders.find_pairs(DEV_DIR)[:48], []):
+  for _, labels, photo in evaluate.read_labelled_photos(mat_folders.find_pairs(DEV_DIR)[:count],
+                                                        []):
     if abs(np.degrees(labels.params[1])) < 30:
       truth = labels.landmarks[:, :2]
       square = cropping.square_from_landmarks(truth, cropping.GROUND_TRUTH_FILL)
       crops.append(cropping.crop(photo, square, size))
       scale, offset = cropping.crop_transform(square, size)
       truths.append(truth * scale + offset)
+  return crops, truths
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(DEV_DIR), reason="needs ../shared/data/aflw2000-3d-dev")
+def test_upright_fits_read_rolled_faces_better(shipped):
+  """Frontal dev faces in their ground-truth crops turned 25 degrees either
+  way: fitted again upright (`FitOptions.upright`, the default; not focused
+  either way), their landmarks are nearer the labels (turned with the
+  crops) than from one fit, and the fits' in-plane angles follow the turn."""
+  config, path = shipped
+  size = config.image_size
+  crops, truths = _frontal_dev_crops(48, size)
   count = len(crops)
   assert count >= 20
   angles = np.radians(np.where(np.arange(count) % 2 == 0, 25.0, -25.0)).astype(np.float32)
@@ -176,14 +183,7 @@ def test_focused_fits_read_frontal_dev_faces_better(shipped):
   (measured: NME 0.0466 against 0.0509)."""
   config, path = shipped
   size = config.image_size
-  crops, truths = [], []
-  for _, labels, photo in evaluate.read_labelled_photos(mat_folders.find_pairs(DEV_DIR)[:96], []):
-    if abs(np.degrees(labels.params[1])) < 30:
-      truth = labels.landmarks[:, :2]
-      square = cropping.square_from_landmarks(truth, cropping.GROUND_TRUTH_FILL)
-      crops.append(cropping.crop(photo, square, size))
-      scale, offset = cropping.crop_transform(square, size)
-      truths.append(truth * scale + offset)
+  crops, truths = _frontal_dev_crops(96, size)
   assert len(crops) >= 50
   nme = {}
   for focus in (0.0, inference.FOCUS):
