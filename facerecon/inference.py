@@ -96,8 +96,8 @@ SHARPEN = 1.0
 # Real photos' surroundings (long hair, clothes, hands, backgrounds) mislead
 # a network trained on synthetic faces, most of all in its reading of pitch:
 # on the AFLW2000-3D dev photos the shipped model's frontal NME drops from
-# 5.30 to 4.98, held out from where these values were chosen
-# (docs/reconstruction.md). A profile's outline is not its silhouette, whose
+# 5.27 to 4.95 (by 0.30 on halves held out from the choice of these values;
+# docs/reconstruction.md). A profile's outline is not its silhouette, whose
 # blur costs far more than it gains: fits turned FOCUS_MAX_YAW or more are
 # left unblurred.
 FOCUS = 3.0
