@@ -199,6 +199,38 @@ def test_headwear_sits_on_the_head_above_the_eyes():
   assert np.any(outs[2] != outs[0])
 
 
+def test_another_head_appears_at_a_side_behind_the_face():
+  """`draw_other_head`: the photo's own head, moved to a side and partly
+  out of the photo, drawn into the background only; the same draws give
+  the same head; the scene draws one only when asked."""
+  size = 64
+  image = np.zeros((size, size, 3), np.uint8)
+  image[..., 0] = 200
+  rows, columns = np.mgrid[:size, :size]
+  mask = np.hypot(rows - 31.5, columns - 31.5) < 14
+  for seed in range(6):
+    background = np.full((size, size, 3), 50, np.uint8)
+    scenes.draw_other_head(np.random.default_rng(seed), background, image, mask)
+    drawn = np.any(background != 50, axis=-1)
+    assert drawn.sum() > 20, seed
+    # Beside the face (the middle of its disc, columns 25..38, holds none
+    # of it), red like the head.
+    assert not drawn[:, 25:39].any(), seed
+    assert np.all(background[drawn][:, 0] > background[drawn][:, 1]), seed
+    again = np.full((size, size, 3), 50, np.uint8)
+    scenes.draw_other_head(np.random.default_rng(seed), again, image, mask)
+    np.testing.assert_array_equal(again, background)
+  landmarks = np.stack(np.meshgrid(np.linspace(20, 44, 17), np.linspace(20, 44, 4)),
+                       -1).reshape(-1, 2)[:68]
+  plain, crowded = synthetic.FacePrior(clutter=0.5), synthetic.FacePrior(clutter=0.5,
+                                                                         other_heads=1.0)
+  outs = [scenes.finish_photo(np.random.default_rng(3), image, mask, landmarks, prior, None)
+          for prior in (plain, plain, crowded)]
+  np.testing.assert_array_equal(outs[0], outs[1])
+  assert np.any(outs[2] != outs[0]) and np.array_equal(outs[2][mask], outs[0][mask])
+  assert synthetic.has_scene(synthetic.FacePrior(other_heads=0.3))
+
+
 def test_long_hair_falls_beside_the_face(small_model):
   landmarks = _landmarks_at_yaw(small_model, 0.0)
   low, high = landmarks.min(0), landmarks.max(0)

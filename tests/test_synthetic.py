@@ -241,6 +241,52 @@ def test_prior_probabilities_are_checked():
   config.synthetic.prior.procedural_albedo = False
   with pytest.raises(ValueError, match="cast_shadows needs procedural_albedo"):
     sources.face_prior(config)
+  for distance, procedural in (((3.0, 2.0), True), ((0.5, 4.0), True), ((2.0, 4.0), False)):
+    config = real.get_config()
+    config.synthetic.prior.camera_distance = distance
+    config.synthetic.prior.procedural_albedo = procedural
+    with pytest.raises(ValueError, match="camera_distance"):
+      sources.face_prior(config)
+  config = real.get_config()
+  config.synthetic.prior.camera_distance = (2.0, 20.0)
+  assert sources.face_prior(config).camera_distance == (2.0, 20.0)
+
+
+def test_a_camera_near_the_face_sees_it_in_perspective():
+  """`camera_distance`: the labels' pose is the same; the landmarks move
+  from the image centre as far as a pinhole camera that distance away
+  shows them (nearer ones outwards, the jaw's ends at the back inwards),
+  and far away the camera is orthographic."""
+  model = face_models.load("ict")
+  config = real.get_config()
+  prior = dataclasses.replace(sources.face_prior(config), yaw=(-10.0, 10.0), pitch=(-5.0, 5.0),
+                              roll=(0.0, 0.0), frontal_fraction=0.0)
+  keys = synthetic.sample_keys(3, 0, 4)
+  flat = synthetic.generate_jit(model, keys, prior, 96, 96)
+  near = synthetic.generate_jit(model, keys, dataclasses.replace(
+      prior, camera_distance=(2.5, 2.5)), 96, 96)
+  far = synthetic.generate_jit(model, keys, dataclasses.replace(
+      prior, camera_distance=(1e4, 1e4)), 96, 96)
+  np.testing.assert_array_equal(np.asarray(near.params), np.asarray(flat.params))
+  np.testing.assert_allclose(np.asarray(far.landmarks), np.asarray(flat.landmarks), atol=0.02)
+  centre = np.array([47.5, 47.5])
+  flat_lm, near_lm = np.asarray(flat.landmarks), np.asarray(near.landmarks)
+  radius = lambda points, k: np.linalg.norm(points[:, k] - centre, axis=-1)
+  assert np.all(radius(near_lm, 30) > radius(flat_lm, 30))       # the nose tip, nearest
+  assert np.all(radius(near_lm, 0) < radius(flat_lm, 0))         # the jaw's ends, behind
+  assert np.all(radius(near_lm, 16) < radius(flat_lm, 16))
+  # The pinhole's factor for the nose tip: D / (D - dz), D 2.5 face widths.
+  _, image_vertices = face_render.posed_vertices(model, flat.params, 96)
+  moved = np.asarray(synthetic.perspective_vertices(
+      model, image_vertices, flat.params, jnp.full((4,), 2.5), 96, 96))
+  tip = model.landmark_indices[30]
+  width = float(np.ptp(model.mean_shape[:, 0])) * np.asarray(flat.params)[:, params_lib.SCALE]
+  depth = np.asarray(image_vertices)[:, :, 2]
+  reference = np.asarray(image_vertices)[:, np.asarray(model.landmark_indices), 2].mean(-1)
+  factor = 2.5 * width / (2.5 * width - (depth[:, tip] - reference))
+  np.testing.assert_allclose(moved[:, tip, :2] - centre,
+                             (np.asarray(image_vertices)[:, tip, :2] - centre) * factor[:, None],
+                             rtol=1e-4, atol=1e-3)
 
 
 def test_tone_sets_the_luminance_spread_and_brightness():

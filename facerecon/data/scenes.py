@@ -5,7 +5,8 @@ recomputed every shape under the blur's fusion: 5 times slower).
 Backgrounds are crops of real non-face photos that installed packages ship
 (scikit-image's data images; scikit-learn's sample images when it is
 installed), flipped and colour-shifted, or procedural (a gradient with
-waves), with random shapes as clutter. Long hair falls from the temples
+waves), with random shapes as clutter and sometimes another head at a
+side. Long hair falls from the temples
 past the jaw (behind the head, sometimes a lock over the face),
 spectacles sit over the eyes, and beanies, caps and headbands on the head,
 all placed by the 68 landmarks. Occluders
@@ -201,6 +202,35 @@ def draw_long_hair(rng, background, image, landmarks):
     _fill_hair(rng, image, [lock], colour)
 
 
+def draw_other_head(rng, background, image, mask):
+  """Another person's head at a side of the photo, partly out of it, drawn
+  into `background` [H, W, 3] uint8 (seen only outside the face): the
+  photo's own rendered head (`image` where `mask`), mirrored, scaled by 0.7
+  to 1.2, moved sideways until its inner edge lies between the middle of
+  the head's half and the photo's edge, up or down by up to a fifth of the
+  height, and made darker or lighter by up to a third."""
+  height, width = mask.shape
+  columns = np.nonzero(mask.any(axis=0))[0]
+  if not len(columns):
+    return
+  scale = rng.uniform(0.7, 1.2)
+  side = 1.0 if rng.uniform() < 0.5 else -1.0
+  centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+  half = 0.5 * float(columns[-1] - columns[0] + 1)  # the head's half-width
+  nearest, farthest = half * (0.5 + scale), 0.5 * width + 0.8 * scale * half
+  move = np.array([side * rng.uniform(nearest, max(nearest, farthest)),
+                   rng.uniform(-0.2, 0.2) * height])
+  # p' = centre + move + scale * mirror(p - centre), mirror flipping x.
+  matrix = np.array([[-scale, 0.0, 0.0], [0.0, scale, 0.0]])
+  matrix[:, 2] = centre + move - matrix[:, :2] @ centre
+  head = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR)
+  cover = cv2.warpAffine(mask.astype(np.float32), matrix, (width, height),
+                         flags=cv2.INTER_LINEAR)[..., None]
+  shade = rng.uniform(0.67, 1.33)
+  background[...] = np.clip(cover * np.clip(head * shade, 0, 255) + (1.0 - cover) * background,
+                            0, 255).astype(np.uint8)
+
+
 HEADWEAR_KINDS = ("beanie", "cap", "headband")
 
 
@@ -392,6 +422,9 @@ def finish_photo(rng, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray
     if rng.uniform() < prior.clutter:
       _draw_shape(rng, background, np.array([width, height]) * rng.uniform(0, 1, 2),
                   0.4 * width, _random_colour(rng))
+  # Drawn only when asked, so runs without other heads keep their faces.
+  if prior.other_heads > 0 and rng.uniform() < prior.other_heads:
+    draw_other_head(rng, background, image, mask)
   head = image.copy()
   if rng.uniform() < prior.long_hair:
     draw_long_hair(rng, background, head, landmarks)

@@ -100,6 +100,11 @@ def face_prior(config) -> synthetic.FacePrior:
                        f"faces), got {overrides[name]}")
   prior = synthetic.FacePrior(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
                                  for k, v in overrides.items()})
+  if prior.camera_distance != (0.0, 0.0) and not (
+      prior.procedural_albedo and 1.0 <= prior.camera_distance[0] <= prior.camera_distance[1]):
+    raise ValueError("config.synthetic.prior.camera_distance: (0, 0) (orthographic) or face "
+                     "widths 1 <= near <= far, with procedural_albedo=True; got "
+                     f"{prior.camera_distance}")
   if prior.cast_shadows and not prior.procedural_albedo:
     raise ValueError("config.synthetic.prior.cast_shadows needs procedural_albedo=True (the "
                      "shadows darken the procedural faces' light)")

@@ -98,6 +98,13 @@ class FacePrior:
   # CROP_SHIFT of that side below the image centre. False: by the mesh.
   frame_by_landmarks: bool = False
   shift: float = 0.08            # centre offset, as a fraction of the image
+  # The camera's distance from the face, in face widths, drawn log-uniformly
+  # from this range: a pinhole camera on the image centre's axis instead of
+  # the scaled-orthographic one (a portrait at arm's length is about 3
+  # widths away, across a room 20). The labels stay the scaled-orthographic
+  # pose at the landmarks' depth; the landmarks are where the photo shows
+  # them. (0, 0): orthographic. Procedural faces only.
+  camera_distance: tuple[float, float] = (0.0, 0.0)
   ambient: tuple[float, float] = (0.45, 0.9)
   directional: tuple[float, float] = (0.0, 0.6)
   fill_light: tuple[float, float] = (0.0, 0.0)  # a second directional light
@@ -125,6 +132,7 @@ class FacePrior:
   long_hair: float = 0.0         # share of faces with long hair (needs landmarks)
   glasses: float = 0.0           # share of faces with spectacles
   headwear: float = 0.0          # share of faces with a beanie, cap or headband
+  other_heads: float = 0.0       # share of photos with another head at a side
   blur: float = 0.0              # largest blur sigma, pixels
   grey: float = 0.0              # share of grey photos
   jpeg: float = 0.0              # share of JPEG-compressed photos (quality 20..95)
@@ -155,7 +163,7 @@ class FacePrior:
 # FacePrior's fields that are shares of the faces (or of their parts), in [0, 1].
 PRIOR_PROBABILITIES = ("expression_active", "expression_archetypes", "frontal_fraction", "hair",
                        "photo_backgrounds", "clutter", "occluders", "long_hair", "glasses",
-                       "headwear", "grey", "jpeg", "light_from_above")
+                       "headwear", "other_heads", "grey", "jpeg", "light_from_above")
 
 
 class FaceSample(NamedTuple):
@@ -171,6 +179,7 @@ class FaceSample(NamedTuple):
   look: appearance.Appearance  # per-face albedo draws
   wrinkles: jax.Array  # [B, wrinkles.NUM_PARAMS] (facerecon.data.wrinkles)
   marks: jax.Array     # [B, skin_marks.NUM_PARAMS] (facerecon.data.skin_marks)
+  distance: jax.Array  # [B] the camera's distance in face widths (0: orthographic)
 
 
 def _uniform(key, shape, bounds):
@@ -323,11 +332,13 @@ def sample_face(key, model: morphable.MorphableModel, prior: FacePrior, height: 
                                         prior.wrinkles))
   marks = (jnp.zeros(skin_marks.NUM_PARAMS) if prior.marks == (0.0, 0.0) else
            skin_marks.sample_marks(jax.random.fold_in(key, 1007), prior.marks))
+  distance = (jnp.zeros(()) if prior.camera_distance == (0.0, 0.0) else jnp.exp(_uniform(
+      jax.random.fold_in(key, 1008), (), tuple(np.log(prior.camera_distance)))))
   return FaceSample(params.astype(jnp.float32), texture.astype(jnp.float32),
                     lighting.astype(jnp.float32), colour.astype(jnp.float32),
                     detail.astype(jnp.float32), light.astype(jnp.float32),
                     highlight.astype(jnp.float32), main_light.astype(jnp.float32), look,
-                    folds, marks)
+                    folds, marks, distance.astype(jnp.float32))
 
 
 def _detail_waves(key, prior: FacePrior):
@@ -448,16 +459,38 @@ def light_visibility(model, image_vertices, direction, height: int, backend=None
                                  model.triangles, direction, height, backend=backend)
 
 
+def perspective_vertices(model, image_vertices, params, distance, height: int, width: int):
+  """Image-space vertices [B, N, 3] of scaled-orthographic poses `params`
+  seen instead by a pinhole camera on the image centre's axis, `distance`
+  [B] face widths (the model's x extent times the pose's scale) from the
+  depth of the face's landmarks: each vertex moves from the centre by
+  D / (D - (z - z_landmarks)), nearer parts outwards; depth is kept (it only
+  orders the surfaces)."""
+  extent = jnp.max(model.mean_shape[:, 0]) - jnp.min(model.mean_shape[:, 0])
+  pixels = distance * params[:, params_lib.SCALE] * extent                   # [B]
+  reference = jnp.mean(morphable.landmarks(model, image_vertices)[..., 2], axis=-1)
+  nearer = image_vertices[..., 2] - reference[:, None]
+  factor = pixels[:, None] / jnp.maximum(pixels[:, None] - nearer, 0.1 * pixels[:, None])
+  centre = jnp.asarray([(width - 1) / 2.0, (height - 1) / 2.0])
+  xy = centre + (image_vertices[..., :2] - centre) * factor[..., None]
+  return jnp.concatenate([xy, image_vertices[..., 2:]], axis=-1)
+
+
 def _render_flat(model, params, colours, specular, height: int, width: int, backend,
-                 light_direction=None):
+                 light_direction=None, distance=None):
   """`face_render.render_face` with per-vertex colours [B, N, 3] and
   specular weights [B, N], but each pixel's normal its triangle's (flat
   shading): area-weighted vertex normals are a scatter over every triangle,
   a third of the generator's time on a CPU for ICT-FaceKit's 51k triangles,
   and its triangles are about a pixel at the training sizes. With a
   `light_direction` [B, 3] (camera frame, y up) `extra` gains a second
-  channel: where that light reaches (1) or the mesh shadows it (0)."""
+  channel: where that light reaches (1) or the mesh shadows it (0). With a
+  camera `distance` [B] (face widths) the mesh is seen in perspective
+  (`perspective_vertices`)."""
   vertices, image_vertices = face_render.posed_vertices(model, params, height)
+  if distance is not None:
+    image_vertices = perspective_vertices(model, image_vertices, params, distance, height,
+                                          width)
   extra = specular[..., None]
   if light_direction is not None:
     lit = light_visibility(model, image_vertices, light_direction, height, backend)
@@ -491,7 +524,8 @@ def _render(model, sample: FaceSample, prior: FacePrior, height: int, width: int
     colours, specular = jax.vmap(lambda look: appearance.vertex_albedo(model, regions, look))(
         sample.look)
     face = _render_flat(model, sample.params, colours, specular, height, width, backend,
-                        sample.highlight[:, :3] if prior.cast_shadows else None)
+                        sample.highlight[:, :3] if prior.cast_shadows else None,
+                        None if prior.camera_distance == (0.0, 0.0) else sample.distance)
   else:
     face = face_render.render_face(model, sample.params, sample.texture, height, width,
                                    backend)
@@ -617,7 +651,7 @@ def has_scene(prior: FacePrior) -> bool:
   """Whether the prior asks for the host-side scene (`generate_photos`)."""
   return any(getattr(prior, name) > 0 for name in
              ("photo_backgrounds", "clutter", "occluders", "long_hair", "glasses", "headwear",
-              "blur", "grey", "jpeg")) or scenes.has_tone(prior)
+              "other_heads", "blur", "grey", "jpeg")) or scenes.has_tone(prior)
 
 
 def generate_photos(model: morphable.MorphableModel, seed: int, start: int, count: int,
