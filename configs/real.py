@@ -1,7 +1,7 @@
 """CoarseNet for real photos: the ICT-FaceKit head (`config.model='ict'`),
 photoreal synthetic faces (procedural skin, hair, brows, beards, eyes and
 teeth; coloured second-order light with highlights; photo backgrounds,
-clutter, long hair, glasses, occluders, blur, grey and JPEG; yaw to 90
+clutter, long hair, glasses, headwear, occluders, blur, grey and JPEG; yaw to 90
 degrees), MobileNet v1 (width 0.5) at 96x96, one iteration: 3DDFA_V2's
 class of network, at a smaller input than its 120x120 because on 2 CPU
 cores the step at 96 is 1.6 times faster (benchmarks/train.py). The
@@ -59,6 +59,7 @@ def get_config():
   prior.occluders = 0.2
   prior.long_hair = 0.35
   prior.glasses = 0.15
+  prior.headwear = 0.15
   prior.blur = 1.2
   prior.grey = 0.1
   prior.jpeg = 0.5
