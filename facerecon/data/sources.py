@@ -35,7 +35,7 @@ class SyntheticStream:
   of a config render `face_models.load(config.model)`. With `prefetch` the
   next batch's jitted render is started before this one's host-side scene
   is drawn, so that the two overlap (the same batches; on 2 CPU cores
-  configs/real.py's faces come 15-20% faster: docs/benchmarks.md)."""
+  configs/real.py's faces come 10-20% faster: docs/benchmarks.md)."""
 
   def __init__(self, model, size: int, batch_size: int, seed: int, prior=None,
                per_host: bool = True, fields=("image", "params", "landmarks"),
