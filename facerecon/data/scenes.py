@@ -103,6 +103,16 @@ _HAIR_COLOURS = ((25, 20, 18), (45, 32, 24), (85, 60, 40), (120, 60, 35), (190, 
                  (150, 148, 145))
 
 
+def _eye_line(landmarks):
+  """(the eye centres [2, 2], the unit vector from the first to the second,
+  their distance) of a face's 68 landmarks; the vector is 0 where the
+  distance is."""
+  eyes = np.stack([landmarks[36:42].mean(axis=0), landmarks[42:48].mean(axis=0)])
+  along = eyes[1] - eyes[0]
+  spacing = float(np.linalg.norm(along))
+  return eyes, along / max(spacing, 1e-12), spacing
+
+
 def _eye_offsets(landmarks, eyes, along):
   """Each eye centre's distance from the nose bridge (landmark 27) along
   the line between the eyes, outwards: it shrinks steadily for the eye a
@@ -117,12 +127,9 @@ def draw_glasses(rng, image, landmarks):
   and the arms, sometimes tinted lenses. An eye the head turns away (its
   offset from the nose bridge under 0.2 of the other eye's: past about 55
   degrees of yaw) gets no frame."""
-  eyes = np.stack([landmarks[36:42].mean(axis=0), landmarks[42:48].mean(axis=0)])
-  along = eyes[1] - eyes[0]
-  spacing = float(np.linalg.norm(along))
+  eyes, along, spacing = _eye_line(landmarks)
   if spacing < 2.0:
     return
-  along = along / spacing
   offsets = _eye_offsets(landmarks, eyes, along)
   visible = [o > 0.2 * max(offsets) for o in offsets]
   half_width = rng.uniform(0.36, 0.5) * spacing
@@ -242,11 +249,9 @@ def draw_headwear(rng, image, landmarks, kind: str | None = None):
   or a headband across the forehead; `kind` one of HEADWEAR_KINDS, or None
   for a random one. Cloth of any colour, dark ones commonest, with stripes
   of varied brightness along the head's up."""
-  eyes = np.stack([landmarks[36:42].mean(axis=0), landmarks[42:48].mean(axis=0)])
-  along = eyes[1] - eyes[0]
-  if float(np.linalg.norm(along)) < 1.0:
+  _, along, spacing = _eye_line(landmarks)
+  if spacing < 1.0:
     return
-  along = along / np.linalg.norm(along)
   up = np.array([along[1], -along[0]])                   # image rows grow downwards
   brow = landmarks[17:27].mean(axis=0)
   height = float(np.dot(brow - landmarks[8], up))         # brows above the chin
@@ -273,11 +278,12 @@ def draw_headwear(rng, image, landmarks, kind: str | None = None):
     cv2.fillPoly(image, [np.round(shape * scale).astype(np.int32)],
                  tuple(float(c) for c in np.clip(colour * shade, 0, 255)), cv2.LINE_AA, 4)
 
+  def band(depth):  # a strip along the rim, `depth` up the head
+    return np.stack([rim + side * along * half_width + lift * up
+                     for side, lift in ((-1, 0.0), (1, 0.0), (1, depth), (-1, depth))])
+
   if kind == "headband":
-    band = rng.uniform(0.08, 0.2) * height
-    corners = [rim + side * along * half_width + lift * up
-               for side, lift in ((-1, 0.0), (1, 0.0), (1, band), (-1, band))]
-    fill(np.stack(corners))
+    fill(band(rng.uniform(0.08, 0.2) * height))
     return
   # The dome: the upper half of an ellipse over the rim.
   crown = rng.uniform(0.5, 0.9) * height
@@ -290,10 +296,7 @@ def draw_headwear(rng, image, landmarks, kind: str | None = None):
     shade = tuple(float(c) for c in np.clip(colour * rng.uniform(0.6, 1.4), 0, 255))
     cv2.line(image, point(rim + along * x * half_width), point(top), shade, 1, cv2.LINE_AA, 4)
   if kind == "beanie":  # the folded rim, a band of its own shade
-    band = rng.uniform(0.08, 0.2) * height
-    fill(np.stack([rim - along * half_width, rim + along * half_width,
-                   rim + along * half_width + up * band, rim - along * half_width + up * band]),
-         rng.uniform(0.7, 1.3))
+    fill(band(rng.uniform(0.08, 0.2) * height), rng.uniform(0.7, 1.3))
     return
   # A cap's brim: a flat ellipse at the rim, pushed the way the nose points.
   facing = float(np.dot(landmarks[30] - middle, along))
