@@ -40,10 +40,9 @@ def get_config():
   # Then a FineNet stage on the same synthetic faces, narrower than the
   # paper's for the CPU, learning their true detail (the supervised terms):
   # in a few minutes it gains more than the paper's shape-from-shading loss
-  # does (docs/training.md has both). Twice the width and steps of the
-  # narrowest (8-16-32, 1,000 steps) take its depth error from 0.98x
-  # CoarseNet's to 0.92x and its normal error from 0.95x to 0.91x; the stage
-  # took 6 min 23 s instead of 1 min 57 s on 2 cores (docs/training.md).
+  # does. Twice the width and steps of the first quick start's FineNet
+  # (8-16-32, 1,000 steps) for about three times the stage's time: the
+  # figures of both are in docs/training.md.
   fine = config.fine
   fine.loss.sfs = 0.0
   fine.loss.fidelity = 0.0
