@@ -1,6 +1,6 @@
 """The embedded default: built-in face model, synthetic faces rendered on
 the fly, small networks; trains CoarseNet and then FineNet on 2 CPU cores
-in about 1 h 20 min (CoarseNet about 3 minutes).
+in about 1 h 20 min (CoarseNet about 4 minutes).
 
     python main.py --config=configs/synthetic.py --workdir=runs/quickstart
 """
