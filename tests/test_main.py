@@ -1,5 +1,6 @@
 """End to end: the README's main command, on a small picture."""
 
+from importlib import metadata
 import json
 import os
 import re
@@ -164,8 +165,6 @@ def test_the_compilation_cache_size_limit_has_its_lock_installed_with_the_packag
   keeps no cache at all without it (one warning, then every program
   compiled afresh), so a plain install must bring it, not the test
   extras."""
-  from importlib import metadata
-
   try:
     requirements = metadata.requires("facerecon") or []
   except metadata.PackageNotFoundError:
