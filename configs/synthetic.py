@@ -41,8 +41,7 @@ def get_config():
   # paper's for the CPU, learning their true detail (the supervised terms):
   # it gains more than the paper's shape-from-shading loss does. Most of
   # what it corrects is the coarse fit's shape, which takes many images:
-  # 2,000 steps reach 0.91x CoarseNet's normal error, 24,000 reach 0.76x
-  # (the steps' figures are in docs/training.md).
+  # the figures of each step count tried are in docs/training.md.
   fine = config.fine
   fine.loss.sfs = 0.0
   fine.loss.fidelity = 0.0
